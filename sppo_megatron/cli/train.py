@@ -1,0 +1,49 @@
+"""`sppo-train [--config FILE.yaml] [dotted.key=value ...]`: validate the config, start the platform, train."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from sppo_megatron.cli.common import exit_on_user_error, is_rank_zero
+from sppo_megatron.config.schema import GROUP_HELP
+
+EXIT_NOT_BUILT = 3
+
+EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
+    f"  {name:<10} {text}" for name, text in GROUP_HELP.items()
+)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sppo-train",
+        description="SPPO post-training on megatron-core. Runs as one process or under torchrun / srun.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML with config groups; overrides win over it")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. parallel.tp=2")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error("sppo-train")
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from sppo_megatron.config.loader import load_config, save_config
+    from sppo_megatron.platform.distributed import init_distributed
+
+    cfg = load_config(args.config, args.overrides)
+    init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
+                     timeout_minutes=cfg.parallel.distributed_timeout_minutes)
+    if is_rank_zero():
+        save_config(cfg, os.path.join(cfg.trainer.output_dir, "config.yaml"))
+        print("sppo-train: config validated and platform initialised, but the SPPO training loop is not "
+              "built yet (see the README); nothing was trained.", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

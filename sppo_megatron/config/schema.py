@@ -1,0 +1,154 @@
+"""The one config schema: structured dataclasses, grouped the way users think about a run.
+
+Each field may carry metadata used by validation:
+  choices=(...)       allowed values
+  min=/max=           numeric range (inclusive)
+  help="..."          one line for `sppo-train --help` and docs/configuration.md
+Defaults here are the defaults; `defaults.yaml` is generated from them (tested to match).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+
+def opt(default: Any, help: str = "", **meta: Any) -> Any:
+    """A dataclass field with a default and validation metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = opt(None, "Hugging Face model directory (config, tokenizer; weights unless megatron_ckpt)", must_exist=True)
+    megatron_ckpt: Optional[str] = opt(None, "megatron-core dist checkpoint from `sppo-convert hf-to-megatron`", must_exist=True)
+    transformer_impl: str = opt("auto", "layer implementation", choices=("auto", "transformer_engine", "local"))
+    fp8: Optional[str] = opt(None, "FP8 training format (needs Transformer Engine and an FP8-capable GPU)", choices=(None, "e4m3", "hybrid"))
+    fp8_recipe: str = opt("delayed", "Transformer Engine FP8 scaling recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))
+    dtype: str = opt("auto", "training precision; auto = bf16 on GPU, fp32 on CPU", choices=("auto", "bf16", "fp16", "fp32"))
+    recompute: str = opt("none", "activation recomputation", choices=("none", "selective", "full"))
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = opt(1, "tensor-parallel size", min=1)
+    pp: int = opt(1, "pipeline-parallel size", min=1)
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1)")
+    use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
+    distributed_timeout_minutes: int = opt(30, "collective timeout", min=1)
+
+
+@dataclass
+class DataConfig:
+    train_files: List[str] = opt([], "training prompt parquet files (verl schema)", must_exist=True)
+    val_files: List[str] = opt([], "validation prompt parquet files", must_exist=True)
+    prompt_key: str = opt("prompt", "column holding the chat messages")
+    train_batch_size: int = opt(8, "prompts per training step (all DP ranks together)", min=1)
+    val_batch_size: Optional[int] = opt(None, "prompts per validation generate call; null = all at once", min=1)
+    max_prompt_length: int = opt(1024, "maximum prompt tokens", min=1)
+    max_response_length: int = opt(512, "maximum generated tokens per response", min=1)
+    filter_overlong_prompts: bool = opt(True, "drop (and count) prompts longer than max_prompt_length")
+    truncation: str = opt("error", "what to do with an overlong prompt when not filtering", choices=("error", "left", "right"))
+    apply_chat_template: bool = opt(True, "render prompts with the tokenizer's chat template")
+    shuffle: bool = opt(True, "shuffle training prompts each epoch (seeded by trainer.seed)")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = opt("auto", "rollout engine; auto = sglang with a GPU, hf without", choices=("auto", "sglang", "hf"))
+    n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
+    temperature: float = opt(1.0, "sampling temperature", min=0.0)
+    top_p: float = opt(1.0, "nucleus sampling", min=0.0, max=1.0)
+    top_k: int = opt(-1, "top-k sampling; -1 = off", min=-1)
+    val_temperature: float = opt(0.0, "validation temperature; 0 = greedy", min=0.0)
+    val_top_p: float = opt(1.0, "validation nucleus sampling", min=0.0, max=1.0)
+    val_n: int = opt(1, "validation samples per prompt", min=1)
+    tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
+    mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
+    sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
+    dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=("auto", "bf16", "fp16", "fp32"))
+
+
+@dataclass
+class AlgorithmConfig:
+    preference: str = opt("pairwise", "how rewards become win rates", choices=("pairwise", "bradley_terry", "batch_softmean"))
+    eta: float = opt(1.0, "SPPO step size eta (targets are eta * (P_hat - 1/2))", min=0.0)
+    loss: str = opt("soft", "sample selection: all samples, best/worst pair, or the pair with hard targets", choices=("soft", "pair", "hard"))
+    include_self: bool = opt(False, "count P(y_i > y_i) = 1/2 in the win rate, as the original implementation")
+    bt_beta: float = opt(1.0, "Bradley-Terry temperature for preference=bradley_terry", min=0.0)
+
+
+@dataclass
+class RewardConfig:
+    custom_fn: Optional[str] = opt(None, "path/to/file.py:function with signature (solution_str, ground_truth) -> float")
+    timeout_s: float = opt(1.0, "per-sample scoring time limit (seconds)", min=0.0)
+    num_workers: int = opt(2, "scoring worker processes", min=1)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(1e-6, "peak learning rate", min=0.0)
+    min_lr: float = opt(0.0, "final learning rate of the cosine schedule", min=0.0)
+    lr_decay_style: str = opt("constant", "after warmup", choices=("constant", "cosine"))
+    lr_warmup_steps: int = opt(0, "linear warmup, in optimizer steps", min=0)
+    lr_warmup_ratio: float = opt(0.0, "linear warmup as a fraction of all optimizer steps (used when lr_warmup_steps = 0)", min=0.0, max=1.0)
+    weight_decay: float = opt(0.01, "AdamW weight decay", min=0.0)
+    adam_beta1: float = opt(0.9, "", min=0.0, max=1.0)
+    adam_beta2: float = opt(0.999, "", min=0.0, max=1.0)
+    adam_eps: float = opt(1e-8, "", min=0.0)
+    clip_grad: float = opt(1.0, "global gradient-norm clip; 0 = off", min=0.0)
+
+
+@dataclass
+class TrainConfig:
+    mini_batch_size: int = opt(8, "prompts per optimizer step (each with its rollout.n samples)", min=1)
+    micro_batch_size: int = opt(1, "samples per micro-batch per data-parallel rank", min=1)
+    max_tokens_per_micro_batch: Optional[int] = opt(None, "token budget per micro-batch (dynamic batching); overrides micro_batch_size", min=1)
+    epochs_per_rollout: int = opt(1, "passes over each rollout batch", min=1)
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = opt(1, "training steps (each = one rollout batch)", min=0)
+    output_dir: str = opt("outputs/run", "run directory: config.yaml, metrics.jsonl, checkpoints/")
+    seed: int = opt(1234, "seed for python, numpy, torch, megatron RNG and data order", min=0)
+    resume: str = opt("auto", "auto (from checkpoints/latest), none, or a checkpoint path")
+    overwrite: bool = opt(False, "allow resume=none into an output_dir holding another run's checkpoints")
+    save_freq: int = opt(0, "checkpoint every N steps (and at the end); 0 = only at the end", min=0)
+    keep_last: int = opt(2, "checkpoints to keep", min=1)
+    test_freq: int = opt(0, "validate every N steps; 0 = never during training", min=0)
+    val_before_train: bool = opt(True, "validate at step 0")
+    logger: List[str] = opt(["console"], "console, tensorboard, wandb", choices=("console", "tensorboard", "wandb"))
+    project_name: str = opt("sppo", "wandb project")
+    experiment_name: str = opt("run", "wandb / tensorboard run name")
+    log_samples_freq: int = opt(0, "write sample generations to samples.jsonl every N steps; 0 = never", min=0)
+    max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", min=1)
+    export_hf: bool = opt(False, "write a Hugging Face checkpoint to output_dir/hf at the end")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+GROUP_HELP = {
+    "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
+    "parallel": "tensor / pipeline parallel sizes (data parallel = world / (tp * pp))",
+    "data": "prompt parquet files, batch size, prompt/response lengths, chat template",
+    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets",
+    "algorithm": "SPPO preference model, eta, loss variant",
+    "reward": "rule-based scoring: time limit, workers, custom function",
+    "optim": "AdamW, learning-rate schedule, gradient clipping",
+    "train": "mini-batches per rollout, micro-batching, epochs per rollout",
+    "trainer": "steps, output directory, seed, checkpoints, resume, evaluation, logging",
+}

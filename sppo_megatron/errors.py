@@ -1,0 +1,15 @@
+"""User-facing errors: bad input gets one clear line and exit code 2, never a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, files, paths). The CLI prints the message and exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """One or more problems in the configuration; the message has one line per problem."""
+
+
+class DataError(UserError):
+    """A prompt dataset that cannot be used; the message names the file and the row."""

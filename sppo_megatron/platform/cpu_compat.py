@@ -1,0 +1,175 @@
+"""The one place that knows megatron-core assumes CUDA: make it run on CPU (gloo).
+
+megatron-core uses `torch.cuda.current_device()` as a device, `device="cuda"` and `.cuda()`
+literals, CUDA tensor type strings, streams/events and the CUDA RNG helpers on the paths we
+need (GPTModel, pipeline schedules, DDP, distributed optimizer, dist_checkpointing). Without a
+GPU we redirect all of that to the CPU:
+
+* a TorchFunctionMode rewrites CUDA devices (``"cuda"``, ``"cuda:0"``, ints) to CPU in tensor
+  factories and ``.to()``, makes ``.cuda()`` the identity and reports CUDA type strings from
+  ``Tensor.type()`` (megatron compares ``param.type()`` with ``'torch.cuda.FloatTensor'``);
+* ``torch.cuda`` functions megatron calls get CPU stand-ins (a dummy Stream *class*:
+  transformers evaluates ``torch.cuda.Stream | None`` at import time);
+* the CUDA RNG state helpers map to the CPU generator, and ``torch.cuda.manual_seed`` seeds it,
+  so megatron's RNG tracker keeps distinct, seeded states per name (see notes).
+
+`enable()` is a no-op when CUDA is available: nothing here may change GPU behaviour.
+`torch.cuda.is_available()` keeps returning False so every other library still sees a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_enabled = False
+_lock = threading.Lock()
+
+_CUDA_TYPE = {
+    torch.float32: "torch.cuda.FloatTensor",
+    torch.float16: "torch.cuda.HalfTensor",
+    torch.bfloat16: "torch.cuda.BFloat16Tensor",
+    torch.float64: "torch.cuda.DoubleTensor",
+    torch.int64: "torch.cuda.LongTensor",
+    torch.int32: "torch.cuda.IntTensor",
+    torch.uint8: "torch.cuda.ByteTensor",
+    torch.bool: "torch.cuda.BoolTensor",
+}
+_CPU = torch.device("cpu")
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def _fix(value: Any) -> Any:
+    return _CPU if _is_cuda_device(value) else value
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Redirect CUDA device requests to the CPU for every torch call."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and "dtype" not in kwargs:
+            return _CUDA_TYPE.get(args[0].dtype, func(*args, **kwargs))
+        if "device" in kwargs:
+            kwargs["device"] = _fix(kwargs["device"])
+        if func is torch.Tensor.to and len(args) > 1:
+            args = (args[0], _fix(args[1])) + tuple(args[2:])
+        return func(*args, **kwargs)
+
+
+class _DummyStream:
+    """Stands in for torch.cuda.Stream / Event: CPU work is synchronous."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, *args: Any) -> None:
+        pass
+
+    def wait_event(self, *args: Any) -> None:
+        pass
+
+    def record_event(self, *args: Any) -> "_DummyStream":
+        return _DummyStream()
+
+    def record(self, *args: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, other: Any) -> float:
+        return 0.0
+
+    def __enter__(self) -> "_DummyStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _cpu_get_rng_state(*args: Any, **kwargs: Any) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    torch.set_rng_state(new_state)
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _zero(*args: Any, **kwargs: Any) -> int:
+    return 0
+
+
+def _patch_torch_cuda() -> None:
+    cuda = torch.cuda
+    cuda.current_device = _zero
+    cuda.device_count = lambda: 1
+    cuda.set_device = _noop
+    cuda.synchronize = _noop
+    cuda.empty_cache = _noop
+    cuda.ipc_collect = _noop
+    cuda.Stream = _DummyStream
+    cuda.Event = _DummyStream
+    cuda.current_stream = lambda *a, **k: _DummyStream()
+    cuda.default_stream = lambda *a, **k: _DummyStream()
+    cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    cuda.get_rng_state = _cpu_get_rng_state
+    cuda.set_rng_state = _cpu_set_rng_state
+    cuda.random.get_rng_state = _cpu_get_rng_state
+    cuda.random.set_rng_state = _cpu_set_rng_state
+    cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
+    cuda.manual_seed_all = cuda.manual_seed
+    cuda.memory_allocated = _zero
+    cuda.max_memory_allocated = _zero
+    cuda.memory_reserved = _zero
+    cuda.max_memory_reserved = _zero
+    cuda.reset_peak_memory_stats = _noop
+    cuda.memory_stats = lambda *a, **k: {}
+    cuda.nvtx.range_push = _noop
+    cuda.nvtx.range_pop = _noop
+    cuda.nvtx.range = lambda *a, **k: contextlib.nullcontext()
+
+
+def _patch_megatron_rng() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = _cpu_get_rng_state
+    mrandom._set_cuda_rng_state = _cpu_set_rng_state
+
+
+def enable() -> bool:
+    """Install the CPU compatibility layer (idempotent). Returns True if it is active."""
+    global _enabled
+    if torch.cuda.is_available():
+        return False
+    with _lock:
+        if not _enabled:
+            _patch_torch_cuda()
+            _patch_megatron_rng()
+            _CudaToCpuMode().__enter__()
+            _enabled = True
+    return True
+
+
+def is_enabled() -> bool:
+    return _enabled

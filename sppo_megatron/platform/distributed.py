@@ -1,0 +1,157 @@
+"""Distributed start-up from the launcher's environment: torchrun, srun (Slurm), or none.
+
+`detect_launch()` only reads the environment (config validation needs the world size before any
+process group exists); `init_distributed()` creates the process group (NCCL with CUDA, gloo
+without), megatron's parallel state and seeds every RNG.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from sppo_megatron.errors import UserError
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """Where this process sits in the job, as told by the launcher."""
+
+    launcher: str  # "torchrun" | "slurm" | "single"
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm nodelist: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise UserError(f"cannot parse SLURM_NODELIST={nodelist!r}")
+    prefix, ranges = match.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def _slurm_tasks_on_first_node(value: str) -> int:
+    """SLURM_TASKS_PER_NODE looks like '8(x2),4'; the count on this kind of node is the first."""
+    return int(re.match(r"\d+", value).group(0))
+
+
+def detect_launch(environ: Optional[Mapping[str, str]] = None) -> LaunchInfo:
+    """Read rank/world/master from torchrun variables, else an srun step, else single process.
+
+    torchrun wins when both are present (srun + torchrun rendezvous). A Slurm *batch* script
+    running python directly is a single process: only srun steps set SLURM_STEP_NUM_TASKS.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchInfo(
+            launcher="torchrun",
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+        )
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST", "127.0.0.1")
+        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
+        tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
+        return LaunchInfo(
+            launcher="slurm",
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env["SLURM_STEP_NUM_TASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            local_world_size=_slurm_tasks_on_first_node(tasks_per_node),
+            master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            master_port=int(env.get("MASTER_PORT") or 20000 + job_id % 20000),
+        )
+    return LaunchInfo("single", 0, 1, 0, 1, env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 0) or 0))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch and (when initialised) megatron's model-parallel RNG tracker."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    if parallel_state.model_parallel_is_initialized():
+        model_parallel_cuda_manual_seed(seed)
+
+
+def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> LaunchInfo:
+    """Create the default process group and megatron's TP/PP/DP groups, then seed.
+
+    NCCL on GPUs (one device per local rank), gloo plus the CPU compatibility layer otherwise.
+    Idempotent for the process group; megatron's parallel state is rebuilt if the sizes differ.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from sppo_megatron.platform import cpu_compat
+
+    info = detect_launch()
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+    else:
+        cpu_compat.enable()
+    if not dist.is_initialized():
+        port = info.master_port or _free_port()
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{info.master_addr}:{port}",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    if parallel_state.model_parallel_is_initialized():
+        if (
+            parallel_state.get_tensor_model_parallel_world_size() == tp
+            and parallel_state.get_pipeline_model_parallel_world_size() == pp
+        ):
+            seed_everything(seed)
+            return info
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    seed_everything(seed)
+    return info
+
+
+def destroy_distributed() -> None:
+    """Tear down megatron's parallel state and the process group (tests, clean exits)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,94 @@
+"""Config schema, loading, validation messages and the generated reference files."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from sppo_megatron.config import load_config, save_config
+from sppo_megatron.config.reference import DEFAULTS_PATH, DOCS_PATH, defaults_file_text, reference_markdown
+from sppo_megatron.errors import ConfigError
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"")
+    return [f"model.path={model}", f"data.train_files=[{data}]", f"trainer.output_dir={tmp_path / 'out'}"]
+
+
+def problems(overrides, world_size=1, config_file=None):
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, overrides, world_size=world_size)
+    return str(info.value).splitlines()
+
+
+def test_valid_config_loads_and_is_read_only(run_files):
+    cfg = load_config(None, run_files + ["parallel.tp=2", "rollout.n=8"], world_size=4)
+    assert cfg.parallel.tp == 2 and cfg.rollout.n == 8 and cfg.algorithm.preference == "pairwise"
+    with pytest.raises(Exception):
+        cfg.parallel.tp = 4
+
+
+def test_unknown_key_names_key_and_closest_valid_one(run_files):
+    lines = problems(run_files + ["trainer.total_step=3"])
+    assert lines == ["trainer.total_step: unknown config key; did you mean 'trainer.total_steps'?"]
+    assert "trainer.bogus_key" in problems(["trainer.bogus_key=1"])[0]
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path, run_files):
+    f = tmp_path / "run.yaml"
+    f.write_text("rollout:\n  temprature: 0.7\n")
+    (line,) = problems(run_files, config_file=str(f))
+    assert "rollout.temprature" in line and str(f) in line and "rollout.temperature" in line
+
+
+def test_wrong_type_and_range_name_key_value_and_allowed(run_files):
+    assert problems(run_files + ["parallel.tp=abc"]) == ["parallel.tp: invalid value 'abc'; expected int"]
+    assert problems(run_files + ["rollout.top_p=1.5"]) == ["rollout.top_p: 1.5 is above the maximum 1.0"]
+    (line,) = problems(run_files + ["algorithm.loss=dpo"])
+    assert line.startswith("algorithm.loss: invalid value 'dpo'") and "soft, pair, hard" in line
+
+
+def test_every_problem_gets_its_own_line(run_files):
+    lines = problems(run_files + ["rollout.top_p=2", "optim.lr=-1", "train.epochs_per_rollout=0"])
+    assert len(lines) == 3
+
+
+def test_cross_field_rules(run_files, tmp_path):
+    assert "does not divide the world size 2" in problems(run_files + ["parallel.tp=3"], world_size=2)[0]
+    assert "rollout.n=1" in problems(run_files + ["rollout.n=1"])[0]
+    load_config(None, run_files + ["rollout.n=1", "algorithm.preference=batch_softmean"], world_size=1)
+    (line,) = problems(run_files + ["data.train_batch_size=6", "train.mini_batch_size=4"])
+    assert "data.train_batch_size=6" in line
+    (line,) = problems(run_files + ["train.mini_batch_size=1", "rollout.n=3"], world_size=2)
+    assert "data-parallel" in line
+    (line,) = problems(run_files + ["train.mini_batch_size=2", "rollout.n=2", "train.micro_batch_size=3"])
+    assert "train.micro_batch_size=3" in line
+    (line,) = problems(run_files + [f"data.val_files=[{tmp_path / 'nope.parquet'}]"])
+    assert "data.val_files" in line and "nope.parquet" in line
+    assert any("model.path" in l for l in problems(["trainer.total_steps=1"]))
+
+
+def test_model_dir_without_config_json(tmp_path, run_files):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (line,) = problems(run_files + [f"model.path={empty}"])
+    assert "config.json" in line
+
+
+def test_saved_config_round_trips(run_files, tmp_path):
+    cfg = load_config(None, run_files + ["optim.lr=3e-4"], world_size=1)
+    path = tmp_path / "out" / "config.yaml"
+    save_config(cfg, str(path))
+    again = load_config(str(path), [], world_size=1)
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+def test_generated_reference_files_match_schema():
+    hint = "run `python -m sppo_megatron.config.reference` after changing the schema"
+    assert open(DEFAULTS_PATH).read() == defaults_file_text(), hint
+    assert open(DOCS_PATH).read() == reference_markdown(), hint

@@ -1,0 +1,73 @@
+"""Launcher detection (torchrun, srun, single) and distributed start-up on gloo."""
+
+from __future__ import annotations
+
+import pytest
+
+from sppo_megatron.platform.distributed import detect_launch, first_slurm_host
+from tests.multirank import run_ranks
+
+
+def test_torchrun_variables_win():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "n1",
+           "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4"}
+    info = detect_launch(env)
+    assert (info.launcher, info.rank, info.world_size, info.local_rank, info.master_addr, info.master_port) == (
+        "torchrun", 3, 8, 1, "n1", 1234)
+
+
+def test_srun_step_without_torchrun():
+    env = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "5",
+           "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_JOB_ID": "4242"}
+    info = detect_launch(env)
+    assert (info.launcher, info.rank, info.world_size, info.local_rank, info.local_world_size) == ("slurm", 5, 16, 5, 8)
+    assert info.master_addr == "gpu007" and info.master_port == 20000 + 4242
+
+
+def test_slurm_batch_script_is_a_single_process():
+    info = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_NODELIST": "gpu[1-2]"})
+    assert (info.launcher, info.world_size) == ("single", 1)
+
+
+@pytest.mark.parametrize("nodelist,first", [("node1", "node1"), ("gpu[003-005,9]", "gpu003"),
+                                            ("a[10,12],b[1-2]", "a10"), ("host-01,host-02", "host-01")])
+def test_first_slurm_host(nodelist, first):
+    assert first_slurm_host(nodelist) == first
+
+
+def _rank_state(tp, pp, seed):
+    import random
+
+    import torch
+    from megatron.core import parallel_state, tensor_parallel
+
+    from sppo_megatron.platform.distributed import init_distributed
+
+    info = init_distributed(tp=tp, pp=pp, seed=seed)
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        tp_region = torch.rand(2).tolist()
+    return {
+        "rank": info.rank,
+        "backend": torch.distributed.get_backend(),
+        "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
+        "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
+        "dp": parallel_state.get_data_parallel_world_size(),
+        "python": random.random(),
+        "tp_region": tp_region,
+    }
+
+
+def test_init_distributed_builds_megatron_groups_and_seeds():
+    states = run_ranks(_rank_state, 4, 2, 1, 5)
+    again = run_ranks(_rank_state, 4, 2, 1, 5)
+    assert [s["backend"] for s in states] == ["gloo"] * 4
+    assert [(s["tp_rank"], s["pp_rank"], s["dp"]) for s in states] == [(0, 0, 2), (1, 0, 2), (0, 0, 2), (1, 0, 2)]
+    assert states == again, "same seed must give the same RNG streams"
+    # the model-parallel RNG differs across TP ranks (dropout in TP regions) but not across DP ranks
+    assert states[0]["tp_region"] != states[1]["tp_region"]
+    assert states[0]["tp_region"] == states[2]["tp_region"]
+
+
+def test_single_process_without_launcher():
+    (state,) = run_ranks(_rank_state, 1, 1, 1, 0)
+    assert state["dp"] == 1
