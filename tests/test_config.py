@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -92,3 +94,13 @@ def test_generated_reference_files_match_schema():
     hint = "run `python -m sppo_megatron.config.reference` after changing the schema"
     assert open(DEFAULTS_PATH).read() == defaults_file_text(), hint
     assert open(DOCS_PATH).read() == reference_markdown(), hint
+
+
+@pytest.mark.parametrize(
+    "recipe,world_size",
+    [("qwen2.5-7b-math", 4), ("qwen2.5-0.5b-single-gpu", 1)],
+)
+def test_gpu_recipes_are_valid_configs(recipe, world_size):
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", recipe, "config.yaml")
+    cfg = load_config(path, [], world_size=world_size, check_paths=False)
+    assert cfg.rollout.engine == "sglang"

@@ -110,12 +110,12 @@ def _path_problems(cfg: DictConfig) -> List[str]:
     return problems
 
 
-def _cross_field_problems(cfg: DictConfig, world_size: int) -> List[str]:
+def _cross_field_problems(cfg: DictConfig, world_size: int, check_paths: bool = True) -> List[str]:
     p, d, r, t, a = cfg.parallel, cfg.data, cfg.rollout, cfg.train, cfg.algorithm
     problems = []
     if cfg.model.path is None:
         problems.append("model.path: required (a Hugging Face model directory with config.json and tokenizer)")
-    elif os.path.isdir(cfg.model.path) and not os.path.exists(os.path.join(cfg.model.path, "config.json")):
+    elif check_paths and os.path.isdir(cfg.model.path) and not os.path.exists(os.path.join(cfg.model.path, "config.json")):
         problems.append(f"model.path: {cfg.model.path} has no config.json (not a Hugging Face model directory)")
     if not d.train_files:
         problems.append("data.train_files: required (one or more parquet files)")
@@ -153,17 +153,21 @@ def _cross_field_problems(cfg: DictConfig, world_size: int) -> List[str]:
     if cfg.model.fp8 is not None and cfg.model.transformer_impl == "local":
         problems.append("model.fp8: needs Transformer Engine (model.transformer_impl=auto or transformer_engine)")
     resume = cfg.trainer.resume
-    if resume not in ("auto", "none") and not os.path.exists(resume):
+    if check_paths and resume not in ("auto", "none") and not os.path.exists(resume):
         problems.append(f"trainer.resume: checkpoint path does not exist: {resume} (or use auto | none)")
     return problems
 
 
 def load_config(
-    config_file: Optional[str] = None, overrides: Sequence[str] = (), world_size: Optional[int] = None
+    config_file: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    world_size: Optional[int] = None,
+    check_paths: bool = True,
 ) -> DictConfig:
     """Build, merge and validate the config; raise ConfigError listing every problem.
 
-    world_size defaults to the launcher's (torchrun / srun / single process).
+    world_size defaults to the launcher's (torchrun / srun / single process). check_paths=False
+    skips the existence checks (to validate a recipe on a machine without its data).
     """
     merged = OmegaConf.structured(Config)
     layers: List[Tuple[Dict[str, Any], str]] = []
@@ -192,9 +196,9 @@ def load_config(
         from sppo_megatron.platform.distributed import detect_launch
 
         world_size = detect_launch().world_size
-    problems = _range_problems(merged) + _path_problems(merged)
+    problems = _range_problems(merged) + (_path_problems(merged) if check_paths else [])
     if not problems:
-        problems = _cross_field_problems(merged, world_size)
+        problems = _cross_field_problems(merged, world_size, check_paths)
     if problems:
         raise ConfigError("\n".join(problems))
     OmegaConf.set_readonly(merged, True)
