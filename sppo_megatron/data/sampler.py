@@ -1,0 +1,76 @@
+"""Deterministic, resumable order of prompts across epochs.
+
+Epoch e visits the items in the permutation drawn by torch.Generator seeded with seed + e, so
+the order depends only on (seed, epoch) and a checkpoint needs only the epoch and the position
+inside it to continue exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from sppo_megatron.errors import DataError
+
+
+class PromptSampler:
+    """Batches of item indices; `next_batch` moves on to the next epoch by itself.
+
+    drop_last=True skips an epoch's final partial batch (every batch has batch_size items);
+    drop_last=False returns it short.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True):
+        if num_items < 1:
+            raise DataError("the prompt dataset is empty")
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size > num_items:
+            raise DataError(f"batch size {batch_size} is larger than the dataset ({num_items} prompts); "
+                            "lower data.train_batch_size or add prompts")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_items)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def next_batch(self) -> List[int]:
+        remaining = self.num_items - self.position
+        if remaining == 0 or (self.drop_last and remaining < self.batch_size):
+            self.epoch += 1
+            self.position = 0
+            self._order = self._epoch_order(self.epoch)
+        end = min(self.position + self.batch_size, self.num_items)
+        batch = self._order[self.position:end].tolist()
+        self.position = end
+        return batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        """JSON-serialisable position: epoch, items consumed in it, and what fixes the order."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_items": self.num_items, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from `state`. The order must be the same: same dataset size, seed and shuffle.
+
+        The batch size may differ from the saved run's (the position counts items, not batches).
+        """
+        for key in ("num_items", "seed", "shuffle"):
+            if state[key] != getattr(self, key):
+                raise DataError(f"cannot resume the data order: saved {key}={state[key]!r} but now "
+                                f"{getattr(self, key)!r} (the prompt files or trainer.seed changed)")
+        if not 0 <= state["position"] <= self.num_items or state["epoch"] < 0:
+            raise DataError(f"invalid saved data position: epoch {state['epoch']}, position {state['position']}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._order = self._epoch_order(self.epoch)
