@@ -1,0 +1,83 @@
+"""Batched, time-bounded reward scoring for rollouts.
+
+The cheap, provably bounded part (answer extraction, normalisation, numeric comparison, the
+gsm8k/arith scorers) runs in the calling process; only the answers it cannot decide go to
+worker processes for math-verify, one sample per worker at a time under `reward.timeout_s`.
+The parent keeps scoring while workers run, so the two overlap. A custom function
+(`reward.custom_fn`) runs entirely in the workers, since user code may hang.
+"""
+
+import time
+from typing import Any, Optional, Sequence
+
+from sppo_megatron.reward.custom import load_custom_fn
+from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
+from sppo_megatron.reward.math import extract_answer, fast_score
+from sppo_megatron.reward.workers import WorkerPool
+
+_POLL_EVERY = 16
+
+
+class RewardScorer:
+    """Scores batches of responses; `cfg` has custom_fn, timeout_s and num_workers (RewardConfig).
+
+    Use as a context manager, or call close(); workers start on first need.
+    """
+
+    def __init__(self, cfg: Any):
+        self.custom_spec: Optional[str] = getattr(cfg, "custom_fn", None)
+        if self.custom_spec:
+            load_custom_fn(self.custom_spec)  # a bad path is a UserError now, not a worker failure later
+        self.pool = WorkerPool(cfg.num_workers, cfg.timeout_s, self.custom_spec)
+
+    def score(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
+              extra_infos: Optional[Sequence[Optional[dict]]] = None) -> tuple[list[float], dict]:
+        """Scores in {0, 1} (any float for a custom function) and stats for logging:
+        timeouts, errors (worker exceptions), slow_path (samples sent to workers), seconds,
+        and first_error (a message) when errors > 0.
+        """
+        start = time.monotonic()
+        n = len(responses)
+        if not len(data_sources) == len(ground_truths) == n or (extra_infos is not None and len(extra_infos) != n):
+            raise ValueError("reward: data_sources, responses, ground_truths and extra_infos differ in length")
+        extra_infos = list(extra_infos) if extra_infos is not None else [None] * n
+        scores = [0.0] * n
+        if self.custom_spec:
+            for i in range(n):
+                self.pool.submit(i, ("custom", data_sources[i], responses[i], ground_truths[i], extra_infos[i]))
+        else:
+            self._score_rules(data_sources, responses, ground_truths, scores)
+        results, timeouts, errors, first_error = self.pool.drain()
+        for i, value in results.items():
+            scores[i] = value
+        stats = {"timeouts": timeouts, "errors": errors, "slow_path": len(results),
+                 "seconds": time.monotonic() - start}
+        if first_error:
+            stats["first_error"] = first_error
+        return scores, stats
+
+    def _score_rules(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
+                     scores: list[float]) -> None:
+        kinds = {source: scorer_kind(source) for source in dict.fromkeys(data_sources)}
+        for i, (source, response, truth) in enumerate(zip(data_sources, responses, ground_truths)):
+            kind = kinds[source]
+            if kind != "math":
+                scores[i] = RULE_SCORERS[kind](response, truth)
+                continue
+            answer = extract_answer(response)
+            decided = 0.0 if answer is None else fast_score(answer, str(truth))
+            if decided is None:
+                self.pool.submit(i, ("math", answer, str(truth)))
+            else:
+                scores[i] = decided
+            if i % _POLL_EVERY == 0 and self.pool.pending:
+                self.pool.poll(0.0)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "RewardScorer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

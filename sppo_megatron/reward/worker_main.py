@@ -1,0 +1,72 @@
+"""Entry point of one scoring worker process: main() with argv IN_FD OUT_FD PARENT_PID [CUSTOM_SPEC].
+
+Runs in a fresh interpreter (not a fork of the trainer, whose torch/gloo threads a fork would
+copy broken, and without re-importing the trainer's main module). Reads tasks from pipe fd IN,
+writes one reply per task to pipe fd OUT; stdout/stderr are /dev/null, so nothing math-verify
+or user code prints reaches the console. Asks the kernel to kill it when its parent dies, so a
+worker stuck inside C code never outlives the trainer.
+"""
+
+import ctypes
+import logging
+import os
+import sys
+from multiprocessing.connection import Connection
+from typing import Any, Optional
+
+READY = "ready"
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _load(custom_spec: Optional[str]) -> Any:
+    """The custom scorer, or None after warming up math-verify (first call imports SymPy parts)."""
+    if custom_spec:
+        from sppo_megatron.reward.custom import CustomScorer
+
+        return CustomScorer(custom_spec)
+    from sppo_megatron.reward.math import symbolic_score
+
+    symbolic_score("1", "1")
+    return None
+
+
+def _run(task: tuple, custom: Any) -> float:
+    if task[0] == "math":
+        from sppo_megatron.reward.math import symbolic_score
+
+        return symbolic_score(task[1], task[2])
+    return custom(*task[1:])
+
+
+def main() -> None:
+    inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    _die_with_parent(int(sys.argv[3]))
+    logging.disable(logging.CRITICAL)
+    try:
+        custom = _load(sys.argv[4] if len(sys.argv) > 4 else None)
+    except BaseException as e:
+        outbox.send(("init_error", f"{type(e).__name__}: {e}"[:500]))
+        return
+    outbox.send(READY)
+    while True:
+        try:
+            task = inbox.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            reply = (float(_run(task, custom)), None)
+        except BaseException as e:  # math-verify's TimeoutException derives from BaseException
+            reply = (0.0, f"{type(e).__name__}: {e}"[:500])
+        outbox.send(reply)
