@@ -36,6 +36,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sppo-train=sppo_megatron.cli.train:main",
+            "sppo-convert=sppo_megatron.cli.convert:main",
         ]
     },
 )

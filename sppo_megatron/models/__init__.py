@@ -1,0 +1,42 @@
+"""HF <-> Megatron bridges: one name/layout table per architecture (see arch.py).
+
+Public API:
+    get_bridge(hf_config) -> Bridge
+    build_model(hf_config, model_cfg, parallel_cfg) -> GPTModel   (this rank's pipeline stage)
+    Bridge.transformer_config / layer_spec / load_hf_weights / export_hf_weights /
+          padded_vocab_size / vocab_size / hf_names / mask_padded_logits_
+    check_fp8_support(model_cfg)
+    save_dist_checkpoint(state, ckpt_dir) / load_dist_checkpoint(sharded_state, ckpt_dir)
+"""
+
+from sppo_megatron.models.arch import ARCHITECTURES, SUPPORTED_MODEL_TYPES, get_architecture
+from sppo_megatron.models.bridge import Bridge, build_model, export_hf_weights, get_bridge, resolve_dtype
+from sppo_megatron.models.dist_ckpt import (
+    MODEL_KEY,
+    load_dist_checkpoint,
+    load_model_checkpoint,
+    save_dist_checkpoint,
+    save_model_checkpoint,
+    unwrap_model,
+)
+from sppo_megatron.models.specs import check_fp8_support, resolve_transformer_impl, te_available
+
+__all__ = [
+    "ARCHITECTURES",
+    "SUPPORTED_MODEL_TYPES",
+    "Bridge",
+    "MODEL_KEY",
+    "build_model",
+    "check_fp8_support",
+    "export_hf_weights",
+    "get_architecture",
+    "get_bridge",
+    "load_dist_checkpoint",
+    "load_model_checkpoint",
+    "resolve_dtype",
+    "resolve_transformer_impl",
+    "save_dist_checkpoint",
+    "save_model_checkpoint",
+    "te_available",
+    "unwrap_model",
+]

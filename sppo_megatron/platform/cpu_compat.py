@@ -120,14 +120,24 @@ def _zero(*args: Any, **kwargs: Any) -> int:
     return 0
 
 
+def _noop_fn():
+    # A distinct function object per patched name: torch._dynamo builds a rule map keyed by the
+    # objects behind torch.cuda.* names and asserts when one object carries different rules.
+    return lambda *args, **kwargs: None
+
+
+def _zero_fn():
+    return lambda *args, **kwargs: 0
+
+
 def _patch_torch_cuda() -> None:
     cuda = torch.cuda
-    cuda.current_device = _zero
+    cuda.current_device = _zero_fn()
     cuda.device_count = lambda: 1
-    cuda.set_device = _noop
-    cuda.synchronize = _noop
-    cuda.empty_cache = _noop
-    cuda.ipc_collect = _noop
+    cuda.set_device = _noop_fn()
+    cuda.synchronize = _noop_fn()
+    cuda.empty_cache = _noop_fn()
+    cuda.ipc_collect = _noop_fn()
     cuda.Stream = _DummyStream
     cuda.Event = _DummyStream
     cuda.current_stream = lambda *a, **k: _DummyStream()
@@ -139,14 +149,14 @@ def _patch_torch_cuda() -> None:
     cuda.random.set_rng_state = _cpu_set_rng_state
     cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     cuda.manual_seed_all = cuda.manual_seed
-    cuda.memory_allocated = _zero
-    cuda.max_memory_allocated = _zero
-    cuda.memory_reserved = _zero
-    cuda.max_memory_reserved = _zero
-    cuda.reset_peak_memory_stats = _noop
+    cuda.memory_allocated = _zero_fn()
+    cuda.max_memory_allocated = _zero_fn()
+    cuda.memory_reserved = _zero_fn()
+    cuda.max_memory_reserved = _zero_fn()
+    cuda.reset_peak_memory_stats = _noop_fn()
     cuda.memory_stats = lambda *a, **k: {}
-    cuda.nvtx.range_push = _noop
-    cuda.nvtx.range_pop = _noop
+    cuda.nvtx.range_push = _noop_fn()
+    cuda.nvtx.range_pop = _noop_fn()
     cuda.nvtx.range = lambda *a, **k: contextlib.nullcontext()
 
 

@@ -1,0 +1,459 @@
+"""`sppo-convert`: Hugging Face <-> megatron-core dist checkpoint conversion, and a logit check.
+
+    sppo-convert hf-to-megatron --hf DIR --out DIR [--dtype bf16|fp16|fp32] [--tp N --pp M] [--overwrite]
+    sppo-convert megatron-to-hf --ckpt DIR --out DIR [--dtype ...] [--hf-config DIR] [--overwrite]
+    sppo-convert verify --hf DIR --ckpt DIR [--tp N --pp M] [--atol 1e-4]
+
+Runs as one process (tp = pp = 1) or under torchrun with --tp/--pp (world size a multiple of
+tp * pp) to shard the work. Output is written into `OUT.tmp-XXXX` next to OUT and renamed at
+the very end, so an interrupted or failed run never leaves something that looks complete.
+
+Megatron checkpoint directory written by hf-to-megatron:
+
+    OUT/                     megatron-core torch_dist checkpoint, state {"model": ...}
+                             (loadable under any TP/PP; megatron's own metadata.json is here)
+    OUT/sppo_checkpoint.json architecture (model_type), vocab size, dtype, shapes
+    OUT/hf/                  config.json, generation_config.json, tokenizer files of the source
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from sppo_megatron.cli.common import exit_on_user_error
+from sppo_megatron.errors import UserError
+
+META_FILE = "sppo_checkpoint.json"
+HF_SUBDIR = "hf"
+FORMAT = "sppo-megatron-model"
+DTYPE_CHOICES = ("bf16", "fp16", "fp32")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sppo-convert",
+        description="Convert between Hugging Face checkpoints and megatron-core dist checkpoints "
+        "(single process, or under torchrun with --tp/--pp).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    h2m = sub.add_parser("hf-to-megatron", help="HF safetensors directory -> megatron-core dist checkpoint")
+    h2m.add_argument("--hf", required=True, metavar="DIR", help="Hugging Face model directory")
+    h2m.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
+    h2m.add_argument("--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the HF config's dtype, else fp32)")
+    h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the conversion job (default 1)")
+    h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the conversion job (default 1)")
+    h2m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+
+    m2h = sub.add_parser("megatron-to-hf", help="megatron-core dist checkpoint -> HF safetensors directory")
+    m2h.add_argument("--ckpt", required=True, metavar="DIR", help="dist checkpoint (from hf-to-megatron or training)")
+    m2h.add_argument("--out", required=True, metavar="DIR", help="output HF directory")
+    m2h.add_argument("--dtype", choices=DTYPE_CHOICES, help="output dtype (default: the checkpoint's)")
+    m2h.add_argument("--hf-config", metavar="DIR", help="HF directory with config/tokenizer (default: CKPT/hf)")
+    m2h.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the job (default 1)")
+    m2h.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the job (default 1)")
+    m2h.add_argument("--max-shard-size", default="5GB", help="max safetensors shard size, e.g. 5GB, 500MB (default 5GB)")
+    m2h.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+
+    ver = sub.add_parser("verify", help="compare the logits of an HF model and a megatron checkpoint")
+    ver.add_argument("--hf", required=True, metavar="DIR", help="Hugging Face model directory")
+    ver.add_argument("--ckpt", required=True, metavar="DIR", help="megatron dist checkpoint")
+    ver.add_argument("--tp", type=int, default=1)
+    ver.add_argument("--pp", type=int, default=1)
+    ver.add_argument("--atol", type=float, default=1e-4, help="max allowed |logit difference| (default 1e-4)")
+    ver.add_argument("--batch-size", type=int, default=2)
+    ver.add_argument("--seq-len", type=int, default=32)
+    ver.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------- checks
+def _parse_size(text: str) -> int:
+    units = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    t = text.strip().upper()
+    for unit in sorted(units, key=len, reverse=True):
+        if t.endswith(unit):
+            try:
+                return int(float(t[: -len(unit)]) * units[unit])
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise UserError(f"--max-shard-size: cannot parse {text!r} (e.g. 5GB, 500MB)") from None
+
+
+def _check_out(out: str, overwrite: bool, inputs: List[str]) -> None:
+    out_abs = os.path.realpath(out)
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp_abs = os.path.realpath(inp)
+        if out_abs == inp_abs or inp_abs.startswith(out_abs + os.sep) or out_abs.startswith(inp_abs + os.sep):
+            raise UserError(f"--out {out} must not be, contain or lie inside the input {inp}")
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out {out} exists and is not a directory")
+        if os.listdir(out) and not overwrite:
+            raise UserError(f"--out {out} exists and is not empty (use --overwrite to replace it)")
+    parent = os.path.dirname(out_abs) or "."
+    while not os.path.exists(parent):  # missing parents are created; the nearest existing one must be writable
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"--out {out}: {parent} is not a writable directory")
+
+
+def _check_layout(tp: int, pp: int) -> None:
+    from sppo_megatron.platform.distributed import detect_launch
+
+    if tp < 1 or pp < 1:
+        raise UserError(f"--tp {tp} --pp {pp}: sizes must be >= 1")
+    world = detect_launch().world_size
+    if world % (tp * pp):
+        if world == 1:
+            raise UserError(f"--tp {tp} --pp {pp} needs {tp * pp} processes: run under torchrun --nproc-per-node {tp * pp}")
+        raise UserError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the world size {world}")
+
+
+def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(ckpt, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not an sppo-megatron checkpoint description")
+    return meta
+
+
+def _check_ckpt_dir(ckpt: str) -> None:
+    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
+
+    if not os.path.exists(ckpt):
+        raise UserError(f"--ckpt: directory does not exist: {ckpt}")
+    if not os.path.isdir(ckpt):
+        raise UserError(f"--ckpt: not a directory: {ckpt}")
+    if not is_dist_checkpoint(ckpt):
+        raise UserError(f"--ckpt: {ckpt} is not a megatron-core dist checkpoint (no metadata.json / .metadata)")
+
+
+def _check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, hf_what: str) -> None:
+    if meta is None:
+        return
+    fields = {
+        "model_type": bridge.model_type,
+        "vocab_size": bridge.vocab_size,
+        "num_layers": bridge.num_layers,
+        "hidden_size": bridge.hidden_size,
+    }
+    for key, have in fields.items():
+        if key in meta and meta[key] != have:
+            raise UserError(
+                f"--ckpt {ckpt} was written for {key}={meta[key]!r} but {hf_what} has {key}={have!r} "
+                f"(checkpoint of another model / architecture)"
+            )
+
+
+def _hf_dtype_name(hf_config: Any) -> str:
+    import torch
+
+    dt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dt, "fp32")
+
+
+# --------------------------------------------------------------------------------- distributed helpers
+class _Dist:
+    """init_distributed for the command. The process group is kept afterwards (torchrun tears it
+    down at exit), so one process can run several commands: re-creating a gloo group on the same
+    MASTER_PORT right after destroying it can hang."""
+
+    def __init__(self, tp: int, pp: int) -> None:
+        self.tp, self.pp = tp, pp
+
+    def __enter__(self) -> "_Dist":
+        from sppo_megatron.platform.distributed import init_distributed
+
+        init_distributed(tp=self.tp, pp=self.pp, seed=0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast_obj(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _make_tmp(out: str) -> str:
+    """Rank 0 creates OUT.tmp-XXXX next to OUT; every rank learns its name."""
+    tmp = None
+    if _rank() == 0:
+        out_abs = os.path.realpath(out)
+        os.makedirs(os.path.dirname(out_abs), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(out_abs) + ".tmp-", dir=os.path.dirname(out_abs))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any directory
+    return _broadcast_obj(tmp)
+
+
+def _commit(tmp: str, out: str) -> None:
+    """Rank 0 moves the finished tmp directory into place (replacing OUT for --overwrite)."""
+    if _rank() == 0:
+        old = None
+        if os.path.isdir(out):
+            if os.listdir(out):
+                old = tempfile.mkdtemp(prefix=os.path.basename(os.path.realpath(out)) + ".old-", dir=os.path.dirname(os.path.realpath(out)))
+                os.rmdir(old)
+                os.rename(out, old)
+            else:
+                os.rmdir(out)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+
+
+def _cleanup(tmp: Optional[str]) -> None:
+    if tmp is not None and _rank() == 0 and os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _say(msg: str) -> None:
+    if _rank() == 0:
+        print(f"sppo-convert: {msg}", flush=True)
+
+
+def _load_checkpoint_into(model: Any, ckpt: str) -> None:
+    from sppo_megatron.models.dist_ckpt import load_model_checkpoint
+
+    try:
+        load_model_checkpoint(model, ckpt)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
+        text = str(e).strip().splitlines()
+        raise UserError(f"cannot load --ckpt {ckpt}: {type(e).__name__}: {text[0] if text else ''}") from e
+
+
+# --------------------------------------------------------------------------------- commands
+def hf_to_megatron(args: argparse.Namespace) -> int:
+    import torch
+
+    from sppo_megatron.models import get_bridge
+    from sppo_megatron.models.dist_ckpt import MODEL_KEY, save_dist_checkpoint
+    from sppo_megatron.models.hf_io import SafetensorsReader, copy_side_files, load_hf_config
+
+    hf_config = load_hf_config(args.hf, "--hf")
+    bridge = get_bridge(hf_config)
+    SafetensorsReader(args.hf).close()  # weights present and in safetensors format
+    _check_out(args.out, args.overwrite, [args.hf])
+    _check_layout(args.tp, args.pp)
+    bridge._check_tp(args.tp)
+    from sppo_megatron.models.bridge import pipeline_split
+
+    pipeline_split(bridge.num_layers, args.pp)
+    dtype = args.dtype or _hf_dtype_name(hf_config)
+
+    t0 = time.time()
+    with _Dist(args.tp, args.pp):
+        tmp = _make_tmp(args.out)
+        try:
+            model = bridge.build_model(_ModelOpts(dtype), _ParallelOpts(args.tp, args.pp), perform_initialization=False)
+            bridge.load_hf_weights(model, args.hf)
+            t_load = time.time() - t0
+            save_dist_checkpoint({MODEL_KEY: model.sharded_state_dict()}, tmp)
+            del model
+            if _rank() == 0:
+                hf_out = os.path.join(tmp, HF_SUBDIR)
+                os.makedirs(hf_out)
+                shutil.copy2(os.path.join(args.hf, "config.json"), os.path.join(hf_out, "config.json"))
+                copy_side_files(args.hf, hf_out)
+                meta = {
+                    "format": FORMAT,
+                    "format_version": 1,
+                    "model_type": bridge.model_type,
+                    "hf_architecture": bridge.arch.hf_class,
+                    "vocab_size": bridge.vocab_size,
+                    "padded_vocab_size": bridge.padded_vocab_size(1),
+                    "num_layers": bridge.num_layers,
+                    "hidden_size": bridge.hidden_size,
+                    "tie_word_embeddings": bridge.tied,
+                    "dtype": dtype,
+                    "state_key": MODEL_KEY,
+                    "hf_dir": HF_SUBDIR,
+                    "source": os.path.abspath(args.hf),
+                    "written_with": {"tp": args.tp, "pp": args.pp, "megatron_core": _mcore_version(), "torch": torch.__version__},
+                }
+                with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
+                    json.dump(meta, f, indent=2)
+            _barrier()
+            _commit(tmp, args.out)
+        except BaseException:
+            _cleanup(tmp)
+            raise
+    _say(f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}) in {time.time() - t0:.1f}s "
+         f"(load {t_load:.1f}s)")
+    return 0
+
+
+def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
+    """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
+    (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
+    to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
+    from sppo_megatron.models import get_bridge
+    from sppo_megatron.models.hf_io import load_hf_config
+
+    _check_ckpt_dir(ckpt)
+    meta = read_checkpoint_meta(ckpt)
+    hf_dir = hf_config_dir or os.path.join(ckpt, HF_SUBDIR)
+    if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
+    hf_config = load_hf_config(hf_dir, "--hf-config")
+    bridge = get_bridge(hf_config)
+    _check_meta_matches(meta, bridge, ckpt, hf_dir)
+    return hf_dir, bridge, (meta or {}).get("dtype") or _hf_dtype_name(hf_config)
+
+
+def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1) -> Any:
+    """This rank's stage of the model, with the checkpoint's weights (call after init_distributed)."""
+    model = bridge.build_model(_ModelOpts(dtype), _ParallelOpts(tp, pp), perform_initialization=False)
+    _load_checkpoint_into(model, ckpt)
+    return model
+
+
+def megatron_to_hf(args: argparse.Namespace) -> int:
+    from sppo_megatron.models.hf_io import write_hf_dir
+
+    hf_dir, bridge, ckpt_dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
+    _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
+    _check_layout(args.tp, args.pp)
+    bridge._check_tp(args.tp)
+    max_shard = _parse_size(args.max_shard_size)
+    out_dtype = args.dtype or ckpt_dtype
+
+    t0 = time.time()
+    with _Dist(args.tp, args.pp):
+        tmp = _make_tmp(args.out)
+        try:
+            model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
+            write_hf_dir(bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class,
+                         max_shard, write=_rank() == 0)
+            del model
+            _barrier()
+            _commit(tmp, args.out)
+        except BaseException:
+            _cleanup(tmp)
+            raise
+    _say(f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from sppo_megatron.models import get_bridge
+    from sppo_megatron.models.hf_io import load_hf_config
+    from sppo_megatron.models.inference import forward_logits
+
+    hf_config = load_hf_config(args.hf, "--hf")
+    bridge = get_bridge(hf_config)
+    _check_ckpt_dir(args.ckpt)
+    _check_meta_matches(read_checkpoint_meta(args.ckpt), bridge, args.ckpt, args.hf)
+    _check_layout(args.tp, args.pp)
+    bridge._check_tp(args.tp)
+    if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
+        raise UserError("--atol must be >= 0, --batch-size and --seq-len >= 1")
+    seq = min(args.seq_len, bridge.max_position_embeddings)
+    ids = torch.randint(0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed))
+
+    with _Dist(args.tp, args.pp):
+        model = bridge.build_model(_ModelOpts("fp32", "auto"), _ParallelOpts(args.tp, args.pp), perform_initialization=False)
+        _load_checkpoint_into(model, args.ckpt)
+        logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
+        del model
+        diff = torch.tensor([0.0])
+        if _rank() == 0:
+            from transformers import AutoModelForCausalLM
+
+            hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
+            hf.eval()
+            with torch.no_grad():
+                ref = hf(input_ids=ids).logits.float()
+            diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
+        diff = _broadcast_obj(diff)
+    value = float(diff.item())
+    ok = value <= args.atol
+    _say(f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
+         f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def _mcore_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("megatron-core")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+class _ModelOpts:
+    """The ModelConfig fields the bridge reads. Conversion uses the local layer spec (no TE
+    needed; its dist-checkpoint keys equal the TE spec's); verify uses auto (what training uses)."""
+
+    def __init__(self, dtype: str, transformer_impl: str = "local") -> None:
+        self.dtype = dtype
+        self.transformer_impl = transformer_impl
+        self.fp8 = None
+        self.fp8_recipe = "delayed"
+        self.recompute = "none"
+
+
+class _ParallelOpts:
+    def __init__(self, tp: int, pp: int) -> None:
+        self.tp, self.pp, self.sequence_parallel = tp, pp, False
+
+
+COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf, "verify": verify}
+
+
+@exit_on_user_error("sppo-convert")
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The one place that calls megatron-core `dist_checkpointing.save/load`.
+
+Layout used everywhere (converter, training engine, export): one torch_dist checkpoint
+directory whose state is a dict; the model lives under the key ``"model"``:
+
+    save_dist_checkpoint({"model": model.sharded_state_dict(), ...}, ckpt_dir)
+    state = load_dist_checkpoint({"model": model.sharded_state_dict()}, ckpt_dir)
+    model.load_state_dict(state["model"])
+
+The training engine adds optimizer / scheduler / RNG keys to the same dict; asking only for
+``"model"`` loads any of them model-only (unexpected keys in the checkpoint are ignored).
+Written once, a checkpoint loads under any TP/PP layout (the padded vocabulary does not depend
+on the TP size for power-of-two TP, see `Bridge.padded_vocab_size`).
+
+Keywords only: megatron-core 0.19 removed `common_strategy` from `save/load`, so positions
+differ between 0.16 and 0.19.
+
+Why the queue: 0.16.1 / 0.19.2 create their write-results queue with a *spawn*-context
+multiprocessing Manager on the first save (`filesystem_async._results_queue`): ~9 s, and the
+spawned manager re-imports the main script. A fork-context Manager does the same job in
+~0.2 s; we install one before the first save when the module global is still unset.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from sppo_megatron.errors import UserError
+
+MODEL_KEY = "model"
+
+
+def _require_psutil() -> None:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        # megatron's async writer silently hangs without it (0.16.1)
+        raise UserError("megatron-core dist checkpointing needs psutil: pip install psutil") from None
+
+
+def _install_fork_results_queue() -> None:
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+    except ImportError:
+        return
+    if getattr(fsa, "_results_queue", "missing") is None:
+        import torch.multiprocessing as mp
+
+        try:
+            fsa._results_queue = mp.get_context("fork").Manager().Queue()
+        except (ValueError, OSError, RuntimeError):
+            pass  # no fork on this platform: megatron's own spawn queue is used
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
+    """Write a sharded state dict (e.g. ``{"model": model.sharded_state_dict()}``) to `ckpt_dir`.
+
+    Collective: every rank calls it with its own shards. Creates `ckpt_dir` (should be empty).
+    """
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    _require_psutil()
+    _install_fork_results_queue()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    _barrier()
+    dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
+    _barrier()
+
+
+def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str) -> Dict[str, Any]:
+    """Load the keys of `sharded_state` from `ckpt_dir`; returns plain tensors in the same structure."""
+    from megatron.core import dist_checkpointing
+
+    _require_psutil()
+    if not os.path.isdir(ckpt_dir):
+        raise UserError(f"checkpoint directory does not exist: {ckpt_dir}")
+    return dist_checkpointing.load(sharded_state_dict=sharded_state, checkpoint_dir=ckpt_dir)
+
+
+def is_dist_checkpoint(ckpt_dir: str) -> bool:
+    """True if `ckpt_dir` looks like a megatron-core dist checkpoint."""
+    return os.path.isfile(os.path.join(ckpt_dir, "metadata.json")) and (
+        os.path.isfile(os.path.join(ckpt_dir, ".metadata")) or os.path.isfile(os.path.join(ckpt_dir, "common.pt"))
+    )
+
+
+def save_model_checkpoint(model: Any, ckpt_dir: str) -> None:
+    """Model-only checkpoint: ``{"model": model.sharded_state_dict()}``."""
+    save_dist_checkpoint({MODEL_KEY: unwrap_model(model).sharded_state_dict()}, ckpt_dir)
+
+
+def load_model_checkpoint(model: Any, ckpt_dir: str) -> None:
+    """Load the ``"model"`` part of any checkpoint of this layout into `model` (strict)."""
+    module = unwrap_model(model)
+    state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir)
+    module.load_state_dict(state[MODEL_KEY])
+
+
+def unwrap_model(model: Any) -> Any:
+    """Strip DDP / Float16Module wrappers (anything with `.module`)."""
+    while hasattr(model, "module") and not hasattr(model, "decoder"):
+        model = model.module
+    return model
