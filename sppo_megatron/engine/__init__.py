@@ -1,0 +1,14 @@
+"""The Megatron actor: the SPPO policy on megatron-core (see actor.py for the API).
+
+    from sppo_megatron.engine import MegatronActor, SequenceBatch, LogProbs
+
+Modules, one concern each: batch (rollout batches, LogProbs, collation), batching (mini-/micro-
+batch plans), logprobs (vocab-parallel log-probs and entropy), setup (model, DDP, optimizer, LR
+schedule), optimizer_state (torch-Adam checkpoint workarounds), checkpoint (save/load),
+memory (GPU offload), actor (MegatronActor).
+"""
+
+from sppo_megatron.engine.actor import MegatronActor
+from sppo_megatron.engine.batch import LogProbs, SequenceBatch
+
+__all__ = ["MegatronActor", "SequenceBatch", "LogProbs"]

@@ -1,0 +1,336 @@
+"""MegatronActor: the SPPO policy on megatron-core (log-probs, update, checkpoints, offload).
+
+Collective: every method must be called on every rank with the same arguments (the rollout
+batch, targets and old log-probs are identical on all ranks).
+
+    actor = MegatronActor(cfg, hf_config)
+    old = actor.log_probs(batch, temperature=T)              # LogProbs, on every rank
+    metrics = actor.update(batch, targets, old, sample_mask)  # one optimizer step per mini-batch
+    actor.save_checkpoint(dir); actor.load_checkpoint(dir)
+    actor.offload(); ...rollouts...; actor.onload()
+
+Loss normalisation. The SPPO loss of a mini-batch is the MEAN over its selected samples of
+(log pi_theta(y|x) - log pi_t(y|x) - target)^2. Megatron's `calculate_per_token_loss` mode
+(enabled in setup.py) is used with "tokens" meaning selected samples: each micro-batch's loss
+function returns (sum of squared errors, number of selected samples); the schedule neither
+divides by the micro-batch count nor does DDP divide by the DP size, and
+`finalize_model_grads` divides the reduced gradients by the number of selected samples summed
+over all micro-batches and DP ranks (0.16.1 and 0.19.2 alike). The gradient is therefore that
+of the mini-batch mean whatever the DP size and micro-batching.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+
+from sppo_megatron.engine import setup
+from sppo_megatron.engine.batch import LogProbs, MicroBatch, SequenceBatch, collate
+from sppo_megatron.engine.batching import mini_batches, plan_micro_batches
+from sppo_megatron.engine.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
+
+OldLogProbs = Union[LogProbs, torch.Tensor, Sequence[float]]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _as_1d(values: Any, n: int, name: str, dtype=torch.float64) -> torch.Tensor:
+    t = torch.as_tensor(values).detach().to("cpu")
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} values (one per sample), got shape {tuple(t.shape)}")
+    return t.to(dtype)
+
+
+def _sequence_logp(old: OldLogProbs, n: int) -> torch.Tensor:
+    """old log pi_t(y|x) per sample from a LogProbs, a zero-padded [N, R] tensor or [N] sums."""
+    if isinstance(old, LogProbs):
+        return _as_1d(old.sequence_logp(), n, "old_logp")
+    t = torch.as_tensor(old).detach().to("cpu", torch.float64)
+    if t.dim() == 2:
+        t = t.sum(dim=1)
+    return _as_1d(t, n, "old_logp")
+
+
+class MegatronActor:
+    """The policy, its optimizer and LR schedule on this rank (see the module docstring)."""
+
+    def __init__(self, cfg: Any, hf_config: Any = None, bridge: Any = None, load_weights: bool = True) -> None:
+        """cfg: the full Config (model, parallel, optim, train, trainer.seed, rollout.n/temperature,
+        data.train_batch_size); hf_config: the transformers config (None = read model.path).
+        Initialises torch.distributed / megatron parallel state when not done yet.
+        load_weights=False skips model.megatron_ckpt / model.path (random weights: benchmarks)."""
+        from megatron.core import parallel_state as ps
+
+        from sppo_megatron.models import get_bridge, resolve_dtype
+        from sppo_megatron.platform.distributed import init_distributed
+
+        if not ps.model_parallel_is_initialized():
+            init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.trainer.seed, cfg.parallel.distributed_timeout_minutes)
+        tp, pp, _ = setup.describe_layout()
+        if (tp, pp) != (cfg.parallel.tp, cfg.parallel.pp):
+            raise RuntimeError(f"megatron parallel state is TP={tp} PP={pp} but the config asks for "
+                               f"TP={cfg.parallel.tp} PP={cfg.parallel.pp}")
+        self.cfg = cfg
+        self.hf_config = hf_config
+        self.bridge = bridge if bridge is not None else get_bridge(hf_config if hf_config is not None else cfg.model.path)
+        self.vocab_size: Optional[int] = getattr(self.bridge, "vocab_size", None)
+        self.dtype = resolve_dtype(cfg.model.dtype)
+        self.model, self.ddp = setup.build_policy(cfg, self.bridge, load_weights=load_weights)
+        self.config = self.model.config
+        self.optimizer = setup.build_optimizer(cfg, self.ddp, self.dtype)
+        self.scheduler = setup.build_scheduler(cfg, self.optimizer)
+        self.device = _device()
+        self.pad_multiple = cfg.parallel.tp if (cfg.parallel.sequence_parallel and cfg.parallel.tp > 1) else 1
+        rollout = getattr(cfg, "rollout", None)
+        self.default_temperature = float(getattr(rollout, "temperature", 1.0) or 1.0)
+        self._offloaded = None
+        self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_optimizer_steps(self) -> int:
+        """Successful optimizer steps so far (= the LR scheduler's step count = Adam's step)."""
+        return int(self.scheduler.num_steps)
+
+    def _plan(self, batch: SequenceBatch, indices: Sequence[int]) -> List[MicroBatch]:
+        from megatron.core import parallel_state as ps
+
+        plan = plan_micro_batches(
+            indices,
+            batch.input_lengths,
+            ps.get_data_parallel_world_size(),
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            max_tokens=self.cfg.train.max_tokens_per_micro_batch,
+        )
+        return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
+
+    def _run_schedule(self, micro: List[MicroBatch], forward_step, forward_only: bool):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro),
+            model=[self.ddp],
+            num_microbatches=len(micro),
+            seq_length=max(m.seq_length for m in micro),
+            micro_batch_size=max(m.size for m in micro),
+            forward_only=forward_only,
+        )
+
+    def _forward(self, model, mb: MicroBatch):
+        tokens = mb.tokens.to(self.device, non_blocking=True)
+        position_ids = torch.arange(mb.seq_length, device=self.device).unsqueeze(0).expand_as(tokens)
+        return model(tokens, position_ids, None)
+
+    # ------------------------------------------------------------------ log-probs
+    def log_probs(self, batch: SequenceBatch, temperature: Optional[float] = None, with_entropy: bool = False) -> LogProbs:
+        """Per-token log-probs (and entropies) of the response tokens under the current policy.
+
+        temperature: logits are divided by it (None = rollout.temperature from the config).
+        Returns a LogProbs with [N, max_response_len] tensors, identical on every rank.
+        """
+        from megatron.core import parallel_state as ps
+
+        temperature = self.default_temperature if temperature is None else float(temperature)
+        n, width = len(batch), max(batch.max_response_length, 1)
+        out = torch.zeros(2 if with_entropy else 1, n, width, dtype=torch.float32, device=self.device)
+        micro = self._plan(batch, list(range(n)))
+
+        def loss_func(mb: MicroBatch, logits: torch.Tensor):
+            x = scale_and_mask(logits, temperature, self.vocab_size)
+            ent = entropy_from_scaled(x, self.vocab_size) if with_entropy else None
+            from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+            lp = -vocab_parallel_cross_entropy(vocab_parallel_logits=x, target=mb.labels.to(x.device))
+            for row, i in enumerate(mb.sample_index):
+                if i < 0:
+                    continue
+                p, r = len(batch.prompt_ids[i]), len(batch.response_ids[i])
+                out[0, i, :r] = lp[row, p - 1 : p - 1 + r]
+                if ent is not None:
+                    out[1, i, :r] = ent[row, p - 1 : p - 1 + r]
+            zero = torch.zeros((), device=x.device)
+            return zero, torch.zeros((), dtype=torch.int, device=x.device), {}
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            return self._forward(model, mb), partial(loss_func, mb)
+
+        was_training = self.ddp.training
+        self.ddp.eval()
+        try:
+            with torch.no_grad():
+                self._run_schedule(micro, forward_step, forward_only=True)
+        finally:
+            self.ddp.train(was_training)
+        if ps.get_data_parallel_world_size() > 1:
+            dist.all_reduce(out, group=ps.get_data_parallel_group())
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        for i, r in enumerate(batch.response_lengths):
+            mask[i, :r] = True
+        out = out.cpu()
+        return LogProbs(out[0], mask, out[1] if with_entropy else None, temperature)
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self,
+        batch: SequenceBatch,
+        targets: Any,
+        old_logp: OldLogProbs,
+        sample_mask: Optional[Any] = None,
+        temperature: Optional[float] = None,
+        group_size: Optional[int] = None,
+    ) -> Dict[str, float]:
+        """The SPPO update on one rollout batch; returns metrics averaged over optimizer steps.
+
+        The N = B x K samples (K = group_size, default rollout.n; a prompt's samples consecutive)
+        are cut into mini-batches of train.mini_batch_size prompts, each one optimizer step,
+        the whole pass repeated train.epochs_per_rollout times. `old_logp` is the LogProbs from
+        `log_probs` (or per-token [N, R] zero-padded, or per-sample sums [N]); `targets` [N];
+        `sample_mask` [N] bool selects the samples in the loss (all when None). `temperature`
+        divides the logits as in `log_probs` (None: old_logp's own, else rollout.temperature).
+        A step whose loss or gradient is not finite is skipped (weights untouched) and counted
+        in `train/skipped`.
+        """
+        n = len(batch)
+        k = int(group_size or setup.group_size(self.cfg))
+        if temperature is None:  # the temperature old_logp was computed with, else rollout.temperature
+            temperature = old_logp.temperature if isinstance(old_logp, LogProbs) else self.default_temperature
+        temperature = float(temperature)
+        targets_t = _as_1d(targets, n, "targets")
+        old_t = _sequence_logp(old_logp, n)
+        mask_t = torch.ones(n, dtype=torch.bool) if sample_mask is None else _as_1d(sample_mask, n, "sample_mask", torch.bool)
+        lengths = batch.input_lengths
+        steps: List[Dict[str, float]] = []
+        start = time.perf_counter()
+        self.ddp.train()
+        for _ in range(int(self.cfg.train.epochs_per_rollout)):
+            for indices in mini_batches(n, k, int(self.cfg.train.mini_batch_size)):
+                metrics = self._train_step(batch, indices, targets_t, old_t, mask_t, temperature)
+                metrics["train/tokens"] = float(sum(lengths[i] for i in indices))
+                steps.append(metrics)
+        self.last_steps = steps
+        return self._summarise(steps, time.perf_counter() - start)
+
+    def _train_step(self, batch, indices, targets, old, mask, temperature) -> Dict[str, float]:
+        from megatron.core import parallel_state as ps
+
+        micro = self._plan(batch, indices)
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum sq err, n selected, sum log-ratio
+
+        def loss_func(mb: MicroBatch, logits: torch.Tensor):
+            from sppo_megatron.algorithm import sppo_loss
+
+            lp = token_log_probs(logits, mb.labels.to(logits.device), temperature, self.vocab_size)
+            resp = mb.response_mask.to(lp.device)
+            # float64 sums: the loss is a difference of two long sums (see LogProbs.sequence_logp)
+            seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=lp.device)).sum(dim=1)
+            rows = torch.tensor([max(i, 0) for i in mb.sample_index])
+            selected = mask[rows] & torch.tensor([i >= 0 for i in mb.sample_index])
+            loss, m = sppo_loss(
+                seq_logp, old[rows].to(lp.device), targets[rows].to(lp.device), selected.to(lp.device), denominator=1.0
+            )
+            count = int(m["num_selected"])
+            stats.add_(torch.tensor([m["loss"], count, m["log_ratio_mean"] * count], dtype=torch.float64, device=stats.device))
+            return loss, torch.tensor(count, dtype=torch.int, device=lp.device), {}
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            return self._forward(model, mb), partial(loss_func, mb)
+
+        lr = setup.current_lr(self.optimizer)
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        self._run_schedule(micro, forward_step, forward_only=False)
+
+        if ps.get_data_parallel_world_size() > 1:
+            dist.all_reduce(stats, group=ps.get_data_parallel_group())
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            dist.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())
+        sum_sq, count, sum_ratio = (float(v) for v in stats.cpu())
+        loss = sum_sq / max(count, 1.0)
+
+        finite = math.isfinite(loss) and self._grads_finite()
+        grad_norm = float("nan")
+        skipped = 1.0
+        if finite:
+            ok, norm, _ = self.optimizer.step()  # clips to optim.clip_grad
+            if ok:
+                if norm is None:
+                    norm = self.optimizer.get_grad_norm()
+                grad_norm = float(norm)
+                self.scheduler.step(increment=1)
+                skipped = 0.0
+        return {
+            "train/loss": loss,
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "sppo/log_ratio_mean": sum_ratio / count if count else 0.0,
+            "train/skipped": skipped,
+            "train/num_selected": count,
+        }
+
+    def _grads_finite(self) -> bool:
+        """True when every rank's gradient buffers are finite (one all-reduced flag)."""
+        bad = torch.zeros(1, dtype=torch.float32, device=self.device)
+        for buffer in list(self.ddp.buffers) + list(getattr(self.ddp, "expert_parallel_buffers", [])):
+            if not torch.isfinite(buffer.grad_data).all():
+                bad.fill_(1.0)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bool(bad.item() == 0)
+
+    @staticmethod
+    def _summarise(steps: List[Dict[str, float]], seconds: float) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        if not steps:
+            return {"train/num_optimizer_steps": 0.0, "train/skipped": 0.0, "train/tokens": 0.0}
+        for key in ("train/loss", "train/grad_norm", "train/lr", "sppo/log_ratio_mean"):
+            vals = [s[key] for s in steps if not (key == "train/grad_norm" and s["train/skipped"])]
+            out[key] = sum(vals) / len(vals) if vals else float("nan")
+        out["train/skipped"] = float(sum(s["train/skipped"] for s in steps))
+        out["train/num_optimizer_steps"] = float(len(steps) - out["train/skipped"])
+        out["train/tokens"] = float(sum(s["train/tokens"] for s in steps))
+        out["timing/train_step_s"] = seconds / len(steps)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints, memory
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        from sppo_megatron.engine.checkpoint import save_actor
+
+        save_actor(self, ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str, load_optimizer: bool = True) -> None:
+        from sppo_megatron.engine.checkpoint import load_actor
+
+        load_actor(self, ckpt_dir, load_optimizer=load_optimizer)
+
+    def offload(self) -> None:
+        """Move params, grad buffers and optimizer state to pinned CPU memory (GPU; no-op on CPU).
+
+        Call before rollouts; `onload()` before the next log_probs/update. Idempotent."""
+        from sppo_megatron.engine.memory import offload
+
+        if self._offloaded is None:
+            self._offloaded = offload(self) or False
+
+    def onload(self) -> None:
+        """Bring back what `offload()` moved (no-op if nothing is offloaded)."""
+        from sppo_megatron.engine.memory import onload
+
+        if self._offloaded:
+            onload(self, self._offloaded)
+        self._offloaded = None
+
+    def export_hf_weights(self):
+        """Stream (hf_name, full tensor) pairs through the bridge (collective)."""
+        return self.bridge.export_hf_weights(self.model)

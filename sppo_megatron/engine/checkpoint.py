@@ -1,0 +1,183 @@
+"""Actor checkpoints: model + optimizer + LR scheduler + RNG in one megatron-core dist checkpoint.
+
+Layout of the state written by `save_actor` (one `dist_checkpointing` directory):
+  model       `model.sharded_state_dict()`: the same key as the converter's model-only
+              checkpoints, so an actor checkpoint also serves as `model.megatron_ckpt` and
+              loads under any TP/PP;
+  optimizer   the optimizer's sharded state with the distributed optimizer's
+              `fully_reshardable` format (regular optimizers are reshardable by construction),
+              so training resumes exactly in any TP/PP/DP layout (with the same
+              parallel.use_distributed_optimizer: the two formats are not interchangeable);
+  scheduler   OptimizerParamScheduler.state_dict() (common, written once);
+  rng_state   per rank: python, numpy, torch (and CUDA) generators and megatron's model-parallel
+              RNG tracker; restored on a full resume when the TP/PP/DP layout is unchanged
+              (a different layout has different per-rank streams; the run keeps its fresh
+              seeding then);
+  actor_meta.json  (rank 0, after the collective save) layout, optimizer steps, versions.
+
+The torch-Adam workarounds needed to save/load the optimizer live in optimizer_state.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any, Dict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sppo_megatron.engine import optimizer_state
+from sppo_megatron.errors import UserError
+
+META_FILE = "actor_meta.json"
+FORMAT = 1
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _layout() -> Dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {
+        "tp": ps.get_tensor_model_parallel_world_size(),
+        "pp": ps.get_pipeline_model_parallel_world_size(),
+        "dp": ps.get_data_parallel_world_size(),
+    }
+
+
+def _rng_state() -> Dict[str, Any]:
+    from megatron.core import tensor_parallel
+
+    np_state = np.random.get_state()
+    return {
+        "random": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded(data: Any):
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    lay = _layout()
+    return ShardedObject(
+        key="rng_state",
+        data=data,
+        global_shape=(lay["pp"], lay["tp"], lay["dp"]),
+        global_offset=(ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()),
+        replica_id=0,
+    )
+
+
+def read_meta(ckpt_dir: str) -> Dict[str, Any]:
+    path = os.path.join(ckpt_dir, META_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def save_actor(actor: Any, ckpt_dir: str) -> None:
+    """Write the actor's state into `ckpt_dir` (collective; the directory may already exist)."""
+    from megatron.core import __version__ as mcore_version
+
+    from sppo_megatron.models import save_dist_checkpoint
+
+    if _rank() == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    _barrier()
+    optimizer_state.init_state(actor.optimizer)  # workaround (1): a fresh optimizer cannot build its state dict
+    model_sd = actor.model.sharded_state_dict()
+    state = {
+        "model": model_sd,
+        "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
+        "scheduler": actor.scheduler.state_dict(),
+        "rng_state": _rng_sharded(_rng_state()),
+    }
+    save_dist_checkpoint(state, ckpt_dir)
+    if _rank() == 0:
+        meta = {
+            "format": FORMAT,
+            "layout": _layout(),
+            "num_optimizer_steps": actor.num_optimizer_steps,
+            "use_distributed_optimizer": bool(actor.cfg.parallel.use_distributed_optimizer),
+            "optimizer_sharding": OPTIMIZER_METADATA["distrib_optim_sharding_type"],
+            "dtype": str(actor.dtype),
+            "megatron_core": mcore_version,
+        }
+        tmp = os.path.join(ckpt_dir, META_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+        os.replace(tmp, os.path.join(ckpt_dir, META_FILE))
+    _barrier()
+
+
+def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
+    """Restore the actor from `ckpt_dir` (collective).
+
+    load_optimizer=False loads the model weights only (a converter's model-only checkpoint, or
+    an actor checkpoint used as initial weights); the optimizer and LR schedule stay fresh, the
+    optimizer's main params are refreshed from the loaded weights.
+    """
+    from sppo_megatron.models import load_dist_checkpoint
+
+    if not os.path.isdir(ckpt_dir):
+        raise UserError(f"checkpoint directory {ckpt_dir} does not exist")
+    meta = read_meta(ckpt_dir)
+    if load_optimizer and not meta:
+        raise UserError(f"{ckpt_dir} is a model-only checkpoint (no {META_FILE}); it has no optimizer state to resume")
+    want = bool(actor.cfg.parallel.use_distributed_optimizer)
+    if load_optimizer and meta.get("use_distributed_optimizer", want) != want:
+        raise UserError(
+            f"{ckpt_dir} holds {'distributed' if not want else 'plain'}-optimizer state but "
+            f"parallel.use_distributed_optimizer={want}; resume with the setting it was saved with"
+        )
+    model_sd = actor.model.sharded_state_dict()
+    request: Dict[str, Any] = {"model": model_sd}
+    if load_optimizer:
+        optimizer_state.init_state(actor.optimizer)  # workaround (1)
+        request["optimizer"] = actor.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_METADATA)
+    # RNG streams are per rank: restored on a full resume in the same layout only
+    same_layout = load_optimizer and meta.get("layout") == _layout()
+    if same_layout:
+        request["rng_state"] = _rng_sharded(None)
+    loaded = load_dist_checkpoint(request, ckpt_dir)
+    with torch.no_grad():
+        actor.model.load_state_dict(loaded["model"])
+    if load_optimizer:
+        with optimizer_state.loading(actor.optimizer):  # workarounds (2), (3)
+            actor.optimizer.load_state_dict(loaded["optimizer"])
+        actor.scheduler.num_steps = 0  # load_state_dict ADDS the saved count to the current one
+        actor.scheduler.load_state_dict(loaded["scheduler"])
+        steps = int(meta.get("num_optimizer_steps", actor.scheduler.num_steps))
+        optimizer_state.set_step(actor.optimizer, steps)  # workarounds (4), (5)
+    else:
+        actor.optimizer.reload_model_params()
+    if same_layout and loaded.get("rng_state") is not None:
+        _set_rng_state(loaded["rng_state"])

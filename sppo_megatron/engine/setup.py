@@ -1,0 +1,157 @@
+"""Policy, optimizer and LR schedule for the actor: megatron-core objects built from the Config.
+
+* the model: `bridge.build_model` (this rank's PP stage of a GPTModel, recomputation per
+  `model.recompute` in the bridge's TransformerConfig), weights
+  from `model.megatron_ckpt` (a model-only dist checkpoint, `{"model": ...}`) or else from the
+  HF directory `model.path` through the bridge, wrapped in Megatron DDP (grads reduced in fp32;
+  the distributed optimizer per `parallel.use_distributed_optimizer`);
+* the optimizer: `get_megatron_optimizer` (AdamW; bf16/fp16 mixed precision with fp32 main
+  params when the model is bf16/fp16, plain fp32 otherwise; clipping `optim.clip_grad`);
+* the LR schedule: megatron's OptimizerParamScheduler, linear warmup from 0 over
+  `optim.lr_warmup_steps` (or `optim.lr_warmup_ratio` of all optimizer steps), then constant or
+  cosine to `optim.min_lr`.
+
+The TransformerConfig gets the training-loop hooks megatron's schedule needs:
+`finalize_model_grads_func` (without it DP>1 never reduces gradients), `grad_scale_func`,
+`calculate_per_token_loss` (the loss function returns a sum and a count; finalize divides the
+gradients by the count summed over micro-batches and DP ranks, see actor.update) and
+`variable_seq_lengths` (micro-batches are padded to their own length; the pipeline exchanges
+shapes before each activation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Tuple
+
+import torch
+
+from sppo_megatron.errors import UserError
+
+
+def group_size(cfg: Any) -> int:
+    rollout = getattr(cfg, "rollout", None)
+    return int(getattr(rollout, "n", 1) or 1)
+
+
+def total_optimizer_steps(cfg: Any) -> int:
+    """trainer.total_steps x (data.train_batch_size / train.mini_batch_size, rounded up) x epochs_per_rollout."""
+    per_rollout = math.ceil(cfg.data.train_batch_size / cfg.train.mini_batch_size)
+    return max(1, int(cfg.trainer.total_steps) * per_rollout * int(cfg.train.epochs_per_rollout))
+
+
+def warmup_steps(cfg: Any, total: int) -> int:
+    if cfg.optim.lr_warmup_steps > 0:
+        return int(cfg.optim.lr_warmup_steps)
+    return int(cfg.optim.lr_warmup_ratio * total)
+
+
+def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
+    """This rank's GPTModel stage with its weights, and its DDP wrapper: (model, ddp).
+
+    load_weights=False keeps megatron's random initialisation (benchmarks only)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+    # perform_initialization must stay on even though the weights are loaded next: megatron-core
+    # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
+    # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
+    model = bridge.build_model(cfg.model, cfg.parallel)
+    tconfig = model.config
+    tconfig.calculate_per_token_loss = True
+    tconfig.variable_seq_lengths = True
+    tconfig.finalize_model_grads_func = finalize_model_grads
+    if load_weights:
+        load_initial_weights(cfg, model, bridge)
+    ddp = DistributedDataParallel(
+        config=tconfig,
+        ddp_config=DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+        ),
+        module=model,
+    )
+    return model, ddp
+
+
+def load_initial_weights(cfg: Any, model: Any, bridge: Any) -> None:
+    """model.megatron_ckpt (model-only dist checkpoint) if set, else the HF weights at model.path."""
+    if cfg.model.megatron_ckpt:
+        from sppo_megatron.models import load_dist_checkpoint
+
+        state = load_dist_checkpoint({"model": model.sharded_state_dict()}, cfg.model.megatron_ckpt)
+        model.load_state_dict(state["model"])
+    elif cfg.model.path:
+        bridge.load_hf_weights(model, cfg.model.path)
+    else:
+        raise UserError("set model.path (a Hugging Face model directory) or model.megatron_ckpt to load the policy weights")
+
+
+def build_optimizer(cfg: Any, ddp: Any, dtype: torch.dtype):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    o = cfg.optim
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=float(o.lr),
+        min_lr=float(o.min_lr),
+        weight_decay=float(o.weight_decay),
+        adam_beta1=float(o.adam_beta1),
+        adam_beta2=float(o.adam_beta2),
+        adam_eps=float(o.adam_eps),
+        clip_grad=float(o.clip_grad),
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        params_dtype=dtype,
+        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+    )
+    optimizer = get_megatron_optimizer(config, [ddp])
+    ddp.config.grad_scale_func = optimizer.scale_loss
+    return optimizer
+
+
+def build_scheduler(cfg: Any, optimizer: Any):
+    """OptimizerParamScheduler; stepped once per successful optimizer step."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    total = total_optimizer_steps(cfg)
+    warmup = min(warmup_steps(cfg, total), total)
+    decay_steps = max(total, warmup + 1)
+    o = cfg.optim
+    if o.min_lr > o.lr:
+        raise UserError(f"optim.min_lr ({o.min_lr}) must not exceed optim.lr ({o.lr})")
+    return OptimizerParamScheduler(
+        optimizer=optimizer,
+        init_lr=0.0 if warmup > 0 else float(o.lr),
+        max_lr=float(o.lr),
+        min_lr=float(o.min_lr),
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=str(o.lr_decay_style),
+        start_wd=float(o.weight_decay),
+        end_wd=float(o.weight_decay),
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
+        # the config wins over a checkpoint's lr/warmup/decay settings; only the step count is restored
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
+    )
+
+
+def current_lr(optimizer: Any) -> float:
+    """The learning rate of the default parameter group (what the next step uses)."""
+    for group in optimizer.param_groups:
+        if not group.get("is_decoupled_lr", False):
+            lr = group["lr"]
+            return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+    return 0.0
+
+
+def describe_layout() -> Tuple[int, int, int]:
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+    )

@@ -1,0 +1,44 @@
+"""Smoke test of tools/bench_train.py: it runs the real actor and reports sane figures."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tests.multirank import run_ranks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(argv):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import bench_train
+
+    return bench_train.main(argv)
+
+
+def test_bench_train_reports_throughput():
+    argv = ["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab", "300",
+            "--seq", "32", "--prompt-len", "8", "--batch", "4", "--steps", "1", "--warmup", "1", "--tp", "2"]
+    result = run_ranks(_bench, 2, argv)[0]
+    assert result["tp"] == 2 and result["dp"] == 1 and result["tokens_per_step"] == 4 * 31
+    assert result["update_tokens_per_s"] > 0 and result["update_step_s"] > 0
+    assert result["peak_mem_gib_per_rank"] > 0
+    assert "mfu" not in result  # CPU: no MFU
+
+
+def test_peak_table_and_flop_count():
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import bench_train
+
+    assert bench_train.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bench_train.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bench_train.peak_tflops("NVIDIA H200") == 989.4
+    assert bench_train.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bench_train.peak_tflops("Some GPU") is None
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1)
+    # per layer: q 8x8 + k,v 2 x 8x4 + o 8x8 + mlp 3 x 8x16; plus the LM head 10x8
+    assert bench_train.matmul_params(cfg) == 2 * (64 + 64 + 64 + 384) + 80

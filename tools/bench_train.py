@@ -1,0 +1,249 @@
+"""Training throughput of the Megatron actor: tokens/s, step time, peak memory (and MFU on GPU).
+
+    torchrun --nproc-per-node N tools/bench_train.py [model] [layout] [workload]
+    python tools/bench_train.py ...                    (one process)
+
+model     --hf-config DIR|config.json (any architecture the bridge supports), or a synthetic
+          Qwen2-style model: --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 688 --vocab 32000
+layout    --tp 1 --pp 1 (DP = world / (TP x PP)) --no-dist-opt --dtype auto|bf16|fp32
+          --recompute none|selective|full --sequence-parallel
+workload  --seq 512 (tokens per sample: prompt + response) --prompt-len 128 --batch 16 (samples per
+          optimizer step, all DP ranks together) --micro-batch-size 1 | --max-tokens 4096
+          --steps 5 --warmup 1 --vary-lengths (responses of random length up to the maximum)
+
+It builds the real `MegatronActor` (random weights: nothing is loaded), then times
+`actor.log_probs` and `actor.update` on a synthetic rollout batch (one optimizer step per
+update). Reported: tokens/s of the update (prompt + response tokens the model reads, all ranks
+together), update step time, log-prob throughput, peak memory per rank (CUDA max allocated, or
+the process's peak RSS on CPU), and on GPU the model FLOPs utilisation
+
+    MFU = (6 N + 6 L h s) x tokens / (step time x GPUs x peak dense bf16 FLOP/s)
+
+with N the matmul parameters (transformer layers + LM head; the input embedding is a lookup),
+6 L h s the causal attention score/value matmuls forward + backward per token (L layers, hidden
+h, sequence length s), and peaks from a table keyed by the device name (recomputation is not
+counted: that would be hardware FLOPs utilisation). One JSON line with every figure is printed
+(and appended to --json-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by device-name substring; first match wins.
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM
+    ("H200", 989.4),
+    ("H800", 989.4),
+    ("H20", 148.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+]
+
+
+def peak_tflops(device_name: str):
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hf-config", help="HF model directory or config.json (else the synthetic model below)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--ffn", type=int, default=None, help="default: 8/3 hidden rounded up to 8")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--no-dist-opt", action="store_true", help="plain (not distributed) optimizer")
+    p.add_argument("--sequence-parallel", action="store_true")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    p.add_argument("--seq", type=int, default=512, help="tokens per sample (prompt + response)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16, help="samples per optimizer step (all DP ranks)")
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch (dynamic batching)")
+    p.add_argument("--vary-lengths", action="store_true", help="random response lengths in [1, seq - prompt-len]")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", help="append the result as one JSON line to this file")
+    return p.parse_args(argv)
+
+
+def hf_config_from_args(args):
+    if args.hf_config:
+        from transformers import AutoConfig
+
+        path = os.path.dirname(args.hf_config) if args.hf_config.endswith(".json") else args.hf_config
+        return AutoConfig.from_pretrained(path)
+    from transformers import Qwen2Config
+
+    ffn = args.ffn or -(-int(args.hidden * 8 / 3) // 8) * 8
+    return Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(4096, args.seq),
+        tie_word_embeddings=False,
+    )
+
+
+def matmul_params(hf) -> int:
+    """Parameters that take part in matmuls: attention, MLP (gated) and the LM head."""
+    h = hf.hidden_size
+    heads = hf.num_attention_heads
+    kv = getattr(hf, "num_key_value_heads", None) or heads
+    hd = getattr(hf, "head_dim", None) or h // heads
+    attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h
+    mlp = 3 * h * hf.intermediate_size
+    return hf.num_hidden_layers * (attn + mlp) + hf.vocab_size * h
+
+
+def build_config(args):
+    from sppo_megatron.config.schema import Config
+
+    c = Config()
+    c.model.dtype = args.dtype
+    c.model.recompute = args.recompute
+    c.parallel.tp, c.parallel.pp = args.tp, args.pp
+    c.parallel.use_distributed_optimizer = not args.no_dist_opt
+    c.parallel.sequence_parallel = args.sequence_parallel
+    c.rollout.n = 1
+    c.rollout.temperature = 1.0
+    c.data.train_batch_size = args.batch
+    c.train.mini_batch_size = args.batch  # one optimizer step per update
+    c.train.micro_batch_size = args.micro_batch_size
+    c.train.max_tokens_per_micro_batch = args.max_tokens
+    c.optim.lr = 1e-6
+    c.trainer.total_steps = args.steps + args.warmup
+    c.trainer.seed = args.seed
+    return c
+
+
+def make_batch(args, vocab: int):
+    from sppo_megatron.engine.batch import SequenceBatch
+
+    rng = random.Random(args.seed)
+    max_resp = max(1, args.seq - args.prompt_len)
+    prompts, responses = [], []
+    for _ in range(args.batch):
+        r = rng.randint(1, max_resp) if args.vary_lengths else max_resp
+        prompts.append([rng.randrange(vocab) for _ in range(args.prompt_len)])
+        responses.append([rng.randrange(vocab) for _ in range(r)])
+    return SequenceBatch(prompts, responses)
+
+
+def peak_memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from megatron.core import __version__ as mcore_version
+    from megatron.core import parallel_state as ps
+
+    from sppo_megatron.engine.actor import MegatronActor
+
+    hf = hf_config_from_args(args)
+    cfg = build_config(args)
+    actor = MegatronActor(cfg, hf, load_weights=False)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    batch = make_batch(args, hf.vocab_size)
+    targets = torch.randn(len(batch), generator=torch.Generator().manual_seed(args.seed)) * 0.1
+    tokens = sum(batch.input_lengths)
+
+    logp_times, update_times = [], []
+    for i in range(args.warmup + args.steps):
+        _sync()
+        t0 = time.perf_counter()
+        old = actor.log_probs(batch)
+        _sync()
+        t1 = time.perf_counter()
+        metrics = actor.update(batch, targets, old)
+        _sync()
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            logp_times.append(t1 - t0)
+            update_times.append(t2 - t1)
+    step = sum(update_times) / len(update_times)
+    logp = sum(logp_times) / len(logp_times)
+    mem = torch.tensor([peak_memory_gib()])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)
+    n_mm = matmul_params(hf)
+    flops_per_token = 6 * n_mm + 6 * hf.num_hidden_layers * hf.hidden_size * args.seq
+    result = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+        "world": world,
+        "tp": args.tp,
+        "pp": args.pp,
+        "dp": ps.get_data_parallel_world_size(),
+        "dtype": str(actor.dtype).replace("torch.", ""),
+        "recompute": args.recompute,
+        "model": args.hf_config or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
+        "matmul_params": n_mm,
+        "batch": args.batch,
+        "seq": args.seq,
+        "micro_batching": f"max_tokens={args.max_tokens}" if args.max_tokens else f"micro_batch_size={args.micro_batch_size}",
+        "tokens_per_step": tokens,
+        "update_step_s": round(step, 4),
+        "update_tokens_per_s": round(tokens / step, 1),
+        "log_probs_s": round(logp, 4),
+        "log_probs_tokens_per_s": round(tokens / logp, 1),
+        "peak_mem_gib_per_rank": round(float(mem), 3),
+        "loss": metrics["train/loss"],
+        "megatron_core": mcore_version,
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        peak = peak_tflops(torch.cuda.get_device_name())
+        achieved = flops_per_token * tokens / step / world / 1e12
+        result["model_tflops_per_gpu"] = round(achieved, 2)
+        result["mfu"] = round(achieved / peak, 4) if peak and actor.dtype in (torch.bfloat16, torch.float16) else None
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    if rank0:
+        print(json.dumps(result), flush=True)
+        if args.json_out:
+            with open(args.json_out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(result) + "\n")
+    from sppo_megatron.platform.distributed import destroy_distributed
+
+    destroy_distributed()
+    return result
+
+
+if __name__ == "__main__":
+    main()
