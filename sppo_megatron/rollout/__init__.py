@@ -1,0 +1,32 @@
+"""Rollout engines: one protocol (`RolloutEngine`), an SGLang engine (GPU) and a Hugging Face
+transformers engine (CPU / fallback), chosen by `create_rollout_engine(cfg, hf_dir)`.
+
+sglang is imported lazily: this package imports on machines without it.
+"""
+
+from sppo_megatron.rollout.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    RolloutEngine,
+    RolloutPlacement,
+    RolloutSample,
+    SamplingParams,
+    make_placement,
+    resolve_eos_token_ids,
+    split_evenly,
+)
+from sppo_megatron.rollout.factory import choose_engine, create_rollout_engine
+
+__all__ = [
+    "FINISH_LENGTH",
+    "FINISH_STOP",
+    "RolloutEngine",
+    "RolloutPlacement",
+    "RolloutSample",
+    "SamplingParams",
+    "choose_engine",
+    "create_rollout_engine",
+    "make_placement",
+    "resolve_eos_token_ids",
+    "split_evenly",
+]

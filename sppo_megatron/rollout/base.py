@@ -1,0 +1,276 @@
+"""The rollout-engine contract shared by the SGLang and Hugging Face engines.
+
+Every rank of the job calls the same methods with the same arguments (SPMD, like the rest of the
+trainer): `generate` splits the prompts across the job's engines, each engine samples its share,
+and the samples are gathered back, in prompt order, to every rank. Engines are placed in
+*rollout groups* of consecutive ranks: a group of `rollout.tp` ranks shares one SGLang engine
+hosted by its first rank; the HF engine uses groups of one (every rank holds a full copy of the
+model and samples its own share of prompts: data-parallel rollouts).
+
+Log-probs: engines report, per response token, the log-prob of the sampled token under the
+temperature-scaled FULL distribution, log_softmax(logits / T), before top-k / top-p filtering
+(temperature 0 = greedy reports log_softmax(logits), i.e. T = 1). This is what the trainer
+recomputes (`actor.log_probs(batch, temperature=T)`) and what SGLang returns by default.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `temperature` 0 = greedy; `top_k` -1 (or 0) = off; `top_p` 1 = off.
+
+    `max_new_tokens` is data.max_response_length for training. Generation also stops at the
+    model's EOS ids (from the HF config / generation_config) and at `stop_token_ids`; the stop
+    token is kept as the last response token. `seed` makes the HF engine exactly reproducible
+    (per sample, independent of batching and of how prompts are split across ranks); None = a
+    seed drawn from torch's default generator on rank 0. SGLang ignores it (its sampling is
+    seeded once per engine by `random_seed`).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 512
+    stop_token_ids: Tuple[int, ...] = ()
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (off) or >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class RolloutSample:
+    """One generated response. `prompt_index` is the index in the `generate` call's prompt list,
+    `sample_index` in 0..n-1. `logprobs` has one entry per response token (None if the engine
+    cannot report them)."""
+
+    prompt_index: int
+    sample_index: int
+    response_ids: List[int]
+    finish_reason: str  # "stop" | "length"
+    logprobs: Optional[List[float]] = None
+
+
+def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
+    """Contiguous [start, end) ranges covering range(count), sizes differing by at most one."""
+    base, extra = divmod(count, parts)
+    ranges, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
+@dataclass
+class RolloutPlacement:
+    """Where this rank sits among the rollout engines.
+
+    Ranks are grouped in consecutive blocks of `group_size`; block g hosts engine g on its first
+    rank. `object_group` is a gloo group over all ranks used for the result gather,
+    `rollout_group` a gloo group over this rank's block (IPC-handle gathers)."""
+
+    rank: int = 0
+    world_size: int = 1
+    group_size: int = 1
+    object_group: Any = None
+    rollout_group: Any = None
+    group_ranks: List[int] = field(default_factory=lambda: [0])
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def num_engines(self) -> int:
+        return self.world_size // self.group_size
+
+    @property
+    def engine_index(self) -> int:
+        return self.rank // self.group_size
+
+    @property
+    def host_rank(self) -> int:
+        return self.engine_index * self.group_size
+
+    @property
+    def is_host(self) -> bool:
+        return self.rank == self.host_rank
+
+    @property
+    def rank_in_group(self) -> int:
+        return self.rank - self.host_rank
+
+
+def make_placement(group_size: int = 1) -> RolloutPlacement:
+    """Build the placement (collective when torch.distributed is initialised: every rank must
+    call it, in the same order as its other group creations)."""
+    from sppo_megatron.errors import UserError
+
+    initialized = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialized else 1
+    if world % group_size:
+        raise UserError(
+            f"rollout.tp={group_size} must divide the number of ranks ({world}): each SGLang engine "
+            "spans rollout.tp ranks (one GPU each) and takes their CUDA IPC weight handles"
+        )
+    if world == 1:
+        return RolloutPlacement(0, 1, 1, None, None, [0])
+    rank = dist.get_rank()
+    gloo_world = dist.get_backend() == "gloo"
+    object_group = None if gloo_world else dist.new_group(backend="gloo")
+    rollout_group, mine = None, [rank]
+    for g in range(world // group_size):
+        ranks = list(range(g * group_size, (g + 1) * group_size))
+        grp = dist.new_group(ranks=ranks, backend="gloo") if group_size > 1 else None
+        if rank in ranks:
+            rollout_group, mine = grp, ranks
+    return RolloutPlacement(rank, world, group_size, object_group, rollout_group, mine)
+
+
+def resolve_eos_token_ids(hf_dir: str) -> Tuple[int, ...]:
+    """EOS ids of a HF model directory: generation_config.json and config.json eos_token_id."""
+    ids: List[int] = []
+    for fname in ("generation_config.json", "config.json"):
+        path = os.path.join(hf_dir, fname)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("eos_token_id")
+        if value is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    return tuple(ids)
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """rollout.dtype -> torch dtype; auto = bf16 on GPU, fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class RolloutEngine(abc.ABC):
+    """One rollout engine per rollout group; all methods are collective (call on every rank).
+
+    Subclasses implement `_generate_local` (sample this engine's share) and the weight/memory
+    methods; `generate` does the split across engines and the in-order gather.
+    """
+
+    name: str = "base"
+    #: whether RolloutSample.logprobs is filled
+    supports_logprobs: bool = False
+
+    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = ()) -> None:
+        self.placement = placement or RolloutPlacement()
+        self.eos_token_ids: Tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
+
+    # ---- generation -------------------------------------------------------------------
+    def generate(self, prompt_token_ids: List[List[int]], sampling: SamplingParams, n: int) -> List[RolloutSample]:
+        """Sample `n` responses per prompt. Returns len(prompts) * n samples in order (the n
+        samples of prompt 0, then prompt 1, ...), the same list on every rank."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        for i, p in enumerate(prompt_token_ids):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty")
+        pl = self.placement
+        if sampling.seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            if pl.distributed:
+                box = [seed]
+                dist.broadcast_object_list(box, src=0, group=pl.object_group)
+                seed = box[0]
+            sampling = _replace_seed(sampling, seed)
+        start, end = split_evenly(len(prompt_token_ids), pl.num_engines)[pl.engine_index]
+        local: List[RolloutSample] = []
+        if pl.is_host and end > start:
+            local = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
+            if len(local) != (end - start) * n:
+                raise RuntimeError(f"{self.name} engine returned {len(local)} samples for {end - start} prompts x n={n}")
+        elif not pl.is_host:
+            self._assist_generate()
+        if not pl.distributed:
+            return local
+        gathered: List[Optional[List[RolloutSample]]] = [None] * pl.world_size
+        dist.all_gather_object(gathered, local, group=pl.object_group)
+        out: List[RolloutSample] = []
+        for part in gathered:
+            out.extend(part or [])
+        if len(out) != len(prompt_token_ids) * n:
+            raise RuntimeError(f"gathered {len(out)} samples, expected {len(prompt_token_ids) * n}")
+        return out
+
+    @abc.abstractmethod
+    def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
+        """Sample this engine's share; prompt indices start at `first_prompt_index`."""
+
+    def _assist_generate(self) -> None:
+        """Runs on group members that do not host the engine while the host generates."""
+
+    def stop_ids(self, sampling: SamplingParams) -> Tuple[int, ...]:
+        ids = list(self.eos_token_ids)
+        ids += [t for t in sampling.stop_token_ids if t not in ids]
+        return tuple(ids)
+
+    # ---- weights and memory -------------------------------------------------------------
+    @abc.abstractmethod
+    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Consume the bridge's stream of (HF name, full tensor); collective."""
+
+    def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
+        """The engine's current value of HF tensor `name` (at least its first `rows` rows), on
+        the CPU in fp32, for the post-sync check; None when the engine cannot tell."""
+        return None
+
+    def sleep(self) -> None:
+        """Free accelerator memory (weights and KV cache) for training."""
+
+    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
+        """Restore what `sleep` freed (None = everything)."""
+
+    def shutdown(self) -> None:
+        """Release the engine. Safe to call twice."""
+
+    def describe(self) -> str:
+        return f"{self.name} x{self.placement.num_engines}"
+
+
+def _replace_seed(sampling: SamplingParams, seed: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(sampling, seed=seed)

@@ -1,0 +1,105 @@
+"""`create_rollout_engine(cfg, hf_dir)`: pick and build the rollout engine from `rollout.engine`.
+
+- auto: SGLang when a CUDA GPU is present and sglang is importable; the HF engine otherwise. On a
+  GPU without sglang, auto falls back to HF with a LOUD warning (HF generation is much slower).
+- sglang: needs a GPU and sglang (UserError pointing at `pip install -e .[sglang]` / docker/).
+- hf: the transformers engine (CPU, or the local GPU).
+Collective when torch.distributed is initialised: every rank must call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Optional
+
+import torch
+
+from sppo_megatron.errors import UserError
+from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
+from sppo_megatron.rollout.sglang_engine import sglang_available
+
+logger = logging.getLogger(__name__)
+
+
+def choose_engine(requested: str, has_gpu: Optional[bool] = None, has_sglang: Optional[bool] = None) -> str:
+    """'sglang' or 'hf' for rollout.engine = auto | sglang | hf (see module docstring)."""
+    has_gpu = torch.cuda.is_available() if has_gpu is None else has_gpu
+    has_sglang = sglang_available() if has_sglang is None else has_sglang
+    if requested == "hf":
+        return "hf"
+    if requested == "sglang":
+        if not has_sglang:
+            raise UserError(
+                "rollout.engine=sglang but sglang is not installed: `pip install -e .[sglang]` on a CUDA "
+                "machine, or use the image built from docker/ (or set rollout.engine=hf)"
+            )
+        if not has_gpu:
+            raise UserError("rollout.engine=sglang needs a CUDA GPU; use rollout.engine=hf (or auto) on CPU")
+        return "sglang"
+    if requested != "auto":
+        raise UserError(f"rollout.engine must be auto, sglang or hf, got {requested!r}")
+    if not has_gpu:
+        return "hf"
+    if has_sglang:
+        return "sglang"
+    message = (
+        "WARNING: rollout.engine=auto found a GPU but sglang is not installed: FALLING BACK TO THE "
+        "HUGGING FACE ROLLOUT ENGINE, which is many times slower. Install sglang with "
+        "`pip install -e .[sglang]` or use the docker/ image; set rollout.engine=hf to silence this."
+    )
+    bar = "!" * 100
+    print(f"{bar}\n{message}\n{bar}", file=sys.stderr, flush=True)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    logger.warning(message)
+    return "hf"
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part, None) if not isinstance(node, dict) else node.get(part)
+        if node is None:
+            return default
+    return node
+
+
+def create_rollout_engine(
+    cfg: Any,
+    hf_dir: str,
+    *,
+    log_dir: Optional[str] = None,
+    seed: Optional[int] = None,
+    api: Any = None,
+) -> RolloutEngine:
+    """Build the rollout engine for `cfg` (the full Config/DictConfig: reads cfg.rollout.* and
+    cfg.trainer.seed / output_dir) serving the HF model directory `hf_dir` (config, tokenizer
+    files; weights optional: the first sync fills them).
+
+    `log_dir`: where SGLang engine logs go (default <trainer.output_dir>/logs). `api`: a stand-in
+    for the sglang module (tests)."""
+    ro = cfg.rollout
+    kind = choose_engine(ro.engine, has_sglang=True if api is not None else None)
+    seed = int(_get(cfg, "trainer.seed", 1234) if seed is None else seed)
+    if kind == "hf":
+        from sppo_megatron.rollout.hf_engine import HFRolloutEngine
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return HFRolloutEngine(hf_dir, dtype=resolve_dtype(ro.dtype, device), device=device, placement=make_placement(1))
+
+    from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+
+    tp = int(ro.tp)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world % tp and local_world > 1:
+        raise UserError(
+            f"rollout.tp={tp} must divide the ranks per node ({local_world}): an SGLang engine's GPUs must be on one node"
+        )
+    if log_dir is None:
+        log_dir = os.path.join(_get(cfg, "trainer.output_dir", "outputs/run"), "logs")
+    return SglangRolloutEngine(
+        hf_dir, tp=tp, mem_fraction=float(ro.mem_fraction), dtype=resolve_dtype(ro.dtype, torch.device("cuda")),
+        bucket_mb=float(ro.sync_bucket_mb), placement=make_placement(tp), seed=seed, log_dir=log_dir, api=api,
+    )

@@ -1,0 +1,156 @@
+"""Megatron -> rollout engine weight sync, once per step.
+
+    sync = WeightSync(engine)
+    metrics = sync.sync(bridge.export_hf_weights(model))   # collective: every rank
+
+The bridge's export yields (HF name, full tensor) on every rank (gathered over TP and PP); the
+engine consumes the stream in buckets of rollout.sync_bucket_mb (SGLang) or tensor by tensor
+(HF: in-place copies). WeightSync measures bytes and seconds (the export's gathers included:
+the stream is lazy) and checks cheaply that the engine got the update: it keeps the first rows
+of one tensor of the first layer as streamed (cast to the engine's dtype) and compares them,
+exactly, with the engine's own copy (`engine.read_weight`: the HF engine reads its parameter,
+SGLang uses get_weights_by_name, which 0.5.23 supports for Llama but not for Qwen2/Qwen3: then
+the check is skipped and `sync/checked` = 0).
+
+Metrics: timing/sync_s, sync/bytes, sync/gb_per_s (1e9 bytes/s), sync/tensors, sync/checked.
+`logp_abs_diff` computes rollout/logp_abs_diff: mean |rollout log-prob - actor log-prob| over
+response tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class _Tap:
+    """Wraps the stream: counts tensors/bytes and keeps the probe tensor's first rows."""
+
+    def __init__(self, stream: Iterable[Tuple[str, torch.Tensor]], probe_rows: int, dtype: Optional[torch.dtype]) -> None:
+        self.stream = stream
+        self.probe_rows = probe_rows
+        self.dtype = dtype
+        self.bytes = 0
+        self.tensors = 0
+        self.probe_name: Optional[str] = None
+        self.probe: Optional[torch.Tensor] = None
+        self._fallback: Optional[Tuple[str, torch.Tensor]] = None
+
+    def _capture(self, tensor: torch.Tensor) -> torch.Tensor:
+        t = tensor.detach()[: self.probe_rows]
+        if self.dtype is not None and t.is_floating_point():
+            t = t.to(self.dtype)
+        return t.to("cpu", torch.float32).clone()
+
+    def __iter__(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        for name, tensor in self.stream:
+            self.bytes += tensor.numel() * tensor.element_size()
+            self.tensors += 1
+            if self.probe is None and tensor.dim() == 2 and ".0." in name and "embed" not in name:
+                self.probe_name, self.probe = name, self._capture(tensor)
+            elif self._fallback is None and self.probe is None:
+                self._fallback = (name, self._capture(tensor))
+            yield name, tensor
+        if self.probe is None and self._fallback is not None:
+            self.probe_name, self.probe = self._fallback
+
+
+class WeightSync:
+    """Drives export -> engine; see module docstring."""
+
+    def __init__(self, engine, check: bool = True, probe_rows: int = 4) -> None:
+        self.engine = engine
+        self.check = check
+        self.probe_rows = probe_rows
+        self._noted = False
+        self.count = 0
+
+    def sync(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, float]:
+        """Push one full set of weights; returns the metrics. Collective."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        tap = _Tap(named_tensors, self.probe_rows, getattr(self.engine, "dtype", None))
+        self.engine.update_weights(tap)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        self.count += 1
+        checked = self._verify(tap) if self.check else False
+        return {
+            "timing/sync_s": elapsed,
+            "sync/bytes": float(tap.bytes),
+            "sync/gb_per_s": tap.bytes / max(elapsed, 1e-12) / 1e9,
+            "sync/tensors": float(tap.tensors),
+            "sync/checked": 1.0 if checked else 0.0,
+        }
+
+    def _verify(self, tap: _Tap) -> bool:
+        if tap.probe is None:
+            return False
+        got = self.engine.read_weight(tap.probe_name, rows=self.probe_rows)
+        if got is None:
+            if not self._noted:
+                logger.info("weight sync: %s engine cannot read back %s; post-sync check skipped",
+                            getattr(self.engine, "name", "?"), tap.probe_name)
+                self._noted = True
+            return False
+        rows = tap.probe.shape[0] if tap.probe.dim() > 0 else 1
+        got = got[:rows] if got.dim() > 0 else got
+        if got.shape != tap.probe.shape:
+            # e.g. SGLang returns its TP-rank-0 shard of a row-parallel weight: not comparable
+            if not self._noted:
+                logger.info("weight sync: engine returned %s with shape %s (streamed %s); check skipped",
+                            tap.probe_name, tuple(got.shape), tuple(tap.probe.shape))
+                self._noted = True
+            return False
+        if not torch.equal(got, tap.probe):
+            diff = (got - tap.probe).abs().max().item()
+            raise RuntimeError(
+                f"weight sync check failed: the rollout engine's {tap.probe_name} does not match the streamed "
+                f"tensor (max |diff| {diff:.3g} over its first {rows} rows); the engine did not take the update "
+                "(wrong name, or a refused load?)"
+            )
+        return True
+
+
+def logp_abs_diff(rollout_logp: torch.Tensor, actor_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean |rollout_logp - actor_logp| over response tokens (mask != 0); positions where the
+    rollout log-prob is NaN (engine could not report it) are left out. NaN when nothing is left."""
+    rollout_logp = rollout_logp.detach().to(torch.float64).cpu()
+    actor_logp = actor_logp.detach().to(torch.float64).cpu()
+    if rollout_logp.shape != actor_logp.shape:
+        raise ValueError(f"log-prob shapes differ: rollout {tuple(rollout_logp.shape)} vs actor {tuple(actor_logp.shape)}")
+    keep = mask.detach().cpu().bool() & ~torch.isnan(rollout_logp)
+    if keep.shape != rollout_logp.shape:
+        raise ValueError(f"mask shape {tuple(keep.shape)} != log-prob shape {tuple(rollout_logp.shape)}")
+    if not bool(keep.any()):
+        return float("nan")
+    return float((rollout_logp - actor_logp).abs()[keep].mean())
+
+
+def samples_logprobs(samples: Sequence, width: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rollout log-probs of samples as a right-padded [N, width] float32 tensor (NaN where
+    unknown) and its response-token mask."""
+    width = width if width is not None else max((len(s.response_ids) for s in samples), default=0)
+    out = torch.full((len(samples), width), float("nan"), dtype=torch.float32)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        k = min(len(s.response_ids), width)
+        mask[i, :k] = True
+        if s.logprobs is not None:
+            out[i, :k] = torch.tensor(s.logprobs[:k], dtype=torch.float32)
+    return out, mask
+
+
+def sync_once(engine, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, float]:
+    """One-shot helper: WeightSync(engine).sync(named_tensors)."""
+    return WeightSync(engine).sync(named_tensors)
+
+
+__all__: List[str] = ["WeightSync", "logp_abs_diff", "samples_logprobs", "sync_once"]

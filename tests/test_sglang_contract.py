@@ -1,0 +1,143 @@
+"""Contract of the SGLang adapter with the pinned sglang version.
+
+Always (offline): every Engine method / keyword, ServerArgs field, sampling key, module path,
+payload key and memory tag the adapter uses exists in the vendored API manifest
+tests/data/sglang_api_<version>.json, extracted from the sglang source by
+tools/extract_sglang_api.py.
+
+When the real source is at hand (SPPO_SGLANG_SRC = a sglang wheel or a directory holding the
+sglang package, or an installed sglang), the manifest is re-extracted from it and must equal the
+vendored one (so the checks above hold against the real source too).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import inspect
+import json
+import os
+
+import pytest
+import torch
+
+from sppo_megatron.rollout import sglang_engine as adapter
+from sppo_megatron.rollout.base import SamplingParams
+
+PINNED = "0.5.23"
+DATA = os.path.join(os.path.dirname(__file__), "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=1)
+def load_manifest() -> dict:
+    with open(os.path.join(DATA, f"sglang_api_{PINNED}.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _accepts(method: dict, keyword: str) -> bool:
+    return keyword in method["params"] or keyword in method["kwonly"] or method["varkw"]
+
+
+def test_pinned_version_is_supported_and_matches_setup_extra():
+    m = load_manifest()
+    assert m["sglang_version"] == PINNED
+    adapter.check_sglang_version(PINNED)
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        assert f'"sglang=={PINNED}"' in f.read()
+
+
+def test_engine_methods_and_keywords_exist():
+    methods = load_manifest()["engine"]["methods"]
+    for name, keywords in adapter.ENGINE_CALLS.items():
+        assert name in methods, f"Engine.{name} does not exist in sglang {PINNED}"
+        for kw in keywords:
+            assert _accepts(methods[name], kw), f"Engine.{name} has no parameter {kw!r} in sglang {PINNED}"
+    assert methods["__init__"]["varkw"]  # Engine(**server_args)
+
+
+def test_adapter_calls_only_declared_engine_methods():
+    """Static check of sglang_engine.py: every self._call/_checked names a declared method with
+    declared keywords, and the engine object is touched nowhere else except shutdown()."""
+    tree = ast.parse(inspect.getsource(adapter))
+    seen = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("_call", "_checked"):
+            if not (node.args and isinstance(node.args[0], ast.Constant)):
+                continue  # the generic dispatch inside _checked itself
+            method = node.args[0].value
+            kws = {k.arg for k in node.keywords}
+            assert method in adapter.ENGINE_CALLS, method
+            assert kws <= set(adapter.ENGINE_CALLS[method]), (method, kws)
+            seen.add(method)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "engine" \
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self":
+            assert node.attr in ("shutdown", "tokenizer_manager"), f"direct use of self.engine.{node.attr}"
+    assert seen >= set(adapter.ENGINE_CALLS) - {"shutdown"}
+
+
+def test_server_args_fields_exist():
+    fields = set(load_manifest()["server_args_fields"])
+    args = adapter.server_args("/m", tp=2, base_gpu_id=2, mem_fraction=0.5, dtype=torch.bfloat16, seed=1,
+                               nccl_port=12345, sigquit_handler=adapter.engine_died_handler)
+    missing = sorted(set(args) - fields)
+    assert not missing, f"ServerArgs of sglang {PINNED} has no field(s) {missing}"
+    import pickle
+
+    pickle.loads(pickle.dumps(args))  # ServerArgs (with the SIGQUIT handler) is pickled to the schedulers
+
+
+def test_sampling_keys_exist():
+    fields = set(load_manifest()["sampling_params_fields"])
+    keys = adapter.sampling_params_dict(SamplingParams(temperature=0.5, top_k=3), 2, [2])
+    assert set(keys) <= fields, sorted(set(keys) - fields)
+    assert set(adapter.SAMPLING_KEYS) <= fields
+
+
+def test_symbols_modules_payload_and_tags():
+    m = load_manifest()
+    for name, module in adapter.SGLANG_SYMBOLS.items():
+        assert module in m["symbols"][name], f"{name} is defined in {m['symbols'][name]}, adapter imports {module}"
+    assert adapter.ENGINE_MODULE_PATCHED in m["engine_module_names"]
+    assert list(adapter.FLATTENED_PAYLOAD_KEYS) == m["flattened_bucket_payload_keys"]
+    assert set(adapter.MEMORY_TAGS) == set(m["memory_tags"])
+    bucket = m["classes"]["FlattenedTensorBucket"]["methods"]
+    assert "named_tensors" in bucket["__init__"]["params"] and {"get_flattened_tensor", "get_metadata"} <= set(bucket)
+    assert m["classes"]["LocalSerializedTensor"]["fields"] == ["values"]
+    assert "obj" in m["classes"]["MultiprocessingSerializer"]["methods"]["serialize"]["params"]
+    allowed = {tuple(x) for x in m["safe_unpickler_allowed_globals"]}
+    # what our payloads pickle by reference must pass the scheduler's strict unpickler
+    assert ("sglang.srt.weight_sync.tensor_bucket", "FlattenedTensorMetadata") in allowed
+    assert (adapter.SGLANG_SYMBOLS["LocalSerializedTensor"], "LocalSerializedTensor") in allowed
+    assert ("sglang.srt.utils.patch_torch", "_rebuild_cuda_tensor_modified") in allowed
+    assert ("torch", "Size") in allowed and ("torch", "bfloat16") in allowed
+    assert all(m["result_keys_in_tokenizer_manager"].values())
+
+
+def _real_source():
+    src = os.environ.get("SPPO_SGLANG_SRC")
+    if src:
+        return src
+    spec = importlib.util.find_spec("sglang")
+    if spec is not None and spec.submodule_search_locations:
+        return os.path.dirname(list(spec.submodule_search_locations)[0])
+    return None
+
+
+def test_manifest_matches_real_source():
+    src = _real_source()
+    if src is None:
+        pytest.skip("sglang source not available: set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
+                    "(pip download --no-deps sglang==0.5.23) or install sglang to check the vendored manifest")
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import extract_sglang_api
+    finally:
+        sys.path.pop(0)
+    real = json.loads(json.dumps(extract_sglang_api.extract(src)))
+    if real["sglang_version"] != PINNED:
+        pytest.skip(f"source at {src} is sglang {real['sglang_version']}, not the pinned {PINNED}")
+    assert real == load_manifest()

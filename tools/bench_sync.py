@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Weight-sync throughput: Megatron export -> rollout engine, against a plain copy of the same
+bytes on the same device (host memcpy on CPU, device-to-device copy on GPU).
+
+    python tools/bench_sync.py [--preset small|tiny | --hf DIR] [--tp 1] [--pp 1]
+                               [--engine hf|sglang] [--bucket-mb 512] [--iters 5]
+                               [--source megatron|hf] [--rollout-tp 1] [--json OUT]
+
+--source megatron (default): a megatron-core GPTModel built by the bridge at (TP, PP) on
+TP*PP ranks (the script starts them itself with torch.distributed.run when not launched by
+torchrun) streams `bridge.export_hf_weights(model)` into the engine through `WeightSync`, as the
+trainer does every step (gathers across TP and PP included). --source hf streams the state dict of
+the HF model (TP=PP=1): the engine-side cost alone.
+Each iteration is one full sync; the first is a warm-up and is not counted. The floor is the
+best of --iters copies of the same tensors (each into a preallocated buffer: `dst.copy_(src)`).
+Prints one JSON object (rank 0): seconds (median and best), GB (1e9 bytes) and GB/s of sync and
+floor. On a shared machine the spread between iterations is the load of other processes: quote
+the best and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PRESETS = {
+    # Qwen2-shaped; "small" is about 0.13 B parameters (0.5 GB in fp32)
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                  num_attention_heads=12, num_key_value_heads=4),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_preset(name: str, out_dir: str) -> str:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(**PRESETS[name], max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=2)
+    Qwen2ForCausalLM(cfg).save_pretrained(out_dir)
+    return out_dir
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_floor(tensors, iters: int) -> float:
+    """Best seconds to copy all `tensors` into preallocated buffers on the same device."""
+    import torch
+
+    dst = [torch.empty_like(t) for t in tensors]
+    device = tensors[0].device
+    best = float("inf")
+    for _ in range(iters + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for d, s in zip(dst, tensors):
+            d.copy_(s)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(args) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from sppo_megatron.rollout.base import make_placement, resolve_dtype
+    from sppo_megatron.sync import WeightSync
+
+    hf_dir = args.hf
+    if hf_dir is None:
+        hf_dir = os.path.join(tempfile.gettempdir(), f"sppo_bench_sync_{args.preset}")
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        if rank0 and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+            make_preset(args.preset, hf_dir)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.source == "megatron"
+    if args.source == "megatron":
+        # import before the CPU compatibility layer patches torch.cuda (torch.compile'd fusions
+        # in megatron-core trip over the patched functions otherwise)
+        import megatron.core.models.gpt  # noqa: F401
+        import megatron.core.models.gpt.gpt_layer_specs  # noqa: F401
+    if distributed:
+        from sppo_megatron.platform.distributed import init_distributed
+
+        init_distributed(args.tp, args.pp, seed=0)
+        dist.barrier()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    if args.source == "megatron":
+        from sppo_megatron.models.bridge import get_bridge
+
+        bridge = get_bridge(hf_dir)
+        model = bridge.build_model(None, {"tp": args.tp, "pp": args.pp})
+        model_dtype = next(model.parameters()).dtype
+
+        def stream():
+            return bridge.export_hf_weights(model)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
+        model_dtype = torch.float32
+
+        def stream():
+            return ((k, v.detach()) for k, v in model.state_dict().items() if k != "lm_head.weight" or not model.config.tie_word_embeddings)
+
+    if args.engine == "hf":
+        from sppo_megatron.rollout.hf_engine import HFRolloutEngine
+
+        engine = HFRolloutEngine(hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_placement(1))
+    else:
+        from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+
+        engine = SglangRolloutEngine(hf_dir, tp=args.rollout_tp, mem_fraction=args.mem_fraction,
+                                     dtype=resolve_dtype(args.dtype, device), bucket_mb=args.bucket_mb,
+                                     placement=make_placement(args.rollout_tp), sync_mode=args.sync_mode)
+    sync = WeightSync(engine)
+    times, last = [], {}
+    for i in range(args.iters + 1):
+        if distributed:
+            dist.barrier()
+        last = sync.sync(stream())
+        if i > 0:
+            times.append(last["timing/sync_s"])
+    tensors = [t for _, t in stream()]
+    floor = copy_floor(tensors, args.iters)
+    nbytes = last["sync/bytes"]
+    engine.shutdown()
+    sync_s = statistics.median(times)
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
+        "engine": args.engine, "source": args.source, "tp": args.tp, "pp": args.pp,
+        "model": args.hf or args.preset, "model_dtype": str(model_dtype).replace("torch.", ""),
+        "engine_dtype": str(engine.dtype).replace("torch.", ""),
+        "tensors": int(last["sync/tensors"]), "gb": nbytes / 1e9,
+        "sync_s_median": sync_s, "sync_s_min": min(times), "sync_s_all": times,
+        "sync_gb_per_s": nbytes / sync_s / 1e9, "sync_gb_per_s_best": nbytes / min(times) / 1e9,
+        "floor_s": floor, "floor_gb_per_s": nbytes / floor / 1e9, "sync_over_floor": sync_s / floor,
+        "checked": bool(last["sync/checked"]),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="weight-sync throughput vs a plain copy")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--hf", help="HF model directory (overrides --preset)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--engine", choices=("hf", "sglang"), default="hf")
+    p.add_argument("--source", choices=("megatron", "hf"), default="megatron")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"), help="rollout engine dtype")
+    p.add_argument("--bucket-mb", type=float, default=512)
+    p.add_argument("--rollout-tp", type=int, default=1)
+    p.add_argument("--mem-fraction", type=float, default=0.5)
+    p.add_argument("--sync-mode", choices=("flattened_bucket", "tensor"), default="flattened_bucket")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--json", help="also write the result here")
+    args = p.parse_args(argv)
+    world = args.tp * args.pp if args.source == "megatron" else 1
+    if args.source == "hf" and (args.tp, args.pp) != (1, 1):
+        p.error("--source hf streams an HF state dict: TP=PP=1 only")
+    if "WORLD_SIZE" not in os.environ and world > 1:
+        if args.hf is None:  # build the preset once, before the ranks start
+            path = os.path.join(tempfile.gettempdir(), f"sppo_bench_sync_{args.preset}")
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                make_preset(args.preset, path)
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
+               f"--master-port={_free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
+        return subprocess.call(cmd)
+    result = run(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=1))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
