@@ -13,3 +13,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A prompt dataset that cannot be used; the message names the file and the row."""
+
+
+class TrainingDiverged(UserError):
+    """The run stopped itself (e.g. too many non-finite steps in a row): one clear line, exit 1."""
+
+    exit_code = 1

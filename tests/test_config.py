@@ -73,6 +73,8 @@ def test_cross_field_rules(run_files, tmp_path):
     (line,) = problems(run_files + [f"data.val_files=[{tmp_path / 'nope.parquet'}]"])
     assert "data.val_files" in line and "nope.parquet" in line
     assert any("model.path" in l for l in problems(["trainer.total_steps=1"]))
+    (line,) = problems(run_files + ["rollout.temperature=0"])
+    assert "rollout.temperature=0" in line and "sampling" in line
 
 
 def test_model_dir_without_config_json(tmp_path, run_files):
@@ -80,6 +82,10 @@ def test_model_dir_without_config_json(tmp_path, run_files):
     empty.mkdir()
     (line,) = problems(run_files + [f"model.path={empty}"])
     assert "config.json" in line
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    (line,) = problems(run_files + [f"model.path={afile}"])
+    assert "is a file" in line
 
 
 def test_saved_config_round_trips(run_files, tmp_path):

@@ -147,7 +147,7 @@ REASONING = [
 
 MEGABYTE_TEXT = "The answer keeps going " * 45000
 HOSTILE = [
-    ("power tower", lambda gold: f"So the answer is $\\boxed{{9^{{9^{{9^{{9}}}}}}}}$."),
+    ("power tower", lambda gold: "So the answer is $\\boxed{9^{9^{9^{9}}}}$."),
     ("python power", lambda gold: "Therefore \\boxed{10**10**10}"),
     ("bare tower", lambda gold: "\\boxed{9^9^9^9}"),
     ("tower in symbols", lambda gold: "\\boxed{\\lfloor 9^{9^{9}} \\rfloor + x}"),

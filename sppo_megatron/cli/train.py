@@ -10,8 +10,6 @@ from typing import List, Optional
 from sppo_megatron.cli.common import exit_on_user_error, is_rank_zero
 from sppo_megatron.config.schema import GROUP_HELP
 
-EXIT_NOT_BUILT = 3
-
 EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in GROUP_HELP.items()
 )
@@ -32,17 +30,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 @exit_on_user_error("sppo-train")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from sppo_megatron.platform.cpu_compat import silence_cpu_noise
+
+    silence_cpu_noise()
     from sppo_megatron.config.loader import load_config, save_config
-    from sppo_megatron.platform.distributed import init_distributed
+    from sppo_megatron.models import check_fp8_support
+    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
 
     cfg = load_config(args.config, args.overrides)
+    check_fp8_support(cfg.model)
     init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
                      timeout_minutes=cfg.parallel.distributed_timeout_minutes)
     if is_rank_zero():
         save_config(cfg, os.path.join(cfg.trainer.output_dir, "config.yaml"))
-        print("sppo-train: config validated and platform initialised, but the SPPO training loop is not "
-              "built yet (see the README); nothing was trained.", file=sys.stderr)
-    return EXIT_NOT_BUILT
+    from sppo_megatron.trainer.loop import train
+
+    try:
+        train(cfg)
+    finally:
+        destroy_distributed()
+    return 0
 
 
 if __name__ == "__main__":

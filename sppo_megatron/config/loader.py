@@ -115,6 +115,8 @@ def _cross_field_problems(cfg: DictConfig, world_size: int, check_paths: bool = 
     problems = []
     if cfg.model.path is None:
         problems.append("model.path: required (a Hugging Face model directory with config.json and tokenizer)")
+    elif check_paths and os.path.isfile(cfg.model.path):
+        problems.append(f"model.path: {cfg.model.path} is a file; expected a Hugging Face model directory")
     elif check_paths and os.path.isdir(cfg.model.path) and not os.path.exists(os.path.join(cfg.model.path, "config.json")):
         problems.append(f"model.path: {cfg.model.path} has no config.json (not a Hugging Face model directory)")
     if not d.train_files:
@@ -133,6 +135,9 @@ def _cross_field_problems(cfg: DictConfig, world_size: int, check_paths: bool = 
         problems.append(
             f"rollout.n={r.n}: SPPO win rates need >= 2 samples per prompt (or algorithm.preference=batch_softmean)"
         )
+    if r.temperature == 0:
+        problems.append("rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
+                        "SPPO needs sampling (e.g. 1.0)")
     if a.preference == "batch_softmean" and a.loss != "soft":
         problems.append(f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft")
     if d.train_batch_size % t.mini_batch_size:
@@ -163,11 +168,13 @@ def load_config(
     overrides: Sequence[str] = (),
     world_size: Optional[int] = None,
     check_paths: bool = True,
+    cross_field: bool = True,
 ) -> DictConfig:
     """Build, merge and validate the config; raise ConfigError listing every problem.
 
     world_size defaults to the launcher's (torchrun / srun / single process). check_paths=False
-    skips the existence checks (to validate a recipe on a machine without its data).
+    skips the existence checks (to validate a recipe on a machine without its data);
+    cross_field=False skips the rules that only concern training (for `sppo-eval`).
     """
     merged = OmegaConf.structured(Config)
     layers: List[Tuple[Dict[str, Any], str]] = []
@@ -197,7 +204,7 @@ def load_config(
 
         world_size = detect_launch().world_size
     problems = _range_problems(merged) + (_path_problems(merged) if check_paths else [])
-    if not problems:
+    if not problems and cross_field:
         problems = _cross_field_problems(merged, world_size, check_paths)
     if problems:
         raise ConfigError("\n".join(problems))

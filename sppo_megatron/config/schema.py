@@ -118,7 +118,7 @@ class TrainerConfig:
     overwrite: bool = opt(False, "allow resume=none into an output_dir holding another run's checkpoints")
     save_freq: int = opt(0, "checkpoint every N steps (and at the end); 0 = only at the end", min=0)
     keep_last: int = opt(2, "checkpoints to keep", min=1)
-    test_freq: int = opt(0, "validate every N steps; 0 = never during training", min=0)
+    test_freq: int = opt(0, "validate every N steps (and always after the last step); 0 = only after the last step", min=0)
     val_before_train: bool = opt(True, "validate at step 0")
     logger: List[str] = opt(["console"], "console, tensorboard, wandb", choices=("console", "tensorboard", "wandb"))
     project_name: str = opt("sppo", "wandb project")

@@ -183,3 +183,26 @@ def enable() -> bool:
 
 def is_enabled() -> bool:
     return _enabled
+
+
+#: warnings megatron-core and torch emit on every CPU run that tell the user nothing actionable
+#: (no TE/apex on CPU, CUDA-only tuning hints, deprecations inside megatron-core's own calls)
+CPU_NOISE = (
+    (UserWarning, r".*(Transformer Engine|Apex) (and Apex )?(is|are) not installed.*"),
+    (UserWarning, r".*CUDA_DEVICE_MAX_CONNECTIONS.*"),
+    (UserWarning, r".*full scope is deprecated.*"),
+    (UserWarning, r".*\.grad attribute of a Tensor that is not a leaf Tensor.*"),
+    (FutureWarning, r".*(reduce_scatter_tensor|all_gather_into_tensor|_all_gather_base|_reduce_scatter_base)` is deprecated.*"),
+    (FutureWarning, r".*`load_state_dict` is deprecated.*"),
+    (FutureWarning, r".*Please use DTensor instead.*"),
+)
+
+
+def silence_cpu_noise() -> None:
+    """Filter CPU_NOISE when there is no GPU (console scripts call this first thing)."""
+    if torch.cuda.is_available():
+        return
+    import warnings
+
+    for category, pattern in CPU_NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=category)

@@ -1,0 +1,110 @@
+"""Run-directory checkpoints: `checkpoints/step_N/`, written atomically, `latest` updated last.
+
+A checkpoint is written into `checkpoints/.tmp-step_N/` by every rank (the actor's dist
+checkpoint: model, optimizer, scheduler, per-rank RNG) plus `trainer_state.json` (step, data
+position, counters) from rank 0; only when all ranks are done does rank 0 rename it to `step_N`
+and then replace `latest`. A job killed at any moment therefore leaves `latest` naming a
+complete checkpoint; leftovers of an interrupted write are removed at the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Callable, Dict, List, Optional
+
+import torch.distributed as dist
+
+from sppo_megatron.errors import UserError
+
+STATE_FILE = "trainer_state.json"
+LATEST_FILE = "latest"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+class CheckpointManager:
+    """Owns `output_dir/checkpoints`: saving, rotation, and finding what to resume from."""
+
+    def __init__(self, output_dir: str, keep_last: int) -> None:
+        self.root = os.path.join(output_dir, "checkpoints")
+        self.keep_last = keep_last
+
+    def step_dirs(self) -> List[str]:
+        """Complete checkpoints, oldest first."""
+        if not os.path.isdir(self.root):
+            return []
+        steps = sorted(int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(self.root)) if m)
+        return [os.path.join(self.root, f"step_{s}") for s in steps]
+
+    def latest(self) -> Optional[str]:
+        """The checkpoint `latest` names, if any."""
+        path = os.path.join(self.root, LATEST_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            name = fh.read().strip()
+        full = os.path.join(self.root, name)
+        return full if os.path.isfile(os.path.join(full, STATE_FILE)) else None
+
+    def save(self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None]) -> str:
+        """Write step_N atomically. `save_actor(dir)` is called on every rank (collective)."""
+        final = os.path.join(self.root, f"step_{step}")
+        tmp = os.path.join(self.root, f".tmp-step_{step}")
+        if _rank() == 0:
+            os.makedirs(self.root, exist_ok=True)
+            for name in os.listdir(self.root):
+                if name.startswith(".tmp-"):
+                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            os.makedirs(tmp)
+        _barrier()
+        save_actor(tmp)
+        _barrier()
+        if _rank() == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
+                json.dump({"step": step, **trainer_state}, fh, indent=2)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            latest_tmp = os.path.join(self.root, f".tmp-{LATEST_FILE}")
+            with open(latest_tmp, "w", encoding="utf-8") as fh:
+                fh.write(f"step_{step}\n")
+            os.replace(latest_tmp, os.path.join(self.root, LATEST_FILE))
+            for old in self.step_dirs()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+        return final
+
+    def resolve_resume(self, resume: str, overwrite: bool) -> Optional[str]:
+        """The checkpoint to resume from for `trainer.resume` (auto | none | PATH), or None.
+
+        resume=none into a directory that holds another run's checkpoints is refused unless
+        trainer.overwrite=true, so a typo never clobbers a run.
+        """
+        if resume == "auto":
+            return self.latest()
+        if resume == "none":
+            if self.step_dirs() and not overwrite:
+                raise UserError(
+                    f"trainer.output_dir already holds checkpoints ({self.root}); use trainer.resume=auto to "
+                    "continue that run, another trainer.output_dir, or trainer.overwrite=true to replace it"
+                )
+            return None
+        if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+            raise UserError(f"trainer.resume: {resume} is not a complete checkpoint directory (no {STATE_FILE})")
+        return resume
+
+    @staticmethod
+    def read_state(ckpt_dir: str) -> Dict[str, Any]:
+        with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as fh:
+            return json.load(fh)

@@ -1,0 +1,44 @@
+"""Validation: generate on a held-out prompt set, score with the rule-based reward, report accuracy.
+
+Used by the training loop (step 0 and every trainer.test_freq steps) and by `sppo-eval`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from sppo_megatron.data import PromptItem
+from sppo_megatron.rollout import SamplingParams
+from sppo_megatron.trainer.generation import Rollout, accuracy_metrics, generate, score
+
+
+def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptItem], sampling: SamplingParams,
+             n: int = 1, batch_size: Optional[int] = None, prefix: str = "val") -> Dict[str, Any]:
+    """Accuracy of the engine's current weights on `items` (collective).
+
+    Prompts go to the engine `batch_size` at a time (None = all at once). Returns the
+    `{prefix}/accuracy*` metrics plus `timing/{prefix}_s`; the Rollout and rewards are under the
+    keys "rollout" and "rewards" for callers that want the samples (popped before logging).
+    """
+    start = time.perf_counter()
+    items = list(items)
+    step = batch_size or len(items)
+    samples, texts, rewards = [], [], []
+    for first in range(0, len(items), step):
+        part = generate(engine, tokenizer, items[first:first + step], sampling, n)
+        part_rewards, _ = score(scorer, part)
+        for s in part.samples:
+            s.prompt_index += first
+        samples += part.samples
+        texts += part.texts
+        rewards.append(part_rewards)
+    rollout = Rollout(items, n, samples, texts)
+    all_rewards = torch.cat(rewards)
+    metrics: Dict[str, Any] = accuracy_metrics(rollout, all_rewards, prefix)
+    metrics[f"{prefix}/response_length_mean"] = sum(len(s.response_ids) for s in samples) / len(samples)
+    metrics[f"timing/{prefix}_s"] = time.perf_counter() - start
+    metrics["rollout"], metrics["rewards"] = rollout, all_rewards
+    return metrics

@@ -1,0 +1,143 @@
+"""The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
+
+    for step:
+        prompts  = sampler.next_batch()                      data/
+        sync     = weights Megatron -> rollout engine        sync/, rollout/
+        samples  = rollout.generate(prompts, n=K)            rollout/
+        rewards  = scorer.score(samples)                     reward/
+        targets  = SPPO targets from win rates               algorithm/
+        old_lp   = actor.log_probs(samples)                  engine/
+        metrics  = actor.update(samples, targets, old_lp)    engine/
+        eval / checkpoint / log                              trainer/
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator
+
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from sppo_megatron.algorithm import compute_targets
+from sppo_megatron.errors import TrainingDiverged
+from sppo_megatron.sync import logp_abs_diff
+from sppo_megatron.trainer.checkpointing import CheckpointManager
+from sppo_megatron.trainer.evaluation import evaluate
+from sppo_megatron.trainer.generation import generate, sample_records, score, train_sampling, val_sampling
+from sppo_megatron.trainer.metrics import MetricsLogger
+from sppo_megatron.trainer.preemption import PreemptionFlag
+from sppo_megatron.trainer.setup import RunComponents, build_components
+
+
+@contextmanager
+def timed(metrics: Dict[str, Any], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    metrics[key] = time.perf_counter() - start
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _say(message: str) -> None:
+    if _is_rank0():
+        print(f"sppo-train: {message}", flush=True)
+
+
+def validate(run: RunComponents, cfg: DictConfig) -> Dict[str, Any]:
+    """Sync the current weights, then val/accuracy on the validation set."""
+    metrics: Dict[str, Any] = dict(run.sync_weights())
+    run.to_rollout()
+    result = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
+                      n=int(cfg.rollout.val_n), batch_size=cfg.data.val_batch_size)
+    run.to_training()
+    result.pop("rollout"), result.pop("rewards")
+    return {**metrics, **result}
+
+
+def train_step(run: RunComponents, cfg: DictConfig, step: int) -> Dict[str, Any]:
+    """One SPPO step on the next batch of prompts; returns its metrics."""
+    metrics: Dict[str, Any] = {}
+    items = [run.train_data[i] for i in run.sampler.next_batch()]
+    metrics.update(run.sync_weights())
+    run.to_rollout()
+    with timed(metrics, "timing/gen_s"):
+        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step), int(cfg.rollout.n))
+    run.to_training()
+    rewards, reward_metrics = score(run.scorer, rollout)
+    targets, sample_mask, algo_metrics = compute_targets(rewards, int(cfg.rollout.n), cfg.algorithm)
+    batch = rollout.batch
+    with timed(metrics, "timing/old_logp_s"):
+        old_logp = run.actor.log_probs(batch, temperature=float(cfg.rollout.temperature))
+    with timed(metrics, "timing/update_s"):
+        update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
+    rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
+    metrics.update(reward_metrics, **algo_metrics, **update_metrics)
+    metrics["rollout/logp_abs_diff"] = logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask)
+    if cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0:
+        metrics["samples"] = sample_records(rollout, rewards)
+    return metrics
+
+
+def train(cfg: DictConfig) -> Dict[str, Any]:
+    """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank."""
+    t = cfg.trainer
+    ckpts = CheckpointManager(t.output_dir, t.keep_last)
+    resume_from = ckpts.resolve_resume(t.resume, t.overwrite)
+    run = build_components(cfg)
+    start_step, bad_steps = 0, 0
+    if resume_from is not None:
+        state = ckpts.read_state(resume_from)
+        run.actor.load_checkpoint(resume_from)
+        run.sampler.load_state_dict(state["sampler"])
+        start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+    logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
+                           OmegaConf.to_container(cfg, resolve=True), enabled=_is_rank0(),
+                           keep_up_to_step=start_step if resume_from else -1)
+    preemption = PreemptionFlag()
+    _say(f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
+         + (f", resumed from {resume_from}" if resume_from else ""))
+
+    metrics: Dict[str, Any] = {}
+    step = start_step
+    try:
+        if start_step == 0 and t.val_before_train and run.val_data is not None:
+            metrics = validate(run, cfg)
+            logger.log(0, metrics)
+        for step in range(start_step + 1, t.total_steps + 1):
+            step_start = time.perf_counter()
+            metrics = train_step(run, cfg, step)
+            bad_steps = bad_steps + 1 if metrics["train/skipped"] else 0
+            metrics["train/bad_steps"] = bad_steps
+            if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
+                metrics.update(validate(run, cfg))
+            stop = preemption.should_stop()
+            if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
+                with timed(metrics, "timing/save_s"):
+                    ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps},
+                               run.actor.save_checkpoint)
+            metrics["timing/step_s"] = time.perf_counter() - step_start
+            metrics["perf/tokens_per_s"] = metrics["train/tokens"] / metrics["timing/step_s"]
+            logger.log_samples(step, metrics.pop("samples", []))
+            logger.log(step, metrics)
+            if bad_steps >= t.max_bad_steps:
+                raise TrainingDiverged(
+                    f"stopping at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient "
+                    f"(trainer.max_bad_steps={t.max_bad_steps}); lower optim.lr or check the data and rewards")
+            if stop:
+                _say(f"preemption signal received: checkpointed step {step}, exiting")
+                break
+        else:
+            if t.export_hf:
+                out = os.path.join(t.output_dir, "hf")
+                run.export_hf(out)
+                _say(f"exported the Hugging Face checkpoint to {out}")
+    finally:
+        preemption.restore()
+        logger.close()
+        run.close()
+    return {"step": step, **metrics}

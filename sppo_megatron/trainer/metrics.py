@@ -1,0 +1,123 @@
+"""Where metrics go: `metrics.jsonl` (one flat JSON object per step), the console, and
+optionally tensorboard / wandb. Only rank 0 writes; other ranks get a no-op logger."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def _truncate_after(path: str, keep_up_to_step: int) -> None:
+    """Drop the JSON lines of `path` whose step is > keep_up_to_step."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= keep_up_to_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+class MetricsLogger:
+    """Append-only metrics.jsonl + console summary + optional tensorboard/wandb backends."""
+
+    def __init__(self, output_dir: str, backends: List[str], total_steps: int, run_name: str = "run",
+                 project: str = "sppo", config: Optional[Dict[str, Any]] = None, enabled: bool = True,
+                 keep_up_to_step: int = -1) -> None:
+        """keep_up_to_step: records of an earlier attempt at this run with step <= it are kept
+        (the resumed checkpoint's step); later ones, which the resumed run redoes, are dropped
+        (-1: a fresh run, drop all)."""
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.start = time.time()
+        self._tb = self._wandb = None
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "metrics.jsonl")
+        self._samples_path = os.path.join(output_dir, "samples.jsonl")
+        for old in (path, self._samples_path):
+            _truncate_after(old, keep_up_to_step)
+        self._file = open(path, "a", encoding="utf-8")
+        self.console = "console" in backends
+        if "tensorboard" in backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("trainer.logger=tensorboard needs `pip install tensorboard`") from e
+            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard", run_name))
+        if "wandb" in backends:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("trainer.logger=wandb needs `pip install wandb`") from e
+            self._wandb = wandb.init(project=project, name=run_name, config=config, dir=output_dir)
+
+    def log(self, step: int, metrics: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+        if self.console:
+            print(self.summary_line(step, metrics), file=sys.stderr, flush=True)
+
+    def summary_line(self, step: int, metrics: Dict[str, Any]) -> str:
+        """`[step 3/10 |#####     | 0:42] reward 0.41 | loss 0.012 | val 0.63 | 2.1s/step`"""
+        done = step / max(self.total_steps, 1)
+        bar = "#" * int(20 * done)
+        elapsed = int(time.time() - self.start)
+        parts = [f"[step {step}/{self.total_steps} |{bar:<20}| {elapsed // 60}:{elapsed % 60:02d}]"]
+        for key, label, fmt in (
+            ("reward/mean", "reward", "{:.3f}"),
+            ("train/loss", "loss", "{:.4g}"),
+            ("train/grad_norm", "gnorm", "{:.3g}"),
+            ("sppo/win_rate_mean", "win", "{:.3f}"),
+            ("val/accuracy", "val_acc", "{:.3f}"),
+            ("rollout/logp_abs_diff", "logp_diff", "{:.2g}"),
+            ("timing/step_s", "", "{:.1f}s/step"),
+        ):
+            if isinstance(metrics.get(key), (int, float)):
+                text = fmt.format(metrics[key])
+                parts.append(f"{label} {text}" if label else text)
+        return " | ".join(parts)
+
+    def log_samples(self, step: int, samples: List[Dict[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        with open(self._samples_path, "a", encoding="utf-8") as fh:
+            for sample in samples:
+                fh.write(json.dumps({"step": step, **sample}) + "\n")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,135 @@
+"""Build everything a run needs from the config, in the order colocation wants: tokenizer and
+data (cheap, and where most input errors are found), the rollout engine (before the actor's
+optimizer state fills the GPU), the actor, then the reward scorer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
+from sppo_megatron.errors import DataError, UserError
+
+
+def hf_dir_of(cfg: Any) -> str:
+    """The HF directory with config and tokenizer: model.path."""
+    return str(cfg.model.path)
+
+
+def load_tokenizer(hf_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_dir)
+
+
+def _check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
+    """Every data_source must have a rule-based scorer, unless a custom reward function scores all."""
+    if custom_fn:
+        return
+    from sppo_megatron.reward import check_data_sources
+
+    try:
+        check_data_sources(sorted({item.data_source for item in dataset.items}))
+    except UserError as e:
+        raise DataError(f"{', '.join(dataset.files)}: {e}") from None
+
+
+def load_data(cfg: Any, tokenizer: Any) -> tuple[PromptDataset, Optional[PromptDataset]]:
+    train = load_prompt_dataset(list(cfg.data.train_files), tokenizer, cfg.data)
+    _check_sources(train, cfg.reward.custom_fn)
+    val = None
+    if cfg.data.val_files:
+        val = load_prompt_dataset(list(cfg.data.val_files), tokenizer, cfg.data)
+        _check_sources(val, cfg.reward.custom_fn)
+    return train, val
+
+
+@dataclass
+class RunComponents:
+    """What the loop drives. Every rank holds all of them (the rollout engine and scorer do their
+    own placement: engines on host ranks, scoring on rank 0)."""
+
+    hf_dir: str
+    tokenizer: Any
+    train_data: PromptDataset
+    val_data: Optional[PromptDataset]
+    sampler: PromptSampler
+    engine: Any
+    actor: Any
+    weight_sync: Any
+    scorer: Any
+    _synced_version: Optional[int] = None
+
+    def sync_weights(self) -> Dict[str, float]:
+        """Push the actor's weights to the rollout engine unless it already has this version
+        (a validation right after the previous step's update leaves nothing to do)."""
+        version = self.actor.num_optimizer_steps
+        if version == self._synced_version:
+            return {"timing/sync_s": 0.0}
+        metrics = self.weight_sync.sync(self.actor.export_hf_weights())
+        self._synced_version = version
+        return metrics
+
+    def to_rollout(self) -> None:
+        """Hand the accelerator to the rollout engine (GPU colocation; no-op on CPU)."""
+        self.actor.offload()
+
+    def to_training(self) -> None:
+        """Hand the accelerator back to the actor."""
+        self.engine.sleep()
+        self.actor.onload()
+
+    def export_hf(self, out_dir: str) -> None:
+        """Write the policy as an HF checkpoint in the training dtype (collective; atomic:
+        written to OUT.tmp, then renamed)."""
+        import shutil
+
+        import torch.distributed as dist
+
+        from sppo_megatron.models.bridge import DTYPE_NAMES
+        from sppo_megatron.models.hf_io import write_hf_dir
+
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        tmp = out_dir.rstrip("/") + ".tmp"
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        write_hf_dir(self.actor.export_hf_weights(), self.hf_dir, tmp, DTYPE_NAMES[self.actor.dtype],
+                     self.actor.bridge.arch.hf_class, write=rank0)
+        if rank0:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp, out_dir)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def describe(self) -> str:
+        from megatron.core import parallel_state as ps
+
+        val = f", {len(self.val_data)} validation prompts" if self.val_data is not None else ""
+        filtered = f" ({self.train_data.num_filtered} overlong filtered)" if self.train_data.num_filtered else ""
+        return (f"TP={ps.get_tensor_model_parallel_world_size()} PP={ps.get_pipeline_model_parallel_world_size()} "
+                f"DP={ps.get_data_parallel_world_size()}, rollout {self.engine.describe()}, "
+                f"{len(self.train_data)} train prompts{filtered}{val}")
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.engine.shutdown()
+
+
+def build_components(cfg: Any) -> RunComponents:
+    """Collective: every rank builds its share (call after init_distributed)."""
+    from sppo_megatron.engine import MegatronActor
+    from sppo_megatron.models.hf_io import load_hf_config
+    from sppo_megatron.reward import RewardScorer
+    from sppo_megatron.rollout import create_rollout_engine
+    from sppo_megatron.sync import WeightSync
+
+    hf_dir = hf_dir_of(cfg)
+    tokenizer = load_tokenizer(hf_dir)
+    train, val = load_data(cfg, tokenizer)
+    sampler = PromptSampler(len(train), int(cfg.data.train_batch_size), int(cfg.trainer.seed),
+                            shuffle=bool(cfg.data.shuffle), drop_last=True)
+    engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+    actor = MegatronActor(cfg, load_hf_config(hf_dir, "model.path"))
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), RewardScorer(cfg.reward))

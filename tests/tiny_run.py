@@ -1,0 +1,75 @@
+"""End-to-end helpers: build the demo's tiny assets once, run `sppo-train` as users do (a plain
+process or torchrun), read a run directory back."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def build_assets(out: str, warm_steps: int = 200) -> Dict[str, str]:
+    """tools/make_tiny_assets.py + sppo-convert hf-to-megatron; returns the paths a config needs."""
+    env = {**os.environ, **ENV}
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_tiny_assets.py"), "--out", out,
+                    "--warm-steps", str(warm_steps), "--num-test", "64"], check=True, capture_output=True, env=env)
+    subprocess.run([sys.executable, "-m", "sppo_megatron.cli.convert", "hf-to-megatron", "--hf", f"{out}/model",
+                    "--out", f"{out}/megatron"], check=True, capture_output=True, env=env)
+    return {"hf": f"{out}/model", "megatron": f"{out}/megatron", "train": f"{out}/data/train.parquet",
+            "test": f"{out}/data/test.parquet"}
+
+
+def base_overrides(assets: Dict[str, str], output_dir: str) -> List[str]:
+    """A small, fast SPPO run on the tiny assets (4 prompts x 4 samples per step)."""
+    return [
+        f"model.path={assets['megatron']}/hf", f"model.megatron_ckpt={assets['megatron']}",
+        f"data.train_files=[{assets['train']}]", f"data.val_files=[{assets['test']}]",
+        "data.train_batch_size=4", "data.max_prompt_length=16", "data.max_response_length=6",
+        "rollout.engine=hf", "rollout.n=4", "train.mini_batch_size=2", "train.micro_batch_size=2",
+        "optim.lr=1e-3", "optim.weight_decay=0", "trainer.test_freq=2", "trainer.seed=3",
+        f"trainer.output_dir={output_dir}",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(overrides: List[str], nproc: int = 1) -> List[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "sppo_megatron.train", *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "sppo_megatron.train", *overrides]
+
+
+def train(overrides: List[str], nproc: int = 1, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(train_command(overrides, nproc), capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **ENV}, cwd=ROOT)
+    if check and out.returncode != 0:
+        raise AssertionError(f"sppo-train exited {out.returncode}\n{out.stderr[-4000:]}")
+    return out
+
+
+def read_metrics(output_dir: str) -> List[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def by_step(output_dir: str) -> Dict[int, dict]:
+    return {row["step"]: row for row in read_metrics(output_dir)}
+
+
+def latest(output_dir: str) -> Optional[str]:
+    path = os.path.join(output_dir, "checkpoints", "latest")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().strip()
