@@ -27,7 +27,8 @@ setup(
         "math-verify>=0.7",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        "test": ["pytest>=7", "pytest-timeout", "matplotlib"],
+        "plots": ["matplotlib"],
         # apex is built from source in docker/Dockerfile (no usable wheel on PyPI).
         "gpu": ["transformer-engine[pytorch]>=2.3"],
         "sglang": ["sglang==0.5.23"],
@@ -37,6 +38,7 @@ setup(
         "console_scripts": [
             "sppo-train=sppo_megatron.cli.train:main",
             "sppo-convert=sppo_megatron.cli.convert:main",
+            "sppo-eval=sppo_megatron.cli.eval:main",
         ]
     },
 )

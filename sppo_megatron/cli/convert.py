@@ -452,6 +452,9 @@ COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf, 
 @exit_on_user_error("sppo-convert")
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from sppo_megatron.platform.cpu_compat import silence_cpu_noise
+
+    silence_cpu_noise()
     return COMMANDS[args.command](args)
 
 
