@@ -1,0 +1,173 @@
+"""Build the embedded CPU demo's assets with no network: a tokenizer, prompts and a small model.
+
+    python tools/make_tiny_assets.py --out DIR
+
+writes
+    DIR/model/             a Qwen2-architecture HF checkpoint (config, safetensors, tokenizer with
+                           a chat template), briefly warm-started by supervised training on the
+                           train problems so it answers some problems right (and has headroom)
+    DIR/data/train.parquet synthetic "a+b" prompts in the verl schema (data_source "arith")
+    DIR/data/test.parquet  held-out problems disjoint from train
+
+Everything is seeded: the same command gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from typing import List, Tuple
+
+import pandas as pd
+import torch
+
+CHARS = list("0123456789+=")
+SPECIAL = ["<pad>", "<eos>", "<user>", "<assistant>", "<system>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+MAX_OPERAND = 49
+DATA_SOURCE = "arith"
+
+
+def build_tokenizer():
+    """A character-level tokenizer with role tokens and a chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    fast.add_special_tokens({"additional_special_tokens": ["<user>", "<assistant>", "<system>"]})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def split_problems(seed: int, num_test: int) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
+    pairs = [(a, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)]
+    random.Random(seed).shuffle(pairs)
+    return pairs[num_test:], pairs[:num_test]
+
+
+def to_rows(pairs: List[Tuple[int, int]], split: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": f"{a}+{b}="}],
+                "ability": "arithmetic",
+                "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                "extra_info": {"split": split, "index": i},
+            }
+            for i, (a, b) in enumerate(pairs)
+        ]
+    )
+
+
+def build_model(tokenizer, hidden: int, layers: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    """Supervised training on `prompt -> answer<eos>` (loss on the answer only)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
+    seqs, masks = [], []
+    for (a, b), prompt in zip(pairs, prompts):
+        p = tokenizer.encode(prompt, add_special_tokens=False)
+        r = tokenizer.encode(str(a + b), add_special_tokens=False) + [tokenizer.eos_token_id]
+        seqs.append(p + r)
+        masks.append([0] * len(p) + [1] * len(r))
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    loss_mask = torch.zeros((len(seqs), width))
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s)
+        loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.float)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(seqs), (batch_size,), generator=gen)
+        logits = model(input_ids=ids[idx]).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[idx, 1:], reduction="none")
+        mask = loss_mask[idx, 1:]
+        loss = (nll * mask).sum() / mask.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, pairs) -> float:
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
+    correct = 0
+    for length in sorted({len(p) for p in prompts}):  # equal-length prompts batch without padding
+        rows = [i for i, p in enumerate(prompts) if len(p) == length]
+        batch = torch.tensor([tokenizer.encode(prompts[i], add_special_tokens=False) for i in rows])
+        out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for i, row in zip(rows, out[:, batch.shape[1]:]):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            correct += text == str(sum(pairs[i]))
+    return correct / len(pairs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory (model/ and data/ are written under it)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-test", type=int, default=200, help="held-out problems")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--warm-steps", type=int, default=300, help="supervised warm-start steps")
+    parser.add_argument("--warm-batch", type=int, default=64)
+    parser.add_argument("--warm-lr", type=float, default=3e-3)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    start = time.time()
+    tokenizer = build_tokenizer()
+    train, test = split_problems(args.seed, args.num_test)
+    os.makedirs(os.path.join(args.out, "data"), exist_ok=True)
+    to_rows(train, "train").to_parquet(os.path.join(args.out, "data", "train.parquet"))
+    to_rows(test, "test").to_parquet(os.path.join(args.out, "data", "test.parquet"))
+
+    model = build_model(tokenizer, args.hidden, args.layers)
+    loss = warm_start(model, tokenizer, train, args.warm_steps, args.warm_batch, args.warm_lr, args.seed)
+    model_dir = os.path.join(args.out, "model")
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    acc = greedy_accuracy(model, tokenizer, test)
+    summary = {"train_problems": len(train), "test_problems": len(test), "warm_start_loss": round(loss, 4),
+               "held_out_greedy_accuracy": round(acc, 4), "seconds": round(time.time() - start, 1)}
+    with open(os.path.join(args.out, "assets.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"tiny assets in {args.out}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
