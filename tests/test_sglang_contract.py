@@ -5,9 +5,10 @@ payload key and memory tag the adapter uses exists in the vendored API manifest
 tests/data/sglang_api_<version>.json, extracted from the sglang source by
 tools/extract_sglang_api.py.
 
-When the real source is at hand (SPPO_SGLANG_SRC = a sglang wheel or a directory holding the
-sglang package, or an installed sglang), the manifest is re-extracted from it and must equal the
-vendored one (so the checks above hold against the real source too).
+Against the real source (SPPO_SGLANG_SRC = a sglang wheel or a directory holding the sglang
+package, an installed sglang, or else the pinned wheel downloaded without dependencies into
+.cache/sglang): the manifest is re-extracted from it and must equal the vendored one, so the
+checks above hold against the real source too. Skipped only when no index has the wheel.
 """
 
 from __future__ import annotations
@@ -115,6 +116,25 @@ def test_symbols_modules_payload_and_tags():
     assert all(m["result_keys_in_tokenizer_manager"].values())
 
 
+def _download_wheel():
+    """The pinned wheel, fetched once without dependencies into .cache/ (None when pip cannot
+    reach an index that has it)."""
+    import glob
+    import subprocess
+    import sys
+
+    cache = os.path.join(ROOT, ".cache", "sglang")
+    found = glob.glob(os.path.join(cache, f"sglang-{PINNED}-*.whl"))
+    if not found:
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                            f"sglang=={PINNED}", "-d", cache], check=True, capture_output=True, timeout=300)
+        except (subprocess.SubprocessError, OSError):
+            return None
+        found = glob.glob(os.path.join(cache, f"sglang-{PINNED}-*.whl"))
+    return found[0] if found else None
+
+
 def _real_source():
     src = os.environ.get("SPPO_SGLANG_SRC")
     if src:
@@ -122,13 +142,13 @@ def _real_source():
     spec = importlib.util.find_spec("sglang")
     if spec is not None and spec.submodule_search_locations:
         return os.path.dirname(list(spec.submodule_search_locations)[0])
-    return None
+    return _download_wheel()
 
 
 def test_manifest_matches_real_source():
     src = _real_source()
     if src is None:
-        pytest.skip("sglang source not available: set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
+        pytest.skip("sglang source not available (pip download failed): set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
                     "(pip download --no-deps sglang==0.5.23) or install sglang to check the vendored manifest")
     import sys
 
