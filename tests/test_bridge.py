@@ -493,3 +493,35 @@ def test_reader_refuses_non_safetensors(tmp_path):
     os.remove(tmp_path / "pytorch_model.bin")
     with pytest.raises(UserError, match="no weights"):
         SafetensorsReader(str(tmp_path))
+
+
+@pytest.mark.parametrize("layout", ["replicated", "embedding", "row", "qkv", "gate_up"])
+def test_assemble_copies_once_and_never_aliases_the_parameter(layout):
+    """At TP=1 the shard IS the parameter: the export must return new tensors equal to what the
+    TP=2 path assembles from the same weights split in two."""
+    bridge = bridge_of("qwen2")
+    hd, groups = bridge.head_dim, bridge.num_kv_heads
+    per_group = (bridge.num_attention_heads // groups + 2) * hd
+    rows = {"replicated": 8, "embedding": bridge.padded_vocab_size(2), "row": 6, "qkv": groups * per_group, "gate_up": 12}[layout]
+    full = torch.randn(rows, 8)
+    before = full.clone()
+    if layout == "row":
+        shards = list(full.chunk(2, dim=1))
+    elif layout == "qkv":  # megatron splits qkv by whole query groups
+        shards = list(full.reshape(groups, per_group, 8).chunk(2, dim=0))
+        shards = [s.reshape(-1, 8) for s in shards]
+    elif layout == "gate_up":  # each TP rank holds its half of gate and its half of up
+        gate, up = full.chunk(2, dim=0)
+        shards = [torch.cat([g, u]) for g, u in zip(gate.chunk(2), up.chunk(2))]
+    elif layout == "replicated":
+        shards = [full, full]
+    else:
+        shards = list(full.chunk(2, dim=0))
+    single = bridge._assemble(layout, [full])
+    split = bridge._assemble(layout, shards)
+    assert len(single) == len(split)
+    for a, b in zip(single, split):
+        assert torch.equal(a, b) and a.is_contiguous()
+        assert a.untyped_storage().data_ptr() != full.untyped_storage().data_ptr()
+        a.add_(1.0)  # writing to an exported tensor must not touch the parameter
+    assert torch.equal(full, before)

@@ -465,24 +465,39 @@ class Bridge:
         raise AssertionError(layout)
 
     def _assemble(self, layout: str, shards: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Full HF tensor(s) from the TP shards of one megatron parameter (rank order)."""
-        if layout == "replicated":
-            return [shards[0].detach().clone()]
+        """Full HF tensor(s) from the TP shards of one megatron parameter (rank order).
+
+        Each result is written once: the shards are joined into one tensor (with one shard,
+        TP=1, that is the parameter itself, not copied), the HF tensors are read from it
+        through views and copied into new tensors."""
+        if len(shards) == 1 or layout == "replicated":
+            shards = shards[:1]
+            full = shards[0]
+        elif layout == "row":
+            full = torch.cat(list(shards), dim=1)
+        elif layout == "gate_up":
+            halves = [s.chunk(2, dim=0) for s in shards]
+            return [torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)]
+        else:
+            full = torch.cat(list(shards), dim=0)
+        joined = len(shards) > 1  # `full` is already a new tensor
+        return [view if joined and view is full else _fresh(view, shape) for view, shape in self._views(layout, full)]
+
+    def _views(self, layout: str, full: torch.Tensor) -> List[Tuple[torch.Tensor, Tuple[int, ...]]]:
+        """(view of `full`, HF shape) for each HF tensor of one whole megatron parameter."""
+        if layout in ("replicated", "row"):
+            return [(full, tuple(full.shape))]
         if layout in ("embedding", "output"):
-            return [torch.cat(list(shards), dim=0)[: self.vocab_size].clone()]
-        if layout == "row":
-            return [torch.cat(list(shards), dim=1)]
+            view = full[: self.vocab_size]
+            return [(view, tuple(view.shape))]
         if layout == "qkv":
             hd = self.head_dim
             per_group_q = (self.num_attention_heads // self.num_kv_heads) * hd
-            full = torch.cat(list(shards), dim=0)
             rest = tuple(full.shape[1:])
             grouped = full.reshape(self.num_kv_heads, per_group_q + 2 * hd, *rest)
-            q, k, v = torch.split(grouped, [per_group_q, hd, hd], dim=1)
-            return [t.reshape(-1, *rest).contiguous() for t in (q, k, v)]
+            return [(v, (self.num_kv_heads * v.shape[1], *rest)) for v in torch.split(grouped, [per_group_q, hd, hd], dim=1)]
         if layout == "gate_up":
-            halves = [s.chunk(2, dim=0) for s in shards]
-            return [torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)]
+            return [(v, tuple(v.shape)) for v in full.chunk(2, dim=0)]
         raise AssertionError(layout)
 
     def export_hf_weights(self, model: Any) -> Iterator[Tuple[str, torch.Tensor]]:
@@ -578,6 +593,13 @@ class _Parallel:
     tp: int
     pp: int
     sequence_parallel: bool = False
+
+
+def _fresh(view: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """A new contiguous tensor of `shape` holding the values of `view` (one copy, never an alias)."""
+    out = torch.empty(shape, dtype=view.dtype, device=view.device)
+    out.view(view.shape).copy_(view)
+    return out
 
 
 def _device() -> torch.device:
