@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import barrier, broadcast_object, rank
 
 META_FILE = "sppo_checkpoint.json"
 HF_SUBDIR = "hf"
@@ -192,45 +193,25 @@ class _Dist:
         pass
 
 
-def _rank() -> int:
-    import torch.distributed as dist
 
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast_obj(obj: Any) -> Any:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _make_tmp(out: str) -> str:
     """Rank 0 creates OUT.tmp-XXXX next to OUT; every rank learns its name."""
     tmp = None
-    if _rank() == 0:
+    if rank() == 0:
         out_abs = os.path.realpath(out)
         os.makedirs(os.path.dirname(out_abs), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=os.path.basename(out_abs) + ".tmp-", dir=os.path.dirname(out_abs))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any directory
-    return _broadcast_obj(tmp)
+    return broadcast_object(tmp)
 
 
 def _commit(tmp: str, out: str) -> None:
     """Rank 0 moves the finished tmp directory into place (replacing OUT for --overwrite)."""
-    if _rank() == 0:
+    if rank() == 0:
         old = None
         if os.path.isdir(out):
             if os.listdir(out):
@@ -242,16 +223,16 @@ def _commit(tmp: str, out: str) -> None:
         os.rename(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
 
 
 def _cleanup(tmp: Optional[str]) -> None:
-    if tmp is not None and _rank() == 0 and os.path.isdir(tmp):
+    if tmp is not None and rank() == 0 and os.path.isdir(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _say(msg: str) -> None:
-    if _rank() == 0:
+    if rank() == 0:
         print(f"sppo-convert: {msg}", flush=True)
 
 
@@ -295,7 +276,7 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
             t_load = time.time() - t0
             save_dist_checkpoint({MODEL_KEY: model.sharded_state_dict()}, tmp)
             del model
-            if _rank() == 0:
+            if rank() == 0:
                 hf_out = os.path.join(tmp, HF_SUBDIR)
                 os.makedirs(hf_out)
                 shutil.copy2(os.path.join(args.hf, "config.json"), os.path.join(hf_out, "config.json"))
@@ -318,7 +299,7 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
                 }
                 with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
                     json.dump(meta, f, indent=2)
-            _barrier()
+            barrier()
             _commit(tmp, args.out)
         except BaseException:
             _cleanup(tmp)
@@ -369,9 +350,9 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
         try:
             model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
             write_hf_dir(bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class,
-                         max_shard, write=_rank() == 0)
+                         max_shard, write=rank() == 0)
             del model
-            _barrier()
+            barrier()
             _commit(tmp, args.out)
         except BaseException:
             _cleanup(tmp)
@@ -404,7 +385,7 @@ def verify(args: argparse.Namespace) -> int:
         logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
         del model
         diff = torch.tensor([0.0])
-        if _rank() == 0:
+        if rank() == 0:
             from transformers import AutoModelForCausalLM
 
             hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
@@ -412,7 +393,7 @@ def verify(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 ref = hf(input_ids=ids).logits.float()
             diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
-        diff = _broadcast_obj(diff)
+        diff = broadcast_object(diff)
     value = float(diff.item())
     ok = value <= args.atol
     _say(f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "

@@ -130,8 +130,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
 
-    import torch.distributed as dist
-
     from sppo_megatron.data import load_prompt_dataset
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine
@@ -164,7 +162,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         scorer.close()
         engine.shutdown()
     rollout, rewards = metrics.pop("rollout"), metrics.pop("rewards")
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    from sppo_megatron.platform.distributed import is_rank0
+
+    if is_rank0():
         result = {"model": os.path.abspath(args.model), "data": [os.path.abspath(d) for d in args.data],
                   "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                   "max_new_tokens": sampling.max_new_tokens, "engine": engine.describe(), "metrics": metrics}

@@ -27,23 +27,15 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from sppo_megatron.engine import optimizer_state
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import barrier, rank
 
 META_FILE = "actor_meta.json"
 FORMAT = 1
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _layout() -> Dict[str, int]:
@@ -109,9 +101,9 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
 
     from sppo_megatron.models import save_dist_checkpoint
 
-    if _rank() == 0:
+    if rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
-    _barrier()
+    barrier()
     optimizer_state.init_state(actor.optimizer)  # workaround (1): a fresh optimizer cannot build its state dict
     model_sd = actor.model.sharded_state_dict()
     state = {
@@ -121,7 +113,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
         "rng_state": _rng_sharded(_rng_state()),
     }
     save_dist_checkpoint(state, ckpt_dir)
-    if _rank() == 0:
+    if rank() == 0:
         meta = {
             "format": FORMAT,
             "layout": _layout(),
@@ -135,7 +127,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
         os.replace(tmp, os.path.join(ckpt_dir, META_FILE))
-    _barrier()
+    barrier()
 
 
 def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:

@@ -27,6 +27,7 @@ import os
 from typing import Any, Dict
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import barrier, is_rank0
 
 MODEL_KEY = "model"
 
@@ -53,28 +54,21 @@ def _install_fork_results_queue() -> None:
             pass  # no fork on this platform: megatron's own spawn queue is used
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
 
 def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
     """Write a sharded state dict (e.g. ``{"model": model.sharded_state_dict()}``) to `ckpt_dir`.
 
     Collective: every rank calls it with its own shards. Creates `ckpt_dir` (should be empty).
     """
-    import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
     _require_psutil()
     _install_fork_results_queue()
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_rank0():
         os.makedirs(ckpt_dir, exist_ok=True)
-    _barrier()
+    barrier()
     dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
-    _barrier()
+    barrier()
 
 
 def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str) -> Dict[str, Any]:

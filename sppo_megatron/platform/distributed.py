@@ -146,6 +146,36 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
     return info
 
 
+def rank() -> int:
+    """This process's global rank (0 when torch.distributed is not initialised)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_rank0() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    """dist.barrier() when a process group exists; nothing otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s `obj` on every rank (pickled; for small objects). Identity without a group."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def destroy_distributed() -> None:
     """Tear down megatron's parallel state and the process group (tests, clean exits)."""
     import torch.distributed as dist

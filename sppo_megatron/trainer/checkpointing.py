@@ -15,22 +15,14 @@ import re
 import shutil
 from typing import Any, Callable, Dict, List, Optional
 
-import torch.distributed as dist
-
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import barrier, rank
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 class CheckpointManager:
@@ -61,16 +53,16 @@ class CheckpointManager:
         """Write step_N atomically. `save_actor(dir)` is called on every rank (collective)."""
         final = os.path.join(self.root, f"step_{step}")
         tmp = os.path.join(self.root, f".tmp-step_{step}")
-        if _rank() == 0:
+        if rank() == 0:
             os.makedirs(self.root, exist_ok=True)
             for name in os.listdir(self.root):
                 if name.startswith(".tmp-"):
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
             os.makedirs(tmp)
-        _barrier()
+        barrier()
         save_actor(tmp)
-        _barrier()
-        if _rank() == 0:
+        barrier()
+        if rank() == 0:
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
                 json.dump({"step": step, **trainer_state}, fh, indent=2)
             if os.path.exists(final):
@@ -82,7 +74,7 @@ class CheckpointManager:
             os.replace(latest_tmp, os.path.join(self.root, LATEST_FILE))
             for old in self.step_dirs()[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        barrier()
         return final
 
     def resolve_resume(self, resume: str, overwrite: bool) -> Optional[str]:

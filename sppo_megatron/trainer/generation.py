@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 
 from sppo_megatron.data import PromptItem
 from sppo_megatron.engine import SequenceBatch
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import broadcast_object, is_rank0
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams
 from sppo_megatron.sync import samples_logprobs
 
@@ -73,22 +73,14 @@ def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling:
     return Rollout(items, n, samples, texts)
 
 
-def _broadcast(obj: Any) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Rule-based rewards [N] (float64) and `reward/*`, `response/*` metrics (collective)."""
     result = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_rank0():
         items = [rollout.item_of(i) for i in range(len(rollout.samples))]
         result = scorer.score([it.data_source for it in items], rollout.texts,
                               [it.ground_truth for it in items], [it.extra_info for it in items])
-    scores, stats = _broadcast(result)
+    scores, stats = broadcast_object(result)
     rewards = torch.tensor(scores, dtype=torch.float64)
     bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
     if bad:

@@ -18,11 +18,11 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.errors import TrainingDiverged
+from sppo_megatron.platform.distributed import is_rank0
 from sppo_megatron.sync import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
@@ -39,12 +39,8 @@ def timed(metrics: Dict[str, Any], key: str) -> Iterator[None]:
     metrics[key] = time.perf_counter() - start
 
 
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _say(message: str) -> None:
-    if _is_rank0():
+    if is_rank0():
         print(f"sppo-train: {message}", flush=True)
 
 
@@ -96,7 +92,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         run.sampler.load_state_dict(state["sampler"])
         start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
-                           OmegaConf.to_container(cfg, resolve=True), enabled=_is_rank0(),
+                           OmegaConf.to_container(cfg, resolve=True), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
     preemption = PreemptionFlag()
     _say(f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"

@@ -85,12 +85,11 @@ class RunComponents:
         written to OUT.tmp, then renamed)."""
         import shutil
 
-        import torch.distributed as dist
-
         from sppo_megatron.models.bridge import DTYPE_NAMES
         from sppo_megatron.models.hf_io import write_hf_dir
+        from sppo_megatron.platform.distributed import barrier, is_rank0
 
-        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        rank0 = is_rank0()
         tmp = out_dir.rstrip("/") + ".tmp"
         if rank0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -100,8 +99,7 @@ class RunComponents:
         if rank0:
             shutil.rmtree(out_dir, ignore_errors=True)
             os.replace(tmp, out_dir)
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
 
     def describe(self) -> str:
         from megatron.core import parallel_state as ps
