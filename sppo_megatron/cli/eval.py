@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
@@ -132,38 +133,33 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from sppo_megatron.data import load_prompt_dataset
     from sppo_megatron.reward import RewardScorer
-    from sppo_megatron.rollout import SamplingParams, create_rollout_engine
+    from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.evaluation import evaluate
-    from sppo_megatron.trainer.generation import sample_records
-    from sppo_megatron.trainer.setup import load_tokenizer
+    from sppo_megatron.trainer.generation import sample_records, val_sampling
+    from sppo_megatron.platform.distributed import init_distributed, is_rank0
+    from sppo_megatron.trainer.setup import check_sources, load_tokenizer
 
+    chosen = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
+    try:
+        sampling = replace(val_sampling(cfg), **{k: v for k, v in chosen.items() if v is not None})
+    except ValueError as e:  # out-of-range --temperature / --top-p / --max-new-tokens
+        raise UserError(str(e)) from None
     tokenizer = load_tokenizer(hf_dir)
     dataset = load_prompt_dataset(args.data, tokenizer, cfg.data)
+    check_sources(dataset, cfg.reward.custom_fn)
     items = dataset.items[: args.limit] if args.limit else dataset.items
     if ckpt is not None:
-        from sppo_megatron.platform.distributed import init_distributed
-
         init_distributed(tp=args.tp, pp=args.pp, seed=0)
     engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.dirname(os.path.abspath(args.out)))
     load_weights(engine, hf_dir, ckpt, args.tp, args.pp)
-    r = cfg.rollout
-    sampling = SamplingParams(
-        temperature=r.val_temperature if args.temperature is None else args.temperature,
-        top_p=r.val_top_p if args.top_p is None else args.top_p,
-        max_new_tokens=args.max_new_tokens or cfg.data.max_response_length,
-        seed=int(cfg.trainer.seed),
-    )
-    n = args.n or int(r.val_n)
+    n = args.n or int(cfg.rollout.val_n)
     scorer = RewardScorer(cfg.reward)
     try:
-        metrics = evaluate(engine, tokenizer, scorer, items, sampling, n=n,
-                           batch_size=args.batch_size or cfg.data.val_batch_size, prefix="eval")
+        metrics, rollout, rewards = evaluate(engine, tokenizer, scorer, items, sampling, n=n,
+                                             batch_size=args.batch_size or cfg.data.val_batch_size, prefix="eval")
     finally:
         scorer.close()
         engine.shutdown()
-    rollout, rewards = metrics.pop("rollout"), metrics.pop("rewards")
-    from sppo_megatron.platform.distributed import is_rank0
-
     if is_rank0():
         result = {"model": os.path.abspath(args.model), "data": [os.path.abspath(d) for d in args.data],
                   "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,

@@ -6,7 +6,7 @@ Used by the training loop (step 0 and every trainer.test_freq steps) and by `spp
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -16,12 +16,12 @@ from sppo_megatron.trainer.generation import Rollout, accuracy_metrics, generate
 
 
 def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptItem], sampling: SamplingParams,
-             n: int = 1, batch_size: Optional[int] = None, prefix: str = "val") -> Dict[str, Any]:
+             n: int = 1, batch_size: Optional[int] = None, prefix: str = "val",
+             ) -> Tuple[Dict[str, float], Rollout, torch.Tensor]:
     """Accuracy of the engine's current weights on `items` (collective).
 
     Prompts go to the engine `batch_size` at a time (None = all at once). Returns the
-    `{prefix}/accuracy*` metrics plus `timing/{prefix}_s`; the Rollout and rewards are under the
-    keys "rollout" and "rewards" for callers that want the samples (popped before logging).
+    `{prefix}/accuracy*` metrics plus `timing/{prefix}_s`, and the samples with their rewards.
     """
     start = time.perf_counter()
     items = list(items)
@@ -37,8 +37,7 @@ def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptIte
         rewards.append(part_rewards)
     rollout = Rollout(items, n, samples, texts)
     all_rewards = torch.cat(rewards)
-    metrics: Dict[str, Any] = accuracy_metrics(rollout, all_rewards, prefix)
+    metrics = accuracy_metrics(rollout, all_rewards, prefix)
     metrics[f"{prefix}/response_length_mean"] = sum(len(s.response_ids) for s in samples) / len(samples)
     metrics[f"timing/{prefix}_s"] = time.perf_counter() - start
-    metrics["rollout"], metrics["rewards"] = rollout, all_rewards
-    return metrics
+    return metrics, rollout, all_rewards

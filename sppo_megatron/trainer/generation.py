@@ -57,11 +57,11 @@ def train_sampling(cfg: Any, step: int) -> SamplingParams:
                           seed=int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step)
 
 
-def val_sampling(cfg: Any, max_new_tokens: int = 0) -> SamplingParams:
+def val_sampling(cfg: Any) -> SamplingParams:
     """rollout.val_* sampling (greedy by default)."""
     r = cfg.rollout
     return SamplingParams(temperature=float(r.val_temperature), top_p=float(r.val_top_p), top_k=-1,
-                          max_new_tokens=int(max_new_tokens or cfg.data.max_response_length),
+                          max_new_tokens=int(cfg.data.max_response_length),
                           seed=int(cfg.trainer.seed) + _VAL_SEED_OFFSET)
 
 

@@ -48,10 +48,9 @@ def validate(run: RunComponents, cfg: DictConfig) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
     metrics: Dict[str, Any] = dict(run.sync_weights())
     run.to_rollout()
-    result = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
-                      n=int(cfg.rollout.val_n), batch_size=cfg.data.val_batch_size)
+    result, _, _ = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
+                            n=int(cfg.rollout.val_n), batch_size=cfg.data.val_batch_size)
     run.to_training()
-    result.pop("rollout"), result.pop("rewards")
     return {**metrics, **result}
 
 

@@ -12,18 +12,13 @@ from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
 from sppo_megatron.errors import DataError, UserError
 
 
-def hf_dir_of(cfg: Any) -> str:
-    """The HF directory with config and tokenizer: model.path."""
-    return str(cfg.model.path)
-
-
 def load_tokenizer(hf_dir: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(hf_dir)
 
 
-def _check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
+def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
     """Every data_source must have a rule-based scorer, unless a custom reward function scores all."""
     if custom_fn:
         return
@@ -37,11 +32,11 @@ def _check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
 
 def load_data(cfg: Any, tokenizer: Any) -> tuple[PromptDataset, Optional[PromptDataset]]:
     train = load_prompt_dataset(list(cfg.data.train_files), tokenizer, cfg.data)
-    _check_sources(train, cfg.reward.custom_fn)
+    check_sources(train, cfg.reward.custom_fn)
     val = None
     if cfg.data.val_files:
         val = load_prompt_dataset(list(cfg.data.val_files), tokenizer, cfg.data)
-        _check_sources(val, cfg.reward.custom_fn)
+        check_sources(val, cfg.reward.custom_fn)
     return train, val
 
 
@@ -123,7 +118,7 @@ def build_components(cfg: Any) -> RunComponents:
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.sync import WeightSync
 
-    hf_dir = hf_dir_of(cfg)
+    hf_dir = str(cfg.model.path)  # config and tokenizer (weights come from the checkpoint or here)
     tokenizer = load_tokenizer(hf_dir)
     train, val = load_data(cfg, tokenizer)
     sampler = PromptSampler(len(train), int(cfg.data.train_batch_size), int(cfg.trainer.seed),
