@@ -12,12 +12,14 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, List, Mapping, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from sppo_megatron.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,15 +167,53 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s `obj` on every rank (pickled; for small objects). Identity without a group."""
+def broadcast_object(obj, src: int = 0, group=None):
+    """Rank `src`'s `obj` on every rank of `group` (pickled; for small objects). Identity
+    without a process group."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """fn() run on rank 0, its result returned on every rank. If fn raises, every rank raises
+    (the same exception), rather than the others waiting in the next collective until timeout."""
+    outcome = None
+    if is_rank0():
+        try:
+            outcome = (True, fn())
+        except Exception as e:  # noqa: BLE001 - handed to every rank, then raised
+            outcome = (False, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
+    ok, value = broadcast_object(outcome)
+    if not ok:
+        raise value
+    return value
+
+
+def first_error(message: Optional[str], group=None) -> Optional[str]:
+    """The first (in rank order) non-None error message of any rank in `group`, on every rank: a
+    check that fails on some ranks only makes all of them stop together."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return message
+    messages: List[Optional[str]] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(messages, message, group=group)
+    return next((m for m in messages if m is not None), None)
+
+
+def _picklable(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - anything pickle cannot take
+        return False
+    return True
 
 
 def destroy_distributed() -> None:

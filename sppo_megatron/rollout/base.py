@@ -20,11 +20,13 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+
+from sppo_megatron.platform.distributed import broadcast_object
 
 logger = logging.getLogger(__name__)
 
@@ -212,25 +214,30 @@ class RolloutEngine(abc.ABC):
         if sampling.seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
             if pl.distributed:
-                box = [seed]
-                dist.broadcast_object_list(box, src=0, group=pl.object_group)
-                seed = box[0]
-            sampling = _replace_seed(sampling, seed)
+                seed = broadcast_object(seed, src=0, group=pl.object_group)
+            sampling = replace(sampling, seed=seed)
         start, end = split_evenly(len(prompt_token_ids), pl.num_engines)[pl.engine_index]
         local: List[RolloutSample] = []
+        error: Optional[str] = None
         if pl.is_host and end > start:
-            local = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
-            if len(local) != (end - start) * n:
-                raise RuntimeError(f"{self.name} engine returned {len(local)} samples for {end - start} prompts x n={n}")
-        elif not pl.is_host:
-            self._assist_generate()
+            try:
+                local = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
+                if len(local) != (end - start) * n:
+                    raise RuntimeError(f"{self.name} engine returned {len(local)} samples for {end - start} prompts x n={n}")
+            except Exception as e:  # noqa: BLE001 - every rank raises it below
+                if not pl.distributed:
+                    raise
+                error = f"{self.name} generation failed on rank {pl.rank}: {type(e).__name__}: {e}"
         if not pl.distributed:
             return local
-        gathered: List[Optional[List[RolloutSample]]] = [None] * pl.world_size
-        dist.all_gather_object(gathered, local, group=pl.object_group)
+        gathered: List[Optional[Tuple[Optional[str], List[RolloutSample]]]] = [None] * pl.world_size
+        dist.all_gather_object(gathered, (error, local), group=pl.object_group)
+        errors = [part[0] for part in gathered if part and part[0]]
+        if errors:
+            raise RuntimeError(errors[0])
         out: List[RolloutSample] = []
         for part in gathered:
-            out.extend(part or [])
+            out.extend(part[1] if part else [])
         if len(out) != len(prompt_token_ids) * n:
             raise RuntimeError(f"gathered {len(out)} samples, expected {len(prompt_token_ids) * n}")
         return out
@@ -238,9 +245,6 @@ class RolloutEngine(abc.ABC):
     @abc.abstractmethod
     def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
         """Sample this engine's share; prompt indices start at `first_prompt_index`."""
-
-    def _assist_generate(self) -> None:
-        """Runs on group members that do not host the engine while the host generates."""
 
     def stop_ids(self, sampling: SamplingParams) -> Tuple[int, ...]:
         ids = list(self.eos_token_ids)
@@ -268,9 +272,3 @@ class RolloutEngine(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} x{self.placement.num_engines}"
-
-
-def _replace_seed(sampling: SamplingParams, seed: int) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(sampling, seed=seed)

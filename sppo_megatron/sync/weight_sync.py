@@ -25,6 +25,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from sppo_megatron.platform.distributed import first_error
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,7 +70,6 @@ class WeightSync:
         self.check = check
         self.probe_rows = probe_rows
         self._noted = False
-        self.count = 0
 
     def sync(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, float]:
         """Push one full set of weights; returns the metrics. Collective."""
@@ -80,8 +81,15 @@ class WeightSync:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        self.count += 1
-        checked = self._verify(tap) if self.check else False
+        checked, error = False, None
+        if self.check:
+            try:
+                checked = self._verify(tap)
+            except RuntimeError as e:  # only engine hosts can fail the check: all ranks stop on it
+                error = str(e)
+        error = first_error(error)
+        if error:
+            raise RuntimeError(error)
         return {
             "timing/sync_s": elapsed,
             "sync/bytes": float(tap.bytes),
@@ -148,9 +156,4 @@ def samples_logprobs(samples: Sequence, width: Optional[int] = None) -> Tuple[to
     return out, mask
 
 
-def sync_once(engine, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, float]:
-    """One-shot helper: WeightSync(engine).sync(named_tensors)."""
-    return WeightSync(engine).sync(named_tensors)
-
-
-__all__: List[str] = ["WeightSync", "logp_abs_diff", "samples_logprobs", "sync_once"]
+__all__: List[str] = ["WeightSync", "logp_abs_diff", "samples_logprobs"]

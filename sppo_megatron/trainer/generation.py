@@ -17,7 +17,7 @@ import torch
 from sppo_megatron.data import PromptItem
 from sppo_megatron.engine import SequenceBatch
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import broadcast_object, is_rank0
+from sppo_megatron.platform.distributed import on_rank0
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams
 from sppo_megatron.sync import samples_logprobs
 
@@ -75,12 +75,12 @@ def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling:
 
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Rule-based rewards [N] (float64) and `reward/*`, `response/*` metrics (collective)."""
-    result = None
-    if is_rank0():
+    def score_on_rank0():
         items = [rollout.item_of(i) for i in range(len(rollout.samples))]
-        result = scorer.score([it.data_source for it in items], rollout.texts,
-                              [it.ground_truth for it in items], [it.extra_info for it in items])
-    scores, stats = broadcast_object(result)
+        return scorer.score([it.data_source for it in items], rollout.texts,
+                            [it.ground_truth for it in items], [it.extra_info for it in items])
+
+    scores, stats = on_rank0(score_on_rank0)
     rewards = torch.tensor(scores, dtype=torch.float64)
     bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
     if bad:

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from sppo_megatron.platform.files import atomic_write_text
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -30,9 +32,7 @@ def _truncate_after(path: str, keep_up_to_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.writelines(kept)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "".join(kept))
 
 
 class MetricsLogger:
