@@ -39,6 +39,8 @@ def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_pa
         # the rollout engine samples from exactly the weights the actor recomputes log-probs with
         assert row["rollout/logp_abs_diff"] < 1e-4
     assert "val/accuracy" in rows[2] and "val/accuracy" not in rows[1]
+    # validation syncs too, but its sync time is its own: the step's sync figure stays the step's
+    assert rows[2]["timing/sync_s"] > 0 and rows[2]["timing/val_sync_s"] > 0
 
     assert (out / "config.yaml").is_file()
     assert latest(str(out)) == "step_2"
@@ -66,6 +68,8 @@ def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_pa
 
     bad = _eval(["--model", str(tmp_path / "nowhere"), "--data", tiny_assets["test"]])
     assert bad.returncode == 2 and "sppo-eval: error: --model" in bad.stderr and "Traceback" not in bad.stderr
+    bad = _eval(["--model", tiny_assets["megatron"] + "/hf", "--data", tiny_assets["test"]])  # config only
+    assert bad.returncode == 2 and "no weights" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_tp2_pp2_matches_single_process(tiny_assets, tmp_path):
@@ -212,9 +216,11 @@ def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step_5"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"step": 5}')
+    (tmp_path / "run" / "config.yaml").write_text("the other run's config\n")
     errors = _bad_run(tiny_assets, tmp_path, "trainer.resume=none")
     assert len(errors) == 1 and "trainer.overwrite" in errors[0]
     assert (ckpt / "trainer_state.json").read_text() == '{"step": 5}'
+    assert (tmp_path / "run" / "config.yaml").read_text() == "the other run's config\n"
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_assets, tmp_path):

@@ -98,9 +98,10 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
     from sppo_megatron.sync import WeightSync
 
     if ckpt is None:
-        if engine.name != "hf":  # SGLang starts with dummy weights
-            from sppo_megatron.models.hf_io import iter_hf_weights
+        from sppo_megatron.models.hf_io import SafetensorsReader, iter_hf_weights
 
+        SafetensorsReader(hf_dir).close()  # a config-only directory is an error, not random weights
+        if engine.name != "hf":  # SGLang starts with dummy weights
             WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
     from sppo_megatron.cli.convert import load_megatron_model, resolve_megatron_checkpoint
@@ -136,7 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.evaluation import evaluate
     from sppo_megatron.trainer.generation import sample_records, val_sampling
-    from sppo_megatron.platform.distributed import init_distributed, is_rank0
+    from sppo_megatron.platform.distributed import detect_launch, init_distributed, is_rank0
     from sppo_megatron.trainer.setup import check_sources, load_tokenizer
 
     chosen = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
@@ -148,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     dataset = load_prompt_dataset(args.data, tokenizer, cfg.data)
     check_sources(dataset, cfg.reward.custom_fn)
     items = dataset.items[: args.limit] if args.limit else dataset.items
-    if ckpt is not None:
+    if ckpt is not None or detect_launch().world_size > 1:  # under torchrun: one job, prompts split
         init_distributed(tp=args.tp, pp=args.pp, seed=0)
     engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.dirname(os.path.abspath(args.out)))
     load_weights(engine, hf_dir, ckpt, args.tp, args.pp)

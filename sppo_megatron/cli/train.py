@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-from sppo_megatron.cli.common import exit_on_user_error, is_rank_zero
+from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import GROUP_HELP
 
 EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
@@ -33,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from sppo_megatron.platform.cpu_compat import silence_cpu_noise
 
     silence_cpu_noise()
-    from sppo_megatron.config.loader import load_config, save_config
+    from sppo_megatron.config.loader import load_config
     from sppo_megatron.models import check_fp8_support
     from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
 
@@ -41,8 +40,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_fp8_support(cfg.model)
     init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
                      timeout_minutes=cfg.parallel.distributed_timeout_minutes)
-    if is_rank_zero():
-        save_config(cfg, os.path.join(cfg.trainer.output_dir, "config.yaml"))
     from sppo_megatron.trainer.loop import train
 
     try:

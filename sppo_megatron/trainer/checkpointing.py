@@ -17,12 +17,15 @@ from typing import Any, Callable, Dict, List, Optional
 
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import barrier, rank
+from sppo_megatron.platform.files import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
+def _step_of(path: str) -> int:
+    return int(os.path.basename(path)[len("step_"):])
 
 
 class CheckpointManager:
@@ -40,17 +43,22 @@ class CheckpointManager:
         return [os.path.join(self.root, f"step_{s}") for s in steps]
 
     def latest(self) -> Optional[str]:
-        """The checkpoint `latest` names, if any."""
+        """The checkpoint `latest` names; if that is missing or incomplete (deleted by hand), the
+        newest complete one; None when there is none."""
         path = os.path.join(self.root, LATEST_FILE)
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as fh:
-            name = fh.read().strip()
-        full = os.path.join(self.root, name)
-        return full if os.path.isfile(os.path.join(full, STATE_FILE)) else None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                named = os.path.join(self.root, fh.read().strip())
+            if os.path.isfile(os.path.join(named, STATE_FILE)):
+                return named
+        complete = [d for d in self.step_dirs() if os.path.isfile(os.path.join(d, STATE_FILE))]
+        return complete[-1] if complete else None
 
     def save(self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None]) -> str:
-        """Write step_N atomically. `save_actor(dir)` is called on every rank (collective)."""
+        """Write step_N atomically. `save_actor(dir)` is called on every rank (collective).
+
+        Checkpoints of later steps (left by an earlier attempt that this run, resumed from an
+        older checkpoint, has replaced) are removed; then the newest `keep_last` are kept."""
         final = os.path.join(self.root, f"step_{step}")
         tmp = os.path.join(self.root, f".tmp-step_{step}")
         if rank() == 0:
@@ -68,14 +76,20 @@ class CheckpointManager:
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            latest_tmp = os.path.join(self.root, f".tmp-{LATEST_FILE}")
-            with open(latest_tmp, "w", encoding="utf-8") as fh:
-                fh.write(f"step_{step}\n")
-            os.replace(latest_tmp, os.path.join(self.root, LATEST_FILE))
+            atomic_write_text(os.path.join(self.root, LATEST_FILE), f"step_{step}\n")
+            for other in self.step_dirs():
+                if _step_of(other) > step:
+                    shutil.rmtree(other, ignore_errors=True)
             for old in self.step_dirs()[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return final
+
+    def clear(self) -> None:
+        """Remove every checkpoint (a fresh run with trainer.overwrite=true). Rank 0 deletes."""
+        if rank() == 0:
+            shutil.rmtree(self.root, ignore_errors=True)
+        barrier()
 
     def resolve_resume(self, resume: str, overwrite: bool) -> Optional[str]:
         """The checkpoint to resume from for `trainer.resume` (auto | none | PATH), or None.

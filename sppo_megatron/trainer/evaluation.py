@@ -6,6 +6,7 @@ Used by the training loop (step 0 and every trainer.test_freq steps) and by `spp
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -27,9 +28,14 @@ def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptIte
     items = list(items)
     step = batch_size or len(items)
     samples, texts, rewards = [], [], []
+    failures = {"reward_timeouts": 0.0, "reward_errors": 0.0}
     for first in range(0, len(items), step):
-        part = generate(engine, tokenizer, items[first:first + step], sampling, n)
-        part_rewards, _ = score(scorer, part)
+        # a distinct seed per chunk: the HF engine seeds samples by their index within a call
+        chunk_sampling = replace(sampling, seed=sampling.seed + first) if sampling.seed is not None else sampling
+        part = generate(engine, tokenizer, items[first:first + step], chunk_sampling, n)
+        part_rewards, part_metrics = score(scorer, part)
+        failures["reward_timeouts"] += part_metrics["reward/timeouts"]
+        failures["reward_errors"] += part_metrics["reward/errors"]
         for s in part.samples:
             s.prompt_index += first
         samples += part.samples
@@ -38,6 +44,7 @@ def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptIte
     rollout = Rollout(items, n, samples, texts)
     all_rewards = torch.cat(rewards)
     metrics = accuracy_metrics(rollout, all_rewards, prefix)
+    metrics.update({f"{prefix}/{key}": value for key, value in failures.items()})
     metrics[f"{prefix}/response_length_mean"] = sum(len(s.response_ids) for s in samples) / len(samples)
     metrics[f"timing/{prefix}_s"] = time.perf_counter() - start
     return metrics, rollout, all_rewards

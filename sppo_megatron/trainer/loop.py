@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from sppo_megatron.algorithm import compute_targets
+from sppo_megatron.config.loader import save_config
 from sppo_megatron.errors import TrainingDiverged
 from sppo_megatron.platform.distributed import is_rank0
 from sppo_megatron.sync import logp_abs_diff
@@ -46,12 +47,12 @@ def _say(message: str) -> None:
 
 def validate(run: RunComponents, cfg: DictConfig) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
-    metrics: Dict[str, Any] = dict(run.sync_weights())
+    sync_s = run.sync_weights()["timing/sync_s"]
     run.to_rollout()
     result, _, _ = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
                             n=int(cfg.rollout.val_n), batch_size=cfg.data.val_batch_size)
     run.to_training()
-    return {**metrics, **result}
+    return {"timing/val_sync_s": sync_s, **result}
 
 
 def train_step(run: RunComponents, cfg: DictConfig, step: int) -> Dict[str, Any]:
@@ -81,9 +82,14 @@ def train_step(run: RunComponents, cfg: DictConfig, step: int) -> Dict[str, Any]
 def train(cfg: DictConfig) -> Dict[str, Any]:
     """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank."""
     t = cfg.trainer
+    preemption = PreemptionFlag()  # before the slow start-up: a signal then still ends in a clean exit
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     resume_from = ckpts.resolve_resume(t.resume, t.overwrite)
-    run = build_components(cfg)
+    if t.resume == "none" and ckpts.step_dirs():
+        ckpts.clear()  # trainer.overwrite=true (resolve_resume refuses otherwise)
+    if is_rank0():
+        save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
+    run = build_components(cfg, load_weights=resume_from is None)
     start_step, bad_steps = 0, 0
     if resume_from is not None:
         state = ckpts.read_state(resume_from)
@@ -93,7 +99,6 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
                            OmegaConf.to_container(cfg, resolve=True), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
-    preemption = PreemptionFlag()
     _say(f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
          + (f", resumed from {resume_from}" if resume_from else ""))
 
@@ -116,7 +121,9 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
                     ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps},
                                run.actor.save_checkpoint)
             metrics["timing/step_s"] = time.perf_counter() - step_start
-            metrics["perf/tokens_per_s"] = metrics["train/tokens"] / metrics["timing/step_s"]
+            # rollout + training throughput: validation and checkpoint time left out
+            busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)
+            metrics["perf/tokens_per_s"] = metrics["train/tokens"] / max(busy, 1e-9)
             logger.log_samples(step, metrics.pop("samples", []))
             logger.log(step, metrics)
             if bad_steps >= t.max_bad_steps:
@@ -126,11 +133,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
             if stop:
                 _say(f"preemption signal received: checkpointed step {step}, exiting")
                 break
-        else:
-            if t.export_hf:
-                out = os.path.join(t.output_dir, "hf")
-                run.export_hf(out)
-                _say(f"exported the Hugging Face checkpoint to {out}")
+        if step == t.total_steps and t.export_hf:
+            out = os.path.join(t.output_dir, "hf")
+            run.export_hf(out)
+            _say(f"exported the Hugging Face checkpoint to {out}")
     finally:
         preemption.restore()
         logger.close()

@@ -54,17 +54,11 @@ class RunComponents:
     actor: Any
     weight_sync: Any
     scorer: Any
-    _synced_version: Optional[int] = None
 
     def sync_weights(self) -> Dict[str, float]:
-        """Push the actor's weights to the rollout engine unless it already has this version
-        (a validation right after the previous step's update leaves nothing to do)."""
-        version = self.actor.num_optimizer_steps
-        if version == self._synced_version:
-            return {"timing/sync_s": 0.0}
-        metrics = self.weight_sync.sync(self.actor.export_hf_weights())
-        self._synced_version = version
-        return metrics
+        """Push the actor's weights to the rollout engine. Every time: an engine may drop its
+        weights when put to sleep (SGLang's memory saver does)."""
+        return self.weight_sync.sync(self.actor.export_hf_weights())
 
     def to_rollout(self) -> None:
         """Hand the accelerator to the rollout engine (GPU colocation; no-op on CPU)."""
@@ -76,24 +70,23 @@ class RunComponents:
         self.actor.onload()
 
     def export_hf(self, out_dir: str) -> None:
-        """Write the policy as an HF checkpoint in the training dtype (collective; atomic:
-        written to OUT.tmp, then renamed)."""
-        import shutil
-
+        """Write the policy as an HF checkpoint in the training dtype (collective; atomic: written
+        next to `out_dir` and renamed over it)."""
         from sppo_megatron.models.bridge import DTYPE_NAMES
         from sppo_megatron.models.hf_io import write_hf_dir
-        from sppo_megatron.platform.distributed import barrier, is_rank0
+        from sppo_megatron.platform.distributed import barrier, broadcast_object, is_rank0
+        from sppo_megatron.platform.files import commit_dir, make_tmp_dir, remove_dir
 
-        rank0 = is_rank0()
-        tmp = out_dir.rstrip("/") + ".tmp"
-        if rank0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        write_hf_dir(self.actor.export_hf_weights(), self.hf_dir, tmp, DTYPE_NAMES[self.actor.dtype],
-                     self.actor.bridge.arch.hf_class, write=rank0)
-        if rank0:
-            shutil.rmtree(out_dir, ignore_errors=True)
-            os.replace(tmp, out_dir)
+        tmp = broadcast_object(make_tmp_dir(out_dir) if is_rank0() else None)
+        try:
+            write_hf_dir(self.actor.export_hf_weights(), self.hf_dir, tmp, DTYPE_NAMES[self.actor.dtype],
+                         self.actor.bridge.arch.hf_class, write=is_rank0())
+            if is_rank0():
+                commit_dir(tmp, out_dir)
+        except BaseException:
+            if is_rank0():
+                remove_dir(tmp)
+            raise
         barrier()
 
     def describe(self) -> str:
@@ -110,8 +103,9 @@ class RunComponents:
         self.engine.shutdown()
 
 
-def build_components(cfg: Any) -> RunComponents:
-    """Collective: every rank builds its share (call after init_distributed)."""
+def build_components(cfg: Any, load_weights: bool = True) -> RunComponents:
+    """Collective: every rank builds its share (call after init_distributed). load_weights=False
+    leaves the actor's initial weights unloaded (a checkpoint is about to be restored)."""
     from sppo_megatron.engine import MegatronActor
     from sppo_megatron.models.hf_io import load_hf_config
     from sppo_megatron.reward import RewardScorer
@@ -124,5 +118,6 @@ def build_components(cfg: Any) -> RunComponents:
     sampler = PromptSampler(len(train), int(cfg.data.train_batch_size), int(cfg.trainer.seed),
                             shuffle=bool(cfg.data.shuffle), drop_last=True)
     engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
-    actor = MegatronActor(cfg, load_hf_config(hf_dir, "model.path"))
+    engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
+    actor = MegatronActor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
     return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), RewardScorer(cfg.reward))

@@ -1,0 +1,78 @@
+"""CheckpointManager: what resume finds, what rotation keeps, what overwrite clears."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sppo_megatron.errors import UserError
+from sppo_megatron.trainer.checkpointing import CheckpointManager
+
+
+def _save(mgr: CheckpointManager, step: int) -> str:
+    def save_actor(path):
+        with open(os.path.join(path, "actor.bin"), "w") as fh:
+            fh.write(str(step))
+
+    return mgr.save(step, {"sampler": {"position": step}}, save_actor)
+
+
+def _steps(mgr):
+    return [os.path.basename(d) for d in mgr.step_dirs()]
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    for step in (1, 2, 3):
+        _save(mgr, step)
+    assert _steps(mgr) == ["step_2", "step_3"]
+    assert mgr.latest().endswith("step_3") and mgr.read_state(mgr.latest())["step"] == 3
+    assert not [n for n in os.listdir(mgr.root) if n.startswith(".tmp")]
+
+
+def test_resuming_an_older_checkpoint_supersedes_later_ones(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=1)
+    for step in (10, 20):
+        _save(mgr, step)
+    mgr.keep_last = 3
+    _save(mgr, 5)  # a run resumed from an earlier checkpoint: its future replaces the old one
+    assert _steps(mgr) == ["step_5"] and mgr.latest().endswith("step_5")
+
+
+def test_dangling_latest_falls_back_to_newest_complete(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=3)
+    for step in (1, 2):
+        _save(mgr, step)
+    os.rename(os.path.join(mgr.root, "step_2"), os.path.join(tmp_path, "moved"))
+    assert mgr.latest().endswith("step_1")
+    os.makedirs(os.path.join(mgr.root, "step_7"))  # no trainer_state.json: not complete
+    assert mgr.latest().endswith("step_1")
+
+
+def test_resume_none_refuses_then_overwrite_clears(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    _save(mgr, 4)
+    with pytest.raises(UserError, match="trainer.overwrite"):
+        mgr.resolve_resume("none", overwrite=False)
+    assert mgr.resolve_resume("none", overwrite=True) is None
+    mgr.clear()
+    assert mgr.step_dirs() == [] and mgr.latest() is None
+    assert mgr.resolve_resume("auto", overwrite=False) is None
+
+
+def test_resume_path_must_be_complete(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    path = _save(mgr, 3)
+    assert mgr.resolve_resume(path, overwrite=False) == path
+    os.remove(os.path.join(path, "trainer_state.json"))
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        mgr.resolve_resume(path, overwrite=False)
+
+
+def test_state_file_is_json_with_the_step(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep_last=1)
+    path = _save(mgr, 9)
+    with open(os.path.join(path, "trainer_state.json")) as fh:
+        assert json.load(fh) == {"step": 9, "sampler": {"position": 9}}
