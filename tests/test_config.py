@@ -75,6 +75,12 @@ def test_cross_field_rules(run_files, tmp_path):
     assert any("model.path" in l for l in problems(["trainer.total_steps=1"]))
     (line,) = problems(run_files + ["rollout.temperature=0"])
     assert "rollout.temperature=0" in line and "sampling" in line
+    (line,) = problems(run_files + ["rollout.top_p=0"])
+    assert "rollout.top_p=0" in line
+    (line,) = problems(run_files + ["optim.lr=1e-6", "optim.min_lr=1e-5"])
+    assert "optim.min_lr" in line
+    (line,) = problems(run_files + ["model.dtype=fp16"])
+    assert "model.dtype=fp16" in line and "bf16" in line
 
 
 def test_model_dir_without_config_json(tmp_path, run_files):

@@ -23,17 +23,23 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.dist_ckpt import (
+    META_FILE,
+    META_FORMAT,
+    check_checkpoint_dir,
+    check_meta_matches,
+    load_model_checkpoint,
+    read_checkpoint_meta,
+)
 from sppo_megatron.platform.distributed import barrier, broadcast_object, rank
+from sppo_megatron.platform.files import commit_dir, make_tmp_dir, remove_dir
 
-META_FILE = "sppo_checkpoint.json"
 HF_SUBDIR = "hf"
-FORMAT = "sppo-megatron-model"
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
 
 
@@ -123,48 +129,6 @@ def _check_layout(tp: int, pp: int) -> None:
         raise UserError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the world size {world}")
 
 
-def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
-    path = os.path.join(ckpt, META_FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not an sppo-megatron checkpoint description")
-    return meta
-
-
-def _check_ckpt_dir(ckpt: str) -> None:
-    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
-
-    if not os.path.exists(ckpt):
-        raise UserError(f"--ckpt: directory does not exist: {ckpt}")
-    if not os.path.isdir(ckpt):
-        raise UserError(f"--ckpt: not a directory: {ckpt}")
-    if not is_dist_checkpoint(ckpt):
-        raise UserError(f"--ckpt: {ckpt} is not a megatron-core dist checkpoint (no metadata.json / .metadata)")
-
-
-def _check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, hf_what: str) -> None:
-    if meta is None:
-        return
-    fields = {
-        "model_type": bridge.model_type,
-        "vocab_size": bridge.vocab_size,
-        "num_layers": bridge.num_layers,
-        "hidden_size": bridge.hidden_size,
-    }
-    for key, have in fields.items():
-        if key in meta and meta[key] != have:
-            raise UserError(
-                f"--ckpt {ckpt} was written for {key}={meta[key]!r} but {hf_what} has {key}={have!r} "
-                f"(checkpoint of another model / architecture)"
-            )
-
-
 def _hf_dtype_name(hf_config: Any) -> str:
     import torch
 
@@ -193,59 +157,26 @@ class _Dist:
         pass
 
 
-
-
-
 def _make_tmp(out: str) -> str:
     """Rank 0 creates OUT.tmp-XXXX next to OUT; every rank learns its name."""
-    tmp = None
-    if rank() == 0:
-        out_abs = os.path.realpath(out)
-        os.makedirs(os.path.dirname(out_abs), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(out_abs) + ".tmp-", dir=os.path.dirname(out_abs))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any directory
-    return broadcast_object(tmp)
+    return broadcast_object(make_tmp_dir(out) if rank() == 0 else None)
 
 
 def _commit(tmp: str, out: str) -> None:
     """Rank 0 moves the finished tmp directory into place (replacing OUT for --overwrite)."""
     if rank() == 0:
-        old = None
-        if os.path.isdir(out):
-            if os.listdir(out):
-                old = tempfile.mkdtemp(prefix=os.path.basename(os.path.realpath(out)) + ".old-", dir=os.path.dirname(os.path.realpath(out)))
-                os.rmdir(old)
-                os.rename(out, old)
-            else:
-                os.rmdir(out)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        commit_dir(tmp, out)
     barrier()
 
 
 def _cleanup(tmp: Optional[str]) -> None:
-    if tmp is not None and rank() == 0 and os.path.isdir(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
+    if rank() == 0:
+        remove_dir(tmp)
 
 
 def _say(msg: str) -> None:
     if rank() == 0:
         print(f"sppo-convert: {msg}", flush=True)
-
-
-def _load_checkpoint_into(model: Any, ckpt: str) -> None:
-    from sppo_megatron.models.dist_ckpt import load_model_checkpoint
-
-    try:
-        load_model_checkpoint(model, ckpt)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
-        text = str(e).strip().splitlines()
-        raise UserError(f"cannot load --ckpt {ckpt}: {type(e).__name__}: {text[0] if text else ''}") from e
 
 
 # --------------------------------------------------------------------------------- commands
@@ -282,7 +213,7 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
                 shutil.copy2(os.path.join(args.hf, "config.json"), os.path.join(hf_out, "config.json"))
                 copy_side_files(args.hf, hf_out)
                 meta = {
-                    "format": FORMAT,
+                    "format": META_FORMAT,
                     "format_version": 1,
                     "model_type": bridge.model_type,
                     "hf_architecture": bridge.arch.hf_class,
@@ -316,21 +247,21 @@ def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) 
     from sppo_megatron.models import get_bridge
     from sppo_megatron.models.hf_io import load_hf_config
 
-    _check_ckpt_dir(ckpt)
+    check_checkpoint_dir(ckpt, "--ckpt")
     meta = read_checkpoint_meta(ckpt)
     hf_dir = hf_config_dir or os.path.join(ckpt, HF_SUBDIR)
     if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)
-    _check_meta_matches(meta, bridge, ckpt, hf_dir)
+    check_meta_matches(meta, bridge, ckpt, hf_dir)
     return hf_dir, bridge, (meta or {}).get("dtype") or _hf_dtype_name(hf_config)
 
 
 def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1) -> Any:
     """This rank's stage of the model, with the checkpoint's weights (call after init_distributed)."""
     model = bridge.build_model(_ModelOpts(dtype), _ParallelOpts(tp, pp), perform_initialization=False)
-    _load_checkpoint_into(model, ckpt)
+    load_model_checkpoint(model, ckpt)
     return model
 
 
@@ -370,8 +301,8 @@ def verify(args: argparse.Namespace) -> int:
 
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
-    _check_ckpt_dir(args.ckpt)
-    _check_meta_matches(read_checkpoint_meta(args.ckpt), bridge, args.ckpt, args.hf)
+    check_checkpoint_dir(args.ckpt, "--ckpt")
+    check_meta_matches(read_checkpoint_meta(args.ckpt), bridge, args.ckpt, args.hf)
     _check_layout(args.tp, args.pp)
     bridge._check_tp(args.tp)
     if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
@@ -381,7 +312,7 @@ def verify(args: argparse.Namespace) -> int:
 
     with _Dist(args.tp, args.pp):
         model = bridge.build_model(_ModelOpts("fp32", "auto"), _ParallelOpts(args.tp, args.pp), perform_initialization=False)
-        _load_checkpoint_into(model, args.ckpt)
+        load_model_checkpoint(model, args.ckpt)
         logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
         del model
         diff = torch.tensor([0.0])

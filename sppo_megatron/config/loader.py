@@ -135,6 +135,13 @@ def _cross_field_problems(cfg: DictConfig, world_size: int, check_paths: bool = 
         problems.append(
             f"rollout.n={r.n}: SPPO win rates need >= 2 samples per prompt (or algorithm.preference=batch_softmean)"
         )
+    for key in ("top_p", "val_top_p"):
+        if r[key] == 0:
+            problems.append(f"rollout.{key}=0: must be > 0 (1.0 = off)")
+    if cfg.optim.min_lr > cfg.optim.lr:
+        problems.append(f"optim.min_lr={cfg.optim.min_lr} must not exceed optim.lr={cfg.optim.lr}")
+    if cfg.model.dtype == "fp16":
+        problems.append("model.dtype=fp16: fp16 training (loss scaling) is not supported; use bf16 (or auto)")
     if r.temperature == 0:
         problems.append("rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
                         "SPPO needs sampling (e.g. 1.0)")
@@ -214,11 +221,9 @@ def load_config(
 
 def save_config(cfg: DictConfig, path: str) -> None:
     """Write the fully resolved config (atomically) so a run can be reproduced from it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    from sppo_megatron.platform.files import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def defaults_yaml() -> str:

@@ -87,7 +87,7 @@ class MegatronActor:
         self.optimizer = setup.build_optimizer(cfg, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(cfg, self.optimizer)
         self.device = _device()
-        self.pad_multiple = cfg.parallel.tp if (cfg.parallel.sequence_parallel and cfg.parallel.tp > 1) else 1
+        self.pad_multiple = setup.sequence_pad_multiple(cfg)
         rollout = getattr(cfg, "rollout", None)
         self.default_temperature = float(getattr(rollout, "temperature", 1.0) or 1.0)
         self._offloaded = None

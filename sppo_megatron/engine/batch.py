@@ -112,10 +112,12 @@ class MicroBatch:
 
 
 def collate(batch: SequenceBatch, indices: Sequence[int], pad_to_multiple: int = 1, pad_id: int = 0) -> MicroBatch:
-    """Right-padded inputs for the samples `indices` of `batch`; [] gives one 2-token dummy row."""
+    """Right-padded inputs for the samples `indices` of `batch`; [] gives one dummy row (2 tokens,
+    or `pad_to_multiple`)."""
     if not indices:
-        tokens = torch.full((1, 2), pad_id, dtype=torch.long)
-        return MicroBatch(tokens, tokens.clone(), torch.zeros(1, 2, dtype=torch.bool), [-1], 0)
+        width = max(2, pad_to_multiple)
+        tokens = torch.full((1, width), pad_id, dtype=torch.long)
+        return MicroBatch(tokens, tokens.clone(), torch.zeros(1, width, dtype=torch.bool), [-1], 0)
     seqs = [batch.prompt_ids[i] + batch.response_ids[i] for i in indices]
     length = max(len(s) - 1 for s in seqs)
     length = max(length, 1)

@@ -30,12 +30,12 @@ import torch
 
 from sppo_megatron.engine import optimizer_state
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.dist_ckpt import MODEL_KEY
 from sppo_megatron.platform.distributed import barrier, rank
 
 META_FILE = "actor_meta.json"
 FORMAT = 1
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
 
 
 def _layout() -> Dict[str, int]:
@@ -107,7 +107,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
     optimizer_state.init_state(actor.optimizer)  # workaround (1): a fresh optimizer cannot build its state dict
     model_sd = actor.model.sharded_state_dict()
     state = {
-        "model": model_sd,
+        MODEL_KEY: model_sd,
         "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
         "scheduler": actor.scheduler.state_dict(),
         "rng_state": _rng_sharded(_rng_state()),
@@ -151,7 +151,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
             f"parallel.use_distributed_optimizer={want}; resume with the setting it was saved with"
         )
     model_sd = actor.model.sharded_state_dict()
-    request: Dict[str, Any] = {"model": model_sd}
+    request: Dict[str, Any] = {MODEL_KEY: model_sd}
     if load_optimizer:
         optimizer_state.init_state(actor.optimizer)  # workaround (1)
         request["optimizer"] = actor.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_METADATA)
@@ -161,7 +161,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
         request["rng_state"] = _rng_sharded(None)
     loaded = load_dist_checkpoint(request, ckpt_dir)
     with torch.no_grad():
-        actor.model.load_state_dict(loaded["model"])
+        actor.model.load_state_dict(loaded[MODEL_KEY])
     if load_optimizer:
         with optimizer_state.loading(actor.optimizer):  # workarounds (2), (3)
             actor.optimizer.load_state_dict(loaded["optimizer"])

@@ -46,6 +46,16 @@ def warmup_steps(cfg: Any, total: int) -> int:
     return int(cfg.optim.lr_warmup_ratio * total)
 
 
+def sequence_pad_multiple(cfg: Any) -> int:
+    """Sequence lengths must be multiples of this: TP with sequence parallelism splits the
+    sequence across TP ranks, and Transformer Engine's FP8 GEMMs need token counts divisible by
+    16 (32 for MXFP8)."""
+    multiple = cfg.parallel.tp if (cfg.parallel.sequence_parallel and cfg.parallel.tp > 1) else 1
+    if cfg.model.fp8:
+        multiple = math.lcm(multiple, 32 if cfg.model.fp8_recipe == "mxfp8" else 16)
+    return multiple
+
+
 def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
     """This rank's GPTModel stage with its weights, and its DDP wrapper: (model, ddp).
 
@@ -77,10 +87,11 @@ def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
 def load_initial_weights(cfg: Any, model: Any, bridge: Any) -> None:
     """model.megatron_ckpt (model-only dist checkpoint) if set, else the HF weights at model.path."""
     if cfg.model.megatron_ckpt:
-        from sppo_megatron.models import load_dist_checkpoint
+        from sppo_megatron.models.dist_ckpt import check_meta_matches, load_model_checkpoint, read_checkpoint_meta
 
-        state = load_dist_checkpoint({"model": model.sharded_state_dict()}, cfg.model.megatron_ckpt)
-        model.load_state_dict(state["model"])
+        path = cfg.model.megatron_ckpt
+        check_meta_matches(read_checkpoint_meta(path), bridge, path, "model.path")
+        load_model_checkpoint(model, path, "model.megatron_ckpt")
     elif cfg.model.path:
         bridge.load_hf_weights(model, cfg.model.path)
     else:
@@ -118,8 +129,6 @@ def build_scheduler(cfg: Any, optimizer: Any):
     warmup = min(warmup_steps(cfg, total), total)
     decay_steps = max(total, warmup + 1)
     o = cfg.optim
-    if o.min_lr > o.lr:
-        raise UserError(f"optim.min_lr ({o.min_lr}) must not exceed optim.lr ({o.lr})")
     return OptimizerParamScheduler(
         optimizer=optimizer,
         init_lr=0.0 if warmup > 0 else float(o.lr),

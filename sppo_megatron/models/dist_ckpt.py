@@ -23,13 +23,17 @@ spawned manager re-imports the main script. A fork-context Manager does the same
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import barrier, is_rank0
 
 MODEL_KEY = "model"
+#: written next to a converted checkpoint by `sppo-convert hf-to-megatron` (architecture, sizes, dtype)
+META_FILE = "sppo_checkpoint.json"
+META_FORMAT = "sppo-megatron-model"
 
 
 def _require_psutil() -> None:
@@ -52,7 +56,6 @@ def _install_fork_results_queue() -> None:
             fsa._results_queue = mp.get_context("fork").Manager().Queue()
         except (ValueError, OSError, RuntimeError):
             pass  # no fork on this platform: megatron's own spawn queue is used
-
 
 
 def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
@@ -93,11 +96,63 @@ def save_model_checkpoint(model: Any, ckpt_dir: str) -> None:
     save_dist_checkpoint({MODEL_KEY: unwrap_model(model).sharded_state_dict()}, ckpt_dir)
 
 
-def load_model_checkpoint(model: Any, ckpt_dir: str) -> None:
-    """Load the ``"model"`` part of any checkpoint of this layout into `model` (strict)."""
+def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt") -> None:
+    """Load the ``"model"`` part of any checkpoint (converter output or a training checkpoint,
+    any TP/PP) into `model` (strict). A missing, foreign or mismatched checkpoint is a UserError
+    naming `what` (the flag or config key it came from)."""
+    check_checkpoint_dir(ckpt_dir, what)
     module = unwrap_model(model)
-    state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir)
-    module.load_state_dict(state[MODEL_KEY])
+    try:
+        state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir)
+        module.load_state_dict(state[MODEL_KEY])
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
+        text = str(e).strip().splitlines()
+        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {text[0] if text else ''}") from e
+
+
+def check_checkpoint_dir(ckpt: str, what: str = "--ckpt") -> None:
+    """UserError unless `ckpt` is a megatron-core dist checkpoint directory."""
+    if not os.path.exists(ckpt):
+        raise UserError(f"{what}: directory does not exist: {ckpt}")
+    if not os.path.isdir(ckpt):
+        raise UserError(f"{what}: not a directory: {ckpt}")
+    if not is_dist_checkpoint(ckpt):
+        raise UserError(f"{what}: {ckpt} is not a megatron-core dist checkpoint (no metadata.json / .metadata)")
+
+
+def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
+    """The converter's description of a checkpoint (META_FILE), None for training checkpoints."""
+    path = os.path.join(ckpt, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise UserError(f"{path}: not an sppo-megatron checkpoint description")
+    return meta
+
+
+def check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, hf_what: str) -> None:
+    """UserError if the checkpoint was written for another model than `bridge`'s."""
+    if meta is None:
+        return
+    fields = {
+        "model_type": bridge.model_type,
+        "vocab_size": bridge.vocab_size,
+        "num_layers": bridge.num_layers,
+        "hidden_size": bridge.hidden_size,
+    }
+    for key, have in fields.items():
+        if key in meta and meta[key] != have:
+            raise UserError(
+                f"checkpoint {ckpt} was written for {key}={meta[key]!r} but {hf_what} has {key}={have!r} "
+                f"(checkpoint of another model / architecture)"
+            )
 
 
 def unwrap_model(model: Any) -> Any:

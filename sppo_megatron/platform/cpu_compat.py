@@ -112,14 +112,6 @@ def _cpu_set_rng_state(new_state: torch.Tensor, *args: Any, **kwargs: Any) -> No
     torch.set_rng_state(new_state)
 
 
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def _zero(*args: Any, **kwargs: Any) -> int:
-    return 0
-
-
 def _noop_fn():
     # A distinct function object per patched name: torch._dynamo builds a rule map keyed by the
     # objects behind torch.cuda.* names and asserts when one object carries different rules.
@@ -179,10 +171,6 @@ def enable() -> bool:
             _CudaToCpuMode().__enter__()
             _enabled = True
     return True
-
-
-def is_enabled() -> bool:
-    return _enabled
 
 
 #: warnings megatron-core and torch emit on every CPU run that tell the user nothing actionable

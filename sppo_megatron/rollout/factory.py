@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import detect_launch
 from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
 from sppo_megatron.rollout.sglang_engine import sglang_available
 
@@ -92,7 +93,7 @@ def create_rollout_engine(
     from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
 
     tp = int(ro.tp)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_world = detect_launch().local_world_size  # torchrun or srun
     if local_world % tp and local_world > 1:
         raise UserError(
             f"rollout.tp={tp} must divide the ranks per node ({local_world}): an SGLang engine's GPUs must be on one node"

@@ -238,7 +238,7 @@ class HFRolloutEngine(RolloutEngine):
         param = self._params.get(name)
         if param is None:
             return None
-        return param.detach().to("cpu", torch.float32).clone()
+        return param.detach()[:rows].to("cpu", torch.float32).clone()
 
     # ---- memory -------------------------------------------------------------------------
     def sleep(self) -> None:
