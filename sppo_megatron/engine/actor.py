@@ -33,12 +33,9 @@ from sppo_megatron.engine import setup
 from sppo_megatron.engine.batch import LogProbs, MicroBatch, SequenceBatch, collate
 from sppo_megatron.engine.batching import mini_batches, plan_micro_batches
 from sppo_megatron.engine.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
+from sppo_megatron.platform.distributed import current_device
 
 OldLogProbs = Union[LogProbs, torch.Tensor, Sequence[float]]
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _as_1d(values: Any, n: int, name: str, dtype=torch.float64) -> torch.Tensor:
@@ -86,7 +83,7 @@ class MegatronActor:
         self.config = self.model.config
         self.optimizer = setup.build_optimizer(cfg, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(cfg, self.optimizer)
-        self.device = _device()
+        self.device = current_device()
         self.pad_multiple = setup.sequence_pad_multiple(cfg)
         rollout = getattr(cfg, "rollout", None)
         self.default_temperature = float(getattr(rollout, "temperature", 1.0) or 1.0)

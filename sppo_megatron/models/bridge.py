@@ -25,6 +25,7 @@ import torch
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.arch import Architecture, Param, get_architecture
 from sppo_megatron.models.dist_ckpt import unwrap_model
+from sppo_megatron.platform.distributed import current_device
 
 VOCAB_MULTIPLE = 128
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -557,7 +558,7 @@ class Bridge:
                 tensors = self._assemble(row.layout, shards)
                 del shards
             else:
-                tensors = [torch.empty(s, dtype=dtype, device=_device()) for s in shapes]
+                tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
             if pp > 1:
                 for t in tensors:
                     dist.broadcast(t, src=src, group=pp_group)
@@ -600,10 +601,6 @@ def _fresh(view: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
     out = torch.empty(shape, dtype=view.dtype, device=view.device)
     out.view(view.shape).copy_(view)
     return out
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def get_bridge(hf_config: Any) -> Bridge:

@@ -85,7 +85,8 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> LaunchInfo:
     return LaunchInfo("single", 0, 1, 0, 1, env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 0) or 0))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this host right now."""
     import socket
 
     with socket.socket() as s:
@@ -123,7 +124,7 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
     else:
         cpu_compat.enable()
     if not dist.is_initialized():
-        port = info.master_port or _free_port()
+        port = info.master_port or free_port()
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             init_method=f"tcp://{info.master_addr}:{port}",
@@ -146,6 +147,11 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
     )
     seed_everything(seed)
     return info
+
+
+def current_device() -> torch.device:
+    """This process's accelerator (the CUDA device set for its local rank), or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def rank() -> int:

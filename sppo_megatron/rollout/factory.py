@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import detect_launch
+from sppo_megatron.platform.distributed import current_device, detect_launch
 from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
 from sppo_megatron.rollout.sglang_engine import sglang_available
 
@@ -87,7 +87,7 @@ def create_rollout_engine(
     if kind == "hf":
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = current_device()
         return HFRolloutEngine(hf_dir, dtype=resolve_dtype(ro.dtype, device), device=device, placement=make_placement(1))
 
     from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine

@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 
+from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -115,9 +116,7 @@ class HFRolloutEngine(RolloutEngine):
         super().__init__(placement, eos)
         self.hf_dir = hf_dir
         self.dtype = dtype
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        )
+        self.device = torch.device(device) if device is not None else current_device()
         self.max_batch_size = max_batch_size
         has_weights = bool(glob.glob(os.path.join(hf_dir, "*.safetensors")) or glob.glob(os.path.join(hf_dir, "*.bin")))
         if has_weights:

@@ -44,7 +44,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.distributed import free_port
 from sppo_megatron.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -265,12 +265,6 @@ def engine_died_handler(signum=None, frame=None) -> None:  # noqa: ARG001 - sign
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _children_pids() -> Set[int]:
     """Direct children of this process, except multiprocessing's shared resource tracker."""
     import psutil
@@ -359,7 +353,7 @@ class SglangRolloutEngine(RolloutEngine):
         # the host starts the engine; the group's members learn whether it came up
         self._host_do(lambda: self._start(server_args(
             hf_dir, tp=tp, base_gpu_id=self.device.index or 0, mem_fraction=mem_fraction, dtype=dtype,
-            seed=seed, nccl_port=_free_port(), sigquit_handler=engine_died_handler, extra=engine_kwargs,
+            seed=seed, nccl_port=free_port(), sigquit_handler=engine_died_handler, extra=engine_kwargs,
         )))
 
     # ---- process hygiene ----------------------------------------------------------------
