@@ -132,10 +132,12 @@ def _check_layout(tp: int, pp: int) -> None:
 def _hf_dtype_name(hf_config: Any) -> str:
     import torch
 
+    from sppo_megatron.models.bridge import DTYPE_NAMES
+
     dt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
     if isinstance(dt, str):
         dt = getattr(torch, dt, None)
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dt, "fp32")
+    return DTYPE_NAMES.get(dt, "fp32")
 
 
 # --------------------------------------------------------------------------------- distributed helpers

@@ -83,6 +83,9 @@ def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[s
     if not os.path.isfile(os.path.join(model, "config.json")):
         raise UserError(f"--model: {model} is neither a Hugging Face model directory (no config.json) "
                         "nor a Megatron checkpoint")
+    from sppo_megatron.models.hf_io import SafetensorsReader
+
+    SafetensorsReader(model).close()  # a config-only directory is an error, not random weights
     return model, None
 
 
@@ -98,9 +101,8 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
     from sppo_megatron.sync import WeightSync
 
     if ckpt is None:
-        from sppo_megatron.models.hf_io import SafetensorsReader, iter_hf_weights
+        from sppo_megatron.models.hf_io import iter_hf_weights
 
-        SafetensorsReader(hf_dir).close()  # a config-only directory is an error, not random weights
         if engine.name != "hf":  # SGLang starts with dummy weights
             WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
@@ -136,8 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.evaluation import evaluate
-    from sppo_megatron.trainer.generation import sample_records, val_sampling
     from sppo_megatron.platform.distributed import detect_launch, init_distributed, is_rank0
+    from sppo_megatron.trainer.generation import sample_records, val_sampling
     from sppo_megatron.trainer.setup import check_sources, load_tokenizer
 
     chosen = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}

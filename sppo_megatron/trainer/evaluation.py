@@ -1,6 +1,6 @@
 """Validation: generate on a held-out prompt set, score with the rule-based reward, report accuracy.
 
-Used by the training loop (step 0 and every trainer.test_freq steps) and by `sppo-eval`.
+Used by the training loop (step 0, every trainer.test_freq steps and after the last) and by `sppo-eval`.
 """
 
 from __future__ import annotations
