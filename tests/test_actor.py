@@ -74,13 +74,13 @@ def _cfg(path, tp, pp, *, lr=1e-4, mbs=1, max_tokens=None, recompute="none", cli
 
 
 def _batch():
-    from sppo_megatron.engine.batch import SequenceBatch
+    from sppo_megatron.actor.batch import SequenceBatch
 
     return SequenceBatch(PROMPTS, RESPONSES)
 
 
 def _actor(path, tp, pp, **kw):
-    from sppo_megatron.engine.actor import MegatronActor
+    from sppo_megatron.actor.actor import MegatronActor
     from sppo_megatron.platform.distributed import init_distributed
 
     init_distributed(tp, pp, SEED)
@@ -135,7 +135,7 @@ def _train_and_save(path, tp, pp, ckpt, clip=1.0, dist_opt=True):
 
 
 def _resume(path, tp, pp, ckpt, clip=1.0, dist_opt=True):
-    from sppo_megatron.engine.optimizer_state import adam_steps
+    from sppo_megatron.actor.optimizer_state import adam_steps
 
     actor = _actor(path, tp, pp, lr=3e-4, clip=clip, dist_opt=dist_opt)
     actor.load_checkpoint(ckpt)
@@ -184,7 +184,7 @@ def _launch2(path, tied_path, ckpt_dir):
 
 
 def _launch1(path, tied_path, ckpt_dir):
-    from sppo_megatron.engine.optimizer_state import adam_steps
+    from sppo_megatron.actor.optimizer_state import adam_steps
 
     out = {(1, 1, 1): _layout_checks(path, 1, 1)}
     out["tied"] = _one_update(tied_path, 1, 1)

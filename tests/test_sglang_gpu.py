@@ -150,10 +150,10 @@ def test_shutdown_spares_other_children(llama, tmp_path):
 
 def test_logp_parity_with_megatron_actor(llama, tmp_path):
     """Single-rank TP=1 Megatron actor (bf16) -> SGLang sync -> rollout/logp_abs_diff."""
-    import sppo_megatron.engine.actor as actor_mod
+    import sppo_megatron.actor.actor as actor_mod
 
     from sppo_megatron.config.schema import Config
-    from sppo_megatron.engine.batch import SequenceBatch
+    from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine
     from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
 

@@ -32,7 +32,7 @@ def _megatron_logits(actor, tokens):
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from sppo_megatron.engine.batch import MicroBatch
+    from sppo_megatron.actor.batch import MicroBatch
 
     tokens = torch.tensor(tokens)
     mb = MicroBatch(tokens=tokens, labels=tokens, response_mask=torch.ones_like(tokens, dtype=torch.bool), sample_index=[0, 1])
@@ -60,11 +60,11 @@ def _engine_logits(engine, tokens):
 
 
 def _acceptance(hf_dir, out_dir):
-    import sppo_megatron.engine.actor as actor_mod  # imports megatron before init_distributed
+    import sppo_megatron.actor.actor as actor_mod  # imports megatron before init_distributed
     import torch.distributed as dist
 
     from sppo_megatron.config.schema import Config
-    from sppo_megatron.engine.batch import SequenceBatch
+    from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine
     from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
 

@@ -145,7 +145,7 @@ def build_config(args):
 
 
 def make_batch(args, vocab: int):
-    from sppo_megatron.engine.batch import SequenceBatch
+    from sppo_megatron.actor.batch import SequenceBatch
 
     rng = random.Random(args.seed)
     max_resp = max(1, args.seq - args.prompt_len)
@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
     from megatron.core import __version__ as mcore_version
     from megatron.core import parallel_state as ps
 
-    from sppo_megatron.engine.actor import MegatronActor
+    from sppo_megatron.actor.actor import MegatronActor
 
     hf = hf_config_from_args(args)
     cfg = build_config(args)

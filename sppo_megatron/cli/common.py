@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from typing import Callable
 
 from sppo_megatron.errors import UserError
-
-
-def is_rank_zero() -> bool:
-    """True on the process that should talk to the user (before any process group exists)."""
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+from sppo_megatron.platform.distributed import is_rank0
 
 
 def exit_on_user_error(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -29,7 +24,7 @@ def exit_on_user_error(prog: str) -> Callable[[Callable[..., int]], Callable[...
             try:
                 return main(*args, **kwargs)
             except UserError as e:
-                if is_rank_zero():
+                if is_rank0():
                     for line in str(e).splitlines():
                         print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
                 else:

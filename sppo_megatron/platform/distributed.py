@@ -155,10 +155,13 @@ def current_device() -> torch.device:
 
 
 def rank() -> int:
-    """This process's global rank (0 when torch.distributed is not initialised)."""
+    """This process's global rank; before a process group exists, the launcher's (RANK or
+    SLURM_PROCID, 0 for a single process), so CLIs can pick the rank that talks to the user."""
     import torch.distributed as dist
 
-    return dist.get_rank() if dist.is_initialized() else 0
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def is_rank0() -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from sppo_megatron.data import PromptItem
-from sppo_megatron.engine import SequenceBatch
+from sppo_megatron.actor import SequenceBatch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import on_rank0
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams

@@ -106,7 +106,7 @@ class RunComponents:
 def build_components(cfg: Any, load_weights: bool = True) -> RunComponents:
     """Collective: every rank builds its share (call after init_distributed). load_weights=False
     leaves the actor's initial weights unloaded (a checkpoint is about to be restored)."""
-    from sppo_megatron.engine import MegatronActor
+    from sppo_megatron.actor import MegatronActor
     from sppo_megatron.models.hf_io import load_hf_config
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine

@@ -1,6 +1,6 @@
 """The Megatron actor: the SPPO policy on megatron-core (see actor.py for the API).
 
-    from sppo_megatron.engine import MegatronActor, SequenceBatch, LogProbs
+    from sppo_megatron.actor import MegatronActor, SequenceBatch, LogProbs
 
 Modules, one concern each: batch (rollout batches, LogProbs, collation), batching (mini-/micro-
 batch plans), logprobs (vocab-parallel log-probs and entropy), setup (model, DDP, optimizer, LR
@@ -8,7 +8,7 @@ schedule), optimizer_state (torch-Adam checkpoint workarounds), checkpoint (save
 memory (GPU offload), actor (MegatronActor).
 """
 
-from sppo_megatron.engine.actor import MegatronActor
-from sppo_megatron.engine.batch import LogProbs, SequenceBatch
+from sppo_megatron.actor.actor import MegatronActor
+from sppo_megatron.actor.batch import LogProbs, SequenceBatch
 
 __all__ = ["MegatronActor", "SequenceBatch", "LogProbs"]

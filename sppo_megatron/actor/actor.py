@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
-from sppo_megatron.engine import setup
-from sppo_megatron.engine.batch import LogProbs, MicroBatch, SequenceBatch, collate
-from sppo_megatron.engine.batching import mini_batches, plan_micro_batches
-from sppo_megatron.engine.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
+from sppo_megatron.actor import setup
+from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
+from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
+from sppo_megatron.actor.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
 from sppo_megatron.platform.distributed import current_device
 
 OldLogProbs = Union[LogProbs, torch.Tensor, Sequence[float]]
@@ -302,12 +302,12 @@ class MegatronActor:
 
     # ------------------------------------------------------------------ checkpoints, memory
     def save_checkpoint(self, ckpt_dir: str) -> None:
-        from sppo_megatron.engine.checkpoint import save_actor
+        from sppo_megatron.actor.checkpoint import save_actor
 
         save_actor(self, ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str, load_optimizer: bool = True) -> None:
-        from sppo_megatron.engine.checkpoint import load_actor
+        from sppo_megatron.actor.checkpoint import load_actor
 
         load_actor(self, ckpt_dir, load_optimizer=load_optimizer)
 
@@ -315,14 +315,14 @@ class MegatronActor:
         """Move params, grad buffers and optimizer state to pinned CPU memory (GPU; no-op on CPU).
 
         Call before rollouts; `onload()` before the next log_probs/update. Idempotent."""
-        from sppo_megatron.engine.memory import offload
+        from sppo_megatron.actor.memory import offload
 
         if self._offloaded is None:
             self._offloaded = offload(self) or False
 
     def onload(self) -> None:
         """Bring back what `offload()` moved (no-op if nothing is offloaded)."""
-        from sppo_megatron.engine.memory import onload
+        from sppo_megatron.actor.memory import onload
 
         if self._offloaded:
             onload(self, self._offloaded)

@@ -28,7 +28,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from sppo_megatron.engine import optimizer_state
+from sppo_megatron.actor import optimizer_state
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.dist_ckpt import MODEL_KEY
 from sppo_megatron.platform.distributed import barrier, rank

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from sppo_megatron.engine.batch import LogProbs, SequenceBatch, collate
-from sppo_megatron.engine.batching import mini_batches, plan_micro_batches
+from sppo_megatron.actor.batch import LogProbs, SequenceBatch, collate
+from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
 
 
 def test_collate_right_pads_and_marks_response_labels():

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 
-from sppo_megatron.engine.optimizer_state import torch_optimizers
+from sppo_megatron.actor.optimizer_state import torch_optimizers
 
 
 def _param_and_state_tensors(actor: Any) -> Iterator[torch.Tensor]:
