@@ -11,27 +11,15 @@ import types
 import pytest
 import torch
 
+from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge
+from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge, layouts
 from sppo_megatron.models import specs
-from sppo_megatron.models.bridge import llama3_inv_freq, pipeline_split, rope_settings
+from sppo_megatron.models.rope import llama3_inv_freq, rope_settings
+from sppo_megatron.models.transformer_config import pipeline_split
 from tests.tiny_models import ARCHS, _config
 
 MCORE019 = "/work/wheels/mcore019/megatron/core"
-
-
-class Opts(types.SimpleNamespace):
-    pass
-
-
-def model_opts(**kw):
-    base = dict(dtype="auto", transformer_impl="auto", fp8=None, fp8_recipe="delayed", recompute="none")
-    base.update(kw)
-    return Opts(**base)
-
-
-def par(tp=1, pp=1, sp=False):
-    return Opts(tp=tp, pp=pp, sequence_parallel=sp)
 
 
 def bridge_of(arch, **overrides):
@@ -133,7 +121,7 @@ def test_pipeline_larger_than_layers():
 
 # ------------------------------------------------------------------------ TransformerConfig
 def test_transformer_config_llama_cpu_defaults():
-    kw = bridge_of("llama").transformer_config_kwargs(model_opts(), par())
+    kw = bridge_of("llama").transformer_config_kwargs(ModelConfig(), ParallelConfig())
     assert kw["num_query_groups"] == 2 and kw["num_attention_heads"] == 4
     assert kw["kv_channels"] == 16 and kw["ffn_hidden_size"] == 96
     assert kw["layernorm_epsilon"] == 1e-6 and kw["normalization"] == "RMSNorm"
@@ -157,32 +145,26 @@ def test_transformer_config_arch_features():
 
 def test_transformer_config_dtype_recompute_parallel():
     b = bridge_of("llama")
-    kw = b.transformer_config_kwargs(model_opts(dtype="bf16", recompute="selective"), par(tp=2, pp=2, sp=True))
+    kw = b.transformer_config_kwargs(ModelConfig(dtype="bf16", recompute="selective"), ParallelConfig(tp=2, pp=2, sequence_parallel=True))
     assert kw["params_dtype"] == torch.bfloat16 and kw["bf16"] and kw["pipeline_dtype"] == torch.bfloat16
     assert kw["recompute_granularity"] == "selective"
     assert kw["tensor_model_parallel_size"] == 2 and kw["pipeline_model_parallel_size"] == 2
     assert kw["sequence_parallel"] is True
-    full = b.transformer_config_kwargs(model_opts(dtype="fp16", recompute="full"), par())
+    full = b.transformer_config_kwargs(ModelConfig(dtype="fp16", recompute="full"), ParallelConfig())
     assert full["fp16"] and full["recompute_granularity"] == "full" and full["recompute_method"] == "uniform"
-    odd = bridge_of("qwen2").transformer_config_kwargs(None, par(pp=2))  # 3 layers
+    odd = bridge_of("qwen2").transformer_config_kwargs(None, ParallelConfig(pp=2))  # 3 layers
     assert odd["num_layers_in_first_pipeline_stage"] == 2 and odd["num_layers_in_last_pipeline_stage"] == 1
-
-
-def test_config_objects_may_be_dicts():
-    kw = bridge_of("llama").transformer_config_kwargs({"dtype": "bf16"}, {"tp": 2, "pp": 2})
-    assert kw["tensor_model_parallel_size"] == 2 and kw["pipeline_model_parallel_size"] == 2
-    assert kw["params_dtype"] == torch.bfloat16
 
 
 def test_transformer_config_builds_in_megatron():
     for arch in ARCHS:
-        cfg = bridge_of(arch).transformer_config(model_opts(), par(tp=2, pp=2))
+        cfg = bridge_of(arch).transformer_config(ModelConfig(), ParallelConfig(tp=2, pp=2))
         assert cfg.num_query_groups == 2
 
 
 def test_tp_must_divide_heads():
     with pytest.raises(UserError, match="parallel.tp=4"):
-        bridge_of("llama").transformer_config_kwargs(None, par(tp=4))
+        bridge_of("llama").transformer_config_kwargs(None, ParallelConfig(tp=4))
 
 
 def test_rope_settings_transformers5_and_legacy():
@@ -228,53 +210,52 @@ def fake_gpu(monkeypatch):
 def test_spec_selection_without_te_is_local_with_sdpa(no_te):
     from sppo_megatron.models.sdpa_attention import SDPAttention
 
-    assert specs.resolve_transformer_impl(model_opts(transformer_impl="auto")) == "local"
-    spec = bridge_of("qwen3").layer_spec(model_opts())
+    assert specs.resolve_transformer_impl(ModelConfig(transformer_impl="auto")) == "local"
+    spec = bridge_of("qwen3").layer_spec(ModelConfig())
     sub = spec.submodules.self_attention.submodules
     assert sub.core_attention is SDPAttention
     assert sub.q_layernorm is not None and "Identity" not in getattr(sub.q_layernorm, "__name__", "")
-    plain = bridge_of("llama").layer_spec(model_opts(transformer_impl="local")).submodules.self_attention.submodules
+    plain = bridge_of("llama").layer_spec(ModelConfig(transformer_impl="local")).submodules.self_attention.submodules
     assert "Identity" in plain.q_layernorm.__name__
 
 
 def test_transformer_engine_requested_but_absent(no_te):
     with pytest.raises(UserError, match="Transformer Engine is not importable"):
-        bridge_of("llama").layer_spec(model_opts(transformer_impl="transformer_engine"))
+        bridge_of("llama").layer_spec(ModelConfig(transformer_impl="transformer_engine"))
 
 
 def test_transformer_engine_without_cuda(monkeypatch):
     monkeypatch.setattr(specs, "te_available", lambda: True)
-    assert specs.resolve_transformer_impl(model_opts()) == "local"  # auto: no GPU -> local
+    assert specs.resolve_transformer_impl(ModelConfig()) == "local"  # auto: no GPU -> local
     with pytest.raises(UserError, match="CUDA"):
-        specs.resolve_transformer_impl(model_opts(transformer_impl="transformer_engine"))
+        specs.resolve_transformer_impl(ModelConfig(transformer_impl="transformer_engine"))
 
 
 def test_auto_picks_te_with_te_and_gpu(fake_gpu):
     fake_gpu((9, 0))
-    assert specs.resolve_transformer_impl(model_opts()) == "transformer_engine"
+    assert specs.resolve_transformer_impl(ModelConfig()) == "transformer_engine"
 
 
 def test_fp8_off_is_fine_everywhere():
-    specs.check_fp8_support(model_opts())
-    specs.check_fp8_support(None)
+    specs.check_fp8_support(ModelConfig())
 
 
 def test_fp8_on_cpu(no_te):
     with pytest.raises(UserError, match="CUDA GPU"):
-        specs.check_fp8_support(model_opts(fp8="e4m3"))
+        specs.check_fp8_support(ModelConfig(fp8="e4m3"))
     with pytest.raises(UserError, match="CUDA GPU"):
-        bridge_of("llama").transformer_config_kwargs(model_opts(fp8="hybrid"), par())
+        bridge_of("llama").transformer_config_kwargs(ModelConfig(fp8="hybrid"), ParallelConfig())
 
 
 def test_fp8_with_local_layers():
     with pytest.raises(UserError, match="Transformer Engine"):
-        specs.check_fp8_support(model_opts(fp8="e4m3", transformer_impl="local"))
+        specs.check_fp8_support(ModelConfig(fp8="e4m3", transformer_impl="local"))
 
 
 def test_fp8_without_te(fake_gpu):
     fake_gpu((9, 0), te=False)
     with pytest.raises(UserError, match="not importable"):
-        specs.check_fp8_support(model_opts(fp8="e4m3"))
+        specs.check_fp8_support(ModelConfig(fp8="e4m3"))
 
 
 @pytest.mark.parametrize(
@@ -292,10 +273,10 @@ def test_fp8_without_te(fake_gpu):
 )
 def test_fp8_compute_capability(fake_gpu, cap, recipe, ok):
     fake_gpu(cap)
-    cfg = model_opts(fp8="e4m3", fp8_recipe=recipe)
+    cfg = ModelConfig(fp8="e4m3", fp8_recipe=recipe)
     if ok:
         specs.check_fp8_support(cfg)
-        kw = bridge_of("llama").transformer_config_kwargs(cfg, par())
+        kw = bridge_of("llama").transformer_config_kwargs(cfg, ParallelConfig())
         assert kw["fp8"] == "e4m3" and kw["fp8_recipe"] == recipe
     else:
         with pytest.raises(UserError, match="compute capability"):
@@ -306,7 +287,7 @@ def test_fp8_reported_unsupported_by_te(fake_gpu, monkeypatch):
     fake_gpu((9, 0))
     monkeypatch.setattr(specs, "_te_check", lambda name: (False, "no FP8 on this device"))
     with pytest.raises(UserError, match="no FP8 on this device"):
-        specs.check_fp8_support(model_opts(fp8="hybrid"))
+        specs.check_fp8_support(ModelConfig(fp8="hybrid"))
 
 
 # ------------------------------------------------------------------------ SDPAttention
@@ -407,7 +388,7 @@ def test_megatron_apis_we_call_exist_with_these_keywords(root):
     fields |= _dataclass_fields(f"{root}/model_parallel_config.py", "ModelParallelConfig")
     used = set()
     for arch in ARCHS:
-        used |= set(bridge_of(arch).transformer_config_kwargs(model_opts(recompute="full"), par(pp=2)))
+        used |= set(bridge_of(arch).transformer_config_kwargs(ModelConfig(recompute="full"), ParallelConfig(pp=2)))
     used |= {"fp8", "fp8_recipe", "perform_initialization"}
     assert used <= fields, used - fields
     gpt = _signature_params(f"{root}/models/gpt/gpt_model.py", "__init__", "GPTModel")
@@ -517,8 +498,8 @@ def test_assemble_copies_once_and_never_aliases_the_parameter(layout):
         shards = [full, full]
     else:
         shards = list(full.chunk(2, dim=0))
-    single = bridge._assemble(layout, [full])
-    split = bridge._assemble(layout, shards)
+    single = getattr(layouts, layout.upper()).assemble([full], bridge)
+    split = getattr(layouts, layout.upper()).assemble(shards, bridge)
     assert len(single) == len(split)
     for a, b in zip(single, split):
         assert torch.equal(a, b) and a.is_contiguous()

@@ -28,11 +28,6 @@ def _ids(vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (2, SEQ), generator=torch.Generator().manual_seed(123))
 
 
-class _Opts:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
 def _te_named_standin(model):
     """A module tree holding `model`'s parameters under the Transformer-Engine spec's names."""
     rename = {
@@ -79,15 +74,16 @@ def _body(root: str, ckpt_root: str):
     from megatron.core import parallel_state
     from transformers import AutoConfig
 
+    from sppo_megatron.config.schema import ModelConfig, ParallelConfig
     from sppo_megatron.models import get_bridge, load_model_checkpoint, save_model_checkpoint
     from sppo_megatron.models.inference import forward_logits
     from sppo_megatron.platform.distributed import init_distributed
 
-    model_cfg = _Opts(dtype="fp32", transformer_impl="auto", fp8=None, fp8_recipe="delayed", recompute="none")
+    model_cfg = ModelConfig(dtype="fp32")
     logits, problems, orders = {}, {}, {}
     for tp, pp in LAYOUTS:
         init_distributed(tp=tp, pp=pp, seed=0)
-        par = _Opts(tp=tp, pp=pp, sequence_parallel=False)
+        par = ParallelConfig(tp=tp, pp=pp)
         for arch in ARCHS:
             path = os.path.join(root, arch)
             ref = hf_state_dict(path)
@@ -119,7 +115,7 @@ def _body(root: str, ckpt_root: str):
             # bf16 on CPU: every parameter (the local spec's torch RMSNorm included) is bf16
             path = os.path.join(root, "qwen3")
             bridge = get_bridge(AutoConfig.from_pretrained(path))
-            half = bridge.build_model(_Opts(**{**model_cfg.__dict__, "dtype": "bf16"}), {"tp": 1, "pp": 1})
+            half = bridge.build_model(ModelConfig(dtype="bf16"), ParallelConfig())
             bridge.load_hf_weights(half, path)
             dtypes = {p.dtype for p in half.parameters()}
             ref = hf_state_dict(path)

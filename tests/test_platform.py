@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sppo_megatron.platform.distributed import detect_launch, first_slurm_host
@@ -71,3 +73,36 @@ def test_init_distributed_builds_megatron_groups_and_seeds():
 def test_single_process_without_launcher():
     (state,) = run_ranks(_rank_state, 1, 1, 1, 0)
     assert state["dp"] == 1
+
+
+def test_atomic_output_dir_replaces_on_success_and_keeps_the_old_output_on_failure(tmp_path):
+    from sppo_megatron.platform.files import atomic_output_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="half way"):
+        with atomic_output_dir(str(out)) as tmp:
+            (Path(tmp) / "new.txt").write_text("partial")
+            raise RuntimeError("half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no OUT.tmp-* left behind
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    with atomic_output_dir(str(out)) as tmp:
+        (Path(tmp) / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_resolve_dtype_auto_follows_the_device():
+    import torch
+
+    from sppo_megatron.errors import UserError
+    from sppo_megatron.platform.dtypes import dtype_name, resolve_dtype, torch_dtype_name
+
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("fp16", torch.device("cuda", 0)) == torch.float16
+    with pytest.raises(UserError, match="expected auto, bf16, fp16 or fp32"):
+        resolve_dtype("int8")
+    assert torch_dtype_name("bf16") == torch_dtype_name(torch.bfloat16) == "bfloat16"
+    assert dtype_name("float16") == "fp16" and dtype_name(None) == "fp32" and dtype_name(torch.float64) == "fp32"

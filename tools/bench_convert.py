@@ -44,8 +44,9 @@ def build_random_hf(path: str, dtype: str, layers: int, seed: int = 0) -> int:
 
     from sppo_megatron.models import get_bridge
     from sppo_megatron.models.hf_io import ShardedSafetensorsWriter
+    from sppo_megatron.platform.dtypes import DTYPES
 
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    torch_dtype = DTYPES[dtype]
     cfg = LlamaConfig(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,

@@ -85,7 +85,9 @@ def run(args) -> dict:
     import torch
     import torch.distributed as dist
 
-    from sppo_megatron.rollout.base import make_placement, resolve_dtype
+    from sppo_megatron.config.schema import ParallelConfig
+    from sppo_megatron.platform.dtypes import resolve_dtype
+    from sppo_megatron.rollout.base import make_placement
     from sppo_megatron.sync import WeightSync
 
     hf_dir = args.hf
@@ -111,7 +113,7 @@ def run(args) -> dict:
         from sppo_megatron.models.bridge import get_bridge
 
         bridge = get_bridge(hf_dir)
-        model = bridge.build_model(None, {"tp": args.tp, "pp": args.pp})
+        model = bridge.build_model(None, ParallelConfig(tp=args.tp, pp=args.pp))
         model_dtype = next(model.parameters()).dtype
 
         def stream():

@@ -19,28 +19,25 @@ Megatron checkpoint directory written by hf-to-megatron:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from sppo_megatron.cli.common import exit_on_user_error
+from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.dist_ckpt import (
-    META_FILE,
-    META_FORMAT,
     check_checkpoint_dir,
     check_meta_matches,
     load_model_checkpoint,
     read_checkpoint_meta,
 )
-from sppo_megatron.platform.distributed import barrier, broadcast_object, rank
-from sppo_megatron.platform.files import commit_dir, make_tmp_dir, remove_dir
+from sppo_megatron.platform.distributed import broadcast_object, rank
+from sppo_megatron.platform.dtypes import DTYPES
+from sppo_megatron.platform.files import atomic_output_dir
 
-HF_SUBDIR = "hf"
-DTYPE_CHOICES = ("bf16", "fp16", "fp32")
+DTYPE_CHOICES = tuple(DTYPES)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -129,17 +126,6 @@ def _check_layout(tp: int, pp: int) -> None:
         raise UserError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the world size {world}")
 
 
-def _hf_dtype_name(hf_config: Any) -> str:
-    import torch
-
-    from sppo_megatron.models.bridge import DTYPE_NAMES
-
-    dt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-    if isinstance(dt, str):
-        dt = getattr(torch, dt, None)
-    return DTYPE_NAMES.get(dt, "fp32")
-
-
 # --------------------------------------------------------------------------------- distributed helpers
 class _Dist:
     """init_distributed for the command. The process group is kept afterwards (torchrun tears it
@@ -159,23 +145,6 @@ class _Dist:
         pass
 
 
-def _make_tmp(out: str) -> str:
-    """Rank 0 creates OUT.tmp-XXXX next to OUT; every rank learns its name."""
-    return broadcast_object(make_tmp_dir(out) if rank() == 0 else None)
-
-
-def _commit(tmp: str, out: str) -> None:
-    """Rank 0 moves the finished tmp directory into place (replacing OUT for --overwrite)."""
-    if rank() == 0:
-        commit_dir(tmp, out)
-    barrier()
-
-
-def _cleanup(tmp: Optional[str]) -> None:
-    if rank() == 0:
-        remove_dir(tmp)
-
-
 def _say(msg: str) -> None:
     if rank() == 0:
         print(f"sppo-convert: {msg}", flush=True)
@@ -183,113 +152,52 @@ def _say(msg: str) -> None:
 
 # --------------------------------------------------------------------------------- commands
 def hf_to_megatron(args: argparse.Namespace) -> int:
-    import torch
-
     from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.dist_ckpt import MODEL_KEY, save_dist_checkpoint
-    from sppo_megatron.models.hf_io import SafetensorsReader, copy_side_files, load_hf_config
+    from sppo_megatron.models.dist_ckpt import conversion_model_config, save_model_checkpoint, write_checkpoint_meta
+    from sppo_megatron.models.hf_io import SafetensorsReader, hf_dtype_name, load_hf_config
+    from sppo_megatron.models.transformer_config import pipeline_split
 
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
     SafetensorsReader(args.hf).close()  # weights present and in safetensors format
     _check_out(args.out, args.overwrite, [args.hf])
     _check_layout(args.tp, args.pp)
-    bridge._check_tp(args.tp)
-    from sppo_megatron.models.bridge import pipeline_split
-
+    bridge.check_tp(args.tp)
     pipeline_split(bridge.num_layers, args.pp)
-    dtype = args.dtype or _hf_dtype_name(hf_config)
+    dtype = args.dtype or hf_dtype_name(hf_config)
 
     t0 = time.time()
-    with _Dist(args.tp, args.pp):
-        tmp = _make_tmp(args.out)
-        try:
-            model = bridge.build_model(_ModelOpts(dtype), _ParallelOpts(args.tp, args.pp), perform_initialization=False)
-            bridge.load_hf_weights(model, args.hf)
-            t_load = time.time() - t0
-            save_dist_checkpoint({MODEL_KEY: model.sharded_state_dict()}, tmp)
-            del model
-            if rank() == 0:
-                hf_out = os.path.join(tmp, HF_SUBDIR)
-                os.makedirs(hf_out)
-                shutil.copy2(os.path.join(args.hf, "config.json"), os.path.join(hf_out, "config.json"))
-                copy_side_files(args.hf, hf_out)
-                meta = {
-                    "format": META_FORMAT,
-                    "format_version": 1,
-                    "model_type": bridge.model_type,
-                    "hf_architecture": bridge.arch.hf_class,
-                    "vocab_size": bridge.vocab_size,
-                    "padded_vocab_size": bridge.padded_vocab_size(1),
-                    "num_layers": bridge.num_layers,
-                    "hidden_size": bridge.hidden_size,
-                    "tie_word_embeddings": bridge.tied,
-                    "dtype": dtype,
-                    "state_key": MODEL_KEY,
-                    "hf_dir": HF_SUBDIR,
-                    "source": os.path.abspath(args.hf),
-                    "written_with": {"tp": args.tp, "pp": args.pp, "megatron_core": _mcore_version(), "torch": torch.__version__},
-                }
-                with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
-                    json.dump(meta, f, indent=2)
-            barrier()
-            _commit(tmp, args.out)
-        except BaseException:
-            _cleanup(tmp)
-            raise
+    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+        model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=args.tp, pp=args.pp),
+                                   perform_initialization=False)
+        bridge.load_hf_weights(model, args.hf)
+        t_load = time.time() - t0
+        save_model_checkpoint(model, tmp)
+        del model
+        if rank() == 0:
+            write_checkpoint_meta(tmp, bridge, dtype, args.hf, args.tp, args.pp)
     _say(f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}) in {time.time() - t0:.1f}s "
          f"(load {t_load:.1f}s)")
     return 0
 
 
-def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
-    """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
-    (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
-    to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
-    from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.hf_io import load_hf_config
-
-    check_checkpoint_dir(ckpt, "--ckpt")
-    meta = read_checkpoint_meta(ckpt)
-    hf_dir = hf_config_dir or os.path.join(ckpt, HF_SUBDIR)
-    if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
-    hf_config = load_hf_config(hf_dir, "--hf-config")
-    bridge = get_bridge(hf_config)
-    check_meta_matches(meta, bridge, ckpt, hf_dir)
-    return hf_dir, bridge, (meta or {}).get("dtype") or _hf_dtype_name(hf_config)
-
-
-def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1) -> Any:
-    """This rank's stage of the model, with the checkpoint's weights (call after init_distributed)."""
-    model = bridge.build_model(_ModelOpts(dtype), _ParallelOpts(tp, pp), perform_initialization=False)
-    load_model_checkpoint(model, ckpt)
-    return model
-
-
 def megatron_to_hf(args: argparse.Namespace) -> int:
+    from sppo_megatron.models.dist_ckpt import load_megatron_model, resolve_megatron_checkpoint
     from sppo_megatron.models.hf_io import write_hf_dir
 
     hf_dir, bridge, ckpt_dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
     _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
     _check_layout(args.tp, args.pp)
-    bridge._check_tp(args.tp)
+    bridge.check_tp(args.tp)
     max_shard = _parse_size(args.max_shard_size)
     out_dtype = args.dtype or ckpt_dtype
 
     t0 = time.time()
-    with _Dist(args.tp, args.pp):
-        tmp = _make_tmp(args.out)
-        try:
-            model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
-            write_hf_dir(bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class,
-                         max_shard, write=rank() == 0)
-            del model
-            barrier()
-            _commit(tmp, args.out)
-        except BaseException:
-            _cleanup(tmp)
-            raise
+    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+        model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
+        write_hf_dir(bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class,
+                     max_shard, write=rank() == 0)
+        del model
     _say(f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
     return 0
 
@@ -306,14 +214,14 @@ def verify(args: argparse.Namespace) -> int:
     check_checkpoint_dir(args.ckpt, "--ckpt")
     check_meta_matches(read_checkpoint_meta(args.ckpt), bridge, args.ckpt, args.hf)
     _check_layout(args.tp, args.pp)
-    bridge._check_tp(args.tp)
+    bridge.check_tp(args.tp)
     if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
         raise UserError("--atol must be >= 0, --batch-size and --seq-len >= 1")
     seq = min(args.seq_len, bridge.max_position_embeddings)
     ids = torch.randint(0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed))
 
     with _Dist(args.tp, args.pp):
-        model = bridge.build_model(_ModelOpts("fp32", "auto"), _ParallelOpts(args.tp, args.pp), perform_initialization=False)
+        model = bridge.build_model(ModelConfig(dtype="fp32"), ParallelConfig(tp=args.tp, pp=args.pp), perform_initialization=False)
         load_model_checkpoint(model, args.ckpt)
         logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
         del model
@@ -332,32 +240,6 @@ def verify(args: argparse.Namespace) -> int:
     _say(f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
          f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}")
     return 0 if ok else 1
-
-
-def _mcore_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("megatron-core")
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-class _ModelOpts:
-    """The ModelConfig fields the bridge reads. Conversion uses the local layer spec (no TE
-    needed; its dist-checkpoint keys equal the TE spec's); verify uses auto (what training uses)."""
-
-    def __init__(self, dtype: str, transformer_impl: str = "local") -> None:
-        self.dtype = dtype
-        self.transformer_impl = transformer_impl
-        self.fp8 = None
-        self.fp8_recipe = "delayed"
-        self.recompute = "none"
-
-
-class _ParallelOpts:
-    def __init__(self, tp: int, pp: int) -> None:
-        self.tp, self.pp, self.sequence_parallel = tp, pp, False
 
 
 COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf, "verify": verify}

@@ -65,7 +65,7 @@ def _run_config_model_path(step_dir: str) -> Optional[str]:
 
 def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[str]]:
     """(HF directory with config + tokenizer, Megatron checkpoint or None)."""
-    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
+    from sppo_megatron.models.dist_ckpt import HF_SUBDIR, is_dist_checkpoint
 
     if not os.path.isdir(model):
         raise UserError(f"--model: directory does not exist: {model}")
@@ -75,7 +75,7 @@ def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[s
             raise UserError(f"--model: run directory {model} has no complete checkpoint (checkpoints/latest)")
         model = latest
     if is_dist_checkpoint(model):
-        hf_dir = hf_config or (os.path.join(model, "hf") if os.path.isfile(os.path.join(model, "hf", "config.json"))
+        hf_dir = hf_config or (os.path.join(model, HF_SUBDIR) if os.path.isfile(os.path.join(model, HF_SUBDIR, "config.json"))
                                else _run_config_model_path(model))
         if hf_dir is None:
             raise UserError(f"--model {model}: cannot tell which HF model this checkpoint is; pass --hf-config DIR")
@@ -106,7 +106,7 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
         if engine.name != "hf":  # SGLang starts with dummy weights
             WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
-    from sppo_megatron.cli.convert import load_megatron_model, resolve_megatron_checkpoint
+    from sppo_megatron.models.dist_ckpt import load_megatron_model, resolve_megatron_checkpoint
 
     _, bridge, dtype = resolve_megatron_checkpoint(ckpt, hf_dir)
     model = load_megatron_model(bridge, ckpt, dtype, tp, pp)

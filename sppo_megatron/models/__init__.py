@@ -7,10 +7,11 @@ Public API:
           padded_vocab_size / vocab_size / hf_names / mask_padded_logits_
     check_fp8_support(model_cfg)
     save_dist_checkpoint(state, ckpt_dir) / load_dist_checkpoint(sharded_state, ckpt_dir)
+    resolve_dtype(name)   (re-exported from sppo_megatron.platform.dtypes, the one dtype table)
 """
 
 from sppo_megatron.models.arch import ARCHITECTURES, SUPPORTED_MODEL_TYPES, get_architecture
-from sppo_megatron.models.bridge import Bridge, build_model, export_hf_weights, get_bridge, resolve_dtype
+from sppo_megatron.models.bridge import Bridge, build_model, export_hf_weights, get_bridge
 from sppo_megatron.models.dist_ckpt import (
     MODEL_KEY,
     load_dist_checkpoint,
@@ -20,6 +21,7 @@ from sppo_megatron.models.dist_ckpt import (
     unwrap_model,
 )
 from sppo_megatron.models.specs import check_fp8_support, resolve_transformer_impl, te_available
+from sppo_megatron.platform.dtypes import resolve_dtype
 
 __all__ = [
     "ARCHITECTURES",

@@ -9,18 +9,7 @@ same table, so a name or a layout lives in exactly one place.
 Templates: ``{layer}`` in a megatron name is the LOCAL index of the layer in this pipeline
 stage's ``decoder.layers`` list; ``{layer}`` in an HF name is the GLOBAL layer index.
 
-Layouts (TP = tensor-parallel size, r = this rank's TP index):
-
-``replicated``  same tensor on every TP rank (norm weights, q/k norms)
-``embedding``   vocab-parallel rows; megatron holds ``padded_vocab_size`` rows, the rows past
-                the true vocabulary are zero and are stripped on export
-``output``      the LM head, same layout as ``embedding`` (absent when embeddings are tied)
-``row``         row-parallel linear: megatron rank r holds columns [r*n/TP, (r+1)*n/TP)
-``qkv``         HF q_proj, k_proj, v_proj (weight or bias) -> one megatron ``linear_qkv``
-                laid out per query group g as [q heads of g | k_g | v_g]; rank r holds a
-                contiguous run of query groups
-``gate_up``     HF gate_proj, up_proj -> megatron ``linear_fc1``; rank r holds
-                [gate_r; up_r] (its slice of each), not a slice of [gate; up]
+Layouts (how a row's tensors are split across tensor-parallel ranks) are objects in layouts.py.
 
 Where the local and the Transformer Engine layer specs name a parameter differently (the
 pre-attention / pre-MLP norms are fused into the following linear by TE), ``megatron`` lists
@@ -33,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sppo_megatron.errors import UserError
-
-LAYOUTS = ("replicated", "embedding", "output", "row", "qkv", "gate_up")
+from sppo_megatron.models import layouts
+from sppo_megatron.models.layouts import Layout
 
 
 @dataclass(frozen=True)
@@ -43,17 +32,17 @@ class Param:
 
     megatron: Tuple[str, ...]
     hf: Tuple[str, ...]
-    layout: str
+    layout: Layout
     per_layer: bool = False
     # Present only when this feature of the HF config is on ("untied": lm_head not tied).
     when: Optional[str] = None
 
     def __post_init__(self) -> None:
-        assert self.layout in LAYOUTS, self.layout
-        assert len(self.hf) == {"qkv": 3, "gate_up": 2}.get(self.layout, 1), (self.hf, self.layout)
+        assert isinstance(self.layout, Layout), self.layout
+        assert len(self.hf) == self.layout.num_hf, (self.hf, self.layout)
 
 
-def _layer(megatron: Any, hf: Any, layout: str, when: Optional[str] = None) -> Param:
+def _layer(megatron: Any, hf: Any, layout: Layout, when: Optional[str] = None) -> Param:
     megatron = (megatron,) if isinstance(megatron, str) else tuple(megatron)
     hf = (hf,) if isinstance(hf, str) else tuple(hf)
     return Param(
@@ -68,70 +57,66 @@ def _layer(megatron: Any, hf: Any, layout: str, when: Optional[str] = None) -> P
 # ---------------------------------------------------------------------------------------------
 # Rows shared by the Llama-family tables (each architecture below lists its own rows).
 # ---------------------------------------------------------------------------------------------
-EMBED = Param(("embedding.word_embeddings.weight",), ("model.embed_tokens.weight",), "embedding")
+EMBED = Param(("embedding.word_embeddings.weight",), ("model.embed_tokens.weight",), layouts.EMBEDDING)
 INPUT_NORM = _layer(
     ("input_layernorm.weight", "self_attention.linear_qkv.layer_norm_weight"),  # local | TE spec
     "input_layernorm.weight",
-    "replicated",
+    layouts.REPLICATED,
 )
 QKV = _layer(
     "self_attention.linear_qkv.weight",
     ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    "qkv",
+    layouts.QKV,
 )
 QKV_BIAS = _layer(
     "self_attention.linear_qkv.bias",
     ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
-    "qkv",
+    layouts.QKV,
 )
-Q_NORM = _layer("self_attention.q_layernorm.weight", "self_attn.q_norm.weight", "replicated")
-K_NORM = _layer("self_attention.k_layernorm.weight", "self_attn.k_norm.weight", "replicated")
-O_PROJ = _layer("self_attention.linear_proj.weight", "self_attn.o_proj.weight", "row")
+Q_NORM = _layer("self_attention.q_layernorm.weight", "self_attn.q_norm.weight", layouts.REPLICATED)
+K_NORM = _layer("self_attention.k_layernorm.weight", "self_attn.k_norm.weight", layouts.REPLICATED)
+O_PROJ = _layer("self_attention.linear_proj.weight", "self_attn.o_proj.weight", layouts.ROW)
 POST_ATTN_NORM = _layer(
     ("pre_mlp_layernorm.weight", "mlp.linear_fc1.layer_norm_weight"),  # local | TE spec
     "post_attention_layernorm.weight",
-    "replicated",
+    layouts.REPLICATED,
 )
-GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), "gate_up")
-DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", "row")
-FINAL_NORM = Param(("decoder.final_layernorm.weight",), ("model.norm.weight",), "replicated")
-LM_HEAD = Param(("output_layer.weight",), ("lm_head.weight",), "output", when="untied")
+GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP)
+DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", layouts.ROW)
+FINAL_NORM = Param(("decoder.final_layernorm.weight",), ("model.norm.weight",), layouts.REPLICATED)
+LM_HEAD = Param(("output_layer.weight",), ("lm_head.weight",), layouts.OUTPUT, when="untied")
 
 
 # ---------------------------------------------------------------------------------------------
 # Architectures
 # ---------------------------------------------------------------------------------------------
-def _hf(cfg: Any, name: str, default: Any = None) -> Any:
-    return getattr(cfg, name, default)
-
-
 def _common_checks(cfg: Any) -> List[str]:
     problems = []
-    act = _hf(cfg, "hidden_act", "silu")
+    act = getattr(cfg, "hidden_act", "silu")
     if act not in ("silu", "swish"):
         problems.append(f"hidden_act={act!r} (only silu/SwiGLU is supported)")
-    if _hf(cfg, "mlp_bias", False):
+    if getattr(cfg, "mlp_bias", False):
         problems.append("mlp_bias=True (MLP biases are not supported)")
     return problems
 
 
 def _llama_checks(cfg: Any) -> List[str]:
     problems = _common_checks(cfg)
-    if _hf(cfg, "attention_bias", False):
+    if getattr(cfg, "attention_bias", False):
         problems.append("attention_bias=True (q/k/v/o biases are not supported for this architecture)")
     return problems
 
 
 def _qwen_checks(cfg: Any) -> List[str]:
     problems = _common_checks(cfg)
-    if _hf(cfg, "use_sliding_window", False):
+    if getattr(cfg, "use_sliding_window", False):
         problems.append("use_sliding_window=True (Qwen sliding-window layers are not supported)")
     return problems
 
 
 def _qwen3_checks(cfg: Any) -> List[str]:
     problems = _qwen_checks(cfg)
-    if _hf(cfg, "attention_bias", False):
+    if getattr(cfg, "attention_bias", False):
         problems.append("attention_bias=True (Qwen3 with q/k/v/o biases is not supported)")
     return problems
 
@@ -141,7 +126,7 @@ def _no_extra(cfg: Any) -> Dict[str, Any]:
 
 
 def _mistral_extra(cfg: Any) -> Dict[str, Any]:
-    window = _hf(cfg, "sliding_window", None)
+    window = getattr(cfg, "sliding_window", None)
     if window:
         # HF: query i attends keys j with i - window < j <= i; megatron: (left, right) = (window-1, 0)
         return {"window_size": (int(window) - 1, 0)}
@@ -155,11 +140,19 @@ class Architecture:
     model_type: str
     hf_class: str  # transformers class name written into config.json "architectures"
     params: Tuple[Param, ...]
-    qkv_bias: bool = False
-    qk_norm: bool = False
     checks: Callable[[Any], List[str]] = field(default=_common_checks)
     extra_transformer_kwargs: Callable[[Any], Dict[str, Any]] = field(default=_no_extra)
     notes: str = ""
+
+    @property
+    def qkv_bias(self) -> bool:
+        """q/k/v projections have biases (megatron add_qkv_bias)."""
+        return QKV_BIAS in self.params
+
+    @property
+    def qk_norm(self) -> bool:
+        """Per-head RMSNorm on q and k (megatron qk_layernorm)."""
+        return Q_NORM in self.params
 
 
 LLAMA = Architecture(
@@ -174,7 +167,6 @@ QWEN2 = Architecture(
     model_type="qwen2",
     hf_class="Qwen2ForCausalLM",
     params=(EMBED, INPUT_NORM, QKV, QKV_BIAS, O_PROJ, POST_ATTN_NORM, GATE_UP, DOWN, FINAL_NORM, LM_HEAD),
-    qkv_bias=True,
     checks=_qwen_checks,
     notes="Qwen2 / Qwen2.5: q/k/v biases; small sizes tie embeddings",
 )
@@ -183,7 +175,6 @@ QWEN3 = Architecture(
     model_type="qwen3",
     hf_class="Qwen3ForCausalLM",
     params=(EMBED, INPUT_NORM, QKV, Q_NORM, K_NORM, O_PROJ, POST_ATTN_NORM, GATE_UP, DOWN, FINAL_NORM, LM_HEAD),
-    qk_norm=True,
     checks=_qwen3_checks,
     notes="Qwen3 (dense): per-head RMSNorm on q and k, no biases, head_dim independent of hidden/heads",
 )

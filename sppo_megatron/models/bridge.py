@@ -1,4 +1,6 @@
-"""HF <-> Megatron bridge: TransformerConfig, layer spec, model construction, weight load/export.
+"""HF <-> Megatron bridge: one model's sizes and its weight load/export through the table (arch.py,
+layouts.py); the TransformerConfig (transformer_config.py) and the model (build.py) are built
+through it too.
 
     bridge = get_bridge(hf_config)                    # transformers PretrainedConfig (or a path)
     model = bridge.build_model(model_cfg, parallel_cfg)   # this rank's pipeline stage
@@ -17,122 +19,19 @@ on a vocab-parallel shard so softmax / log-probs match the HF model).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
+from sppo_megatron.models import layouts
 from sppo_megatron.models.arch import Architecture, Param, get_architecture
 from sppo_megatron.models.dist_ckpt import unwrap_model
+from sppo_megatron.models.rope import Rope, rope_settings
 from sppo_megatron.platform.distributed import current_device
 
 VOCAB_MULTIPLE = 128
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-# megatron-core's RotaryEmbedding._apply_scaling hard-codes these llama3 parameters
-_MEGATRON_LLAMA3 = (1.0, 4.0, 8192)
-
-
-def resolve_dtype(name: Optional[str]) -> torch.dtype:
-    """'auto' -> bf16 with CUDA, fp32 without; else bf16 / fp16 / fp32."""
-    if name in (None, "auto"):
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise UserError(f"dtype {name!r}: expected auto, bf16, fp16 or fp32")
-    return DTYPES[name]
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    """cfg.name (dataclass, OmegaConf node, namespace) or cfg[name] (dict); default when unset/None."""
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        value = cfg.get(name, default)
-    else:
-        value = getattr(cfg, name, default)
-    return default if value is None else value
-
-
-@dataclass(frozen=True)
-class Rope:
-    theta: float
-    kind: str  # default | linear | llama3
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-
-def rope_settings(hf_config: Any) -> Rope:
-    """RoPE base and scaling from transformers 5 `rope_parameters` (or 4.x `rope_theta`/`rope_scaling`)."""
-    params: Dict[str, Any] = {}
-    legacy = getattr(hf_config, "rope_scaling", None)
-    if isinstance(legacy, dict):
-        params.update(legacy)
-    new = getattr(hf_config, "rope_parameters", None)
-    if isinstance(new, dict):
-        if new and all(isinstance(v, dict) for v in new.values()):
-            raise UserError("per-layer-type rope_parameters are not supported")
-        params.update(new)
-    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
-    theta = 10000.0 if theta is None else float(theta)
-    kind = params.get("rope_type", params.get("type", "default")) or "default"
-    partial = getattr(hf_config, "partial_rotary_factor", None) or params.get("partial_rotary_factor")
-    if partial not in (None, 1, 1.0):
-        raise UserError(f"partial_rotary_factor={partial} is not supported")
-    if kind == "default":
-        return Rope(theta, "default")
-    if kind == "linear":
-        return Rope(theta, "linear", factor=float(params["factor"]))
-    if kind == "llama3":
-        return Rope(
-            theta,
-            "llama3",
-            factor=float(params["factor"]),
-            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-            original_max_position_embeddings=int(params.get("original_max_position_embeddings", 8192)),
-        )
-    raise UserError(f"rope_type {kind!r} is not supported (supported: default, linear, llama3)")
-
-
-def llama3_inv_freq(rope: Rope, head_dim: int, device: Any = None) -> torch.Tensor:
-    """Llama 3.x scaled inverse frequencies, as transformers' `_compute_llama3_parameters`."""
-    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
-    low_wavelen = rope.original_max_position_embeddings / rope.low_freq_factor
-    high_wavelen = rope.original_max_position_embeddings / rope.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
-    smooth = (rope.original_max_position_embeddings / wavelen - rope.low_freq_factor) / (
-        rope.high_freq_factor - rope.low_freq_factor
-    )
-    smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
-    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-    return torch.where(medium, smoothed, scaled)
-
-
-def pipeline_split(num_layers: int, pp: int) -> List[int]:
-    """Layers per pipeline stage. Even when divisible; otherwise megatron's uneven split:
-    equal middle stages, the remainder shared by the first and last stage (first >= last)."""
-    if pp < 1:
-        raise UserError(f"parallel.pp={pp} must be >= 1")
-    if pp > num_layers:
-        raise UserError(f"parallel.pp={pp} exceeds the model's {num_layers} layers")
-    if num_layers % pp == 0:
-        return [num_layers // pp] * pp
-    if pp == 2:
-        first = (num_layers + 1) // 2
-        return [first, num_layers - first]
-    middle = -(-num_layers // pp)
-    rest = num_layers - (pp - 2) * middle
-    if rest < 2:
-        middle = num_layers // pp
-        rest = num_layers - (pp - 2) * middle
-    first = (rest + 1) // 2
-    return [first] + [middle] * (pp - 2) + [rest - first]
 
 
 class Bridge:
@@ -169,7 +68,8 @@ class Bridge:
         multiple = VOCAB_MULTIPLE * tp // math.gcd(VOCAB_MULTIPLE, tp)
         return -(-self.vocab_size // multiple) * multiple
 
-    def _check_tp(self, tp: int) -> None:
+    def check_tp(self, tp: int) -> None:
+        """UserError unless `tp` divides the heads and the MLP width."""
         if self.num_attention_heads % tp or self.num_kv_heads % tp:
             raise UserError(
                 f"parallel.tp={tp} must divide num_attention_heads={self.num_attention_heads} and "
@@ -178,141 +78,37 @@ class Bridge:
         if self.ffn_hidden_size % tp:
             raise UserError(f"parallel.tp={tp} must divide intermediate_size={self.ffn_hidden_size}")
 
-    def transformer_config(self, model_cfg: Any = None, parallel_cfg: Any = None):
-        """megatron-core TransformerConfig for this model under `model_cfg` / `parallel_cfg`.
-
-        model_cfg: ModelConfig-like (dtype, transformer_impl, fp8, fp8_recipe, recompute; None =
-        defaults); parallel_cfg: ParallelConfig-like (tp, pp, sequence_parallel; None = 1, 1).
-        """
+    def transformer_config(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None):
+        """megatron-core TransformerConfig for this model under `model_cfg` / `parallel_cfg`
+        (None = the schema defaults: auto dtype, tp = pp = 1)."""
         from megatron.core.transformer import TransformerConfig
 
         return TransformerConfig(**self.transformer_config_kwargs(model_cfg, parallel_cfg))
 
-    def transformer_config_kwargs(self, model_cfg: Any = None, parallel_cfg: Any = None) -> Dict[str, Any]:
+    def transformer_config_kwargs(self, model_cfg: Optional[ModelConfig] = None,
+                                  parallel_cfg: Optional[ParallelConfig] = None) -> Dict[str, Any]:
         """The keyword arguments of `transformer_config` (all TransformerConfig fields we set)."""
-        from sppo_megatron.models.specs import check_fp8_support
+        from sppo_megatron.models.transformer_config import transformer_config_kwargs
 
-        tp = int(_get(parallel_cfg, "tp", 1))
-        pp = int(_get(parallel_cfg, "pp", 1))
-        sequence_parallel = bool(_get(parallel_cfg, "sequence_parallel", False)) and tp > 1
-        self._check_tp(tp)
-        dtype = resolve_dtype(_get(model_cfg, "dtype", "auto"))
-        fp8 = _get(model_cfg, "fp8", None)
-        if fp8 is not None:
-            check_fp8_support(model_cfg)
-        kwargs: Dict[str, Any] = dict(
-            num_layers=self.num_layers,
-            hidden_size=self.hidden_size,
-            ffn_hidden_size=self.ffn_hidden_size,
-            num_attention_heads=self.num_attention_heads,
-            num_query_groups=self.num_kv_heads,
-            kv_channels=self.head_dim,
-            layernorm_epsilon=self.rms_norm_eps,
-            normalization="RMSNorm",
-            gated_linear_unit=True,
-            activation_func=torch.nn.functional.silu,
-            add_bias_linear=False,
-            add_qkv_bias=self.arch.qkv_bias,
-            qk_layernorm=self.arch.qk_norm,
-            rotary_interleaved=False,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-            init_method_std=float(getattr(self.hf_config, "initializer_range", 0.02) or 0.02),
-            tensor_model_parallel_size=tp,
-            pipeline_model_parallel_size=pp,
-            sequence_parallel=sequence_parallel,
-            params_dtype=dtype,
-            pipeline_dtype=dtype,
-            bf16=dtype == torch.bfloat16,
-            fp16=dtype == torch.float16,
-            use_cpu_initialization=not torch.cuda.is_available(),
-        )
-        split = pipeline_split(self.num_layers, pp)
-        if len(set(split)) > 1:
-            kwargs["num_layers_in_first_pipeline_stage"] = split[0]
-            kwargs["num_layers_in_last_pipeline_stage"] = split[-1]
-        recompute = _get(model_cfg, "recompute", "none")
-        if recompute == "selective":
-            kwargs["recompute_granularity"] = "selective"
-        elif recompute == "full":
-            kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-        elif recompute != "none":
-            raise UserError(f"model.recompute={recompute!r}: expected none, selective or full")
-        if fp8 is not None:
-            kwargs.update(fp8=fp8, fp8_recipe=_get(model_cfg, "fp8_recipe", "delayed"))
-        kwargs.update(self.arch.extra_transformer_kwargs(self.hf_config))
-        return kwargs
+        return transformer_config_kwargs(self, model_cfg, parallel_cfg)
 
-    def layer_spec(self, model_cfg: Any = None):
+    def layer_spec(self, model_cfg: Optional[ModelConfig] = None):
         """TE layer spec (transformer_impl=transformer_engine, or auto with TE) or local + SDPA."""
         from sppo_megatron.models.specs import layer_spec
 
-        return layer_spec(model_cfg, qk_layernorm=self.arch.qk_norm)
+        return layer_spec(ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm)
 
     # ------------------------------------------------------------------ model
-    def build_model(self, model_cfg: Any = None, parallel_cfg: Any = None, *, perform_initialization: bool = True):
+    def build_model(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
+                    *, perform_initialization: bool = True):
         """GPTModel for this rank's pipeline stage (needs `init_distributed(tp, pp)` first).
 
         perform_initialization=False skips the random init (the weights are loaded next); the
         padded vocabulary rows are zeroed either way.
         """
-        from megatron.core import parallel_state
-        from megatron.core.models.gpt import GPTModel
+        from sppo_megatron.models.build import build_gpt_model
 
-        if not parallel_state.model_parallel_is_initialized():
-            raise RuntimeError("build_model needs megatron's parallel state: call init_distributed(tp, pp) first")
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        pp = parallel_state.get_pipeline_model_parallel_world_size()
-        want_tp, want_pp = int(_get(parallel_cfg, "tp", tp)), int(_get(parallel_cfg, "pp", pp))
-        if (want_tp, want_pp) != (tp, pp):
-            raise RuntimeError(f"parallel config tp={want_tp} pp={want_pp} but megatron is initialised with tp={tp} pp={pp}")
-        config = self.transformer_config(model_cfg, _Parallel(tp, pp, bool(_get(parallel_cfg, "sequence_parallel", False))))
-        config.perform_initialization = perform_initialization
-        rope = self.rope
-        model = GPTModel(
-            config=config,
-            transformer_layer_spec=self.layer_spec(model_cfg),
-            vocab_size=self.padded_vocab_size(tp),
-            max_sequence_length=self.max_position_embeddings,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
-            parallel_output=True,
-            share_embeddings_and_output_weights=self.tied,
-            position_embedding_type="rope",
-            rotary_percent=1.0,
-            rotary_base=rope.theta,
-            rope_scaling=rope.kind == "llama3",
-            rope_scaling_factor=rope.factor if rope.kind == "llama3" else 8.0,
-            seq_len_interpolation_factor=rope.factor if rope.kind == "linear" else None,
-        )
-        if rope.kind == "llama3" and (
-            rope.low_freq_factor,
-            rope.high_freq_factor,
-            rope.original_max_position_embeddings,
-        ) != _MEGATRON_LLAMA3:
-            # megatron-core hard-codes low/high freq factors 1/4 and 8192 original positions
-            emb = model.rotary_pos_emb
-            emb.inv_freq = llama3_inv_freq(rope, self.head_dim, device=emb.inv_freq.device).to(emb.inv_freq.dtype)
-        if config.params_dtype != torch.float32:
-            # the local spec's torch RMSNorm ignores params_dtype; megatron's Float16Module would
-            # cast it later, we do it here so the weights (and checkpoints) are uniformly typed
-            model.to(config.params_dtype)
-        if not perform_initialization:
-            _set_tensor_parallel_attributes(model, config)
-        self._zero_vocab_padding(model)
-        return model
-
-    def _zero_vocab_padding(self, model: Any) -> None:
-        from megatron.core import parallel_state
-
-        r = parallel_state.get_tensor_model_parallel_rank()
-        module = unwrap_model(model)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
-                    start = r * p.shape[0]
-                    keep = max(0, min(p.shape[0], self.vocab_size - start))
-                    p[keep:].zero_()
+        return build_gpt_model(self, model_cfg, parallel_cfg, perform_initialization=perform_initialization)
 
     def mask_padded_logits_(self, logits: torch.Tensor) -> torch.Tensor:
         """In place: set this TP rank's vocab-parallel logit columns >= vocab_size to the dtype minimum."""
@@ -339,10 +135,10 @@ class Bridge:
     def _plan(self) -> List[Tuple[Optional[int], Param]]:
         """(global layer or None, row) in export order: embeddings, layers 0..L-1, final norm, head."""
         rows = self._params()
-        plan: List[Tuple[Optional[int], Param]] = [(None, r) for r in rows if not r.per_layer and r.layout == "embedding"]
+        plan: List[Tuple[Optional[int], Param]] = [(None, r) for r in rows if not r.per_layer and r.layout is layouts.EMBEDDING]
         for i in range(self.num_layers):
             plan.extend((i, r) for r in rows if r.per_layer)
-        plan.extend((None, r) for r in rows if not r.per_layer and r.layout != "embedding")
+        plan.extend((None, r) for r in rows if not r.per_layer and r.layout is not layouts.EMBEDDING)
         return plan
 
     @staticmethod
@@ -373,8 +169,8 @@ class Bridge:
             out.append((layer, row, found[0], params[found[0]], tuple(h.format(layer=layer) for h in row.hf)))
         if self.tied and "output_layer.weight" in params:
             # tied embeddings with PP > 1: the last stage keeps its own copy of the embedding
-            embed = next(r for r in self.arch.params if r.layout == "embedding")
-            out.append((None, Param(("output_layer.weight",), embed.hf, "output"), "output_layer.weight", params["output_layer.weight"], embed.hf))
+            embed = next(r for r in self.arch.params if r.layout is layouts.EMBEDDING)
+            out.append((None, Param(("output_layer.weight",), embed.hf, layouts.OUTPUT), "output_layer.weight", params["output_layer.weight"], embed.hf))
         return out
 
     # ------------------------------------------------------------------ HF -> megatron
@@ -396,7 +192,7 @@ class Bridge:
         try:
             with torch.no_grad():
                 for _, row, mname, param, hf_names in self._local_params(module):
-                    tensor = self._read_shard(reader, row.layout, hf_names, tuple(param.shape), tp, r)
+                    tensor = row.layout.read_shard(reader, hf_names, tuple(param.shape), tp, r, self)
                     if tuple(tensor.shape) != tuple(param.shape):
                         raise UserError(
                             f"{hf_dir}: {hf_names[0]} gives a {tuple(tensor.shape)} shard for megatron "
@@ -410,97 +206,7 @@ class Bridge:
         if missing:
             raise RuntimeError(f"{self.model_type}: the bridge table does not cover model parameters {missing[:5]}")
 
-    def _read_shard(self, reader: Any, layout: str, names: Tuple[str, ...], shape: Tuple[int, ...], tp: int, r: int) -> torch.Tensor:
-        if layout == "replicated":
-            return reader.read(names[0])
-        if layout in ("embedding", "output"):
-            full = reader.shape(names[0])
-            if full[0] != self.vocab_size:
-                raise UserError(f"{reader.hf_dir}: {names[0]} has {full[0]} rows but config.json says vocab_size={self.vocab_size}")
-            start = r * shape[0]
-            stop = min(start + shape[0], self.vocab_size)
-            out = torch.zeros(shape, dtype=torch.float32)
-            if stop > start:
-                part = reader.read(names[0], rows=(start, stop))
-                out = out.to(part.dtype)
-                out[: stop - start] = part
-            return out
-        if layout == "row":
-            n = shape[1]
-            return reader.read(names[0], cols=(r * n, (r + 1) * n))
-        if layout == "qkv":
-            groups = self.num_kv_heads // tp
-            per_group_q = (self.num_attention_heads // self.num_kv_heads) * self.head_dim
-            hd = self.head_dim
-            q = reader.read(names[0], rows=(r * groups * per_group_q, (r + 1) * groups * per_group_q))
-            k = reader.read(names[1], rows=(r * groups * hd, (r + 1) * groups * hd))
-            v = reader.read(names[2], rows=(r * groups * hd, (r + 1) * groups * hd))
-            rest = tuple(q.shape[1:])
-            fused = torch.cat(
-                [q.reshape(groups, per_group_q, *rest), k.reshape(groups, hd, *rest), v.reshape(groups, hd, *rest)], dim=1
-            )
-            return fused.reshape(-1, *rest)
-        if layout == "gate_up":
-            n = shape[0] // 2
-            gate = reader.read(names[0], rows=(r * n, (r + 1) * n))
-            up = reader.read(names[1], rows=(r * n, (r + 1) * n))
-            return torch.cat([gate, up], dim=0)
-        raise AssertionError(layout)
-
     # ------------------------------------------------------------------ megatron -> HF
-    def _hf_shapes(self, layout: str, local_shape: Tuple[int, ...], tp: int) -> List[Tuple[int, ...]]:
-        if layout == "replicated":
-            return [tuple(local_shape)]
-        if layout in ("embedding", "output"):
-            return [(self.vocab_size,) + tuple(local_shape[1:])]
-        if layout == "row":
-            return [(local_shape[0], local_shape[1] * tp)]
-        rest = tuple(local_shape[1:])
-        if layout == "qkv":
-            q = self.num_attention_heads * self.head_dim
-            kv = self.num_kv_heads * self.head_dim
-            return [(q,) + rest, (kv,) + rest, (kv,) + rest]
-        if layout == "gate_up":
-            n = local_shape[0] * tp // 2
-            return [(n,) + rest, (n,) + rest]
-        raise AssertionError(layout)
-
-    def _assemble(self, layout: str, shards: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Full HF tensor(s) from the TP shards of one megatron parameter (rank order).
-
-        Each result is written once: the shards are joined into one tensor (with one shard,
-        TP=1, that is the parameter itself, not copied), the HF tensors are read from it
-        through views and copied into new tensors."""
-        if len(shards) == 1 or layout == "replicated":
-            shards = shards[:1]
-            full = shards[0]
-        elif layout == "row":
-            full = torch.cat(list(shards), dim=1)
-        elif layout == "gate_up":
-            halves = [s.chunk(2, dim=0) for s in shards]
-            return [torch.cat([h[0] for h in halves], dim=0), torch.cat([h[1] for h in halves], dim=0)]
-        else:
-            full = torch.cat(list(shards), dim=0)
-        joined = len(shards) > 1  # `full` is already a new tensor
-        return [view if joined and view is full else _fresh(view, shape) for view, shape in self._views(layout, full)]
-
-    def _views(self, layout: str, full: torch.Tensor) -> List[Tuple[torch.Tensor, Tuple[int, ...]]]:
-        """(view of `full`, HF shape) for each HF tensor of one whole megatron parameter."""
-        if layout in ("replicated", "row"):
-            return [(full, tuple(full.shape))]
-        if layout in ("embedding", "output"):
-            view = full[: self.vocab_size]
-            return [(view, tuple(view.shape))]
-        if layout == "qkv":
-            hd = self.head_dim
-            per_group_q = (self.num_attention_heads // self.num_kv_heads) * hd
-            rest = tuple(full.shape[1:])
-            grouped = full.reshape(self.num_kv_heads, per_group_q + 2 * hd, *rest)
-            return [(v, (self.num_kv_heads * v.shape[1], *rest)) for v in torch.split(grouped, [per_group_q, hd, hd], dim=1)]
-        if layout == "gate_up":
-            return [(v, tuple(v.shape)) for v in full.chunk(2, dim=0)]
-        raise AssertionError(layout)
-
     def export_hf_weights(self, model: Any) -> Iterator[Tuple[str, torch.Tensor]]:
         """Yield (HF name, full tensor) for the whole model, one parameter at a time.
 
@@ -524,11 +230,11 @@ class Bridge:
         local = {}
         meta = {}
         for layer, row, _, param, hf_names in self._local_params(module):
-            if row.layout == "output" and self.tied:
+            if row.layout is layouts.OUTPUT and self.tied:
                 continue  # last-stage copy of a tied embedding: exported once, as the embedding
             key = (layer, row.hf)
             local[key] = (row, param)
-            meta[key] = (self._hf_shapes(row.layout, tuple(param.shape), tp), param.dtype)
+            meta[key] = (row.layout.hf_shapes(tuple(param.shape), tp, self), param.dtype)
         owners: Dict[Any, Tuple[int, Any]] = {}
         if pp > 1:
             gathered: List[Any] = [None] * pp
@@ -549,13 +255,13 @@ class Bridge:
             if owner_stage == stage:
                 _, param = local[key]
                 data = param.detach()
-                if tp > 1 and row.layout != "replicated":
+                if tp > 1 and row.layout.tp_sharded:
                     data = data.contiguous()
                     shards = [torch.empty_like(data) for _ in range(tp)]
                     dist.all_gather(shards, data, group=tp_group)
                 else:
                     shards = [data]
-                tensors = self._assemble(row.layout, shards)
+                tensors = row.layout.assemble(shards, self)
                 del shards
             else:
                 tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
@@ -567,42 +273,6 @@ class Bridge:
             del tensors
 
 
-def _set_tensor_parallel_attributes(model: Any, config: Any) -> None:
-    """megatron-core sets `tensor_model_parallel` / `partition_dim` / `partition_stride` on TP
-    weights only inside its random init; without them the grad-norm treats TP shards as
-    duplicates. Set them when the init is skipped (local layers; TE modules set their own)."""
-    from megatron.core.tensor_parallel.layers import (
-        ColumnParallelLinear,
-        RowParallelLinear,
-        VocabParallelEmbedding,
-        set_tensor_model_parallel_attributes,
-    )
-
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.nn.Parameter) or getattr(weight, "tensor_model_parallel", False):
-            continue
-        if isinstance(module, (ColumnParallelLinear, VocabParallelEmbedding)):
-            stride = 2 if name.endswith("linear_fc1") and config.gated_linear_unit else 1
-            set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=0, stride=stride)
-        elif isinstance(module, RowParallelLinear):
-            set_tensor_model_parallel_attributes(weight, is_parallel=True, dim=1, stride=1)
-
-
-@dataclass(frozen=True)
-class _Parallel:
-    tp: int
-    pp: int
-    sequence_parallel: bool = False
-
-
-def _fresh(view: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
-    """A new contiguous tensor of `shape` holding the values of `view` (one copy, never an alias)."""
-    out = torch.empty(shape, dtype=view.dtype, device=view.device)
-    out.view(view.shape).copy_(view)
-    return out
-
-
 def get_bridge(hf_config: Any) -> Bridge:
     """The bridge for a transformers PretrainedConfig (or an HF directory path)."""
     if isinstance(hf_config, str):
@@ -612,7 +282,8 @@ def get_bridge(hf_config: Any) -> Bridge:
     return Bridge(hf_config)
 
 
-def build_model(hf_config: Any, model_cfg: Any = None, parallel_cfg: Any = None, *, perform_initialization: bool = True):
+def build_model(hf_config: Any, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
+                *, perform_initialization: bool = True):
     """GPTModel for this rank's pipeline stage (see `Bridge.build_model`)."""
     return get_bridge(hf_config).build_model(model_cfg, parallel_cfg, perform_initialization=perform_initialization)
 

@@ -12,6 +12,10 @@ The training engine adds optimizer / scheduler / RNG keys to the same dict; aski
 Written once, a checkpoint loads under any TP/PP layout (the padded vocabulary does not depend
 on the TP size for power-of-two TP, see `Bridge.padded_vocab_size`).
 
+A converted checkpoint also carries its description (`write_checkpoint_meta`: META_FILE and
+the source's config/tokenizer in HF_SUBDIR), from which `resolve_megatron_checkpoint` finds the
+model of any checkpoint and `load_megatron_model` builds and fills it.
+
 Keywords only: megatron-core 0.19 removed `common_strategy` from `save/load`, so positions
 differ between 0.16 and 0.19.
 
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+import shutil
+from typing import Any, Dict, Optional, Tuple
 
+from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import barrier, is_rank0
 
@@ -34,6 +40,8 @@ MODEL_KEY = "model"
 #: written next to a converted checkpoint by `sppo-convert hf-to-megatron` (architecture, sizes, dtype)
 META_FILE = "sppo_checkpoint.json"
 META_FORMAT = "sppo-megatron-model"
+#: the source model's config.json, generation config and tokenizer inside a converted checkpoint
+HF_SUBDIR = "hf"
 
 
 def _require_psutil() -> None:
@@ -153,6 +161,77 @@ def check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, h
                 f"checkpoint {ckpt} was written for {key}={meta[key]!r} but {hf_what} has {key}={have!r} "
                 f"(checkpoint of another model / architecture)"
             )
+
+
+def write_checkpoint_meta(ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int) -> None:
+    """The converter's description of a checkpoint it wrote: META_FILE and HF_SUBDIR (the
+    source's config.json and side files), which `resolve_megatron_checkpoint` reads back."""
+    import torch
+
+    from sppo_megatron.models.hf_io import copy_side_files
+
+    hf_out = os.path.join(ckpt, HF_SUBDIR)
+    os.makedirs(hf_out)
+    shutil.copy2(os.path.join(hf_src, "config.json"), os.path.join(hf_out, "config.json"))
+    copy_side_files(hf_src, hf_out)
+    meta = {
+        "format": META_FORMAT,
+        "format_version": 1,
+        "model_type": bridge.model_type,
+        "hf_architecture": bridge.arch.hf_class,
+        "vocab_size": bridge.vocab_size,
+        "padded_vocab_size": bridge.padded_vocab_size(1),
+        "num_layers": bridge.num_layers,
+        "hidden_size": bridge.hidden_size,
+        "tie_word_embeddings": bridge.tied,
+        "dtype": dtype,
+        "state_key": MODEL_KEY,
+        "hf_dir": HF_SUBDIR,
+        "source": os.path.abspath(hf_src),
+        "written_with": {"tp": tp, "pp": pp, "megatron_core": _mcore_version(), "torch": torch.__version__},
+    }
+    with open(os.path.join(ckpt, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+
+
+def _mcore_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("megatron-core")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
+    """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
+    (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
+    to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
+    from sppo_megatron.models.bridge import get_bridge
+    from sppo_megatron.models.hf_io import hf_dtype_name, load_hf_config
+
+    check_checkpoint_dir(ckpt, "--ckpt")
+    meta = read_checkpoint_meta(ckpt)
+    hf_dir = hf_config_dir or os.path.join(ckpt, HF_SUBDIR)
+    if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
+    hf_config = load_hf_config(hf_dir, "--hf-config")
+    bridge = get_bridge(hf_config)
+    check_meta_matches(meta, bridge, ckpt, hf_dir)
+    return hf_dir, bridge, (meta or {}).get("dtype") or hf_dtype_name(hf_config)
+
+
+def conversion_model_config(dtype: str) -> ModelConfig:
+    """What conversion builds: local layers (no Transformer Engine needed; their dist-checkpoint
+    keys equal the TE spec's) in `dtype`."""
+    return ModelConfig(dtype=dtype, transformer_impl="local")
+
+
+def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1) -> Any:
+    """This rank's stage of the model, with the checkpoint's weights (call after init_distributed)."""
+    model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=tp, pp=pp), perform_initialization=False)
+    load_model_checkpoint(model, ckpt)
+    return model
 
 
 def unwrap_model(model: Any) -> Any:

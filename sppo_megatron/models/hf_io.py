@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.dtypes import DTYPES, dtype_name, torch_dtype_name
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -48,6 +49,11 @@ def load_hf_config(path: str, what: str = "--hf"):
     except Exception as e:  # noqa: BLE001 - turn any parse failure into one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: cannot read {os.path.join(path, 'config.json')}: {first}") from None
+
+
+def hf_dtype_name(hf_config: Any) -> str:
+    """bf16 / fp16 / fp32: the dtype an HF config declares ("dtype", 4.x "torch_dtype"); fp32 if none."""
+    return dtype_name(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None))
 
 
 class SafetensorsReader:
@@ -242,16 +248,13 @@ def copy_side_files(src_dir: str, dst_dir: str, skip: Iterable[str] = ("config.j
     return copied
 
 
-TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
 def write_hf_dir(named_tensors: Iterable[Tuple[str, torch.Tensor]], src_hf_dir: str, out_dir: str, dtype: str,
                  hf_class: str, max_shard_bytes: int = 5 * 1024**3, write: bool = True) -> None:
     """Write an HF checkpoint into `out_dir` (which must exist): the streamed tensors as sharded
     safetensors in `dtype` (bf16 | fp16 | fp32), src_hf_dir's config.json with that dtype, and its
     tokenizer / generation-config side files. Every rank consumes the (collective) stream; only
     `write=True` ranks write."""
-    torch_dtype = getattr(torch, TORCH_DTYPE_NAMES[dtype])
+    torch_dtype = DTYPES[dtype]
     writer = ShardedSafetensorsWriter(out_dir, max_shard_bytes) if write else None
     for name, tensor in named_tensors:
         if writer is not None:
@@ -261,9 +264,9 @@ def write_hf_dir(named_tensors: Iterable[Tuple[str, torch.Tensor]], src_hf_dir: 
     writer.finish()
     with open(os.path.join(src_hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    cfg["dtype"] = TORCH_DTYPE_NAMES[dtype]
+    cfg["dtype"] = torch_dtype_name(dtype)
     if "torch_dtype" in cfg:
-        cfg["torch_dtype"] = TORCH_DTYPE_NAMES[dtype]
+        cfg["torch_dtype"] = torch_dtype_name(dtype)
     cfg.setdefault("architectures", [hf_class])
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)

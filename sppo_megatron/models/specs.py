@@ -7,10 +7,11 @@ machines without it. Tests monkeypatch `te_available` to exercise both branches 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
+from sppo_megatron.config.schema import ModelConfig
 from sppo_megatron.errors import UserError
 
 # FP8 compute-capability requirements (NVIDIA): FP8 tensor cores from Ada/Hopper (8.9) on;
@@ -33,16 +34,9 @@ def te_available() -> bool:
     return _te_importable()
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
-    return default if value is None and default is not None else value
-
-
-def resolve_transformer_impl(model_cfg: Any = None) -> str:
+def resolve_transformer_impl(model_cfg: ModelConfig) -> str:
     """'transformer_engine' or 'local' for `model.transformer_impl` (auto = TE when usable)."""
-    impl = _get(model_cfg, "transformer_impl", "auto")
+    impl = model_cfg.transformer_impl
     if impl == "local":
         return "local"
     usable = torch.cuda.is_available() and te_available()  # never import TE on a CPU machine
@@ -76,21 +70,20 @@ def _te_check(name: str) -> Optional[Tuple[bool, str]]:
     return bool(ok), str(reason)
 
 
-def check_fp8_support(model_cfg: Any) -> None:
+def check_fp8_support(model_cfg: ModelConfig) -> None:
     """Raise UserError unless `model.fp8` / `model.fp8_recipe` can run here. No-op when fp8 is off.
 
     Callable from config validation (before any process group exists): it needs only torch and,
     when FP8 is requested, Transformer Engine.
     """
-    fp8 = _get(model_cfg, "fp8", None)
+    fp8, recipe = model_cfg.fp8, model_cfg.fp8_recipe
     if fp8 is None:
         return
-    recipe = _get(model_cfg, "fp8_recipe", "delayed")
     if fp8 not in ("e4m3", "hybrid"):
         raise UserError(f"model.fp8={fp8!r}: expected null, e4m3 or hybrid")
     if recipe not in ("delayed", "tensorwise", "mxfp8", "blockwise"):
         raise UserError(f"model.fp8_recipe={recipe!r}: expected delayed, tensorwise, mxfp8 or blockwise")
-    if _get(model_cfg, "transformer_impl", "auto") == "local":
+    if model_cfg.transformer_impl == "local":
         raise UserError("model.fp8 needs Transformer Engine layers (model.transformer_impl=auto or transformer_engine), not local")
     if not torch.cuda.is_available():
         raise UserError(f"model.fp8={fp8} needs a CUDA GPU with FP8 support (compute capability >= 8.9); none is available")
@@ -115,7 +108,7 @@ def check_fp8_support(model_cfg: Any) -> None:
         raise UserError(f"model.fp8={fp8} fp8_recipe={recipe}: Transformer Engine reports: {verdict[1]}")
 
 
-def layer_spec(model_cfg: Any = None, qk_layernorm: bool = False):
+def layer_spec(model_cfg: ModelConfig, qk_layernorm: bool = False):
     """The GPT layer ModuleSpec: TE spec, or the local spec with `SDPAttention` as core attention.
 
     Layer-spec functions take keywords only (megatron-core 0.19 wraps them as *args/**kwargs).
@@ -125,7 +118,7 @@ def layer_spec(model_cfg: Any = None, qk_layernorm: bool = False):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
-    if _get(model_cfg, "fp8", None) is not None:
+    if model_cfg.fp8 is not None:
         raise UserError("model.fp8 needs Transformer Engine layers; the local layer spec has no FP8")
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 

@@ -4,10 +4,11 @@ file system is atomic)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Iterator, Optional
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -52,3 +53,23 @@ def remove_dir(path: Optional[str]) -> None:
     """Delete a temporary directory left by a failed write (no error if it is gone)."""
     if path is not None and os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str) -> Iterator[str]:
+    """Collective: yields the same new OUT.tmp-XXXX (made by rank 0) on every rank; when the
+    body has finished on every rank, rank 0 renames it over `out` (`commit_dir`). If the body
+    raises, rank 0 deletes it and `out` is left as it was."""
+    from sppo_megatron.platform.distributed import barrier, broadcast_object, is_rank0
+
+    tmp = broadcast_object(make_tmp_dir(out) if is_rank0() else None)
+    try:
+        yield tmp
+        barrier()
+        if is_rank0():
+            commit_dir(tmp, out)
+    except BaseException:
+        if is_rank0():
+            remove_dir(tmp)
+        raise
+    barrier()

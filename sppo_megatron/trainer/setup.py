@@ -72,22 +72,14 @@ class RunComponents:
     def export_hf(self, out_dir: str) -> None:
         """Write the policy as an HF checkpoint in the training dtype (collective; atomic: written
         next to `out_dir` and renamed over it)."""
-        from sppo_megatron.models.bridge import DTYPE_NAMES
         from sppo_megatron.models.hf_io import write_hf_dir
-        from sppo_megatron.platform.distributed import barrier, broadcast_object, is_rank0
-        from sppo_megatron.platform.files import commit_dir, make_tmp_dir, remove_dir
+        from sppo_megatron.platform.distributed import is_rank0
+        from sppo_megatron.platform.dtypes import DTYPE_NAMES
+        from sppo_megatron.platform.files import atomic_output_dir
 
-        tmp = broadcast_object(make_tmp_dir(out_dir) if is_rank0() else None)
-        try:
+        with atomic_output_dir(out_dir) as tmp:
             write_hf_dir(self.actor.export_hf_weights(), self.hf_dir, tmp, DTYPE_NAMES[self.actor.dtype],
                          self.actor.bridge.arch.hf_class, write=is_rank0())
-            if is_rank0():
-                commit_dir(tmp, out_dir)
-        except BaseException:
-            if is_rank0():
-                remove_dir(tmp)
-            raise
-        barrier()
 
     def describe(self) -> str:
         from megatron.core import parallel_state as ps
