@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -146,9 +147,25 @@ def probe(out: str, site: str) -> None:
         props = torch.cuda.get_device_properties(0)
         info.update(device=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
                     memory_gib=round(props.total_memory / 2**30, 1), cuda_runtime=torch.version.cuda)
-        info.update(measure_ceilings(torch))
+        info.update(measure_ceilings(torch), sdpa_flash_gqa=flash_gqa_works(torch))
     with open(out, "w", encoding="utf-8") as f:
         f.write(json.dumps(info) + "\n")
+
+
+def flash_gqa_works(torch: Any) -> bool:
+    """Whether SDPA's flash kernel takes bench_train's attention (causal, GQA 32/8 heads, head 64,
+    seq 4096, bf16) forward and backward; bench_train falls back to 'auto' where it does not."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 32, 4096, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(1, 8, 4096, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True).sum().backward()
+        torch.cuda.synchronize()
+        return True
+    except RuntimeError:
+        return False
 
 
 def measure_ceilings(torch: Any) -> Dict[str, float]:
@@ -192,7 +209,12 @@ def gpu_tests_figures(ctx: Ctx) -> Dict[str, Any]:
 
 
 def bench_train_commands(argv: List[str], out: str) -> Callable[[Ctx], List[List[str]]]:
-    return lambda ctx: [[ctx.python, os.path.join(TOOLS, "bench_train.py"), *argv, "--json-out", ctx.path(out)]]
+    def commands(ctx: Ctx) -> List[List[str]]:
+        flash = ctx.results.get("env", {}).get("figures", {}).get("sdpa_flash_gqa", True)
+        run = [a if flash or a != "flash" else "auto" for a in argv]
+        return [[ctx.python, os.path.join(TOOLS, "bench_train.py"), *run, "--json-out", ctx.path(out)]]
+
+    return commands
 
 
 def bench_train_figures(ctx: Ctx) -> Dict[str, Any]:
@@ -319,6 +341,7 @@ def run_bounded(commands: List[List[str]], limit_s: float, env: Dict[str, str], 
             tail = (tail + out.decode(errors="replace"))[-LOG_TAIL:]
             log.write(out.decode(errors="replace")[-LOG_TAIL:] + f"\n[timed out after {limit_s:.0f} s]\n")
             return "timeout", time.monotonic() - start, tail
+        _reap_group(proc)
         text = out.decode(errors="replace")
         log.write(text[-LOG_TAIL:] + "\n")
         tail = text[-LOG_TAIL:]
@@ -328,16 +351,27 @@ def run_bounded(commands: List[List[str]], limit_s: float, env: Dict[str, str], 
 
 
 def _kill_group(proc: subprocess.Popen) -> bytes:
+    """SIGTERM the step's process group, SIGKILL it 5 s later if still there; returns its output."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            break
+            pass
         try:
-            return proc.communicate(timeout=5)[0] or b""
+            out = proc.communicate(timeout=5)[0] or b""
         except subprocess.TimeoutExpired:
             continue
-    return proc.communicate()[0] or b""
+        _reap_group(proc)
+        return out
+    return b"[output lost: a process outside the step's group holds its pipe]"
+
+
+def _reap_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of a step's process group (children that outlived it hold GPU memory)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: float, log) -> Dict[str, Any]:
@@ -441,6 +475,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         global_skip: Optional[str] = "no CUDA: torch.cuda.is_available() is False" + (" (dry run)" if args.dry_run else "")
     else:
         global_skip = "dry run" if args.dry_run else None
+    if global_skip is None:  # no stale outputs from an earlier run (the install is kept)
+        for name in os.listdir(work):
+            if name != "site":
+                path = os.path.join(work, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
     report: Dict[str, Any] = {"started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "dry_run": args.dry_run,
                               "cuda": cuda, "device": torch.cuda.get_device_name() if cuda else "no CUDA device",
                               "budget_s": args.budget_s, "python": sys.executable, "steps": []}
