@@ -164,3 +164,29 @@ def test_training_figures_and_logp_bound(gc, ctx):
     write(rows[:5])
     with pytest.raises(gc.CheckFailed, match="4 training steps"):
         gc.sppo_train_figures(ctx)
+
+
+def test_real_run_report_only_and_exit_code(gc, monkeypatch, tmp_path):
+    """The non-dry path of main() (CUDA faked, steps replaced by quick commands)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "FakeGPU")
+    work = tmp_path / "work"
+    (work / "site").mkdir(parents=True)
+    (work / "stale.json").write_text("{}")
+    steps = [gc.Step("install", 30, lambda c: [["true"]], needs=None),
+             gc.Step("ok", 30, lambda c: [[sys.executable, "-c", "print('hi')"]], lambda c: {"x": 1}),
+             gc.Step("broken", 30, lambda c: [["false"]]),
+             gc.Step("after", 30, lambda c: [["true"]], needs="broken"),
+             gc.Step("unasked", 30, lambda c: [["true"]])]
+    monkeypatch.setattr(gc, "STEPS", steps)
+    out = tmp_path / "out"
+    code = gc.main(["--out", str(out), "--work", str(work), "--only", "install,ok,broken,after"])
+    report = json.loads((out / "gpu_check.json").read_text())
+    status = {e["step"]: (e["status"], e.get("reason")) for e in report["steps"]}
+    assert code == 1 and not report["ok"] and report["device"] == "FakeGPU"
+    assert status == {"install": ("ok", None), "ok": ("ok", None), "broken": ("failed", "exit 1"),
+                      "after": ("skipped", "needs broken, which failed"), "unasked": ("skipped", "not in --only")}
+    assert "| ok | ok |" in (out / "gpu_check.md").read_text() and "x 1" in (out / "gpu_check.md").read_text()
+    assert not (work / "stale.json").exists() and (work / "site").is_dir()
+    with pytest.raises(SystemExit):
+        gc.main(["--out", str(out), "--only", "nosuch"])

@@ -310,7 +310,7 @@ STEPS = [  # the figures that matter most first, in case the budget runs out
     Step("env", 45, env_commands, env_figures, checks=env_commands),
     Step("bench_train", 120, bench_train_commands(BENCH_TRAIN, "bench_train.json"), bench_train_figures,
          checks=lambda ctx: [flag_check(ctx, "bench_train.py", BENCH_TRAIN)]),
-    Step("offload", 60, bench_train_commands(OFFLOAD, "offload.json"), offload_figures,
+    Step("offload", 90, bench_train_commands(OFFLOAD, "offload.json"), offload_figures,
          checks=lambda ctx: [flag_check(ctx, "bench_train.py", OFFLOAD)]),
     Step("sppo_train", 150, sppo_train_commands, sppo_train_figures, checks=sppo_train_checks),
     Step("logp_parity", 5, lambda ctx: [], logp_parity_figures, needs="sppo_train"),
