@@ -97,7 +97,7 @@ def test_failure_dependency_budget_and_output_checks(gc, ctx, tmp_path):
     log = open(tmp_path / "log", "w")
     failing = gc.Step("a", 30, lambda c: [[sys.executable, "-c", "print('boom'); raise SystemExit(3)"], ["true"]])
     entry = gc.run_step(failing, ctx, None, 100, log)
-    assert entry["status"] == "failed" and entry["reason"] == "exit 3" and "boom" in entry["tail"]
+    assert entry["status"] == "failed" and entry["reason"] == "exit 3: boom" and "boom" in entry["tail"]
     ctx.results["a"] = entry
     dependent = gc.Step("b", 30, lambda c: [["true"]], needs="a")
     assert gc.run_step(dependent, ctx, None, 100, log)["reason"] == "needs a, which failed"

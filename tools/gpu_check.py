@@ -385,12 +385,13 @@ def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: floa
             status, seconds, tail = run_bounded(checks, 60, ctx.env, log)
             entry.update(seconds=round(seconds, 2), checked=len(checks))
             if status != "ok":
-                entry.update(status="failed", reason=f"dry-run check of the step's commands: {status}", tail=tail)
+                entry.update(status="failed", reason=f"dry-run check of the step's commands: {status}{_last_line(tail)}",
+                             tail=tail)
             else:
                 entry.update(status="skipped", reason=skip_reason)
             return entry
         if dependency in ("failed", "timeout"):
-            entry.update(status="skipped", reason=f"needs {step.needs}, which {dependency}")
+            entry.update(status="skipped", reason=f"needs {step.needs}, which {dependency.replace('timeout', 'timed out')}")
             return entry
         limit = min(step.limit_s, remaining_s)
         if limit < min(MIN_STEP_S, step.limit_s):
@@ -399,7 +400,7 @@ def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: floa
         status, seconds, tail = run_bounded(step.commands(ctx), limit, ctx.env, log)
         entry["seconds"] = round(seconds, 2)
         if status != "ok":
-            reason = f"timed out after {limit:.0f} s" if status == "timeout" else status
+            reason = f"timed out after {limit:.0f} s" if status == "timeout" else status + _last_line(tail)
             entry.update(status="timeout" if status == "timeout" else "failed", reason=reason, tail=tail)
             return entry
         entry.update(status="ok", figures=step.figures(ctx))
@@ -408,6 +409,11 @@ def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: floa
     except (OSError, KeyError, ValueError, IndexError, TypeError, ET.ParseError) as e:
         entry.update(status="failed", reason=f"reading the step's output: {type(e).__name__}: {e}")
     return entry
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f": {lines[-1][:200]}" if lines else ""
 
 
 def markdown(report: Dict[str, Any]) -> str:
