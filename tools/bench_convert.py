@@ -45,16 +45,10 @@ def build_random_hf(path: str, dtype: str, layers: int, seed: int = 0) -> int:
     from sppo_megatron.models import get_bridge
     from sppo_megatron.models.hf_io import ShardedSafetensorsWriter
     from sppo_megatron.platform.dtypes import DTYPES
+    from model_shapes import LLAMA_3_2_1B
 
     torch_dtype = DTYPES[dtype]
-    cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        rope_theta=500000.0, dtype=torch_dtype,
-    )
+    cfg = LlamaConfig(**{**LLAMA_3_2_1B, "num_hidden_layers": layers}, dtype=torch_dtype)
     os.makedirs(path, exist_ok=True)
     cfg.save_pretrained(path)
     GenerationConfig(bos_token_id=128000, eos_token_id=128001).save_pretrained(path)

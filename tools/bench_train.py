@@ -3,13 +3,20 @@
     torchrun --nproc-per-node N tools/bench_train.py [model] [layout] [workload]
     python tools/bench_train.py ...                    (one process)
 
-model     --hf-config DIR|config.json (any architecture the bridge supports), or a synthetic
-          Qwen2-style model: --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 688 --vocab 32000
+model     --hf-config DIR|config.json (any architecture the bridge supports), --preset llama3.2-1b
+          (Llama-3.2-1B shape, tools/model_shapes.py), or a synthetic Qwen2-style model:
+          --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 688 --vocab 32000
 layout    --tp 1 --pp 1 (DP = world / (TP x PP)) --no-dist-opt --dtype auto|bf16|fp32
           --recompute none|selective|full --sequence-parallel
 workload  --seq 512 (tokens per sample: prompt + response) --prompt-len 128 --batch 16 (samples per
           optimizer step, all DP ranks together) --micro-batch-size 1 | --max-tokens 4096
           --steps 5 --warmup 1 --vary-lengths (responses of random length up to the maximum)
+kernels   --sdpa-backend auto|flash|efficient|cudnn|math: the torch SDPA kernels the local layer
+          spec may use (not auto: only that one, so a run that cannot use it fails instead of
+          silently falling back)
+extra     --measure-offload: after the timed steps, time actor.offload() / onload() and record
+          the GPU memory allocated before, while offloaded and after (log-probs must come back
+          bit-identical)
 
 It builds the real `MegatronActor` (random weights: nothing is loaded), then times
 `actor.log_probs` and `actor.update` on a synthetic rollout batch (one optimizer step per
@@ -29,6 +36,7 @@ counted: that would be hardware FLOPs utilisation). One JSON line with every fig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -39,6 +47,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from model_shapes import LLAMA_3_2_1B  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by device-name substring; first match wins.
 PEAK_BF16_TFLOPS = [
@@ -56,6 +66,20 @@ PEAK_BF16_TFLOPS = [
 ]
 
 
+PRESETS = {"llama3.2-1b": LLAMA_3_2_1B}
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                 "math": "MATH"}
+
+
+def sdpa_kernels(name: str):
+    """Context that restricts torch SDPA to one backend (a no-op for 'auto')."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+
+
 def peak_tflops(device_name: str):
     for key, value in PEAK_BF16_TFLOPS:
         if key.lower() in device_name.lower():
@@ -66,6 +90,7 @@ def peak_tflops(device_name: str):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hf-config", help="HF model directory or config.json (else the synthetic model below)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named shape with random weights (else --hidden ...)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -87,11 +112,17 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sdpa-backend", default="auto", choices=("auto",) + tuple(SDPA_BACKENDS))
+    p.add_argument("--measure-offload", action="store_true", help="time offload()/onload() after the steps")
     p.add_argument("--json-out", help="append the result as one JSON line to this file")
     return p.parse_args(argv)
 
 
 def hf_config_from_args(args):
+    if args.preset:
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**PRESETS[args.preset])
     if args.hf_config:
         from transformers import AutoConfig
 
@@ -170,6 +201,33 @@ def _sync() -> None:
         torch.distributed.barrier()
 
 
+def measure_offload(actor, batch) -> dict:
+    """Seconds of one offload() and onload(), GPU memory around them, and whether the log-probs
+    come back bit-identical (on CPU both calls are no-ops: only the timing is recorded)."""
+    cuda = torch.cuda.is_available()
+
+    def allocated():
+        return round(torch.cuda.memory_allocated() / 2**30, 3) if cuda else None
+
+    before_logp = actor.log_probs(batch).logp
+    _sync()
+    before = allocated()
+    t0 = time.perf_counter()
+    actor.offload()
+    _sync()
+    t1 = time.perf_counter()
+    offloaded = allocated()
+    actor.onload()
+    _sync()
+    t2 = time.perf_counter()
+    return {
+        "offload_s": round(t1 - t0, 4), "onload_s": round(t2 - t1, 4),
+        "gpu_mem_gib_before_offload": before, "gpu_mem_gib_offloaded": offloaded,
+        "gpu_mem_gib_after_onload": allocated(),
+        "offload_logp_identical": bool(torch.equal(actor.log_probs(batch).logp, before_logp)),
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from megatron.core import __version__ as mcore_version
@@ -186,18 +244,20 @@ def main(argv=None) -> dict:
     tokens = sum(batch.input_lengths)
 
     logp_times, update_times = [], []
-    for i in range(args.warmup + args.steps):
-        _sync()
-        t0 = time.perf_counter()
-        old = actor.log_probs(batch)
-        _sync()
-        t1 = time.perf_counter()
-        metrics = actor.update(batch, targets, old)
-        _sync()
-        t2 = time.perf_counter()
-        if i >= args.warmup:
-            logp_times.append(t1 - t0)
-            update_times.append(t2 - t1)
+    with sdpa_kernels(args.sdpa_backend):
+        for i in range(args.warmup + args.steps):
+            _sync()
+            t0 = time.perf_counter()
+            old = actor.log_probs(batch)
+            _sync()
+            t1 = time.perf_counter()
+            metrics = actor.update(batch, targets, old)
+            _sync()
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                logp_times.append(t1 - t0)
+                update_times.append(t2 - t1)
+        offload = measure_offload(actor, batch) if args.measure_offload else {}
     step = sum(update_times) / len(update_times)
     logp = sum(logp_times) / len(logp_times)
     mem = torch.tensor([peak_memory_gib()])
@@ -213,10 +273,11 @@ def main(argv=None) -> dict:
         "dp": ps.get_data_parallel_world_size(),
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,
-        "model": args.hf_config or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
+        "model": args.preset or args.hf_config or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
         "matmul_params": n_mm,
         "batch": args.batch,
         "seq": args.seq,
+        "sdpa_backend": args.sdpa_backend,
         "micro_batching": f"max_tokens={args.max_tokens}" if args.max_tokens else f"micro_batch_size={args.micro_batch_size}",
         "tokens_per_step": tokens,
         "update_step_s": round(step, 4),
@@ -225,6 +286,7 @@ def main(argv=None) -> dict:
         "log_probs_tokens_per_s": round(tokens / logp, 1),
         "peak_mem_gib_per_rank": round(float(mem), 3),
         "loss": metrics["train/loss"],
+        **offload,
         "megatron_core": mcore_version,
         "torch": torch.__version__,
     }
