@@ -126,11 +126,17 @@ def test_demo_command(checkout):
     assert (root / "outputs/tiny_cpu/hf/config.json").is_file()
 
 
-def test_eval_command_reproduces_the_final_validation(checkout):
+def _on_demo(checkout, command: str):
+    """(scratch root, result) of a README command run on the demo's output; it must exit 0."""
     root, env, demo = checkout
-    assert demo.returncode == 0
-    res = _shell(root, env, EVAL)
+    assert demo.returncode == 0, "the demo command failed (see test_demo_command)"
+    res = _shell(root, env, command)
     assert res.returncode == 0, res.stderr[-3000:]
+    return root, res
+
+
+def test_eval_command_reproduces_the_final_validation(checkout):
+    root, res = _on_demo(checkout, EVAL)
     out = root / "outputs/tiny_cpu/eval/hf-test.json"
     assert f"wrote {out}" in res.stdout and not (root / "sppo_eval.json").exists()
     result = json.loads(out.read_text())
@@ -140,10 +146,7 @@ def test_eval_command_reproduces_the_final_validation(checkout):
 
 
 def test_plot_command(checkout):
-    root, env, demo = checkout
-    assert demo.returncode == 0
-    res = _shell(root, env, PLOT)
-    assert res.returncode == 0, res.stderr[-3000:]
+    root, res = _on_demo(checkout, PLOT)
     png = root / "outputs/tiny_cpu/plots/dashboard.png"
     assert res.stdout.split() == ["outputs/tiny_cpu/plots/dashboard.png"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
