@@ -30,7 +30,8 @@ setup(
         "test": ["pytest>=7", "pytest-timeout", "matplotlib"],
         "plots": ["matplotlib"],
         # apex is built from source in docker/Dockerfile (no usable wheel on PyPI).
-        "gpu": ["transformer-engine[pytorch]>=2.3"],
+        # tensorboard: the GPU recipes log to it (trainer.logger=[console,tensorboard]).
+        "gpu": ["transformer-engine[pytorch]>=2.3", "tensorboard"],
         "sglang": ["sglang==0.5.23"],
         "logging": ["tensorboard", "wandb"],
     },

@@ -80,12 +80,16 @@ def test_batch_of_hostile_inputs_with_workers(capfd):
 
 
 def test_timeouts_are_counted_and_workers_replaced():
+    # The limit must leave room for the honest sample (0.2 s of SymPy when idle, several times that
+    # on a loaded machine) while the bomb runs for minutes; the bound on the elapsed time also covers
+    # starting the replacement worker (imports math-verify), which is slow under load.
     pids = []
-    with RewardScorer(_cfg(timeout_s=0.5, num_workers=1)) as scorer:
+    timeout_s = 3.0
+    with RewardScorer(_cfg(timeout_s=timeout_s, num_workers=1)) as scorer:
         for _ in range(2):
             start = time.monotonic()
             scores, stats = scorer.score(["math"] * 2, [SYMPY_BOMB, "\\boxed{\\log_3 2}"], ["1", "\\log_2 3"])
-            assert time.monotonic() - start < 0.5 + 5.0
+            assert time.monotonic() - start < timeout_s + 30.0
             assert scores == [0.0, 0.0] and stats["timeouts"] == 1
             pids.append(scorer.pool._workers[0].proc.pid)
         scores, stats = scorer.score(["math"] * 2, ["\\boxed{\\frac{\\ln 3}{\\ln 2}}", "\\boxed{\\log_3 2}"],

@@ -7,7 +7,8 @@ tools/extract_sglang_api.py.
 
 Against the real source (SPPO_SGLANG_SRC = a sglang wheel or a directory holding the sglang
 package, an installed sglang, or else the pinned wheel downloaded without dependencies into
-.cache/sglang): the manifest is re-extracted from it and must equal the vendored one, so the
+$XDG_CACHE_HOME/sppo-megatron/sglang, ~/.cache/sppo-megatron/sglang by default: outside the
+repository): the manifest is re-extracted from it and must equal the vendored one, so the
 checks above hold against the real source too. Skipped only when no index has the wheel.
 """
 
@@ -117,13 +118,14 @@ def test_symbols_modules_payload_and_tags():
 
 
 def _download_wheel():
-    """The pinned wheel, fetched once without dependencies into .cache/ (None when pip cannot
-    reach an index that has it)."""
+    """The pinned wheel, fetched once without dependencies into the user cache (not the
+    repository; None when pip cannot reach an index that has it)."""
     import glob
     import subprocess
     import sys
 
-    cache = os.path.join(ROOT, ".cache", "sglang")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = os.path.join(base, "sppo-megatron", "sglang")
     found = glob.glob(os.path.join(cache, f"sglang-{PINNED}-*.whl"))
     if not found:
         try:

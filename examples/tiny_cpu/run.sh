@@ -3,15 +3,15 @@
 # rollout engine) -> held-out accuracy before and after. No network, no GPU.
 # Usage: bash examples/tiny_cpu/run.sh [OUT_DIR] [key=value ...]   (default OUT_DIR outputs/tiny_cpu)
 # OUT_DIR is the run directory (config.yaml, metrics.jsonl, samples.jsonl, checkpoints/, hf/);
-# the generated model and data go to OUT_DIR/assets. Extra arguments override the config.
+# the generated model and data go to OUT_DIR/assets. key=value arguments override the config,
+# e.g. `bash examples/tiny_cpu/run.sh trainer.total_steps=3`. Running it again on the same OUT_DIR
+# resumes that run; start over with trainer.resume=none trainer.overwrite=true or another OUT_DIR.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-OUT_DIR="${1:-outputs/tiny_cpu}"
-shift || true
-if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
-elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"
-else PY=python3; fi
+OUT_DIR=outputs/tiny_cpu
+if [[ $# -gt 0 && "$1" != *=* ]]; then OUT_DIR="$1"; shift; fi
+source "$ROOT/examples/python.sh"
 ASSETS="$OUT_DIR/assets"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 start=$(date +%s)

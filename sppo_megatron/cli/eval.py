@@ -11,7 +11,9 @@ Megatron weights are loaded on this process (or sharded with --tp/--pp under tor
 streamed into the rollout engine through the bridge, exactly as training syncs them.
 
 Prints a table per data_source and writes the figures (and, with --save-samples, every
-response) to --out as JSON.
+response) to --out as JSON; by default RUN_DIR/eval/<model>-<data>.json when the model belongs to
+a training run (a run directory, its checkpoints/step_N or hf/), else eval/<model>-<data>.json
+next to the model directory. Several prompt files: repeat --data.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from sppo_megatron.errors import UserError
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sppo-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF directory, Megatron checkpoint, training checkpoint or run directory")
-    p.add_argument("--data", required=True, nargs="+", metavar="FILE", help="prompt parquet file(s) in the verl schema")
+    p.add_argument("--data", required=True, action="append", metavar="FILE",
+                   help="prompt parquet file in the verl schema (repeat --data for several)")
     p.add_argument("--n", type=int, default=None, help="samples per prompt (default rollout.val_n = 1)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default rollout.val_temperature = 0, greedy)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default rollout.val_top_p)")
@@ -40,7 +43,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--hf-config", default=None, help="HF directory (config + tokenizer) for a Megatron checkpoint")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size to load a Megatron checkpoint with")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to load a Megatron checkpoint with")
-    p.add_argument("--out", default="sppo_eval.json", help="JSON results file (default sppo_eval.json)")
+    p.add_argument("--out", default=None, help="JSON results file (default: RUN_DIR/eval/<model>-<data>.json, see above)")
     p.add_argument("--save-samples", action="store_true", help="also write every prompt, response and reward to --out")
     p.add_argument("--config", metavar="FILE.yaml", help="a training config: rollout.*, reward.*, data.* settings apply")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.engine=hf")
@@ -89,6 +92,23 @@ def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[s
     return model, None
 
 
+def _run_dir(path: str) -> Optional[str]:
+    """The training run `path` belongs to: itself, the parent of hf/, or the run of checkpoints/step_N."""
+    path = os.path.abspath(path)
+    for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        if os.path.isfile(os.path.join(candidate, "config.yaml")) and os.path.isfile(os.path.join(candidate, "metrics.jsonl")):
+            return candidate
+    return None
+
+
+def default_out(evaluated: str, data: List[str]) -> str:
+    """RUN_DIR/eval/<model>-<data>.json for a model of a training run, else eval/ next to the model."""
+    evaluated = os.path.abspath(evaluated)
+    base = _run_dir(evaluated) or os.path.dirname(evaluated)
+    stems = "+".join(os.path.splitext(os.path.basename(d))[0] for d in data)
+    return os.path.join(base, "eval", f"{os.path.basename(evaluated)}-{stems}.json")
+
+
 def _config(args: argparse.Namespace) -> Any:
     from sppo_megatron.config.loader import load_config
 
@@ -130,7 +150,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     silence_cpu_noise()
     cfg = _config(args)
+    from sppo_megatron.trainer.preflight import preflight
+
+    preflight(cfg, training=False)
     hf_dir, ckpt = resolve_model(args.model, args.hf_config)
+    out = args.out or default_out(ckpt or hf_dir, args.data)
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
 
@@ -153,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     items = dataset.items[: args.limit] if args.limit else dataset.items
     if ckpt is not None or detect_launch().world_size > 1:  # under torchrun: one job, prompts split
         init_distributed(tp=args.tp, pp=args.pp, seed=0)
-    engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.dirname(os.path.abspath(args.out)))
+    engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.dirname(os.path.abspath(out)))
     load_weights(engine, hf_dir, ckpt, args.tp, args.pp)
     n = args.n or int(cfg.rollout.val_n)
     scorer = RewardScorer(cfg.reward)
@@ -169,11 +193,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "max_new_tokens": sampling.max_new_tokens, "engine": engine.describe(), "metrics": metrics}
         if args.save_samples:
             result["samples"] = sample_records(rollout, rewards, max_prompts=len(items))
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
         print(format_table(metrics))
-        print(f"sppo-eval: {len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {args.out}")
+        print(f"sppo-eval: {len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {out}")
     return 0
 
 

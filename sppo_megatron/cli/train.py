@@ -33,11 +33,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     silence_cpu_noise()
     from sppo_megatron.config.loader import load_config
-    from sppo_megatron.models import check_fp8_support
-    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
+    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed, is_rank0
+    from sppo_megatron.trainer.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
-    check_fp8_support(cfg.model)
+    notice = preflight(cfg)
+    if notice and is_rank0():
+        print(f"sppo-train: {notice}", flush=True)
     init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
                      timeout_minutes=cfg.parallel.distributed_timeout_minutes)
     from sppo_megatron.trainer.loop import train

@@ -82,7 +82,7 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
-    custom_fn: Optional[str] = opt(None, "path/to/file.py:function with signature (solution_str, ground_truth) -> float")
+    custom_fn: Optional[str] = opt(None, "path/to/file.py:function, called like verl's compute_score(data_source=, solution_str=, ground_truth=, extra_info=) -> float (it may take a subset)")
     timeout_s: float = opt(1.0, "per-sample scoring time limit (seconds)", min=0.0)
     num_workers: int = opt(2, "scoring worker processes", min=1)
 

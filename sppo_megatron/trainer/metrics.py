@@ -87,7 +87,10 @@ class MetricsLogger:
             print(self.summary_line(step, metrics), file=sys.stderr, flush=True)
 
     def summary_line(self, step: int, metrics: Dict[str, Any]) -> str:
-        """`[step 3/10 |#####     | 0:42] reward 0.41 | loss 0.012 | val 0.63 | 2.1s/step`"""
+        """`[step 3/10 |######              | 0:42] reward 0.41 | loss 0.012 | no_signal 38% | 2.1s/step`
+
+        no_signal: prompts whose samples all got the same reward (no SPPO signal); the mean win
+        rate is not shown, the soft loss makes it 1/2 by construction."""
         done = step / max(self.total_steps, 1)
         bar = "#" * int(20 * done)
         elapsed = int(time.time() - self.start)
@@ -96,7 +99,7 @@ class MetricsLogger:
             ("reward/mean", "reward", "{:.3f}"),
             ("train/loss", "loss", "{:.4g}"),
             ("train/grad_norm", "gnorm", "{:.3g}"),
-            ("sppo/win_rate_mean", "win", "{:.3f}"),
+            ("sppo/no_signal_frac", "no_signal", "{:.0%}"),
             ("val/accuracy", "val_acc", "{:.3f}"),
             ("rollout/logp_abs_diff", "logp_diff", "{:.2g}"),
             ("timing/step_s", "", "{:.1f}s/step"),

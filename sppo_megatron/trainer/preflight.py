@@ -1,0 +1,102 @@
+"""Checks that need the installed packages, the GPU or the files named in the config, run right
+after the config loads and before any process group, model or engine exists, so a run that
+cannot work fails in seconds with one line per problem (exit 2) instead of a traceback minutes in.
+
+What only the built job can check (the README lists it) stays where it happens: a checkpoint's
+shapes against the model, resuming a checkpoint of another parallel layout, prompt lengths and
+data_source scorers (need the tokenizer and data), SGLang starting on the GPU, the weight-sync
+read-back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Callable, List, Optional, Tuple
+
+from sppo_megatron.errors import ConfigError, UserError
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _logger_problems(loggers: List[str]) -> List[str]:
+    return [f"trainer.logger={name}: the {package} package is not installed "
+            f"(pip install {package}, or pip install -e '.[logging]'; or drop it from trainer.logger)"
+            for name, package in LOGGER_PACKAGES.items()
+            if name in loggers and importlib.util.find_spec(package) is None]
+
+
+def _collect(problems: List[str], check: Callable[..., Any], *args: Any) -> Any:
+    """Run one check; its UserError becomes a line of `problems` (None returned)."""
+    try:
+        return check(*args)
+    except UserError as e:
+        problems.append(str(e))
+        return None
+
+
+def _model_problems(model: Any, need_weights: bool) -> List[str]:
+    """model.path must be an HF directory of a supported architecture, model.megatron_ckpt a dist
+    checkpoint written for that model; without a checkpoint, model.path must hold the weights."""
+    from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
+    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir, check_meta_matches, read_checkpoint_meta
+    from sppo_megatron.models.hf_io import SafetensorsReader
+
+    problems: List[str] = []
+    _collect(problems, resolve_transformer_impl, model)
+    _collect(problems, check_fp8_support, model)
+    bridge = _collect(problems, get_bridge, model.path) if model.path else None
+    if model.megatron_ckpt:
+        before = len(problems)
+        _collect(problems, check_checkpoint_dir, model.megatron_ckpt, "model.megatron_ckpt")
+        meta = _collect(problems, read_checkpoint_meta, model.megatron_ckpt) if len(problems) == before else None
+        if meta is not None and bridge is not None:
+            _collect(problems, check_meta_matches, meta, bridge, model.megatron_ckpt, "model.path")
+    elif need_weights and bridge is not None:
+        _collect(problems, lambda: SafetensorsReader(model.path).close())
+    return problems
+
+
+def _engine_problems(requested: str) -> List[str]:
+    """An explicit rollout.engine must be usable here (auto always is: it falls back loudly)."""
+    problems: List[str] = []
+    if requested != "auto":
+        from sppo_megatron.rollout import choose_engine
+
+        _collect(problems, choose_engine, requested)
+    return problems
+
+
+def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
+    """(problems, checkpoint the run resumes from, notice for a run that is already finished)."""
+    from sppo_megatron.trainer.checkpointing import CheckpointManager
+
+    problems: List[str] = []
+    ckpts = CheckpointManager(t.output_dir, t.keep_last)
+    resume_from = _collect(problems, ckpts.resolve_resume, t.resume, t.overwrite)
+    if resume_from is None:
+        return problems, None, None
+    step = int(ckpts.read_state(resume_from)["step"])
+    if step < t.total_steps:
+        return problems, resume_from, None
+    return problems, resume_from, (
+        f"{t.output_dir} already finished step {step} (trainer.total_steps={t.total_steps}): nothing to train. "
+        "To start over pass trainer.resume=none trainer.overwrite=true (deletes its checkpoints) or another "
+        "output directory; to train longer raise trainer.total_steps")
+
+
+def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
+    """Raise ConfigError listing every problem found; returns a notice to print, or None.
+
+    training=False (sppo-eval) checks only the rollout engine: sppo-eval checks its --model
+    itself and has no run directory or loggers.
+    """
+    problems = _engine_problems(cfg.rollout.engine)
+    notice = None
+    if training:
+        problems += _logger_problems(list(cfg.trainer.logger))
+        resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
+        problems += resume_problems + _model_problems(cfg.model, need_weights=resume_from is None)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return notice

@@ -1,0 +1,126 @@
+"""Problems found by trainer/preflight.py right after the config loads, before anything is built:
+loggers, checkpoint kind, the rollout engine, Transformer Engine, the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sppo_megatron.config.loader import load_config
+from sppo_megatron.errors import ConfigError
+from sppo_megatron.models.dist_ckpt import META_FILE, META_FORMAT
+from sppo_megatron.rollout.sglang_engine import sglang_available
+from sppo_megatron.trainer import preflight as preflight_module
+from sppo_megatron.trainer.preflight import preflight
+from tests.tiny_models import make_tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return make_tiny_hf_model("qwen2", tmp_path_factory.mktemp("preflight") / "qwen2")
+
+
+def _fake_dist_ckpt(path, **meta):
+    """Just enough for is_dist_checkpoint, plus the converter's description."""
+    os.makedirs(path, exist_ok=True)
+    for name in ("metadata.json", "common.pt"):
+        (path / name).write_text("{}")
+    if meta:
+        (path / META_FILE).write_text(json.dumps({"format": META_FORMAT, **meta}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("prompts") / "train.parquet"
+    pd.DataFrame({"prompt": [[{"role": "user", "content": "1+1="}]], "data_source": ["arith"], "ability": ["math"],
+                  "reward_model": [{"style": "rule", "ground_truth": "2"}], "extra_info": [{"index": 0}]}).to_parquet(path)
+    return path
+
+
+@pytest.fixture
+def make_cfg(tmp_path, prompts):
+    def make(*overrides):
+        return load_config(None, [f"trainer.output_dir={tmp_path / 'run'}", "rollout.engine=hf",
+                                  f"data.train_files=[{prompts}]", *overrides], world_size=1)
+    return make
+
+
+def _problems(cfg, **kwargs):
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg, **kwargs)
+    return str(info.value).splitlines()
+
+
+def test_a_usable_config_passes(tmp_path, hf_dir, make_cfg):
+    assert preflight(make_cfg(f"model.path={hf_dir}")) is None
+
+
+def test_missing_logger_package_is_named(tmp_path, hf_dir, make_cfg, monkeypatch):
+    monkeypatch.setitem(preflight_module.LOGGER_PACKAGES, "tensorboard", "no_such_package_sppo")
+    problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.logger=[console,tensorboard]"))
+    assert problems == ["trainer.logger=tensorboard: the no_such_package_sppo package is not installed "
+                        "(pip install no_such_package_sppo, or pip install -e '.[logging]'; or drop it from trainer.logger)"]
+
+
+def test_checkpoint_kinds(tmp_path, hf_dir, make_cfg):
+    problems = _problems(make_cfg(f"model.path={hf_dir}", f"model.megatron_ckpt={hf_dir}"))
+    assert problems == [f"model.megatron_ckpt: {hf_dir} is not a megatron-core dist checkpoint (no metadata.json / .metadata)"]
+    other = _fake_dist_ckpt(tmp_path / "other", model_type="qwen2", hidden_size=4096)
+    problems = _problems(make_cfg(f"model.path={hf_dir}", f"model.megatron_ckpt={other}"))
+    assert len(problems) == 1 and "was written for hidden_size=4096" in problems[0]
+
+
+def test_hf_directory_without_weights_needs_a_checkpoint(tmp_path, hf_dir, make_cfg):
+    config_only = tmp_path / "config_only"
+    shutil.copytree(hf_dir, config_only, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    assert "no weights found" in _problems(make_cfg(f"model.path={config_only}"))[0]
+    ckpt = _fake_dist_ckpt(tmp_path / "ckpt")
+    assert preflight(make_cfg(f"model.path={config_only}", f"model.megatron_ckpt={ckpt}")) is None
+
+
+def test_engine_and_transformer_engine_are_checked(tmp_path, hf_dir, make_cfg, monkeypatch):
+    monkeypatch.setattr("sppo_megatron.rollout.factory.sglang_available", lambda: False)
+    monkeypatch.setattr("sppo_megatron.models.specs.te_available", lambda: False)
+    cfg = make_cfg(f"model.path={hf_dir}", "rollout.engine=sglang", "model.transformer_impl=transformer_engine")
+    problems = _problems(cfg)
+    assert problems[0].startswith("rollout.engine=sglang but sglang is not installed")
+    assert problems[1].startswith("model.transformer_impl=transformer_engine but Transformer Engine is not importable")
+    assert _problems(cfg, training=False) == problems[:1], "sppo-eval checks the engine only"
+
+
+def test_run_directory_states(tmp_path, hf_dir, make_cfg):
+    step = tmp_path / "run" / "checkpoints" / "step_5"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text(json.dumps({"step": 5}))
+    (step.parent / "latest").write_text("step_5\n")
+    problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.resume=none"))
+    assert problems[0].startswith("trainer.output_dir already holds checkpoints")
+    notice = preflight(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=5"))
+    assert "already finished step 5 (trainer.total_steps=5): nothing to train" in notice
+    assert "trainer.resume=none trainer.overwrite=true" in notice
+    assert preflight(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=6")) is None
+
+
+@pytest.mark.skipif(sglang_available(), reason="needs a machine without sglang")
+def test_sppo_train_reports_before_building_anything(tmp_path, hf_dir, prompts):
+    """Under torchrun, every problem at once, exit 2, nothing written: no model or engine was built."""
+    out = tmp_path / "run"
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "sppo_megatron.train", f"model.path={hf_dir}", f"trainer.output_dir={out}",
+                          f"data.train_files=[{prompts}]",
+                          "rollout.engine=sglang", "model.megatron_ckpt=" + str(hf_dir)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("sppo-train: error:")]
+    assert [e.split(":")[2].strip() for e in errors] == ["rollout.engine=sglang but sglang is not installed", "model.megatron_ckpt"], errors
+    assert "Traceback" not in res.stderr and not out.exists()
+    assert time.monotonic() - start < 60

@@ -1,0 +1,227 @@
+"""Every command in README.md's ```bash blocks, as written, so README and behaviour cannot drift.
+
+RUN commands are executed through the shell (`bash -c`) in a scratch directory laid out like a
+checkout (examples/ and tools/ link to this repository, .venv/bin runs this interpreter), on a
+3-step demo run made once for the module by the README's own demo command. The others need a
+GPU, the hub, an installer or minutes of compute; they are checked without running: scripts with
+`bash -n`, every --flag against the program's --help, every key=value against the config
+schema, every file, extra and pytest marker they name. A README command in neither table fails
+test_every_readme_command_is_covered.
+"""
+
+from __future__ import annotations
+
+import configparser
+import functools
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Tuple
+
+import pytest
+
+from sppo_megatron.config.loader import all_keys, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACTIVATE = "source .venv/bin/activate"
+DEMO = "bash examples/tiny_cpu/run.sh trainer.total_steps=3"
+EVAL = ("sppo-eval --model outputs/tiny_cpu/hf --data outputs/tiny_cpu/assets/data/test.parquet "
+        "data.max_response_length=6")
+PLOT = "python tools/plot_metrics.py outputs/tiny_cpu"
+RUN = [ACTIVATE, DEMO, EVAL, PLOT]
+
+NOT_RUN = {
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh":
+        "installs packages; the demo script runs above with 3 steps instead of 150",
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && .venv/bin/python -m pytest -q":
+        "installs packages and runs this suite",
+    "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json":
+        "needs the 7B run (GPU)",
+    "pip install torch": "installer (CUDA build)",
+    "pip install -e '.[gpu,sglang]'": "installer (GPU packages)",
+    "hf download Qwen/Qwen2.5-7B-Instruct --local-dir Qwen2.5-7B-Instruct": "downloads from the hub",
+    "python tools/prepare_math.py --hub --out data/math": "downloads from the hub",
+    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out ckpt/qwen2.5-7b-instruct": "needs the 7B model",
+    "bash examples/qwen2.5-7b-math/run.sh": "needs 4 GPUs and the 7B model",
+    "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 "
+    "-m sppo_megatron.train --config run.yaml parallel.tp=4 parallel.pp=2": "needs 2 GPU nodes",
+    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out ckpt/qwen7b --dtype bf16": "needs the 7B model",
+    "sppo-convert verify --hf Qwen2.5-7B-Instruct --ckpt ckpt/qwen7b": "needs the 7B model",
+    "sppo-convert megatron-to-hf --ckpt outputs/run/checkpoints/step_160 --out qwen7b-sppo "
+    "--hf-config Qwen2.5-7B-Instruct": "needs a 7B training run",
+    "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
+    "sppo-train --help": "checked: --help runs",
+    ".venv/bin/python -m pytest -q": "runs this suite",
+    ".venv/bin/python -m pytest -q -m gpu": "needs a GPU",
+    ".venv/bin/python -m sppo_megatron.config.reference": "rewrites tracked files (test_config checks they are current)",
+}
+
+CLI_MODULES = {"sppo-train": "sppo_megatron.cli.train", "sppo-eval": "sppo_megatron.cli.eval",
+               "sppo-convert": "sppo_megatron.cli.convert"}
+
+
+def readme_commands() -> List[str]:
+    """The commands of README.md's ```bash blocks: continuation lines joined, comments dropped."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", "", "\n".join(line.strip() for line in block.splitlines()))
+        for line in joined.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_is_covered():
+    assert set(readme_commands()) == set(RUN) | set(NOT_RUN)
+
+
+# --- commands run as written --------------------------------------------------------------
+
+def _venv_bin(bin_dir: str) -> None:
+    """.venv/bin of the scratch checkout: python and the console scripts run this interpreter
+    on this checkout; activate puts them first on PATH."""
+    os.makedirs(bin_dir)
+    programs = {"python": "", "python3": "", **{name: f"-m {module}" for name, module in CLI_MODULES.items()}}
+    for name, args in programs.items():
+        path = os.path.join(bin_dir, name)
+        with open(path, "w") as fh:
+            fh.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {args} "$@"\n')
+        os.chmod(path, 0o755)
+    with open(os.path.join(bin_dir, "activate"), "w") as fh:
+        fh.write(f'export PATH={shlex.quote(bin_dir)}:"$PATH"\n')
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """A scratch directory laid out like the repository, where the README's demo command has run."""
+    root = tmp_path_factory.mktemp("readme")
+    for name in ("examples", "tools"):
+        os.symlink(os.path.join(ROOT, name), root / name)
+    _venv_bin(str(root / ".venv" / "bin"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
+    env.pop("PYTHON", None)
+    demo = _shell(root, env, DEMO, timeout=600)
+    return root, env, demo
+
+
+def _shell(root, env: Dict[str, str], command: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"{ACTIVATE} && {command}"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_demo_command(checkout):
+    root, _, demo = checkout
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
+    assert not (root / "trainer.total_steps=3").exists(), "the override is not taken for the output directory"
+    rows = [json.loads(line) for line in open(root / "outputs/tiny_cpu/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert "held-out accuracy:" in demo.stdout and "at step 3" in demo.stdout
+    assert (root / "outputs/tiny_cpu/hf/config.json").is_file()
+
+
+def _on_demo(checkout, command: str):
+    """(scratch root, result) of a README command run on the demo's output; it must exit 0."""
+    root, env, demo = checkout
+    assert demo.returncode == 0, "the demo command failed (see test_demo_command)"
+    res = _shell(root, env, command)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root, res
+
+
+def test_eval_command_reproduces_the_final_validation(checkout):
+    root, res = _on_demo(checkout, EVAL)
+    out = root / "outputs/tiny_cpu/eval/hf-test.json"
+    assert f"wrote {out}" in res.stdout and not (root / "sppo_eval.json").exists()
+    result = json.loads(out.read_text())
+    final = [json.loads(line) for line in open(root / "outputs/tiny_cpu/metrics.jsonl")][-1]
+    assert result["max_new_tokens"] == 6
+    assert result["metrics"]["eval/accuracy"] == final["val/accuracy"]
+
+
+def test_plot_command(checkout):
+    root, res = _on_demo(checkout, PLOT)
+    png = root / "outputs/tiny_cpu/plots/dashboard.png"
+    assert res.stdout.split() == ["outputs/tiny_cpu/plots/dashboard.png"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- commands checked without running ------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _help_text(argv: Tuple[str, ...]) -> str:
+    res = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, f"{' '.join(argv)} --help: {res.stderr[-2000:]}"
+    return res.stdout
+
+
+def _help(argv: List[str]) -> str:
+    return _help_text(tuple(argv))
+
+
+def _check_args(prog: List[str], args: List[str]) -> None:
+    """Flags appear in prog's --help; key=value arguments are config keys."""
+    text = _help(prog)
+    for arg in args:
+        if arg.startswith("--"):
+            flag = arg.split("=")[0]
+            assert re.search(rf"{re.escape(flag)}(?![\w-])", text), f"{' '.join(prog)}: {flag} is not in --help"
+        elif "=" in arg and not arg.startswith("$"):
+            assert arg.split("=")[0] in all_keys(), f"{arg}: not a config key"
+
+
+def _check_part(tokens: List[str]) -> None:
+    prog, args = tokens[0], tokens[1:]
+    if prog in CLI_MODULES:
+        sub = [args[0]] if prog == "sppo-convert" else []
+        _check_args([sys.executable, "-m", CLI_MODULES[prog], *sub], args[len(sub):])
+    elif prog == "torchrun":
+        split = args.index("-m")
+        _check_args([sys.executable, "-m", "torch.distributed.run"], args[:split])
+        assert args[split + 1] == "sppo_megatron.train"
+        _check_args([sys.executable, "-m", CLI_MODULES["sppo-train"]], args[split + 2:])
+    elif prog == "bash":
+        script = os.path.join(ROOT, args[0])
+        assert subprocess.run(["bash", "-n", script]).returncode == 0, script
+        if args[0] == "examples/qwen2.5-7b-math/run.sh":  # the recipe's config is valid (paths aside)
+            load_config(os.path.join(ROOT, "examples/qwen2.5-7b-math/config.yaml"), args[1:], world_size=4,
+                        check_paths=False)
+    elif prog.endswith("pip"):
+        assert args[0] == "install"
+        if args[1] == "-r":
+            assert os.path.isfile(os.path.join(ROOT, args[2]))
+        elif args[1] == "-e":
+            extras = re.fullmatch(r"\.\[(.*)\]", args[2]).group(1).split(",")
+            setup = open(os.path.join(ROOT, "setup.py")).read()
+            assert all(f'"{extra}":' in setup for extra in extras), extras
+    elif prog.endswith(("python", "python3")):
+        if args[0] == "-m" and args[1] == "pytest":
+            if "-m" in args[2:]:
+                ini = configparser.ConfigParser()
+                ini.read(os.path.join(ROOT, "pytest.ini"))
+                marker = args[args.index("-m", 2) + 1]
+                assert re.search(rf"^{marker}:", ini["pytest"]["markers"], flags=re.M), marker
+        elif args[0] == "-m":
+            assert args[1] == "venv" or importlib.util.find_spec(args[1]) is not None, args[1]
+        else:
+            _check_args([sys.executable, os.path.join(ROOT, args[0])], args[1:])
+    elif prog == "hf":
+        hf = shutil.which("hf", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+        if hf is None:
+            pytest.skip("the hf command (huggingface_hub) is not installed here")
+        _check_args([hf, args[0]], args[1:])
+    else:
+        raise AssertionError(f"no check for {prog!r}: add one")
+
+
+@pytest.mark.parametrize("command", sorted(NOT_RUN))
+def test_command_that_needs_a_gpu_hub_or_installer_is_well_formed(command):
+    for part in command.split("&&"):
+        _check_part(shlex.split(part))
