@@ -16,7 +16,8 @@ function returns (sum of squared errors, number of selected samples); the schedu
 divides by the micro-batch count nor does DDP divide by the DP size, and
 `finalize_model_grads` divides the reduced gradients by the number of selected samples summed
 over all micro-batches and DP ranks (0.16.1 and 0.19.2 alike). The gradient is therefore that
-of the mini-batch mean whatever the DP size and micro-batching.
+of the mini-batch mean whatever the DP size and micro-batching. The loss statistics are summed
+on the device micro-batch by micro-batch (float64) and read by the host once per optimizer step.
 """
 
 from __future__ import annotations
@@ -227,18 +228,23 @@ class MegatronActor:
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
             from sppo_megatron.algorithm import sppo_loss
 
-            lp = token_log_probs(logits, mb.labels.to(logits.device), temperature, self.vocab_size)
-            resp = mb.response_mask.to(lp.device)
+            # nothing here waits for the device: inputs go up asynchronously, the mask stays on the
+            # CPU (sppo_loss selects there), the statistics are summed on the device and read once
+            # per optimizer step
+            dev = logits.device
+            lp = token_log_probs(logits, mb.labels.to(dev, non_blocking=True), temperature, self.vocab_size)
+            resp = mb.response_mask.to(dev, non_blocking=True)
             # float64 sums: the loss is a difference of two long sums (see LogProbs.sequence_logp)
-            seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=lp.device)).sum(dim=1)
+            seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=dev)).sum(dim=1)
             rows = torch.tensor([max(i, 0) for i in mb.sample_index])
             selected = mask[rows] & torch.tensor([i >= 0 for i in mb.sample_index])
-            loss, m = sppo_loss(
-                seq_logp, old[rows].to(lp.device), targets[rows].to(lp.device), selected.to(lp.device), denominator=1.0
-            )
-            count = int(m["num_selected"])
-            stats.add_(torch.tensor([m["loss"], count, m["log_ratio_mean"] * count], dtype=torch.float64, device=stats.device))
-            return loss, torch.tensor(count, dtype=torch.int, device=lp.device), {}
+            loss, m = sppo_loss(seq_logp, old[rows].to(dev, non_blocking=True), targets[rows].to(dev, non_blocking=True),
+                                selected, denominator=1.0)
+            count = m["num_selected"]
+            stats[0].add_(m["loss"])
+            stats[1].add_(count)
+            stats[2].add_(m["log_ratio_mean"] * count)
+            return loss, torch.full((), count, dtype=torch.int, device=dev), {}
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
