@@ -84,9 +84,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     t = cfg.trainer
     preemption = PreemptionFlag()  # before the slow start-up: a signal then still ends in a clean exit
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
-    resume_from = ckpts.resolve_resume(t.resume, t.overwrite)
-    if t.resume == "none" and ckpts.step_dirs():
-        ckpts.clear()  # trainer.overwrite=true (resolve_resume refuses otherwise)
+    start = ckpts.decide_start(t.resume, t.overwrite)  # refuses (UserError) rather than clobber a run
+    if start.clear:
+        ckpts.clear()
+    resume_from = start.resume_from
     if is_rank0():
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     run = build_components(cfg, load_weights=resume_from is None)
