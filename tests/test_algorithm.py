@@ -1,7 +1,6 @@
 """SPPO math against hand-computed values (see notes/sppo-algorithm.md for the facts used)."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -187,7 +186,7 @@ def test_hard_selection_targets():
 
 
 def test_pair_k2_selects_both_and_nothing_when_all_flat():
-    cfg = SimpleNamespace(preference="pairwise", eta=1.0, loss="pair", include_self=False, bt_beta=1.0)
+    cfg = AlgorithmConfig(preference="pairwise", eta=1.0, loss="pair", include_self=False, bt_beta=1.0)
     targets, mask, _ = compute_targets(torch.tensor([0.0, 1.0]), 2, cfg)
     assert mask.all() and close(targets, [-0.5, 0.5])
     targets, mask, m = compute_targets(torch.tensor([1.0, 1.0, 0.0, 0.0]), 2, cfg)
