@@ -46,31 +46,23 @@ def _make_tiny(path: str, tied: bool = False) -> None:
 
 def _cfg(path, tp, pp, *, lr=1e-4, mbs=1, max_tokens=None, recompute="none", clip=1.0, eps=1e-6, megatron_ckpt=None,
          dist_opt=True):
-    from sppo_megatron.config.schema import Config
+    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
+                                             TrainConfig, TrainerConfig)
 
-    c = Config()
-    c.model.path = path
-    c.model.megatron_ckpt = megatron_ckpt
-    c.model.recompute = recompute
-    c.parallel.tp, c.parallel.pp = tp, pp
-    c.parallel.use_distributed_optimizer = dist_opt
-    c.rollout.n = 2
-    c.rollout.temperature = 1.0
-    c.data.train_batch_size = 3
-    c.train.mini_batch_size = 2  # prompts: mini-batches of 4 and 2 samples
-    c.train.micro_batch_size = mbs
-    c.train.max_tokens_per_micro_batch = max_tokens
-    c.optim.lr = lr
-    c.optim.weight_decay = 0.01
-    c.optim.clip_grad = clip
     # Adam divides by sqrt(v) + eps: with eps = 1e-8 a gradient that is exactly zero in exact
     # arithmetic but ~1e-10 of rounding noise (e.g. Qwen2's k_proj bias: softmax ignores a
     # constant shift of the keys) becomes a full +-lr step whose sign depends on the layout's
     # summation order. A larger eps keeps the comparison well-conditioned; the math is the same.
-    c.optim.adam_eps = eps
-    c.trainer.total_steps = 10
-    c.trainer.seed = SEED
-    return c
+    return Config(
+        model=ModelConfig(path=path, megatron_ckpt=megatron_ckpt, recompute=recompute),
+        parallel=ParallelConfig(tp=tp, pp=pp, use_distributed_optimizer=dist_opt),
+        rollout=RolloutConfig(n=2, temperature=1.0),
+        data=DataConfig(train_batch_size=3),
+        # mini-batches of 2 prompts: 4 and 2 samples
+        train=TrainConfig(mini_batch_size=2, micro_batch_size=mbs, max_tokens_per_micro_batch=max_tokens),
+        optim=OptimConfig(lr=lr, weight_decay=0.01, clip_grad=clip, adam_eps=eps),
+        trainer=TrainerConfig(total_steps=10, seed=SEED),
+    )
 
 
 def _batch():
@@ -80,11 +72,11 @@ def _batch():
 
 
 def _actor(path, tp, pp, **kw):
-    from sppo_megatron.actor.actor import MegatronActor
     from sppo_megatron.platform.distributed import init_distributed
+    from sppo_megatron.trainer.setup import build_actor
 
     init_distributed(tp, pp, SEED)
-    return MegatronActor(_cfg(path, tp, pp, **kw))
+    return build_actor(_cfg(path, tp, pp, **kw))
 
 
 def _weights(actor):

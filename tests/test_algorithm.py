@@ -1,7 +1,6 @@
 """SPPO math against hand-computed values (see notes/sppo-algorithm.md for the facts used)."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -187,7 +186,7 @@ def test_hard_selection_targets():
 
 
 def test_pair_k2_selects_both_and_nothing_when_all_flat():
-    cfg = SimpleNamespace(preference="pairwise", eta=1.0, loss="pair", include_self=False, bt_beta=1.0)
+    cfg = AlgorithmConfig(preference="pairwise", eta=1.0, loss="pair", include_self=False, bt_beta=1.0)
     targets, mask, _ = compute_targets(torch.tensor([0.0, 1.0]), 2, cfg)
     assert mask.all() and close(targets, [-0.5, 0.5])
     targets, mask, m = compute_targets(torch.tensor([1.0, 1.0, 0.0, 0.0]), 2, cfg)
@@ -212,7 +211,8 @@ def test_sppo_loss_value_and_metrics():
     loss, m = sppo_loss(logp, old, targets)
     # log ratios 1, 0, 0.5 ; errors 0.5, 0.5, 0.5
     assert math.isclose(loss.item(), 0.25, abs_tol=1e-6)
-    assert m["loss"] == pytest.approx(0.25) and m["log_ratio_mean"] == pytest.approx(0.5)
+    assert float(m["loss"]) == pytest.approx(0.25) and float(m["log_ratio_mean"]) == pytest.approx(0.5)
+    assert m["num_selected"] == 3
 
 
 def test_sppo_loss_masked_samples_get_no_gradient():
@@ -224,13 +224,13 @@ def test_sppo_loss_masked_samples_get_no_gradient():
     assert math.isclose(loss.item(), (0.25 + 1.0) / 2, abs_tol=1e-6)
     loss.backward()
     assert close(logp.grad, [2 * 0.5 / 2, 0.0, 2 * (0.5 - 1.5) / 2])
-    assert m["log_ratio_mean"] == pytest.approx(0.75)
+    assert float(m["log_ratio_mean"]) == pytest.approx(0.75) and m["num_selected"] == 2
 
 
 def test_sppo_loss_empty_selection():
     logp = torch.tensor([-3.0, -1.0], requires_grad=True)
     loss, m = sppo_loss(logp, torch.zeros(2), torch.ones(2), torch.zeros(2, dtype=torch.bool))
-    assert loss.item() == 0.0 and not math.isnan(m["log_ratio_mean"])
+    assert loss.item() == 0.0 and float(m["log_ratio_mean"]) == 0.0 and m["num_selected"] == 0
     loss.backward()
     assert close(logp.grad, [0.0, 0.0])
 
@@ -252,7 +252,7 @@ def test_first_minibatch_gradient_is_reinforce_with_baseline():
     logp = torch.tensor([-7.0, -3.0, -4.0, -9.0], requires_grad=True)
     targets, mask, _ = compute_targets(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2, AlgorithmConfig(eta=2.0))
     loss, m = sppo_loss(logp, logp.detach().clone(), targets, mask)
-    assert m["log_ratio_mean"] == 0.0
+    assert float(m["log_ratio_mean"]) == 0.0
     (grad,) = torch.autograd.grad(loss, logp)
     assert close(grad, -2 * targets / 4)
 
@@ -263,6 +263,24 @@ def test_sppo_loss_denominator_for_accumulation():
     full, _ = sppo_loss(logp, old, targets)
     halves = [sppo_loss(logp[i:i + 2], old[i:i + 2], targets[i:i + 2], denominator=4)[0] for i in (0, 2)]
     assert math.isclose(sum(halves).item(), full.item(), rel_tol=1e-6)
+
+
+@pytest.mark.gpu
+def test_sppo_loss_with_a_cpu_mask_never_synchronises_the_device():
+    """The actor calls sppo_loss once per micro-batch: with the mask on the CPU nothing in it
+    waits for the GPU (CUDA's sync debug mode raises on any synchronising call)."""
+    logp = torch.randn(6, dtype=torch.float64, device="cuda", requires_grad=True)
+    old, targets = torch.zeros(6, dtype=torch.float64, device="cuda"), torch.ones(6, dtype=torch.float64, device="cuda")
+    mask = torch.tensor([True, False, True, True, False, True])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, m = sppo_loss(logp, old, targets, mask, denominator=1.0)
+        stats = torch.stack([m["loss"], m["log_ratio_mean"] * m["num_selected"]])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert m["num_selected"] == 4 and stats.device.type == "cuda"
+    assert float(m["loss"]) == float(((logp.detach() - 1.0)[mask.cuda()] ** 2).sum())
 
 
 def test_sppo_loss_shape_errors():

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from sppo_megatron.errors import UserError
-from sppo_megatron.trainer.checkpointing import CheckpointManager
+from sppo_megatron.trainer.checkpointing import CheckpointManager, RunStart
 
 
 def _save(mgr: CheckpointManager, step: int) -> str:
@@ -55,20 +55,22 @@ def test_resume_none_refuses_then_overwrite_clears(tmp_path):
     mgr = CheckpointManager(str(tmp_path), keep_last=2)
     _save(mgr, 4)
     with pytest.raises(UserError, match="trainer.overwrite"):
-        mgr.resolve_resume("none", overwrite=False)
-    assert mgr.resolve_resume("none", overwrite=True) is None
+        mgr.decide_start("none", overwrite=False)
+    assert mgr.decide_start("none", overwrite=True) == RunStart(resume_from=None, clear=True)
+    assert mgr.decide_start("auto", overwrite=False).resume_from.endswith("step_4")
     mgr.clear()
     assert mgr.step_dirs() == [] and mgr.latest() is None
-    assert mgr.resolve_resume("auto", overwrite=False) is None
+    assert mgr.decide_start("auto", overwrite=False) == RunStart()
+    assert mgr.decide_start("none", overwrite=False) == RunStart()  # nothing to clear: a plain fresh start
 
 
 def test_resume_path_must_be_complete(tmp_path):
     mgr = CheckpointManager(str(tmp_path), keep_last=2)
     path = _save(mgr, 3)
-    assert mgr.resolve_resume(path, overwrite=False) == path
+    assert mgr.decide_start(path, overwrite=False) == RunStart(resume_from=path)
     os.remove(os.path.join(path, "trainer_state.json"))
     with pytest.raises(UserError, match="not a complete checkpoint"):
-        mgr.resolve_resume(path, overwrite=False)
+        mgr.decide_start(path, overwrite=False)
 
 
 def test_state_file_is_json_with_the_step(tmp_path):

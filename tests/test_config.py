@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 from omegaconf import OmegaConf
 
 from sppo_megatron.config import load_config, save_config
+from sppo_megatron.config.loader import config_yaml
+from sppo_megatron.config.schema import Config, ParallelConfig
 from sppo_megatron.config.reference import DEFAULTS_PATH, DOCS_PATH, defaults_file_text, reference_markdown
 from sppo_megatron.errors import ConfigError
 
@@ -28,10 +31,11 @@ def problems(overrides, world_size=1, config_file=None):
     return str(info.value).splitlines()
 
 
-def test_valid_config_loads_and_is_read_only(run_files):
+def test_valid_config_loads_typed_and_frozen(run_files):
     cfg = load_config(None, run_files + ["parallel.tp=2", "rollout.n=8"], world_size=4)
+    assert isinstance(cfg, Config) and isinstance(cfg.parallel, ParallelConfig)
     assert cfg.parallel.tp == 2 and cfg.rollout.n == 8 and cfg.algorithm.preference == "pairwise"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.parallel.tp = 4
 
 
@@ -83,6 +87,13 @@ def test_cross_field_rules(run_files, tmp_path):
     assert "model.dtype=fp16" in line and "bf16" in line
 
 
+def test_cross_field_problems_of_every_group_are_reported_together(run_files):
+    lines = problems(run_files + ["parallel.tp=3", "model.dtype=fp16", "rollout.temperature=0", "optim.min_lr=1",
+                                  "algorithm.preference=batch_softmean", "algorithm.loss=pair"], world_size=2)
+    assert [line.split(":")[0].split("=")[0] for line in lines] == [
+        "model.dtype", "parallel.tp", "rollout.temperature", "algorithm.loss", "optim.min_lr"]
+
+
 def test_model_dir_without_config_json(tmp_path, run_files):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -99,7 +110,21 @@ def test_saved_config_round_trips(run_files, tmp_path):
     path = tmp_path / "out" / "config.yaml"
     save_config(cfg, str(path))
     again = load_config(str(path), [], world_size=1)
-    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+    assert again == cfg
+    assert path.read_text() == config_yaml(again)  # the same config writes the same config.yaml
+
+
+def test_config_yaml_is_the_resolved_omegaconf_yaml(run_files, tmp_path):
+    """config.yaml's content is a contract: the resolved YAML of the schema merged with the layers."""
+    f = tmp_path / "run.yaml"
+    f.write_text("optim:\n  lr: 1\ntrainer:\n  experiment_name: ${trainer.project_name}-x\n")
+    overrides = run_files + ["rollout.n=8", "trainer.logger=[console,tensorboard]", "data.val_batch_size=4"]
+    cfg = load_config(str(f), overrides, world_size=1)
+    merged = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(merged, False)
+    merged = OmegaConf.merge(merged, OmegaConf.load(f), OmegaConf.from_dotlist(overrides))
+    assert config_yaml(cfg) == OmegaConf.to_yaml(merged, resolve=True)
+    assert cfg.trainer.experiment_name == "sppo-x" and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
 
 
 def test_generated_reference_files_match_schema():

@@ -1,10 +1,10 @@
 """GSM8K and arith scoring, dispatch by data_source, and reward.custom_fn loading."""
 
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
+from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.reward import RewardScorer, check_data_sources, default_compute_score, scorer_kind
 from sppo_megatron.reward import gsm8k
@@ -61,14 +61,14 @@ def test_default_compute_score_uses_the_source_scorer():
 def test_unknown_source_is_a_user_error_listing_known_ones():
     with pytest.raises(UserError, match="unknown data_source 'trivia_qa'.*gsm8k.*arith.*math"):
         check_data_sources(["gsm8k", "trivia_qa"])
-    with RewardScorer(SimpleNamespace(custom_fn=None, timeout_s=1.0, num_workers=1)) as scorer:
+    with RewardScorer(RewardConfig(custom_fn=None, timeout_s=1.0, num_workers=1)) as scorer:
         with pytest.raises(UserError, match="trivia_qa"):
             scorer.score(["math", "trivia_qa"], ["\\boxed{1}", "1"], ["1", "1"])
         assert scorer.pool._workers == [], "raised before any work started"
 
 
 def test_scorer_mixes_sources_in_one_batch():
-    with RewardScorer(SimpleNamespace(custom_fn=None, timeout_s=1.0, num_workers=1)) as scorer:
+    with RewardScorer(RewardConfig(custom_fn=None, timeout_s=1.0, num_workers=1)) as scorer:
         scores, stats = scorer.score(["gsm8k", "math", "arith", "math"],
                                      ["#### 5", "\\boxed{0.5}", "\\boxed{9}", "no box"], ["5", "\\frac12", "8", "1"])
     assert scores == [1.0, 1.0, 0.0, 0.0]
@@ -102,7 +102,7 @@ def test_custom_fn_runs_in_workers(tmp_path):
         def score(solution_str, ground_truth, data_source, extra_info):
             return len(solution_str) + (extra_info or {}).get("bonus", 0) + (data_source == "anything")
     """)
-    cfg = SimpleNamespace(custom_fn=f"{path}:score", timeout_s=5.0, num_workers=2)
+    cfg = RewardConfig(custom_fn=f"{path}:score", timeout_s=5.0, num_workers=2)
     with RewardScorer(cfg) as scorer:
         scores, stats = scorer.score(["anything", "other"], ["ab", "abc"], ["", ""], [{"bonus": 10}, None])
     assert scores == [13.0, 3.0]
@@ -125,4 +125,4 @@ def test_custom_fn_errors_are_one_line_user_errors(tmp_path, spec, message):
         load_custom_fn(spec)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError):
-        RewardScorer(SimpleNamespace(custom_fn=spec, timeout_s=1.0, num_workers=1))
+        RewardScorer(RewardConfig(custom_fn=spec, timeout_s=1.0, num_workers=1))

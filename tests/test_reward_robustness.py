@@ -5,11 +5,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from types import SimpleNamespace
 
 import psutil
 import pytest
 
+from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.reward import RewardScorer
 from sppo_megatron.reward.math import compute_score
 
@@ -40,7 +40,7 @@ SYMPY_BOMB = "\\boxed{\\binom{9^{99}}{9^{9}}}"
 
 
 def _cfg(timeout_s=1.0, num_workers=2, custom_fn=None):
-    return SimpleNamespace(custom_fn=custom_fn, timeout_s=timeout_s, num_workers=num_workers)
+    return RewardConfig(custom_fn=custom_fn, timeout_s=timeout_s, num_workers=num_workers)
 
 
 def _alive(pids):
@@ -134,9 +134,9 @@ def test_hanging_and_noisy_custom_function(tmp_path, capfd):
 
 def test_close_kills_a_busy_worker_and_exit_leaves_no_process():
     code = textwrap.dedent(f"""
-        from types import SimpleNamespace
+        from sppo_megatron.config.schema import RewardConfig
         from sppo_megatron.reward import RewardScorer
-        scorer = RewardScorer(SimpleNamespace(custom_fn=None, timeout_s=0, num_workers=2))
+        scorer = RewardScorer(RewardConfig(custom_fn=None, timeout_s=0, num_workers=2))
         scorer.score(["math"], ["\\\\boxed{{\\\\log_3 2}}"], ["\\\\log_2 3"])
         scorer.pool.submit(0, ("math", {SYMPY_BOMB[7:-1]!r}, "1"))
         print(*[w.proc.pid for w in scorer.pool._workers])

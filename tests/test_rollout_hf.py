@@ -219,17 +219,14 @@ def test_choose_engine():
 
 
 def test_create_rollout_engine_from_config(tiny):
-    from sppo_megatron.config.schema import Config
+    from sppo_megatron.config.schema import RolloutConfig
 
-    cfg = Config()
-    cfg.rollout.engine = "hf"
-    eng = create_rollout_engine(cfg, tiny[0])
+    eng = create_rollout_engine(RolloutConfig(engine="hf"), tiny[0], seed=1, log_dir="unused")
     auto_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # rollout.dtype=auto
     assert isinstance(eng, HFRolloutEngine) and eng.dtype == auto_dtype and eng.eos_token_ids == (EOS,)
-    cfg.rollout.engine = "sglang"
     if not torch.cuda.is_available():
         with pytest.raises(UserError):
-            create_rollout_engine(cfg, tiny[0])
+            create_rollout_engine(RolloutConfig(engine="sglang"), tiny[0], seed=1, log_dir="unused")
 
 
 def test_split_evenly():

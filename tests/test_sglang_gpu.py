@@ -150,23 +150,24 @@ def test_shutdown_spares_other_children(llama, tmp_path):
 
 def test_logp_parity_with_megatron_actor(llama, tmp_path):
     """Single-rank TP=1 Megatron actor (bf16) -> SGLang sync -> rollout/logp_abs_diff."""
-    import sppo_megatron.actor.actor as actor_mod
-
-    from sppo_megatron.config.schema import Config
+    from sppo_megatron.config.schema import Config, DataConfig, ModelConfig, RolloutConfig, TrainConfig, TrainerConfig
     from sppo_megatron.actor.batch import SequenceBatch
+    from sppo_megatron.trainer.setup import build_actor
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine
     from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
 
-    cfg = Config()
-    cfg.model.path = llama[0]
-    cfg.model.dtype = "bf16"
-    cfg.rollout.engine, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.mem_fraction = "sglang", 2, 0.8, 0.2
-    cfg.trainer.output_dir = str(tmp_path)
-    cfg.data.train_batch_size = cfg.train.mini_batch_size = len(PROMPTS)
-    actor = actor_mod.MegatronActor(cfg)
+    cfg = Config(
+        model=ModelConfig(path=llama[0], dtype="bf16"),
+        rollout=RolloutConfig(engine="sglang", n=2, temperature=0.8, mem_fraction=0.2),
+        trainer=TrainerConfig(output_dir=str(tmp_path)),
+        data=DataConfig(train_batch_size=len(PROMPTS)),
+        train=TrainConfig(mini_batch_size=len(PROMPTS)),
+    )
+    actor = build_actor(cfg)
     engine = None
     try:
-        engine = create_rollout_engine(cfg, llama[0])
+        engine = create_rollout_engine(cfg.rollout, llama[0], seed=cfg.trainer.seed,
+                                       log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
         sync = WeightSync(engine)
         for step in range(2):
             sync.sync(actor.export_hf_weights())

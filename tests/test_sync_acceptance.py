@@ -60,26 +60,29 @@ def _engine_logits(engine, tokens):
 
 
 def _acceptance(hf_dir, out_dir):
-    import sppo_megatron.actor.actor as actor_mod  # imports megatron before init_distributed
+    import sppo_megatron.actor.actor  # noqa: F401 - imports megatron before init_distributed
     import torch.distributed as dist
 
-    from sppo_megatron.config.schema import Config
+    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
+                                             TrainConfig, TrainerConfig)
     from sppo_megatron.actor.batch import SequenceBatch
+    from sppo_megatron.trainer.setup import build_actor
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine
     from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
 
-    cfg = Config()
-    cfg.model.path = hf_dir
-    cfg.model.dtype = "fp32"
-    cfg.parallel.tp, cfg.parallel.pp = 2, 2
-    cfg.rollout.engine, cfg.rollout.n, cfg.rollout.temperature = "hf", 2, T
-    cfg.data.train_batch_size = len(PROMPTS)
-    cfg.train.mini_batch_size = len(PROMPTS)
-    cfg.optim.lr, cfg.optim.weight_decay = 1e-3, 0.0
-    cfg.trainer.seed = 7
-    actor = actor_mod.MegatronActor(cfg)
+    cfg = Config(
+        model=ModelConfig(path=hf_dir, dtype="fp32"),
+        parallel=ParallelConfig(tp=2, pp=2),
+        rollout=RolloutConfig(engine="hf", n=2, temperature=T),
+        data=DataConfig(train_batch_size=len(PROMPTS)),
+        train=TrainConfig(mini_batch_size=len(PROMPTS)),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.0),
+        trainer=TrainerConfig(seed=7),
+    )
+    actor = build_actor(cfg)
     rank = dist.get_rank()
-    engine = create_rollout_engine(cfg, hf_dir)
+    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                   log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     with torch.no_grad():  # make the engine's weights differ, so the first sync must do work
         for p in engine.model.parameters():
             p.add_(0.05)

@@ -18,10 +18,10 @@ import os
 import random
 import sys
 import time
-from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sppo_megatron.config.schema import RewardConfig  # noqa: E402
 from sppo_megatron.reward import RewardScorer  # noqa: E402
 from sppo_megatron.reward.math import extract_answer, fast_score, symbolic_score  # noqa: E402
 
@@ -225,7 +225,7 @@ def main() -> int:
     args = parser.parse_args()
 
     items = build_mix(args.n, args.hostile, args.bombs, args.seed)
-    cfg = SimpleNamespace(custom_fn=None, timeout_s=args.timeout, num_workers=args.workers)
+    cfg = RewardConfig(custom_fn=None, timeout_s=args.timeout, num_workers=args.workers)
     with RewardScorer(cfg) as scorer:
         start = time.perf_counter()
         scorer.score(["math"], ["\\boxed{\\log_2 8}"], ["3"])

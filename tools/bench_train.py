@@ -155,24 +155,20 @@ def matmul_params(hf) -> int:
 
 
 def build_config(args):
-    from sppo_megatron.config.schema import Config
+    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
+                                             TrainConfig, TrainerConfig)
 
-    c = Config()
-    c.model.dtype = args.dtype
-    c.model.recompute = args.recompute
-    c.parallel.tp, c.parallel.pp = args.tp, args.pp
-    c.parallel.use_distributed_optimizer = not args.no_dist_opt
-    c.parallel.sequence_parallel = args.sequence_parallel
-    c.rollout.n = 1
-    c.rollout.temperature = 1.0
-    c.data.train_batch_size = args.batch
-    c.train.mini_batch_size = args.batch  # one optimizer step per update
-    c.train.micro_batch_size = args.micro_batch_size
-    c.train.max_tokens_per_micro_batch = args.max_tokens
-    c.optim.lr = 1e-6
-    c.trainer.total_steps = args.steps + args.warmup
-    c.trainer.seed = args.seed
-    return c
+    return Config(
+        model=ModelConfig(dtype=args.dtype, recompute=args.recompute),
+        parallel=ParallelConfig(tp=args.tp, pp=args.pp, use_distributed_optimizer=not args.no_dist_opt,
+                                sequence_parallel=args.sequence_parallel),
+        rollout=RolloutConfig(n=1, temperature=1.0),
+        data=DataConfig(train_batch_size=args.batch),
+        train=TrainConfig(mini_batch_size=args.batch,  # one optimizer step per update
+                          micro_batch_size=args.micro_batch_size, max_tokens_per_micro_batch=args.max_tokens),
+        optim=OptimConfig(lr=1e-6),
+        trainer=TrainerConfig(total_steps=args.steps + args.warmup, seed=args.seed),
+    )
 
 
 def make_batch(args, vocab: int):
@@ -231,13 +227,11 @@ def measure_offload(actor, batch) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from megatron.core import __version__ as mcore_version
-    from megatron.core import parallel_state as ps
 
-    from sppo_megatron.actor.actor import MegatronActor
+    from sppo_megatron.trainer.setup import build_actor
 
     hf = hf_config_from_args(args)
-    cfg = build_config(args)
-    actor = MegatronActor(cfg, hf, load_weights=False)
+    actor = build_actor(build_config(args), hf, load_weights=False)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     batch = make_batch(args, hf.vocab_size)
     targets = torch.randn(len(batch), generator=torch.Generator().manual_seed(args.seed)) * 0.1
@@ -270,7 +264,7 @@ def main(argv=None) -> dict:
         "world": world,
         "tp": args.tp,
         "pp": args.pp,
-        "dp": ps.get_data_parallel_world_size(),
+        "dp": actor.layout.dp,
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,
         "model": args.preset or args.hf_config or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",

@@ -3,7 +3,7 @@
 Collective: every method must be called on every rank with the same arguments (the rollout
 batch, targets and old log-probs are identical on all ranks).
 
-    actor = MegatronActor(cfg, hf_config)
+    actor = MegatronActor(cfg.model, cfg.parallel, cfg.optim, cfg.train, total_optimizer_steps=...)
     old = actor.log_probs(batch, temperature=T)              # LogProbs, on every rank
     metrics = actor.update(batch, targets, old, sample_mask)  # one optimizer step per mini-batch
     actor.save_checkpoint(dir); actor.load_checkpoint(dir)
@@ -16,7 +16,8 @@ function returns (sum of squared errors, number of selected samples); the schedu
 divides by the micro-batch count nor does DDP divide by the DP size, and
 `finalize_model_grads` divides the reduced gradients by the number of selected samples summed
 over all micro-batches and DP ranks (0.16.1 and 0.19.2 alike). The gradient is therefore that
-of the mini-batch mean whatever the DP size and micro-batching.
+of the mini-batch mean whatever the DP size and micro-batching. The loss statistics are summed
+on the device micro-batch by micro-batch (float64) and read by the host once per optimizer step.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
 from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
 from sppo_megatron.actor.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
+from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.platform.distributed import current_device
+from sppo_megatron.platform.layout import ParallelLayout
 
 OldLogProbs = Union[LogProbs, torch.Tensor, Sequence[float]]
 
@@ -58,35 +61,52 @@ def _sequence_logp(old: OldLogProbs, n: int) -> torch.Tensor:
 class MegatronActor:
     """The policy, its optimizer and LR schedule on this rank (see the module docstring)."""
 
-    def __init__(self, cfg: Any, hf_config: Any = None, bridge: Any = None, load_weights: bool = True) -> None:
-        """cfg: the full Config (model, parallel, optim, train, trainer.seed, rollout.n/temperature,
-        data.train_batch_size); hf_config: the transformers config (None = read model.path).
-        Initialises torch.distributed / megatron parallel state when not done yet.
-        load_weights=False skips model.megatron_ckpt / model.path (random weights: benchmarks)."""
+    def __init__(
+        self,
+        model: ModelConfig,
+        parallel: ParallelConfig,
+        optim: OptimConfig,
+        train: TrainConfig,
+        *,
+        total_optimizer_steps: int,
+        group_size: int = 1,
+        temperature: float = 1.0,
+        seed: int = 1234,
+        hf_config: Any = None,
+        bridge: Any = None,
+        load_weights: bool = True,
+    ) -> None:
+        """The config groups it runs on; `total_optimizer_steps` sizes the LR schedule,
+        `group_size` (rollout.n) and `temperature` (rollout.temperature) are update's and
+        log_probs' defaults, `seed` seeds the RNGs when torch.distributed / megatron parallel state
+        are initialised here (when not done yet). hf_config: the transformers config (None = read
+        model.path). load_weights=False skips model.megatron_ckpt / model.path (random weights:
+        benchmarks)."""
         from megatron.core import parallel_state as ps
 
         from sppo_megatron.models import get_bridge, resolve_dtype
         from sppo_megatron.platform.distributed import init_distributed
 
         if not ps.model_parallel_is_initialized():
-            init_distributed(cfg.parallel.tp, cfg.parallel.pp, cfg.trainer.seed, cfg.parallel.distributed_timeout_minutes)
-        tp, pp, _ = setup.describe_layout()
-        if (tp, pp) != (cfg.parallel.tp, cfg.parallel.pp):
-            raise RuntimeError(f"megatron parallel state is TP={tp} PP={pp} but the config asks for "
-                               f"TP={cfg.parallel.tp} PP={cfg.parallel.pp}")
-        self.cfg = cfg
+            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes)
+        self.layout = ParallelLayout.current()
+        if (self.layout.tp, self.layout.pp) != (parallel.tp, parallel.pp):
+            raise RuntimeError(f"megatron parallel state is TP={self.layout.tp} PP={self.layout.pp} but the config "
+                               f"asks for TP={parallel.tp} PP={parallel.pp}")
+        self.parallel = parallel
+        self.train_cfg = train
+        self.group_size = int(group_size)
         self.hf_config = hf_config
-        self.bridge = bridge if bridge is not None else get_bridge(hf_config if hf_config is not None else cfg.model.path)
+        self.bridge = bridge if bridge is not None else get_bridge(hf_config if hf_config is not None else model.path)
         self.vocab_size: Optional[int] = getattr(self.bridge, "vocab_size", None)
-        self.dtype = resolve_dtype(cfg.model.dtype)
-        self.model, self.ddp = setup.build_policy(cfg, self.bridge, load_weights=load_weights)
+        self.dtype = resolve_dtype(model.dtype)
+        self.model, self.ddp = setup.build_policy(model, parallel, self.bridge, load_weights=load_weights)
         self.config = self.model.config
-        self.optimizer = setup.build_optimizer(cfg, self.ddp, self.dtype)
-        self.scheduler = setup.build_scheduler(cfg, self.optimizer)
+        self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
+        self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
         self.device = current_device()
-        self.pad_multiple = setup.sequence_pad_multiple(cfg)
-        rollout = getattr(cfg, "rollout", None)
-        self.default_temperature = float(getattr(rollout, "temperature", 1.0) or 1.0)
+        self.pad_multiple = setup.sequence_pad_multiple(model, parallel)
+        self.default_temperature = float(temperature)
         self._offloaded = None
         self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update
 
@@ -102,9 +122,9 @@ class MegatronActor:
         plan = plan_micro_batches(
             indices,
             batch.input_lengths,
-            ps.get_data_parallel_world_size(),
-            micro_batch_size=self.cfg.train.micro_batch_size,
-            max_tokens=self.cfg.train.max_tokens_per_micro_batch,
+            self.layout.dp,
+            micro_batch_size=self.train_cfg.micro_batch_size,
+            max_tokens=self.train_cfg.max_tokens_per_micro_batch,
         )
         return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
 
@@ -167,9 +187,9 @@ class MegatronActor:
                 self._run_schedule(micro, forward_step, forward_only=True)
         finally:
             self.ddp.train(was_training)
-        if ps.get_data_parallel_world_size() > 1:
+        if self.layout.dp > 1:
             dist.all_reduce(out, group=ps.get_data_parallel_group())
-        if ps.get_pipeline_model_parallel_world_size() > 1:
+        if self.layout.pp > 1:
             dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
         mask = torch.zeros(n, width, dtype=torch.bool)
         for i, r in enumerate(batch.response_lengths):
@@ -199,7 +219,7 @@ class MegatronActor:
         in `train/skipped`.
         """
         n = len(batch)
-        k = int(group_size or setup.group_size(self.cfg))
+        k = int(group_size or self.group_size)
         if temperature is None:  # the temperature old_logp was computed with, else rollout.temperature
             temperature = old_logp.temperature if isinstance(old_logp, LogProbs) else self.default_temperature
         temperature = float(temperature)
@@ -210,8 +230,8 @@ class MegatronActor:
         steps: List[Dict[str, float]] = []
         start = time.perf_counter()
         self.ddp.train()
-        for _ in range(int(self.cfg.train.epochs_per_rollout)):
-            for indices in mini_batches(n, k, int(self.cfg.train.mini_batch_size)):
+        for _ in range(int(self.train_cfg.epochs_per_rollout)):
+            for indices in mini_batches(n, k, int(self.train_cfg.mini_batch_size)):
                 metrics = self._train_step(batch, indices, targets_t, old_t, mask_t, temperature)
                 metrics["train/tokens"] = float(sum(lengths[i] for i in indices))
                 steps.append(metrics)
@@ -227,18 +247,23 @@ class MegatronActor:
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
             from sppo_megatron.algorithm import sppo_loss
 
-            lp = token_log_probs(logits, mb.labels.to(logits.device), temperature, self.vocab_size)
-            resp = mb.response_mask.to(lp.device)
+            # nothing here waits for the device: inputs go up asynchronously, the mask stays on the
+            # CPU (sppo_loss selects there), the statistics are summed on the device and read once
+            # per optimizer step
+            dev = logits.device
+            lp = token_log_probs(logits, mb.labels.to(dev, non_blocking=True), temperature, self.vocab_size)
+            resp = mb.response_mask.to(dev, non_blocking=True)
             # float64 sums: the loss is a difference of two long sums (see LogProbs.sequence_logp)
-            seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=lp.device)).sum(dim=1)
+            seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=dev)).sum(dim=1)
             rows = torch.tensor([max(i, 0) for i in mb.sample_index])
             selected = mask[rows] & torch.tensor([i >= 0 for i in mb.sample_index])
-            loss, m = sppo_loss(
-                seq_logp, old[rows].to(lp.device), targets[rows].to(lp.device), selected.to(lp.device), denominator=1.0
-            )
-            count = int(m["num_selected"])
-            stats.add_(torch.tensor([m["loss"], count, m["log_ratio_mean"] * count], dtype=torch.float64, device=stats.device))
-            return loss, torch.tensor(count, dtype=torch.int, device=lp.device), {}
+            loss, m = sppo_loss(seq_logp, old[rows].to(dev, non_blocking=True), targets[rows].to(dev, non_blocking=True),
+                                selected, denominator=1.0)
+            count = m["num_selected"]
+            stats[0].add_(m["loss"])
+            stats[1].add_(count)
+            stats[2].add_(m["log_ratio_mean"] * count)
+            return loss, torch.full((), count, dtype=torch.int, device=dev), {}
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
@@ -249,9 +274,9 @@ class MegatronActor:
         self.optimizer.zero_grad()
         self._run_schedule(micro, forward_step, forward_only=False)
 
-        if ps.get_data_parallel_world_size() > 1:
+        if self.layout.dp > 1:
             dist.all_reduce(stats, group=ps.get_data_parallel_group())
-        if ps.get_pipeline_model_parallel_world_size() > 1:
+        if self.layout.pp > 1:
             dist.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())
         sum_sq, count, sum_ratio = (float(v) for v in stats.cpu())
         loss = sum_sq / max(count, 1.0)

@@ -32,20 +32,11 @@ from sppo_megatron.actor import optimizer_state
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.dist_ckpt import MODEL_KEY
 from sppo_megatron.platform.distributed import barrier, rank
+from sppo_megatron.platform.layout import ParallelLayout
 
 META_FILE = "actor_meta.json"
 FORMAT = 1
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
-
-def _layout() -> Dict[str, int]:
-    from megatron.core import parallel_state as ps
-
-    return {
-        "tp": ps.get_tensor_model_parallel_world_size(),
-        "pp": ps.get_pipeline_model_parallel_world_size(),
-        "dp": ps.get_data_parallel_world_size(),
-    }
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -73,15 +64,14 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _rng_sharded(data: Any):
+def _rng_sharded(data: Any, layout: ParallelLayout):
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    lay = _layout()
     return ShardedObject(
         key="rng_state",
         data=data,
-        global_shape=(lay["pp"], lay["tp"], lay["dp"]),
+        global_shape=(layout.pp, layout.tp, layout.dp),
         global_offset=(ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()),
         replica_id=0,
     )
@@ -110,15 +100,15 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
         MODEL_KEY: model_sd,
         "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
         "scheduler": actor.scheduler.state_dict(),
-        "rng_state": _rng_sharded(_rng_state()),
+        "rng_state": _rng_sharded(_rng_state(), actor.layout),
     }
     save_dist_checkpoint(state, ckpt_dir)
     if rank() == 0:
         meta = {
             "format": FORMAT,
-            "layout": _layout(),
+            "layout": actor.layout.sizes(),
             "num_optimizer_steps": actor.num_optimizer_steps,
-            "use_distributed_optimizer": bool(actor.cfg.parallel.use_distributed_optimizer),
+            "use_distributed_optimizer": bool(actor.parallel.use_distributed_optimizer),
             "optimizer_sharding": OPTIMIZER_METADATA["distrib_optim_sharding_type"],
             "dtype": str(actor.dtype),
             "megatron_core": mcore_version,
@@ -144,7 +134,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
     meta = read_meta(ckpt_dir)
     if load_optimizer and not meta:
         raise UserError(f"{ckpt_dir} is a model-only checkpoint (no {META_FILE}); it has no optimizer state to resume")
-    want = bool(actor.cfg.parallel.use_distributed_optimizer)
+    want = bool(actor.parallel.use_distributed_optimizer)
     if load_optimizer and meta.get("use_distributed_optimizer", want) != want:
         raise UserError(
             f"{ckpt_dir} holds {'distributed' if not want else 'plain'}-optimizer state but "
@@ -156,9 +146,9 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
         optimizer_state.init_state(actor.optimizer)  # workaround (1)
         request["optimizer"] = actor.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_METADATA)
     # RNG streams are per rank: restored on a full resume in the same layout only
-    same_layout = load_optimizer and meta.get("layout") == _layout()
+    same_layout = load_optimizer and meta.get("layout") == actor.layout.sizes()
     if same_layout:
-        request["rng_state"] = _rng_sharded(None)
+        request["rng_state"] = _rng_sharded(None, actor.layout)
     loaded = load_dist_checkpoint(request, ckpt_dir)
     with torch.no_grad():
         actor.model.load_state_dict(loaded[MODEL_KEY])

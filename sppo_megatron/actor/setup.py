@@ -1,4 +1,4 @@
-"""Policy, optimizer and LR schedule for the actor: megatron-core objects built from the Config.
+"""Policy, optimizer and LR schedule for the actor: megatron-core objects built from its config groups.
 
 * the model: `bridge.build_model` (this rank's PP stage of a GPTModel, recomputation per
   `model.recompute` in the bridge's TransformerConfig), weights
@@ -22,41 +22,31 @@ shapes before each activation).
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any
 
 import torch
 
+from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 
 
-def group_size(cfg: Any) -> int:
-    rollout = getattr(cfg, "rollout", None)
-    return int(getattr(rollout, "n", 1) or 1)
+def warmup_steps(optim: OptimConfig, total: int) -> int:
+    if optim.lr_warmup_steps > 0:
+        return int(optim.lr_warmup_steps)
+    return int(optim.lr_warmup_ratio * total)
 
 
-def total_optimizer_steps(cfg: Any) -> int:
-    """trainer.total_steps x (data.train_batch_size / train.mini_batch_size, rounded up) x epochs_per_rollout."""
-    per_rollout = math.ceil(cfg.data.train_batch_size / cfg.train.mini_batch_size)
-    return max(1, int(cfg.trainer.total_steps) * per_rollout * int(cfg.train.epochs_per_rollout))
-
-
-def warmup_steps(cfg: Any, total: int) -> int:
-    if cfg.optim.lr_warmup_steps > 0:
-        return int(cfg.optim.lr_warmup_steps)
-    return int(cfg.optim.lr_warmup_ratio * total)
-
-
-def sequence_pad_multiple(cfg: Any) -> int:
+def sequence_pad_multiple(model: ModelConfig, parallel: ParallelConfig) -> int:
     """Sequence lengths must be multiples of this: TP with sequence parallelism splits the
     sequence across TP ranks, and Transformer Engine's FP8 GEMMs need token counts divisible by
     16 (32 for MXFP8)."""
-    multiple = cfg.parallel.tp if (cfg.parallel.sequence_parallel and cfg.parallel.tp > 1) else 1
-    if cfg.model.fp8:
-        multiple = math.lcm(multiple, 32 if cfg.model.fp8_recipe == "mxfp8" else 16)
+    multiple = parallel.tp if (parallel.sequence_parallel and parallel.tp > 1) else 1
+    if model.fp8:
+        multiple = math.lcm(multiple, 32 if model.fp8_recipe == "mxfp8" else 16)
     return multiple
 
 
-def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
+def build_policy(model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, load_weights: bool = True):
     """This rank's GPTModel stage with its weights, and its DDP wrapper: (model, ddp).
 
     load_weights=False keeps megatron's random initialisation (benchmarks only)."""
@@ -65,43 +55,42 @@ def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
     # perform_initialization must stay on even though the weights are loaded next: megatron-core
     # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
     # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
-    model = bridge.build_model(cfg.model, cfg.parallel)
+    model = bridge.build_model(model_cfg, parallel)
     tconfig = model.config
     tconfig.calculate_per_token_loss = True
     tconfig.variable_seq_lengths = True
     tconfig.finalize_model_grads_func = finalize_model_grads
     if load_weights:
-        load_initial_weights(cfg, model, bridge)
+        load_initial_weights(model_cfg, model, bridge)
     ddp = DistributedDataParallel(
         config=tconfig,
         ddp_config=DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
             overlap_grad_reduce=False,
-            use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+            use_distributed_optimizer=bool(parallel.use_distributed_optimizer),
         ),
         module=model,
     )
     return model, ddp
 
 
-def load_initial_weights(cfg: Any, model: Any, bridge: Any) -> None:
+def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> None:
     """model.megatron_ckpt (model-only dist checkpoint) if set, else the HF weights at model.path."""
-    if cfg.model.megatron_ckpt:
+    if model_cfg.megatron_ckpt:
         from sppo_megatron.models.dist_ckpt import check_meta_matches, load_model_checkpoint, read_checkpoint_meta
 
-        path = cfg.model.megatron_ckpt
+        path = model_cfg.megatron_ckpt
         check_meta_matches(read_checkpoint_meta(path), bridge, path, "model.path")
         load_model_checkpoint(model, path, "model.megatron_ckpt")
-    elif cfg.model.path:
-        bridge.load_hf_weights(model, cfg.model.path)
+    elif model_cfg.path:
+        bridge.load_hf_weights(model, model_cfg.path)
     else:
         raise UserError("set model.path (a Hugging Face model directory) or model.megatron_ckpt to load the policy weights")
 
 
-def build_optimizer(cfg: Any, ddp: Any, dtype: torch.dtype):
+def build_optimizer(o: OptimConfig, parallel: ParallelConfig, ddp: Any, dtype: torch.dtype):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    o = cfg.optim
     config = OptimizerConfig(
         optimizer="adam",
         lr=float(o.lr),
@@ -114,21 +103,20 @@ def build_optimizer(cfg: Any, ddp: Any, dtype: torch.dtype):
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         params_dtype=dtype,
-        use_distributed_optimizer=bool(cfg.parallel.use_distributed_optimizer),
+        use_distributed_optimizer=bool(parallel.use_distributed_optimizer),
     )
     optimizer = get_megatron_optimizer(config, [ddp])
     ddp.config.grad_scale_func = optimizer.scale_loss
     return optimizer
 
 
-def build_scheduler(cfg: Any, optimizer: Any):
-    """OptimizerParamScheduler; stepped once per successful optimizer step."""
+def build_scheduler(o: OptimConfig, total_optimizer_steps: int, optimizer: Any):
+    """OptimizerParamScheduler over `total_optimizer_steps`; stepped once per successful optimizer step."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    total = total_optimizer_steps(cfg)
-    warmup = min(warmup_steps(cfg, total), total)
+    total = total_optimizer_steps
+    warmup = min(warmup_steps(o, total), total)
     decay_steps = max(total, warmup + 1)
-    o = cfg.optim
     return OptimizerParamScheduler(
         optimizer=optimizer,
         init_lr=0.0 if warmup > 0 else float(o.lr),
@@ -154,13 +142,3 @@ def current_lr(optimizer: Any) -> float:
             lr = group["lr"]
             return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
     return 0.0
-
-
-def describe_layout() -> Tuple[int, int, int]:
-    from megatron.core import parallel_state as ps
-
-    return (
-        ps.get_tensor_model_parallel_world_size(),
-        ps.get_pipeline_model_parallel_world_size(),
-        ps.get_data_parallel_world_size(),
-    )

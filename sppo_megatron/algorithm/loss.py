@@ -9,7 +9,7 @@ old_logp_sum and the targets carry no gradient.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -20,7 +20,7 @@ def sppo_loss(
     targets: torch.Tensor,
     sample_mask: Optional[torch.Tensor] = None,
     denominator: Optional[float] = None,
-) -> Tuple[torch.Tensor, Dict[str, float]]:
+) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """Square loss over the samples where `sample_mask` is true (all when None).
 
     The sum of squared errors is divided by the number of selected samples, or by `denominator`
@@ -29,25 +29,25 @@ def sppo_loss(
     Unselected samples get exactly zero gradient even if their log-probs are not finite, and an
     empty selection gives a zero loss that still backpropagates.
 
-    metrics: `loss`, `log_ratio_mean` (mean log pi_theta - log pi_t over selected samples, 0 when
-    none) and `num_selected`, as python floats.
+    The selection is taken where `sample_mask` lives: a CPU mask costs the accelerator no host
+    synchronisation (the actor calls this once per micro-batch).
+    metrics: `loss` and `log_ratio_mean` (mean log pi_theta - log pi_t over selected samples, 0
+    when none) as detached 0-dim tensors on the loss's device, `num_selected` as an int.
     """
     if not (logp_sum.shape == old_logp_sum.shape == targets.shape) or logp_sum.dim() != 1:
         raise ValueError(f"logp_sum, old_logp_sum and targets must be 1-D of the same length, got "
                          f"{tuple(logp_sum.shape)}, {tuple(old_logp_sum.shape)}, {tuple(targets.shape)}")
     if sample_mask is None:
-        sample_mask = torch.ones_like(logp_sum, dtype=torch.bool)
+        sample_mask = torch.ones(logp_sum.shape, dtype=torch.bool)
     elif sample_mask.shape != logp_sum.shape:
         raise ValueError(f"sample_mask shape {tuple(sample_mask.shape)} != logp_sum shape {tuple(logp_sum.shape)}")
-    selected = sample_mask.to(device=logp_sum.device, dtype=torch.bool)
-    log_ratio = logp_sum[selected] - old_logp_sum.detach()[selected].to(logp_sum.dtype)
-    error = log_ratio - targets.detach()[selected].to(logp_sum.dtype)
-    num_selected = int(selected.sum())
+    index = sample_mask.to(torch.bool).nonzero().squeeze(1)
+    num_selected = int(index.numel())
+    index = index.to(logp_sum.device, non_blocking=True)
+    log_ratio = logp_sum.index_select(0, index) - old_logp_sum.detach().index_select(0, index).to(logp_sum.dtype)
+    error = log_ratio - targets.detach().index_select(0, index).to(logp_sum.dtype)
     divisor = float(denominator) if denominator is not None else max(num_selected, 1)
     loss = (error * error).sum() / divisor
-    metrics = {
-        "loss": float(loss.detach()),
-        "log_ratio_mean": float(log_ratio.detach().mean()) if num_selected else 0.0,
-        "num_selected": float(num_selected),
-    }
+    ratio_mean = log_ratio.detach().mean() if num_selected else torch.zeros((), dtype=loss.dtype, device=loss.device)
+    metrics = {"loss": loss.detach(), "log_ratio_mean": ratio_mean, "num_selected": num_selected}
     return loss, metrics

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
+from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
 
 
@@ -109,7 +110,7 @@ def default_out(evaluated: str, data: List[str]) -> str:
     return os.path.join(base, "eval", f"{os.path.basename(evaluated)}-{stems}.json")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config:
     from sppo_megatron.config.loader import load_config
 
     return load_config(args.config, args.overrides, check_paths=False, cross_field=False)
@@ -177,9 +178,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     items = dataset.items[: args.limit] if args.limit else dataset.items
     if ckpt is not None or detect_launch().world_size > 1:  # under torchrun: one job, prompts split
         init_distributed(tp=args.tp, pp=args.pp, seed=0)
-    engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.dirname(os.path.abspath(out)))
+    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                   log_dir=os.path.dirname(os.path.abspath(out)))
     load_weights(engine, hf_dir, ckpt, args.tp, args.pp)
-    n = args.n or int(cfg.rollout.val_n)
+    n = args.n or cfg.rollout.val_n
     scorer = RewardScorer(cfg.reward)
     try:
         metrics, rollout, rewards = evaluate(engine, tokenizer, scorer, items, sampling, n=n,

@@ -2,19 +2,21 @@
 
 Every problem becomes one line of a ConfigError (the CLI prints them and exits 2). Validation
 needs only the world size (read from the launcher's environment), so it runs before any process
-group or model exists.
+group or model exists. The result is the frozen dataclass `Config`, not an OmegaConf node.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sppo_megatron.config import rules
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import ConfigError
 
@@ -79,13 +81,16 @@ def _describe_type(field: dataclasses.Field) -> str:
     return t
 
 
-def _range_problems(cfg: DictConfig) -> List[str]:
+def _value(cfg: Config, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def _range_problems(cfg: Config) -> List[str]:
     problems = []
     for key, f in iter_fields():
-        value = OmegaConf.select(cfg, key)
+        value = _value(cfg, key)
         meta = f.metadata
-        values = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
-        for v in values:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             if "choices" in meta and v not in meta["choices"]:
                 problems.append(f"{key}: invalid value {v!r}; allowed: {_describe_type(f)[len('one of '):]}")
             if v is None or isinstance(v, (bool, str)):
@@ -97,76 +102,15 @@ def _range_problems(cfg: DictConfig) -> List[str]:
     return problems
 
 
-def _path_problems(cfg: DictConfig) -> List[str]:
+def _path_problems(cfg: Config) -> List[str]:
     problems = []
     for key, f in iter_fields():
         if not f.metadata.get("must_exist"):
             continue
-        value = OmegaConf.select(cfg, key)
-        paths = list(value) if OmegaConf.is_list(value) else [value]
-        for p in paths:
+        value = _value(cfg, key)
+        for p in value if isinstance(value, (list, tuple)) else [value]:
             if p is not None and not os.path.exists(str(p)):
                 problems.append(f"{key}: path does not exist: {p}")
-    return problems
-
-
-def _cross_field_problems(cfg: DictConfig, world_size: int, check_paths: bool = True) -> List[str]:
-    p, d, r, t, a = cfg.parallel, cfg.data, cfg.rollout, cfg.train, cfg.algorithm
-    problems = []
-    if cfg.model.path is None:
-        problems.append("model.path: required (a Hugging Face model directory with config.json and tokenizer)")
-    elif check_paths and os.path.isfile(cfg.model.path):
-        problems.append(f"model.path: {cfg.model.path} is a file; expected a Hugging Face model directory")
-    elif check_paths and os.path.isdir(cfg.model.path) and not os.path.exists(os.path.join(cfg.model.path, "config.json")):
-        problems.append(f"model.path: {cfg.model.path} has no config.json (not a Hugging Face model directory)")
-    if not d.train_files:
-        problems.append("data.train_files: required (one or more parquet files)")
-    if world_size % (p.tp * p.pp):
-        problems.append(
-            f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide the world size {world_size}"
-        )
-        return problems  # the DP-dependent rules below would only repeat the problem
-    dp = world_size // (p.tp * p.pp)
-    if p.sequence_parallel and p.tp == 1:
-        problems.append("parallel.sequence_parallel: needs parallel.tp > 1")
-    if world_size % r.tp and r.engine != "hf":
-        problems.append(f"rollout.tp={r.tp} does not divide the world size {world_size}")
-    if a.preference != "batch_softmean" and r.n < 2:
-        problems.append(
-            f"rollout.n={r.n}: SPPO win rates need >= 2 samples per prompt (or algorithm.preference=batch_softmean)"
-        )
-    for key in ("top_p", "val_top_p"):
-        if r[key] == 0:
-            problems.append(f"rollout.{key}=0: must be > 0 (1.0 = off)")
-    if cfg.optim.min_lr > cfg.optim.lr:
-        problems.append(f"optim.min_lr={cfg.optim.min_lr} must not exceed optim.lr={cfg.optim.lr}")
-    if cfg.model.dtype == "fp16":
-        problems.append("model.dtype=fp16: fp16 training (loss scaling) is not supported; use bf16 (or auto)")
-    if r.temperature == 0:
-        problems.append("rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
-                        "SPPO needs sampling (e.g. 1.0)")
-    if a.preference == "batch_softmean" and a.loss != "soft":
-        problems.append(f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft")
-    if d.train_batch_size % t.mini_batch_size:
-        problems.append(
-            f"data.train_batch_size={d.train_batch_size} is not divisible by train.mini_batch_size={t.mini_batch_size}"
-        )
-    samples = t.mini_batch_size * r.n
-    if samples % dp:
-        problems.append(
-            f"train.mini_batch_size={t.mini_batch_size} x rollout.n={r.n} = {samples} samples do not split across "
-            f"{dp} data-parallel ranks"
-        )
-    elif t.max_tokens_per_micro_batch is None and (samples // dp) % t.micro_batch_size:
-        problems.append(
-            f"train.micro_batch_size={t.micro_batch_size} does not divide the {samples // dp} samples per "
-            f"data-parallel rank of a mini-batch (train.mini_batch_size x rollout.n / dp)"
-        )
-    if cfg.model.fp8 is not None and cfg.model.transformer_impl == "local":
-        problems.append("model.fp8: needs Transformer Engine (model.transformer_impl=auto or transformer_engine)")
-    resume = cfg.trainer.resume
-    if check_paths and resume not in ("auto", "none") and not os.path.exists(resume):
-        problems.append(f"trainer.resume: checkpoint path does not exist: {resume} (or use auto | none)")
     return problems
 
 
@@ -176,7 +120,7 @@ def load_config(
     world_size: Optional[int] = None,
     check_paths: bool = True,
     cross_field: bool = True,
-) -> DictConfig:
+) -> Config:
     """Build, merge and validate the config; raise ConfigError listing every problem.
 
     world_size defaults to the launcher's (torchrun / srun / single process). check_paths=False
@@ -184,6 +128,7 @@ def load_config(
     cross_field=False skips the rules that only concern training (for `sppo-eval`).
     """
     merged = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(merged, False)  # the frozen schema makes it read-only; the layers merge in
     layers: List[Tuple[Dict[str, Any], str]] = []
     if config_file is not None:
         if not os.path.isfile(config_file):
@@ -210,20 +155,33 @@ def load_config(
         from sppo_megatron.platform.distributed import detect_launch
 
         world_size = detect_launch().world_size
-    problems = _range_problems(merged) + (_path_problems(merged) if check_paths else [])
+    cfg = _to_config(merged)
+    problems = _range_problems(cfg) + (_path_problems(cfg) if check_paths else [])
     if not problems and cross_field:
-        problems = _cross_field_problems(merged, world_size, check_paths)
+        problems = rules.problems(cfg, world_size, check_paths)
     if problems:
         raise ConfigError("\n".join(problems))
-    OmegaConf.set_readonly(merged, True)
-    return merged
+    return cfg
 
 
-def save_config(cfg: DictConfig, path: str) -> None:
+def _to_config(merged: DictConfig) -> Config:
+    """The merged layers as the frozen `Config` (interpolations resolved)."""
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # e.g. an interpolation naming a missing key
+        raise ConfigError(_type_problem(e)) from None
+
+
+def config_yaml(cfg: Config) -> str:
+    """The YAML of a config, as config.yaml holds it (a reproducible run's contract)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str) -> None:
     """Write the fully resolved config (atomically) so a run can be reproduced from it."""
     from sppo_megatron.platform.files import atomic_write_text
 
-    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(path, config_yaml(cfg))
 
 
 def defaults_yaml() -> str:

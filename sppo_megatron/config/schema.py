@@ -5,6 +5,8 @@ Each field may carry metadata used by validation:
   min=/max=           numeric range (inclusive)
   help="..."          one line for `sppo-train --help` and docs/configuration.md
 Defaults here are the defaults; `defaults.yaml` is generated from them (tested to match).
+The groups are frozen: `load_config` returns a `Config` and each component takes its own groups;
+cross-field rules live in rules.py, one function per group.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def opt(default: Any, help: str = "", **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     path: Optional[str] = opt(None, "Hugging Face model directory (config, tokenizer; weights unless megatron_ckpt)", must_exist=True)
     megatron_ckpt: Optional[str] = opt(None, "megatron-core dist checkpoint from `sppo-convert hf-to-megatron`", must_exist=True)
@@ -31,7 +33,7 @@ class ModelConfig:
     recompute: str = opt("none", "activation recomputation", choices=("none", "selective", "full"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelConfig:
     tp: int = opt(1, "tensor-parallel size", min=1)
     pp: int = opt(1, "pipeline-parallel size", min=1)
@@ -40,7 +42,7 @@ class ParallelConfig:
     distributed_timeout_minutes: int = opt(30, "collective timeout", min=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     train_files: List[str] = opt([], "training prompt parquet files (verl schema)", must_exist=True)
     val_files: List[str] = opt([], "validation prompt parquet files", must_exist=True)
@@ -55,7 +57,7 @@ class DataConfig:
     shuffle: bool = opt(True, "shuffle training prompts each epoch (seeded by trainer.seed)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     engine: str = opt("auto", "rollout engine; auto = sglang with a GPU, hf without", choices=("auto", "sglang", "hf"))
     n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
@@ -71,7 +73,7 @@ class RolloutConfig:
     dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=("auto", "bf16", "fp16", "fp32"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlgorithmConfig:
     preference: str = opt("pairwise", "how rewards become win rates", choices=("pairwise", "bradley_terry", "batch_softmean"))
     eta: float = opt(1.0, "SPPO step size eta (targets are eta * (P_hat - 1/2))", min=0.0)
@@ -80,14 +82,14 @@ class AlgorithmConfig:
     bt_beta: float = opt(1.0, "Bradley-Terry temperature for preference=bradley_terry", min=0.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     custom_fn: Optional[str] = opt(None, "path/to/file.py:function, called like verl's compute_score(data_source=, solution_str=, ground_truth=, extra_info=) -> float (it may take a subset)")
     timeout_s: float = opt(1.0, "per-sample scoring time limit (seconds)", min=0.0)
     num_workers: int = opt(2, "scoring worker processes", min=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = opt(1e-6, "peak learning rate", min=0.0)
     min_lr: float = opt(0.0, "final learning rate of the cosine schedule", min=0.0)
@@ -101,7 +103,7 @@ class OptimConfig:
     clip_grad: float = opt(1.0, "global gradient-norm clip; 0 = off", min=0.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     mini_batch_size: int = opt(8, "prompts per optimizer step (each with its rollout.n samples)", min=1)
     micro_batch_size: int = opt(1, "samples per micro-batch per data-parallel rank", min=1)
@@ -109,7 +111,7 @@ class TrainConfig:
     epochs_per_rollout: int = opt(1, "passes over each rollout batch", min=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     total_steps: int = opt(1, "training steps (each = one rollout batch)", min=0)
     output_dir: str = opt("outputs/run", "run directory: config.yaml, metrics.jsonl, checkpoints/")
@@ -128,7 +130,7 @@ class TrainerConfig:
     export_hf: bool = opt(False, "write a Hugging Face checkpoint to output_dir/hf at the end")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

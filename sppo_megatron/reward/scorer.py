@@ -10,6 +10,7 @@ The parent keeps scoring while workers run, so the two overlap. A custom functio
 import time
 from typing import Any, Optional, Sequence
 
+from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.reward.custom import load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
 from sppo_megatron.reward.math import extract_answer, fast_score
@@ -19,13 +20,13 @@ _POLL_EVERY = 16
 
 
 class RewardScorer:
-    """Scores batches of responses; `cfg` has custom_fn, timeout_s and num_workers (RewardConfig).
+    """Scores batches of responses with the `reward` config group (custom_fn, timeout_s, num_workers).
 
     Use as a context manager, or call close(); workers start on first need.
     """
 
-    def __init__(self, cfg: Any):
-        self.custom_spec: Optional[str] = getattr(cfg, "custom_fn", None)
+    def __init__(self, cfg: RewardConfig):
+        self.custom_spec: Optional[str] = cfg.custom_fn
         if self.custom_spec:
             load_custom_fn(self.custom_spec)  # a bad path is a UserError now, not a worker failure later
         self.pool = WorkerPool(cfg.num_workers, cfg.timeout_s, self.custom_spec)

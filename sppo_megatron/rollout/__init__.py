@@ -1,5 +1,5 @@
 """Rollout engines: one protocol (`RolloutEngine`), an SGLang engine (GPU) and a Hugging Face
-transformers engine (CPU / fallback), chosen by `create_rollout_engine(cfg, hf_dir)`.
+transformers engine (CPU / fallback), chosen by `create_rollout_engine(cfg.rollout, hf_dir, ...)`.
 
 sglang is imported lazily: this package imports on machines without it.
 """

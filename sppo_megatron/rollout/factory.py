@@ -1,4 +1,4 @@
-"""`create_rollout_engine(cfg, hf_dir)`: pick and build the rollout engine from `rollout.engine`.
+"""`create_rollout_engine(cfg.rollout, hf_dir, seed=..., log_dir=...)`: the engine `rollout.engine` names.
 
 - auto: SGLang when a CUDA GPU is present and sglang is importable; the HF engine otherwise. On a
   GPU without sglang, auto falls back to HF with a LOUD warning (HF generation is much slower).
@@ -10,13 +10,13 @@ Collective when torch.distributed is initialised: every rank must call it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 from typing import Any, Optional
 
 import torch
 
+from sppo_megatron.config.schema import RolloutConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import current_device, detect_launch
 from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
@@ -58,49 +58,36 @@ def choose_engine(requested: str, has_gpu: Optional[bool] = None, has_sglang: Op
     return "hf"
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part, None) if not isinstance(node, dict) else node.get(part)
-        if node is None:
-            return default
-    return node
-
-
 def create_rollout_engine(
-    cfg: Any,
+    rollout: RolloutConfig,
     hf_dir: str,
     *,
-    log_dir: Optional[str] = None,
-    seed: Optional[int] = None,
+    seed: int,
+    log_dir: str,
     api: Any = None,
 ) -> RolloutEngine:
-    """Build the rollout engine for `cfg` (the full Config/DictConfig: reads cfg.rollout.* and
-    cfg.trainer.seed / output_dir) serving the HF model directory `hf_dir` (config, tokenizer
-    files; weights optional: the first sync fills them).
+    """Build the rollout engine for the `rollout` config group serving the HF model directory
+    `hf_dir` (config, tokenizer files; weights optional: the first sync fills them).
 
-    `log_dir`: where SGLang engine logs go (default <trainer.output_dir>/logs). `api`: a stand-in
-    for the sglang module (tests)."""
-    ro = cfg.rollout
-    kind = choose_engine(ro.engine, has_sglang=True if api is not None else None)
-    seed = int(_get(cfg, "trainer.seed", 1234) if seed is None else seed)
+    `seed`: the engine's sampling seed base (trainer.seed); `log_dir`: where SGLang engine logs
+    go. `api`: a stand-in for the sglang module (tests)."""
+    kind = choose_engine(rollout.engine, has_sglang=True if api is not None else None)
     if kind == "hf":
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
         device = current_device()
-        return HFRolloutEngine(hf_dir, dtype=resolve_dtype(ro.dtype, device), device=device, placement=make_placement(1))
+        return HFRolloutEngine(hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device,
+                               placement=make_placement(1))
 
     from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
 
-    tp = int(ro.tp)
+    tp = rollout.tp
     local_world = detect_launch().local_world_size  # torchrun or srun
     if local_world % tp and local_world > 1:
         raise UserError(
             f"rollout.tp={tp} must divide the ranks per node ({local_world}): an SGLang engine's GPUs must be on one node"
         )
-    if log_dir is None:
-        log_dir = os.path.join(_get(cfg, "trainer.output_dir", "outputs/run"), "logs")
     return SglangRolloutEngine(
-        hf_dir, tp=tp, mem_fraction=float(ro.mem_fraction), dtype=resolve_dtype(ro.dtype, torch.device("cuda")),
-        bucket_mb=float(ro.sync_bucket_mb), placement=make_placement(tp), seed=seed, log_dir=log_dir, api=api,
+        hf_dir, tp=tp, mem_fraction=rollout.mem_fraction, dtype=resolve_dtype(rollout.dtype, torch.device("cuda")),
+        bucket_mb=float(rollout.sync_bucket_mb), placement=make_placement(tp), seed=seed, log_dir=log_dir, api=api,
     )

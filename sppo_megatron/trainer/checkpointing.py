@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from sppo_megatron.errors import UserError
@@ -28,8 +29,17 @@ def _step_of(path: str) -> int:
     return int(os.path.basename(path)[len("step_"):])
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """How a run starts: from the checkpoint `resume_from`, or fresh (None), first removing the
+    checkpoints already in output_dir when `clear` (trainer.resume=none, trainer.overwrite=true)."""
+
+    resume_from: Optional[str] = None
+    clear: bool = False
+
+
 class CheckpointManager:
-    """Owns `output_dir/checkpoints`: saving, rotation, and finding what to resume from."""
+    """Owns `output_dir/checkpoints`: saving, rotation, and deciding how a run starts."""
 
     def __init__(self, output_dir: str, keep_last: int) -> None:
         self.root = os.path.join(output_dir, "checkpoints")
@@ -91,24 +101,22 @@ class CheckpointManager:
             shutil.rmtree(self.root, ignore_errors=True)
         barrier()
 
-    def resolve_resume(self, resume: str, overwrite: bool) -> Optional[str]:
-        """The checkpoint to resume from for `trainer.resume` (auto | none | PATH), or None.
-
-        resume=none into a directory that holds another run's checkpoints is refused unless
-        trainer.overwrite=true, so a typo never clobbers a run.
-        """
+    def decide_start(self, resume: str, overwrite: bool) -> "RunStart":
+        """What this run does for `trainer.resume` (auto | none | PATH) and `trainer.overwrite`:
+        resume from a checkpoint, start fresh (clearing another run's checkpoints only with
+        overwrite=true), or refuse (UserError), so a typo never clobbers a run."""
         if resume == "auto":
-            return self.latest()
+            return RunStart(resume_from=self.latest())
         if resume == "none":
             if self.step_dirs() and not overwrite:
                 raise UserError(
                     f"trainer.output_dir already holds checkpoints ({self.root}); use trainer.resume=auto to "
                     "continue that run, another trainer.output_dir, or trainer.overwrite=true to replace it"
                 )
-            return None
+            return RunStart(clear=bool(self.step_dirs()))
         if not os.path.isfile(os.path.join(resume, STATE_FILE)):
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint directory (no {STATE_FILE})")
-        return resume
+        return RunStart(resume_from=resume)
 
     @staticmethod
     def read_state(ckpt_dir: str) -> Dict[str, Any]:

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from sppo_megatron.data import PromptItem
 from sppo_megatron.actor import SequenceBatch
+from sppo_megatron.config.schema import Config
+from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import on_rank0
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams
@@ -49,7 +50,7 @@ class Rollout:
         return samples_logprobs(self.samples, width)
 
 
-def train_sampling(cfg: Any, step: int) -> SamplingParams:
+def train_sampling(cfg: Config, step: int) -> SamplingParams:
     """rollout.* sampling with a per-step seed: a resumed run draws the same samples."""
     r = cfg.rollout
     return SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
@@ -57,7 +58,7 @@ def train_sampling(cfg: Any, step: int) -> SamplingParams:
                           seed=int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step)
 
 
-def val_sampling(cfg: Any) -> SamplingParams:
+def val_sampling(cfg: Config) -> SamplingParams:
     """rollout.val_* sampling (greedy by default)."""
     r = cfg.rollout
     return SamplingParams(temperature=float(r.val_temperature), top_p=float(r.val_top_p), top_k=-1,

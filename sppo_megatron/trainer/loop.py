@@ -6,22 +6,22 @@
         samples  = rollout.generate(prompts, n=K)            rollout/
         rewards  = scorer.score(samples)                     reward/
         targets  = SPPO targets from win rates               algorithm/
-        old_lp   = actor.log_probs(samples)                  engine/
-        metrics  = actor.update(samples, targets, old_lp)    engine/
+        old_lp   = actor.log_probs(samples)                  actor/
+        metrics  = actor.update(samples, targets, old_lp)    actor/
         eval / checkpoint / log                              trainer/
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator
 
-from omegaconf import DictConfig, OmegaConf
-
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
+from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import TrainingDiverged
 from sppo_megatron.platform.distributed import is_rank0
 from sppo_megatron.sync import logp_abs_diff
@@ -45,30 +45,30 @@ def _say(message: str) -> None:
         print(f"sppo-train: {message}", flush=True)
 
 
-def validate(run: RunComponents, cfg: DictConfig) -> Dict[str, Any]:
+def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
     sync_s = run.sync_weights()["timing/sync_s"]
     run.to_rollout()
     result, _, _ = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
-                            n=int(cfg.rollout.val_n), batch_size=cfg.data.val_batch_size)
+                            n=cfg.rollout.val_n, batch_size=cfg.data.val_batch_size)
     run.to_training()
     return {"timing/val_sync_s": sync_s, **result}
 
 
-def train_step(run: RunComponents, cfg: DictConfig, step: int) -> Dict[str, Any]:
+def train_step(run: RunComponents, cfg: Config, step: int) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
     metrics: Dict[str, Any] = {}
     items = [run.train_data[i] for i in run.sampler.next_batch()]
     metrics.update(run.sync_weights())
     run.to_rollout()
     with timed(metrics, "timing/gen_s"):
-        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step), int(cfg.rollout.n))
+        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step), cfg.rollout.n)
     run.to_training()
     rewards, reward_metrics = score(run.scorer, rollout)
-    targets, sample_mask, algo_metrics = compute_targets(rewards, int(cfg.rollout.n), cfg.algorithm)
+    targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
     with timed(metrics, "timing/old_logp_s"):
-        old_logp = run.actor.log_probs(batch, temperature=float(cfg.rollout.temperature))
+        old_logp = run.actor.log_probs(batch, temperature=cfg.rollout.temperature)
     with timed(metrics, "timing/update_s"):
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
@@ -79,14 +79,15 @@ def train_step(run: RunComponents, cfg: DictConfig, step: int) -> Dict[str, Any]
     return metrics
 
 
-def train(cfg: DictConfig) -> Dict[str, Any]:
+def train(cfg: Config) -> Dict[str, Any]:
     """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank."""
     t = cfg.trainer
     preemption = PreemptionFlag()  # before the slow start-up: a signal then still ends in a clean exit
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
-    resume_from = ckpts.resolve_resume(t.resume, t.overwrite)
-    if t.resume == "none" and ckpts.step_dirs():
-        ckpts.clear()  # trainer.overwrite=true (resolve_resume refuses otherwise)
+    start = ckpts.decide_start(t.resume, t.overwrite)  # refuses (UserError) rather than clobber a run
+    if start.clear:
+        ckpts.clear()
+    resume_from = start.resume_from
     if is_rank0():
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     run = build_components(cfg, load_weights=resume_from is None)
@@ -97,7 +98,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         run.sampler.load_state_dict(state["sampler"])
         start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
-                           OmegaConf.to_container(cfg, resolve=True), enabled=is_rank0(),
+                           dataclasses.asdict(cfg), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
     _say(f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
          + (f", resumed from {resume_from}" if resume_from else ""))

@@ -4,10 +4,12 @@ optimizer state fills the GPU), the actor, then the reward scorer."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
 from sppo_megatron.errors import DataError, UserError
 
@@ -30,7 +32,7 @@ def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
         raise DataError(f"{', '.join(dataset.files)}: {e}") from None
 
 
-def load_data(cfg: Any, tokenizer: Any) -> tuple[PromptDataset, Optional[PromptDataset]]:
+def load_data(cfg: Config, tokenizer: Any) -> tuple[PromptDataset, Optional[PromptDataset]]:
     train = load_prompt_dataset(list(cfg.data.train_files), tokenizer, cfg.data)
     check_sources(train, cfg.reward.custom_fn)
     val = None
@@ -82,12 +84,9 @@ class RunComponents:
                          self.actor.bridge.arch.hf_class, write=is_rank0())
 
     def describe(self) -> str:
-        from megatron.core import parallel_state as ps
-
         val = f", {len(self.val_data)} validation prompts" if self.val_data is not None else ""
         filtered = f" ({self.train_data.num_filtered} overlong filtered)" if self.train_data.num_filtered else ""
-        return (f"TP={ps.get_tensor_model_parallel_world_size()} PP={ps.get_pipeline_model_parallel_world_size()} "
-                f"DP={ps.get_data_parallel_world_size()}, rollout {self.engine.describe()}, "
+        return (f"{self.actor.layout.describe()}, rollout {self.engine.describe()}, "
                 f"{len(self.train_data)} train prompts{filtered}{val}")
 
     def close(self) -> None:
@@ -95,10 +94,25 @@ class RunComponents:
         self.engine.shutdown()
 
 
-def build_components(cfg: Any, load_weights: bool = True) -> RunComponents:
+def total_optimizer_steps(cfg: Config) -> int:
+    """trainer.total_steps x (data.train_batch_size / train.mini_batch_size, rounded up) x epochs_per_rollout."""
+    per_rollout = math.ceil(cfg.data.train_batch_size / cfg.train.mini_batch_size)
+    return max(1, cfg.trainer.total_steps * per_rollout * cfg.train.epochs_per_rollout)
+
+
+def build_actor(cfg: Config, hf_config: Any = None, load_weights: bool = True) -> Any:
+    """The MegatronActor of this run: its groups plus the run facts it needs (LR schedule length,
+    rollout.n, rollout.temperature, trainer.seed)."""
+    from sppo_megatron.actor import MegatronActor
+
+    return MegatronActor(cfg.model, cfg.parallel, cfg.optim, cfg.train, total_optimizer_steps=total_optimizer_steps(cfg),
+                         group_size=cfg.rollout.n, temperature=cfg.rollout.temperature, seed=cfg.trainer.seed,
+                         hf_config=hf_config, load_weights=load_weights)
+
+
+def build_components(cfg: Config, load_weights: bool = True) -> RunComponents:
     """Collective: every rank builds its share (call after init_distributed). load_weights=False
     leaves the actor's initial weights unloaded (a checkpoint is about to be restored)."""
-    from sppo_megatron.actor import MegatronActor
     from sppo_megatron.models.hf_io import load_hf_config
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine
@@ -107,9 +121,10 @@ def build_components(cfg: Any, load_weights: bool = True) -> RunComponents:
     hf_dir = str(cfg.model.path)  # config and tokenizer (weights come from the checkpoint or here)
     tokenizer = load_tokenizer(hf_dir)
     train, val = load_data(cfg, tokenizer)
-    sampler = PromptSampler(len(train), int(cfg.data.train_batch_size), int(cfg.trainer.seed),
-                            shuffle=bool(cfg.data.shuffle), drop_last=True)
-    engine = create_rollout_engine(cfg, hf_dir, log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+    sampler = PromptSampler(len(train), cfg.data.train_batch_size, cfg.trainer.seed,
+                            shuffle=cfg.data.shuffle, drop_last=True)
+    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                   log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
-    actor = MegatronActor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
+    actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
     return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), RewardScorer(cfg.reward))

@@ -1,0 +1,122 @@
+"""Cross-field rules, one function per config group (the group whose key the message names first).
+
+Each rule returns its problems as one line each; `problems` runs them all so every problem is
+reported at once. The rules need only the world size, so they run before any process group.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List
+
+from sppo_megatron.config.schema import Config
+from sppo_megatron.platform.layout import ParallelLayout
+
+Rule = Callable[[Config, int, bool], List[str]]
+
+
+def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    m = cfg.model
+    problems = []
+    if m.path is None:
+        problems.append("model.path: required (a Hugging Face model directory with config.json and tokenizer)")
+    elif check_paths and os.path.isfile(m.path):
+        problems.append(f"model.path: {m.path} is a file; expected a Hugging Face model directory")
+    elif check_paths and os.path.isdir(m.path) and not os.path.exists(os.path.join(m.path, "config.json")):
+        problems.append(f"model.path: {m.path} has no config.json (not a Hugging Face model directory)")
+    if m.dtype == "fp16":
+        problems.append("model.dtype=fp16: fp16 training (loss scaling) is not supported; use bf16 (or auto)")
+    if m.fp8 is not None and m.transformer_impl == "local":
+        problems.append("model.fp8: needs Transformer Engine (model.transformer_impl=auto or transformer_engine)")
+    return problems
+
+
+def parallel_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    p = cfg.parallel
+    problems = []
+    if ParallelLayout.for_world(world_size, p.tp, p.pp) is None:
+        problems.append(
+            f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide the world size {world_size}"
+        )
+    if p.sequence_parallel and p.tp == 1:
+        problems.append("parallel.sequence_parallel: needs parallel.tp > 1")
+    return problems
+
+
+def data_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    d = cfg.data
+    problems = []
+    if not d.train_files:
+        problems.append("data.train_files: required (one or more parquet files)")
+    if d.train_batch_size % cfg.train.mini_batch_size:
+        problems.append(
+            f"data.train_batch_size={d.train_batch_size} is not divisible by train.mini_batch_size={cfg.train.mini_batch_size}"
+        )
+    return problems
+
+
+def rollout_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    r = cfg.rollout
+    problems = []
+    if world_size % r.tp and r.engine != "hf":
+        problems.append(f"rollout.tp={r.tp} does not divide the world size {world_size}")
+    if cfg.algorithm.preference != "batch_softmean" and r.n < 2:
+        problems.append(
+            f"rollout.n={r.n}: SPPO win rates need >= 2 samples per prompt (or algorithm.preference=batch_softmean)"
+        )
+    for key in ("top_p", "val_top_p"):
+        if getattr(r, key) == 0:
+            problems.append(f"rollout.{key}=0: must be > 0 (1.0 = off)")
+    if r.temperature == 0:
+        problems.append("rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
+                        "SPPO needs sampling (e.g. 1.0)")
+    return problems
+
+
+def algorithm_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    a = cfg.algorithm
+    if a.preference == "batch_softmean" and a.loss != "soft":
+        return [f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft"]
+    return []
+
+
+def optim_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    o = cfg.optim
+    if o.min_lr > o.lr:
+        return [f"optim.min_lr={o.min_lr} must not exceed optim.lr={o.lr}"]
+    return []
+
+
+def train_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    t, n = cfg.train, cfg.rollout.n
+    layout = ParallelLayout.for_world(world_size, cfg.parallel.tp, cfg.parallel.pp)
+    if layout is None:
+        return []  # reported by parallel_rules; a data-parallel rule would only repeat it
+    samples = t.mini_batch_size * n
+    if samples % layout.dp:
+        return [
+            f"train.mini_batch_size={t.mini_batch_size} x rollout.n={n} = {samples} samples do not split across "
+            f"{layout.dp} data-parallel ranks"
+        ]
+    if t.max_tokens_per_micro_batch is None and (samples // layout.dp) % t.micro_batch_size:
+        return [
+            f"train.micro_batch_size={t.micro_batch_size} does not divide the {samples // layout.dp} samples per "
+            f"data-parallel rank of a mini-batch (train.mini_batch_size x rollout.n / dp)"
+        ]
+    return []
+
+
+def trainer_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    resume = cfg.trainer.resume
+    if check_paths and resume not in ("auto", "none") and not os.path.exists(resume):
+        return [f"trainer.resume: checkpoint path does not exist: {resume} (or use auto | none)"]
+    return []
+
+
+RULES: List[Rule] = [model_rules, parallel_rules, data_rules, rollout_rules, algorithm_rules, optim_rules,
+                     train_rules, trainer_rules]
+
+
+def problems(cfg: Config, world_size: int, check_paths: bool = True) -> List[str]:
+    """Every cross-field problem of `cfg` for a job of `world_size` ranks, in schema group order."""
+    return [line for rule in RULES for line in rule(cfg, world_size, check_paths)]
