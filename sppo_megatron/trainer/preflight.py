@@ -73,7 +73,8 @@ def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
 
     problems: List[str] = []
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
-    resume_from = _collect(problems, ckpts.resolve_resume, t.resume, t.overwrite)
+    start = _collect(problems, ckpts.decide_start, t.resume, t.overwrite)
+    resume_from = start.resume_from if start is not None else None
     if resume_from is None:
         return problems, None, None
     step = int(ckpts.read_state(resume_from)["step"])
