@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from sppo_megatron.errors import UserError
-from sppo_megatron.rollout import SamplingParams, choose_engine, create_rollout_engine, split_evenly
+from sppo_megatron.rollout import (
+    SamplingParams,
+    choose_engine,
+    create_rollout_engine,
+    logp_abs_diff,
+    samples_logprobs,
+    split_evenly,
+)
 from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
-from sppo_megatron.sync import WeightSync, bucketize, logp_abs_diff, samples_logprobs
+from sppo_megatron.sync import WeightSync, bucketize
 
 EOS = 3
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [20]]

@@ -154,8 +154,8 @@ def test_logp_parity_with_megatron_actor(llama, tmp_path):
 
     from sppo_megatron.config.schema import Config
     from sppo_megatron.actor.batch import SequenceBatch
-    from sppo_megatron.rollout import SamplingParams, create_rollout_engine
-    from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
+    from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
+    from sppo_megatron.sync import WeightSync
 
     cfg = Config()
     cfg.model.path = llama[0]

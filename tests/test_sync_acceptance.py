@@ -65,8 +65,8 @@ def _acceptance(hf_dir, out_dir):
 
     from sppo_megatron.config.schema import Config
     from sppo_megatron.actor.batch import SequenceBatch
-    from sppo_megatron.rollout import SamplingParams, create_rollout_engine
-    from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
+    from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
+    from sppo_megatron.sync import WeightSync
 
     cfg = Config()
     cfg.model.path = hf_dir

@@ -18,8 +18,7 @@ from sppo_megatron.data import PromptItem
 from sppo_megatron.actor import SequenceBatch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import on_rank0
-from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams
-from sppo_megatron.sync import samples_logprobs
+from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, samples_logprobs
 
 #: seeds of different steps must not collide; any large odd multiplier will do
 _STEP_SEED_MULTIPLIER = 1_000_003
