@@ -23,7 +23,7 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 
-from sppo_megatron.platform.distributed import first_error
+from sppo_megatron.platform.distributed import rank, share_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +79,8 @@ class WeightSync:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        checked, error = False, None
-        if self.check:
-            try:
-                checked = self._verify(tap)
-            except RuntimeError as e:  # only engine hosts can fail the check: all ranks stop on it
-                error = str(e)
-        error = first_error(error)
-        if error:
-            raise RuntimeError(error)
+        # only engine hosts can fail the check: every rank stops on it
+        checked = share_outcomes(lambda: self.check and self._verify(tap))[rank()]
         return {
             "timing/sync_s": elapsed,
             "sync/bytes": float(tap.bytes),
