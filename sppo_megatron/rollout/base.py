@@ -21,14 +21,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from sppo_megatron.platform.distributed import broadcast_object
+from sppo_megatron.platform.distributed import broadcast_object, share_outcomes
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -99,7 +101,7 @@ class RolloutPlacement:
 
     Ranks are grouped in consecutive blocks of `group_size`; block g hosts engine g on its first
     rank. `object_group` is a gloo group over all ranks used for the result gather,
-    `rollout_group` a gloo group over this rank's block (IPC-handle gathers)."""
+    `rollout_group` a gloo group over this rank's block (IPC-handle gathers, `on_host`)."""
 
     rank: int = 0
     world_size: int = 1
@@ -131,6 +133,13 @@ class RolloutPlacement:
     @property
     def rank_in_group(self) -> int:
         return self.rank - self.host_rank
+
+    def on_host(self, fn: Callable[[], T]) -> Optional[T]:
+        """fn() run on this group's host, its outcome shared with the group: the host's result on
+        every member, or its exception raised on every member (collective over the group)."""
+        if self.group_size == 1:
+            return fn()
+        return share_outcomes(fn if self.is_host else None, group=self.rollout_group)[0]
 
 
 def make_placement(group_size: int = 1) -> RolloutPlacement:
@@ -217,27 +226,15 @@ class RolloutEngine(abc.ABC):
                 seed = broadcast_object(seed, src=0, group=pl.object_group)
             sampling = replace(sampling, seed=seed)
         start, end = split_evenly(len(prompt_token_ids), pl.num_engines)[pl.engine_index]
-        local: List[RolloutSample] = []
-        error: Optional[str] = None
-        if pl.is_host and end > start:
-            try:
-                local = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
-                if len(local) != (end - start) * n:
-                    raise RuntimeError(f"{self.name} engine returned {len(local)} samples for {end - start} prompts x n={n}")
-            except Exception as e:  # noqa: BLE001 - every rank raises it below
-                if not pl.distributed:
-                    raise
-                error = f"{self.name} generation failed on rank {pl.rank}: {type(e).__name__}: {e}"
-        if not pl.distributed:
-            return local
-        gathered: List[Optional[Tuple[Optional[str], List[RolloutSample]]]] = [None] * pl.world_size
-        dist.all_gather_object(gathered, (error, local), group=pl.object_group)
-        errors = [part[0] for part in gathered if part and part[0]]
-        if errors:
-            raise RuntimeError(errors[0])
-        out: List[RolloutSample] = []
-        for part in gathered:
-            out.extend(part[1] if part else [])
+
+        def local() -> List[RolloutSample]:
+            samples = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
+            if len(samples) != (end - start) * n:
+                raise RuntimeError(f"{self.name} engine returned {len(samples)} samples for {end - start} prompts x n={n}")
+            return samples
+
+        parts = share_outcomes(local if pl.is_host and end > start else None, group=pl.object_group)
+        out = [sample for part in parts if part for sample in part]
         if len(out) != len(prompt_token_ids) * n:
             raise RuntimeError(f"gathered {len(out)} samples, expected {len(prompt_token_ids) * n}")
         return out
