@@ -30,10 +30,11 @@ def _generation_fails_on_rank1():
                 raise ValueError("engine fell over")
             return [RolloutSample(first + i, j, [1], "stop") for i in range(len(prompts)) for j in range(n)]
 
-        def update_weights(self, named_tensors):
+        def _load_weights(self, named_tensors):
             pass
 
     engine = Engine(make_placement(1))
+    engine.update_weights([])
     try:
         engine.generate([[1], [2], [3], [4]], SamplingParams(seed=0), 2)
     except ValueError as e:
@@ -135,9 +136,10 @@ def test_single_process_generation_error_is_the_original():
         def _generate_local(self, prompts, sampling, n, first):
             raise ValueError("boom")
 
-        def update_weights(self, named_tensors):
+        def _load_weights(self, named_tensors):
             pass
 
     engine = Engine()
+    engine.update_weights([])
     with pytest.raises(ValueError, match="boom"):
         engine.generate([[1]], SamplingParams(seed=0), 1)

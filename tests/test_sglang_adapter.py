@@ -345,8 +345,11 @@ def test_sync_generate_sleep_cycle():
             eng.generate([[5]], sp, n=1)
         eng.update_weights(_stream(1))
         assert fake.calls[1:3] == ["resume:weights", "begin_weight_update"]
+        with pytest.raises(RuntimeError, match="asleep: call wake"):
+            eng.generate([[5]], sp, n=1)
+        eng.wake()
+        assert fake.calls[-1] == "resume:kv_cache,cuda_graph"
         eng.generate([[5]], sp, n=1)
-        assert "resume:kv_cache,cuda_graph" in fake.calls
         assert torch.equal(fake.weights["model.norm.weight"][0], _stream(1)[4][1].to(torch.bfloat16))
     eng.shutdown()
 

@@ -124,6 +124,7 @@ def test_sleep_wake_cycles_do_not_grow_memory(engine, llama):
         torch.cuda.synchronize()
         free_asleep.append(torch.cuda.mem_get_info()[0])
         sync.sync(_stream(model))  # resumes the weights, refills them
+        engine.wake()  # the KV cache and CUDA graphs
         assert [s.response_ids for s in engine.generate(PROMPTS, greedy, n=1)] == first
         free_awake.append(torch.cuda.mem_get_info()[0])
     mib = 1 << 20
@@ -170,6 +171,7 @@ def test_logp_parity_with_megatron_actor(llama, tmp_path):
         sync = WeightSync(engine)
         for step in range(2):
             sync.sync(actor.export_hf_weights())
+            engine.wake()
             samples = engine.generate(PROMPTS, SamplingParams(temperature=0.8, max_new_tokens=12), n=2)
             engine.sleep()
             batch = SequenceBatch([PROMPTS[s.prompt_index] for s in samples], [s.response_ids for s in samples])

@@ -195,20 +195,43 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do, declared by each engine class (callers read these, not its name)."""
+
+    #: RolloutSample.logprobs is filled (see the module docstring for what they are)
+    returns_logprobs: bool
+    #: sleep() keeps the weights; if not, the next update_weights must refill them
+    keeps_weights_asleep: bool
+
+
 class RolloutEngine(abc.ABC):
     """One rollout engine per rollout group; all methods are collective (call on every rank).
 
-    Subclasses implement `_generate_local` (sample this engine's share) and the weight/memory
-    methods; `generate` does the split across engines and the in-order gather.
+    The base owns the life cycle, so that every engine follows the same rules: it starts awake
+    without valid weights; `update_weights` makes them valid (asleep or awake); `sleep` frees the
+    accelerator for training (and invalidates the weights unless the engine keeps them);
+    `generate` needs valid weights and an awake engine (`wake`). Subclasses implement only the
+    hooks: `_generate_local` (sample this engine's share), `_load_weights`, `_release`, `_resume`.
+    `generate` does the split across engines and the in-order gather.
     """
 
     name: str = "base"
-    #: whether RolloutSample.logprobs is filled
-    supports_logprobs: bool = False
+    capabilities: EngineCapabilities = EngineCapabilities(returns_logprobs=False, keeps_weights_asleep=True)
 
-    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = (),
+                 dtype: torch.dtype = torch.float32) -> None:
         self.placement = placement or RolloutPlacement()
         self.eos_token_ids: Tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
+        #: the dtype the engine holds its weights in (streamed tensors are cast to it)
+        self.dtype = dtype
+        self._asleep = False
+        self._weights_valid = False
+
+    @property
+    def weights_valid(self) -> bool:
+        """Whether the engine holds weights it was given by `update_weights` (and still has them)."""
+        return self._weights_valid
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, prompt_token_ids: List[List[int]], sampling: SamplingParams, n: int) -> List[RolloutSample]:
@@ -219,6 +242,11 @@ class RolloutEngine(abc.ABC):
         for i, p in enumerate(prompt_token_ids):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty")
+        if not self._weights_valid:
+            raise RuntimeError(f"{self.name} rollout engine: generate before a weight sync (its weights were never "
+                               "loaded, or sleep() discarded them): call update_weights first")
+        if self._asleep:
+            raise RuntimeError(f"{self.name} rollout engine: generate while asleep: call wake() first")
         pl = self.placement
         if sampling.seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -249,9 +277,16 @@ class RolloutEngine(abc.ABC):
         return tuple(ids)
 
     # ---- weights and memory -------------------------------------------------------------
-    @abc.abstractmethod
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """Consume the bridge's stream of (HF name, full tensor); collective."""
+        """Consume the bridge's stream of (HF name, full tensor); collective. The weights are valid
+        once the whole stream was taken (a failure part-way leaves them invalid)."""
+        self._weights_valid = False
+        self._load_weights(named_tensors)
+        self._weights_valid = True
+
+    @abc.abstractmethod
+    def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Take the whole stream into the engine, asleep or awake."""
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """The engine's current value of HF tensor `name` (at least its first `rows` rows), on
@@ -260,9 +295,22 @@ class RolloutEngine(abc.ABC):
 
     def sleep(self) -> None:
         """Free accelerator memory (weights and KV cache) for training."""
+        self._release()
+        self._asleep = True
+        if not self.capabilities.keeps_weights_asleep:
+            self._weights_valid = False
 
-    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
-        """Restore what `sleep` freed (None = everything)."""
+    def wake(self) -> None:
+        """Restore what `sleep` freed."""
+        if self._asleep:
+            self._resume()
+            self._asleep = False
+
+    def _release(self) -> None:
+        """sleep()'s work; called asleep or awake, so it must do only what is still to do."""
+
+    def _resume(self) -> None:
+        """wake()'s work (called when asleep)."""
 
     def shutdown(self) -> None:
         """Release the engine. Safe to call twice."""

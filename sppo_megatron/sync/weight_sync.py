@@ -74,7 +74,7 @@ class WeightSync:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        tap = _Tap(named_tensors, self.probe_rows, getattr(self.engine, "dtype", None))
+        tap = _Tap(named_tensors, self.probe_rows, self.engine.dtype)
         self.engine.update_weights(tap)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -96,7 +96,7 @@ class WeightSync:
         if got is None:
             if not self._noted:
                 logger.info("weight sync: %s engine cannot read back %s; post-sync check skipped",
-                            getattr(self.engine, "name", "?"), tap.probe_name)
+                            self.engine.name, tap.probe_name)
                 self._noted = True
             return False
         rows = tap.probe.shape[0] if tap.probe.dim() > 0 else 1

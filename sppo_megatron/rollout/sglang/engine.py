@@ -3,15 +3,15 @@ training GPUs, one per rollout group of `rollout.tp` consecutive ranks, hosted b
 first rank (tp_size = rollout.tp, base_gpu_id = that rank's GPU; rank host+r sits on GPU
 base+r, the GPU of engine TP rank r).
 
-Life cycle (see docs/rollout.md):
+Life cycle (see docs/rollout.md; the asleep/awake and weights-valid rules are RolloutEngine's):
 - start once, with the HF config and `load_format="dummy"` (random weights), memory saver on,
   `mem_fraction_static = rollout.mem_fraction`, `skip_tokenizer_init` (we pass token ids); what
   the start does to this process is undone by process.EngineProcesses;
 - every step: `update_weights(stream)` resumes the weights (if released), opens a weight-update
   session (`begin_weight_update`), pushes the stream in CUDA-IPC buckets of
   `rollout.sync_bucket_mb` (sync.ipc_buckets), then `end_weight_update`, `flush_cache`;
-- `generate` resumes the KV cache / CUDA graphs, generates the host's share, and the results
-  are gathered to every rank in order;
+- `wake` resumes the KV cache and CUDA graphs; `generate` generates the host's share, and the
+  results are gathered to every rank in order;
 - `sleep` releases everything (weights are discarded: the next sync refills them).
 Every (ok, message) result is checked; a refusal raises RuntimeError naming the call. Every
 Engine call goes through `_call`, against contract.ENGINE_CALLS.
@@ -30,6 +30,7 @@ import torch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import free_port
 from sppo_megatron.rollout.base import (
+    EngineCapabilities,
     RolloutEngine,
     RolloutPlacement,
     RolloutSample,
@@ -61,7 +62,7 @@ class SglangRolloutEngine(RolloutEngine):
     """Colocated SGLang engine per rollout group (see module docstring)."""
 
     name = "sglang"
-    supports_logprobs = True
+    capabilities = EngineCapabilities(returns_logprobs=True, keeps_weights_asleep=False)
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class SglangRolloutEngine(RolloutEngine):
         local_device: Optional[int] = None,
     ) -> None:
         eos = resolve_eos_token_ids(hf_dir) if eos_token_ids is None else tuple(eos_token_ids)
-        super().__init__(placement, eos)
+        super().__init__(placement, eos, dtype)
         pl = self.placement
         if pl.group_size != tp:
             raise UserError(
@@ -93,7 +94,6 @@ class SglangRolloutEngine(RolloutEngine):
         self.api = api if api is not None else SglangAPI()
         self.hf_dir = hf_dir
         self.tp = tp
-        self.dtype = dtype
         self.bucket_bytes = mb_to_bytes(bucket_mb)
         self.sync_mode = sync_mode
         self.device = torch.device("cuda", torch.cuda.current_device() if local_device is None else local_device) \
@@ -102,7 +102,6 @@ class SglangRolloutEngine(RolloutEngine):
         self.processes = EngineProcesses(pl.rank, self.log_path)
         self.engine: Any = None
         self._released: Set[str] = set()
-        self._weights_valid = False
         self._read_supported = True
         self._closed = False
         # the host starts the engine; the group's members learn whether it came up
@@ -144,10 +143,6 @@ class SglangRolloutEngine(RolloutEngine):
 
     # ---- generation ---------------------------------------------------------------------
     def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
-        if not self._weights_valid:
-            raise RuntimeError("SGLang generate before a weight sync (the engine starts with dummy weights and "
-                               "sleep() discards them): call update_weights first")
-        self._resume_tags([t for t in MEMORY_TAGS if t != "weights"])
         outs = self._call(
             "generate", input_ids=[list(p) for p in prompts],
             sampling_params=sampling_params_dict(sampling, n, self.stop_ids(sampling)), return_logprob=True,
@@ -164,8 +159,6 @@ class SglangRolloutEngine(RolloutEngine):
         if todo:
             self._checked("release_memory_occupation", tags=todo)
             self._released.update(todo)
-            if "weights" in todo:
-                self._weights_valid = False
 
     def _resume_tags(self, tags: Sequence[str]) -> None:
         todo = [t for t in MEMORY_TAGS if t in tags and t in self._released]
@@ -173,25 +166,23 @@ class SglangRolloutEngine(RolloutEngine):
             self._checked("resume_memory_occupation", tags=todo)
             self._released.difference_update(todo)
 
-    def sleep(self) -> None:
-        """Release weights, KV cache and CUDA graphs (collective over the rollout group)."""
+    def _release(self) -> None:
+        """Release weights, KV cache and CUDA graphs (only what is still held)."""
         self.placement.on_host(lambda: self._release_tags(MEMORY_TAGS))
         self._released.update(MEMORY_TAGS)
-        self._weights_valid = False
         wait_memory_settled(self.device)
 
-    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
-        """Resume `tags` (None = all). Resuming the weights leaves them invalid until the next
-        update_weights (they were discarded)."""
-        tags = tuple(MEMORY_TAGS if tags is None else tags)
-        self.placement.on_host(lambda: self._resume_tags(tags))
-        self._released.difference_update(tags)
+    def _resume(self) -> None:
+        """Resume what is released (the weights only hold data again after the next sync)."""
+        self.placement.on_host(lambda: self._resume_tags(MEMORY_TAGS))
+        self._released.clear()
 
     # ---- weights ------------------------------------------------------------------------
-    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+    def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Push the export stream; collective over the rollout group (every member iterates the
         same stream in lockstep, as the bridge's export is collective)."""
-        self.wake(("weights",))
+        self.placement.on_host(lambda: self._resume_tags(("weights",)))
+        self._released.discard("weights")
         self.placement.on_host(lambda: self._checked("begin_weight_update"))
         load_format = LOAD_FORMATS[self.sync_mode]
         try:
@@ -206,7 +197,6 @@ class SglangRolloutEngine(RolloutEngine):
                 self._close_session_after_failure()
             raise
         self.placement.on_host(self._finish_update)
-        self._weights_valid = True
         if torch.cuda.is_available():
             torch.cuda.ipc_collect()
 
@@ -224,7 +214,7 @@ class SglangRolloutEngine(RolloutEngine):
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """get_weights_by_name on the host (first `rows` rows); None where unsupported (Qwen2/3
         in 0.5.23) or on non-host ranks."""
-        if not self.placement.is_host or not self._read_supported or not self._weights_valid:
+        if not self.placement.is_host or not self._read_supported or not self.weights_valid:
             return None
         try:
             value = self._call("get_weights_by_name", name=name, truncate_size=rows)
