@@ -141,13 +141,15 @@ class EngineProcesses:
             self.pids |= _children_pids() - before
             started = True
         finally:
-            handlers[signal.SIGQUIT] = engine_died_handler if started else handlers[signal.SIGQUIT]
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-            for key, value in env.items():
-                _set_env(key, value)
-            if mp.get_start_method(allow_none=True) != method:
-                mp.set_start_method(method, force=True)  # None resets to the platform default
+            try:
+                for key, value in env.items():
+                    _set_env(key, value)
+                if mp.get_start_method(allow_none=True) != method:
+                    mp.set_start_method(method, force=True)  # None resets to the platform default
+            finally:  # the signals above all: a lost SIGTERM handler breaks preemption
+                handlers[signal.SIGQUIT] = engine_died_handler if started else handlers[signal.SIGQUIT]
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     @contextlib.contextmanager
     def stderr_to_log(self) -> Iterator[None]:
@@ -213,8 +215,14 @@ class EngineProcesses:
 
 def remove_loop_signal_handlers(loop: Any) -> None:
     """Remove the asyncio SIGTERM/SIGQUIT handlers the engine's event loop installed (None: no
-    loop yet). `hosting()` then puts the trainer's handlers back."""
+    loop yet). `hosting()` puts the trainer's handlers back whether this works or not: a loop
+    that refuses (ValueError off the main thread, RuntimeError when closed) only keeps a stale
+    record of a handler that is no longer installed."""
     if loop is None:
         return
     for sig in (signal.SIGTERM, signal.SIGQUIT):
-        loop.remove_signal_handler(sig)
+        try:
+            loop.remove_signal_handler(sig)
+        except (ValueError, RuntimeError) as exc:
+            logger.warning("sglang engine loop kept its %s handler record (%s); the trainer's handler is "
+                           "restored all the same", signal.Signals(sig).name, exc)
