@@ -1,5 +1,6 @@
-"""A failure on one rank must stop every rank with its message, not leave the others blocked in
-the next collective until the timeout: rollouts, rank-0 scoring, the post-sync check."""
+"""A failure on one rank must stop every rank with its exception, not leave the others blocked in
+the next collective until the timeout: rollouts, rank-0 scoring, the post-sync check, SGLang host
+calls (all through platform.distributed.share_outcomes)."""
 
 from __future__ import annotations
 
@@ -29,62 +30,103 @@ def _generation_fails_on_rank1():
                 raise ValueError("engine fell over")
             return [RolloutSample(first + i, j, [1], "stop") for i in range(len(prompts)) for j in range(n)]
 
-        def update_weights(self, named_tensors):
+        def _load_weights(self, named_tensors):
             pass
 
+    engine = Engine(make_placement(1))
+    engine.update_weights([])
     try:
-        Engine(make_placement(1)).generate([[1], [2], [3], [4]], SamplingParams(seed=0), 2)
-    except RuntimeError as e:
-        return str(e)
-    return "no error"
+        engine.generate([[1], [2], [3], [4]], SamplingParams(seed=0), 2)
+    except ValueError as e:
+        return str(e), getattr(e, "__notes__", [])
+    return "no error", []
 
 
 def test_generation_failure_on_one_rank_raises_on_all():
-    messages = run_ranks(_generation_fails_on_rank1, 2, timeout=120)
-    assert all("rank 1" in m and "engine fell over" in m for m in messages), messages
+    (m0, notes0), (m1, notes1) = run_ranks(_generation_fails_on_rank1, 2, timeout=120)
+    assert m0 == m1 == "engine fell over"
+    assert notes0 == ["(raised on rank 1)"] and notes1 == []  # rank 1 raises its own, with its traceback
 
 
-def _on_rank0_raises():
+def _share_outcomes(raise_on):
+    import torch.distributed as dist
+
     from sppo_megatron.errors import DataError
-    from sppo_megatron.platform.distributed import on_rank0
+    from sppo_megatron.platform.distributed import share_outcomes
 
     _init()
 
     def fn():
-        raise DataError("bad reward input")
+        if dist.get_rank() == raise_on:
+            raise DataError("bad reward input")
+        return ("from rank", dist.get_rank())
 
     try:
-        on_rank0(fn)
+        return share_outcomes(fn if dist.get_rank() != 2 else None)
     except DataError as e:
         return str(e)
-    return "no error"
 
 
-def _on_rank0_value():
+def test_share_outcomes_shares_results_or_the_exception():
+    assert run_ranks(_share_outcomes, 3, -1, timeout=120) == [[("from rank", 0), ("from rank", 1), None]] * 3
+    assert run_ranks(_share_outcomes, 3, 1, timeout=120) == ["bad reward input"] * 3
+
+
+def _user_error_on_rank1_exits_2():
     import torch.distributed as dist
 
-    from sppo_megatron.platform.distributed import on_rank0
+    from sppo_megatron.cli.common import exit_on_user_error
+    from sppo_megatron.errors import UserError
+    from sppo_megatron.platform.distributed import share_outcomes
 
     _init()
-    return on_rank0(lambda: ("from rank", dist.get_rank()))
+
+    def fn():
+        if dist.get_rank() == 1:
+            raise UserError("data.train_files: no such file")
+
+    @exit_on_user_error("sppo-test")
+    def main() -> int:
+        share_outcomes(fn)
+        return 0
+
+    try:
+        main()
+    except SystemExit as e:
+        return e.code
+    return "no exit"
 
 
-def test_on_rank0_shares_result_or_exception():
-    assert run_ranks(_on_rank0_value, 2, timeout=120) == [("from rank", 0)] * 2
-    assert run_ranks(_on_rank0_raises, 2, timeout=120) == ["bad reward input"] * 2
+def test_user_error_on_rank1_exits_2_on_rank0():
+    assert run_ranks(_user_error_on_rank1_exits_2, 2, timeout=120) == [2, 2]
 
 
-def _first_error():
+class _Unpicklable(Exception):
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+
+
+def _unpicklable_error():
     import torch.distributed as dist
 
-    from sppo_megatron.platform.distributed import first_error
+    from sppo_megatron.platform.distributed import share_outcomes
 
     _init()
-    return first_error("check failed on rank 1" if dist.get_rank() == 1 else None)
+
+    def fn():
+        if dist.get_rank() == 0:
+            raise _Unpicklable(7, "cannot be rebuilt from its args")
+
+    try:
+        share_outcomes(fn)
+    except Exception as e:  # noqa: BLE001 - the type is what is checked
+        return type(e).__name__, str(e)
 
 
-def test_first_error_reaches_every_rank():
-    assert run_ranks(_first_error, 3, timeout=120) == ["check failed on rank 1"] * 3
+def test_exception_that_does_not_pickle_arrives_as_runtime_error():
+    r0, r1 = run_ranks(_unpicklable_error, 2, timeout=120)
+    assert r0 == ("_Unpicklable", "7: cannot be rebuilt from its args")
+    assert r1 == ("RuntimeError", "_Unpicklable: 7: cannot be rebuilt from its args")
 
 
 def test_single_process_generation_error_is_the_original():
@@ -94,8 +136,10 @@ def test_single_process_generation_error_is_the_original():
         def _generate_local(self, prompts, sampling, n, first):
             raise ValueError("boom")
 
-        def update_weights(self, named_tensors):
+        def _load_weights(self, named_tensors):
             pass
 
+    engine = Engine()
+    engine.update_weights([])
     with pytest.raises(ValueError, match="boom"):
-        Engine().generate([[1]], SamplingParams(seed=0), 1)
+        engine.generate([[1]], SamplingParams(seed=0), 1)

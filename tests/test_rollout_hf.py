@@ -8,9 +8,16 @@ import pytest
 import torch
 
 from sppo_megatron.errors import UserError
-from sppo_megatron.rollout import SamplingParams, choose_engine, create_rollout_engine, split_evenly
+from sppo_megatron.rollout import (
+    SamplingParams,
+    choose_engine,
+    create_rollout_engine,
+    logp_abs_diff,
+    samples_logprobs,
+    split_evenly,
+)
 from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
-from sppo_megatron.sync import WeightSync, bucketize, logp_abs_diff, samples_logprobs
+from sppo_megatron.sync import WeightSync, bucketize
 
 EOS = 3
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [20]]
@@ -40,7 +47,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-    return HFRolloutEngine(tiny[0], device="cpu")
+    eng = HFRolloutEngine(tiny[0], device="cpu")
+    eng.update_weights(tiny[1].state_dict().items())
+    return eng
 
 
 def _full_logprobs(model, prompt, response, temperature):
@@ -49,6 +58,22 @@ def _full_logprobs(model, prompt, response, temperature):
         logits = model(ids).logits[0, len(prompt) - 1:-1].float()
     t = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits / t, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def test_generate_needs_a_weight_sync_and_an_awake_engine(tiny):
+    eng = HFRolloutEngine(tiny[0], device="cpu")  # loaded its files, but nothing was synced yet
+    assert eng.capabilities.returns_logprobs and eng.capabilities.keeps_weights_asleep
+    with pytest.raises(RuntimeError, match="generate before a weight sync"):
+        eng.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=4), n=1)
+    eng.sleep()
+    WeightSync(eng).sync(tiny[1].state_dict().items())  # asleep: the weights are taken all the same
+    with pytest.raises(RuntimeError, match="asleep: call wake"):
+        eng.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=4), n=1)
+    eng.wake()
+    assert eng.weights_valid and len(eng.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=4), n=1)) == 4
+    with pytest.raises(RuntimeError, match="not in the stream"):
+        eng.update_weights([])
+    assert not eng.weights_valid  # a failed sync leaves nothing to trust
 
 
 def test_greedy_equals_transformers_generate(engine, tiny):

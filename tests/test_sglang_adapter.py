@@ -18,17 +18,16 @@ import pytest
 import torch
 
 from sppo_megatron.rollout.base import SamplingParams
-from sppo_megatron.rollout.sglang_engine import (
+from sppo_megatron.rollout.sglang import SglangRolloutEngine
+from sppo_megatron.rollout.sglang.contract import (
     ENGINE_MODULE_PATCHED,
     FLATTENED_PAYLOAD_KEYS,
     MEMORY_TAGS,
-    SglangRolloutEngine,
     check_result,
     check_sglang_version,
-    engine_died_handler,
     parse_output,
-    strip_expandable_segments,
 )
+from sppo_megatron.rollout.sglang.process import engine_died_handler, strip_expandable_segments
 from sppo_megatron.errors import UserError
 from tests.multirank import run_ranks
 
@@ -273,6 +272,49 @@ def test_start_restores_process_state(tmp_path):
     eng.shutdown()  # idempotent
 
 
+def _preemption_handler(signum, frame):  # stands in for the trainer's PreemptionFlag
+    pass
+
+
+class _LoopEngine(FakeEngine):
+    """The first request creates an asyncio loop that takes SIGTERM, as SGLang's tokenizer manager does."""
+
+    def flush_cache(self):
+        import asyncio
+
+        if not hasattr(self, "tokenizer_manager"):
+            self.tokenizer_manager = types.SimpleNamespace(event_loop=asyncio.new_event_loop())
+            self.tokenizer_manager.event_loop.add_signal_handler(signal.SIGTERM, lambda: None)
+        return super().flush_cache()
+
+
+def test_start_takes_sigterm_back_from_the_engine_loop(tmp_path, monkeypatch):
+    signal.signal(signal.SIGTERM, _preemption_handler)
+    monkeypatch.setattr(FakeAPI, "Engine", _LoopEngine)
+    eng = _engine(log_dir=str(tmp_path))
+    loop = FakeEngine.instances[-1].tokenizer_manager.event_loop
+    assert signal.getsignal(signal.SIGTERM) is _preemption_handler
+    assert not loop._signal_handlers  # the loop no longer thinks it owns SIGTERM
+    eng.shutdown()
+    loop.close()
+
+
+def test_failed_start_still_restores_signal_handlers(tmp_path, monkeypatch):
+    signal.signal(signal.SIGTERM, _preemption_handler)
+    sigquit = signal.getsignal(signal.SIGQUIT)
+
+    def broken_engine(**kwargs):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, lambda *a: None)
+        raise OSError("no GPU memory left")
+
+    monkeypatch.setattr(FakeAPI, "Engine", broken_engine)
+    with pytest.raises(RuntimeError, match=r"starting the SGLang engine on rank 0 failed: no GPU memory left"):
+        _engine(log_dir=str(tmp_path))
+    assert signal.getsignal(signal.SIGTERM) is _preemption_handler
+    assert signal.getsignal(signal.SIGQUIT) is sigquit
+
+
 def test_sync_generate_sleep_cycle():
     eng = _engine()
     fake = FakeEngine.instances[-1]
@@ -303,8 +345,11 @@ def test_sync_generate_sleep_cycle():
             eng.generate([[5]], sp, n=1)
         eng.update_weights(_stream(1))
         assert fake.calls[1:3] == ["resume:weights", "begin_weight_update"]
+        with pytest.raises(RuntimeError, match="asleep: call wake"):
+            eng.generate([[5]], sp, n=1)
+        eng.wake()
+        assert fake.calls[-1] == "resume:kv_cache,cuda_graph"
         eng.generate([[5]], sp, n=1)
-        assert "resume:kv_cache,cuda_graph" in fake.calls
         assert torch.equal(fake.weights["model.norm.weight"][0], _stream(1)[4][1].to(torch.bfloat16))
     eng.shutdown()
 
@@ -362,7 +407,7 @@ def test_helpers():
 def test_missing_sglang_is_a_user_error(monkeypatch):
     import builtins
 
-    from sppo_megatron.rollout.sglang_engine import SglangAPI
+    from sppo_megatron.rollout.sglang.contract import SglangAPI
 
     real_import = builtins.__import__
 

@@ -24,7 +24,9 @@ import os
 import pytest
 import torch
 
-from sppo_megatron.rollout import sglang_engine as adapter
+from sppo_megatron.rollout.sglang import contract as adapter
+from sppo_megatron.rollout.sglang import engine as adapter_engine
+from sppo_megatron.rollout.sglang.process import engine_died_handler
 from sppo_megatron.rollout.base import SamplingParams
 
 PINNED = "0.5.23"
@@ -60,9 +62,9 @@ def test_engine_methods_and_keywords_exist():
 
 
 def test_adapter_calls_only_declared_engine_methods():
-    """Static check of sglang_engine.py: every self._call/_checked names a declared method with
+    """Static check of sglang/engine.py: every self._call/_checked names a declared method with
     declared keywords, and the engine object is touched nowhere else except shutdown()."""
-    tree = ast.parse(inspect.getsource(adapter))
+    tree = ast.parse(inspect.getsource(adapter_engine))
     seen = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("_call", "_checked"):
@@ -82,7 +84,7 @@ def test_adapter_calls_only_declared_engine_methods():
 def test_server_args_fields_exist():
     fields = set(load_manifest()["server_args_fields"])
     args = adapter.server_args("/m", tp=2, base_gpu_id=2, mem_fraction=0.5, dtype=torch.bfloat16, seed=1,
-                               nccl_port=12345, sigquit_handler=adapter.engine_died_handler)
+                               nccl_port=12345, sigquit_handler=engine_died_handler)
     missing = sorted(set(args) - fields)
     assert not missing, f"ServerArgs of sglang {PINNED} has no field(s) {missing}"
     import pickle

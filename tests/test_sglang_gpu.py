@@ -50,7 +50,7 @@ def llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(llama, tmp_path_factory):
-    from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+    from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
     before = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
     eng = SglangRolloutEngine(llama[0], tp=1, mem_fraction=0.3, dtype=torch.bfloat16, bucket_mb=1,
@@ -66,7 +66,7 @@ def _stream(model):
 
 def test_refuses_generate_before_sync_and_update_outside_session(engine):
     from sppo_megatron.rollout import SamplingParams
-    from sppo_megatron.rollout.sglang_engine import check_result
+    from sppo_megatron.rollout.sglang.contract import check_result
 
     with pytest.raises(RuntimeError, match="before a weight sync"):
         engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=4), n=1)
@@ -124,6 +124,7 @@ def test_sleep_wake_cycles_do_not_grow_memory(engine, llama):
         torch.cuda.synchronize()
         free_asleep.append(torch.cuda.mem_get_info()[0])
         sync.sync(_stream(model))  # resumes the weights, refills them
+        engine.wake()  # the KV cache and CUDA graphs
         assert [s.response_ids for s in engine.generate(PROMPTS, greedy, n=1)] == first
         free_awake.append(torch.cuda.mem_get_info()[0])
     mib = 1 << 20
@@ -132,12 +133,12 @@ def test_sleep_wake_cycles_do_not_grow_memory(engine, llama):
 
 
 def test_shutdown_spares_other_children(llama, tmp_path):
-    from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+    from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         eng = SglangRolloutEngine(llama[0], tp=1, mem_fraction=0.2, dtype=torch.bfloat16, log_dir=str(tmp_path))
-        pids = set(eng._engine_pids)
+        pids = set(eng.processes.pids)
         assert pids and other.pid not in pids
         eng.shutdown()
         assert other.poll() is None, "SGLang shutdown killed a process it did not start"
@@ -153,8 +154,8 @@ def test_logp_parity_with_megatron_actor(llama, tmp_path):
     from sppo_megatron.config.schema import Config, DataConfig, ModelConfig, RolloutConfig, TrainConfig, TrainerConfig
     from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.trainer.setup import build_actor
-    from sppo_megatron.rollout import SamplingParams, create_rollout_engine
-    from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
+    from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
+    from sppo_megatron.sync import WeightSync
 
     cfg = Config(
         model=ModelConfig(path=llama[0], dtype="bf16"),
@@ -171,6 +172,7 @@ def test_logp_parity_with_megatron_actor(llama, tmp_path):
         sync = WeightSync(engine)
         for step in range(2):
             sync.sync(actor.export_hf_weights())
+            engine.wake()
             samples = engine.generate(PROMPTS, SamplingParams(temperature=0.8, max_new_tokens=12), n=2)
             engine.sleep()
             batch = SequenceBatch([PROMPTS[s.prompt_index] for s in samples], [s.response_ids for s in samples])

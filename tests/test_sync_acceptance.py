@@ -67,8 +67,8 @@ def _acceptance(hf_dir, out_dir):
                                              TrainConfig, TrainerConfig)
     from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.trainer.setup import build_actor
-    from sppo_megatron.rollout import SamplingParams, create_rollout_engine
-    from sppo_megatron.sync import WeightSync, logp_abs_diff, samples_logprobs
+    from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
+    from sppo_megatron.sync import WeightSync
 
     cfg = Config(
         model=ModelConfig(path=hf_dir, dtype="fp32"),
@@ -147,7 +147,12 @@ def test_sync_from_tp2_pp2_megatron_into_hf_engine(tmp_path):
     for p, g in zip(PROMPTS, reports[0]["greedy"]):
         ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, eos_token_id=3, pad_token_id=0)
         assert g == ref[0, len(p):].tolist()
-    # one engine on the exported weights samples exactly what the 4 data-parallel engines did
-    single = HFRolloutEngine(out_dir, device="cpu").generate(PROMPTS, SamplingParams(temperature=T, max_new_tokens=6, seed=3), n=2)
+    # one engine on the exported weights (synced in, as sppo-eval does) samples exactly what the
+    # 4 data-parallel engines did
+    from sppo_megatron.models.hf_io import iter_hf_weights
+
+    engine = HFRolloutEngine(out_dir, device="cpu")
+    engine.update_weights(iter_hf_weights(out_dir))
+    single = engine.generate(PROMPTS, SamplingParams(temperature=T, max_new_tokens=6, seed=3), n=2)
     assert [(s.prompt_index, s.sample_index, s.response_ids) for s in single] == reports[0]["samples"]
     assert os.path.isdir(out_dir)

@@ -132,7 +132,7 @@ def run(args) -> dict:
 
         engine = HFRolloutEngine(hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_placement(1))
     else:
-        from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+        from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
         engine = SglangRolloutEngine(hf_dir, tp=args.rollout_tp, mem_fraction=args.mem_fraction,
                                      dtype=resolve_dtype(args.dtype, device), bucket_mb=args.bucket_mb,

@@ -117,15 +117,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int) -> None:
-    """Fill the engine: a Megatron checkpoint through the bridge's export stream (as training
-    syncs), HF weights from the safetensors files unless the engine loaded them itself."""
+    """Fill the engine, whichever it is, as training syncs it: a Megatron checkpoint through the
+    bridge's export stream, HF weights from the safetensors files."""
     from sppo_megatron.sync import WeightSync
 
     if ckpt is None:
         from sppo_megatron.models.hf_io import iter_hf_weights
 
-        if engine.name != "hf":  # SGLang starts with dummy weights
-            WeightSync(engine).sync(iter_hf_weights(hf_dir))
+        WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
     from sppo_megatron.models.dist_ckpt import load_megatron_model, resolve_megatron_checkpoint
 

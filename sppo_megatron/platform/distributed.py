@@ -12,7 +12,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, TypeVar
+from typing import Any, Callable, List, Mapping, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -188,41 +188,48 @@ def broadcast_object(obj, src: int = 0, group=None):
     return box[0]
 
 
-def on_rank0(fn: Callable[[], T]) -> T:
-    """fn() run on rank 0, its result returned on every rank. If fn raises, every rank raises
-    (the same exception), rather than the others waiting in the next collective until timeout."""
-    outcome = None
-    if is_rank0():
-        try:
-            outcome = (True, fn())
-        except Exception as e:  # noqa: BLE001 - handed to every rank, then raised
-            outcome = (False, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
-    ok, value = broadcast_object(outcome)
-    if not ok:
-        raise value
-    return value
+def share_outcomes(fn: Optional[Callable[[], T]], group=None) -> List[Optional[T]]:
+    """Run `fn` on the ranks that pass one (None: nothing to do here) and return, on every rank of
+    `group`, the list of their results in rank order (None for ranks without fn).
 
-
-def first_error(message: Optional[str], group=None) -> Optional[str]:
-    """The first (in rank order) non-None error message of any rank in `group`, on every rank: a
-    check that fails on some ranks only makes all of them stop together."""
+    If fn raised anywhere, every rank raises instead, rather than the others waiting in the next
+    collective until the timeout. All ranks raise the same exception (the first in rank order),
+    carried itself (pickled) so that e.g. a UserError keeps its exit code 2 on every rank; one that
+    does not survive pickling arrives as a RuntimeError with its type and message. Copies carry a
+    note naming the rank it was raised on. Without a process group (or in a group of one) fn just
+    runs."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return message
-    messages: List[Optional[str]] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(messages, message, group=group)
-    return next((m for m in messages if m is not None), None)
+        return [fn() if fn is not None else None]
+    mine: Tuple[bool, Any] = (True, None)
+    raised: Optional[Exception] = None
+    if fn is not None:
+        try:
+            mine = (True, fn())
+        except Exception as e:  # noqa: BLE001 - handed to every rank, then raised
+            raised, mine = e, (False, _portable(e))
+    outcomes: List[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(outcomes, mine, group=group)
+    for index, (ok, value) in enumerate(outcomes):
+        if ok:
+            continue
+        if index == dist.get_rank(group):
+            raise raised  # the original, with its traceback
+        value.add_note(f"(raised on rank {dist.get_global_rank(group, index) if group is not None else index})")
+        raise value
+    return [value for _, value in outcomes]
 
 
-def _picklable(obj) -> bool:
+def _portable(exc: Exception) -> Exception:
+    """`exc` if it survives a pickle round trip, else a RuntimeError with its type and message."""
     import pickle
 
     try:
-        pickle.dumps(obj)
-    except Exception:  # noqa: BLE001 - anything pickle cannot take
-        return False
-    return True
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - anything pickle cannot take or rebuild
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def destroy_distributed() -> None:

@@ -1,5 +1,6 @@
 """Rollout engines: one protocol (`RolloutEngine`), an SGLang engine (GPU) and a Hugging Face
-transformers engine (CPU / fallback), chosen by `create_rollout_engine(cfg.rollout, hf_dir, ...)`.
+transformers engine (CPU / fallback), chosen by `create_rollout_engine(cfg.rollout, hf_dir, ...)`, and
+the rollout/actor log-prob parity metric.
 
 sglang is imported lazily: this package imports on machines without it.
 """
@@ -16,6 +17,7 @@ from sppo_megatron.rollout.base import (
     split_evenly,
 )
 from sppo_megatron.rollout.factory import choose_engine, create_rollout_engine
+from sppo_megatron.rollout.logprobs import logp_abs_diff, samples_logprobs
 
 __all__ = [
     "FINISH_LENGTH",
@@ -26,7 +28,9 @@ __all__ = [
     "SamplingParams",
     "choose_engine",
     "create_rollout_engine",
+    "logp_abs_diff",
     "make_placement",
     "resolve_eos_token_ids",
+    "samples_logprobs",
     "split_evenly",
 ]

@@ -21,14 +21,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from sppo_megatron.platform.distributed import broadcast_object
+from sppo_megatron.platform.distributed import broadcast_object, share_outcomes
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -99,7 +101,7 @@ class RolloutPlacement:
 
     Ranks are grouped in consecutive blocks of `group_size`; block g hosts engine g on its first
     rank. `object_group` is a gloo group over all ranks used for the result gather,
-    `rollout_group` a gloo group over this rank's block (IPC-handle gathers)."""
+    `rollout_group` a gloo group over this rank's block (IPC-handle gathers, `on_host`)."""
 
     rank: int = 0
     world_size: int = 1
@@ -131,6 +133,13 @@ class RolloutPlacement:
     @property
     def rank_in_group(self) -> int:
         return self.rank - self.host_rank
+
+    def on_host(self, fn: Callable[[], T]) -> Optional[T]:
+        """fn() run on this group's host, its outcome shared with the group: the host's result on
+        every member, or its exception raised on every member (collective over the group)."""
+        if self.group_size == 1:
+            return fn()
+        return share_outcomes(fn if self.is_host else None, group=self.rollout_group)[0]
 
 
 def make_placement(group_size: int = 1) -> RolloutPlacement:
@@ -186,20 +195,43 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do, declared by each engine class (callers read these, not its name)."""
+
+    #: RolloutSample.logprobs is filled (see the module docstring for what they are)
+    returns_logprobs: bool
+    #: sleep() keeps the weights; if not, the next update_weights must refill them
+    keeps_weights_asleep: bool
+
+
 class RolloutEngine(abc.ABC):
     """One rollout engine per rollout group; all methods are collective (call on every rank).
 
-    Subclasses implement `_generate_local` (sample this engine's share) and the weight/memory
-    methods; `generate` does the split across engines and the in-order gather.
+    The base owns the life cycle, so that every engine follows the same rules: it starts awake
+    without valid weights; `update_weights` makes them valid (asleep or awake); `sleep` frees the
+    accelerator for training (and invalidates the weights unless the engine keeps them);
+    `generate` needs valid weights and an awake engine (`wake`). Subclasses implement only the
+    hooks: `_generate_local` (sample this engine's share), `_load_weights`, `_release`, `_resume`.
+    `generate` does the split across engines and the in-order gather.
     """
 
     name: str = "base"
-    #: whether RolloutSample.logprobs is filled
-    supports_logprobs: bool = False
+    capabilities: EngineCapabilities = EngineCapabilities(returns_logprobs=False, keeps_weights_asleep=True)
 
-    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = ()) -> None:
+    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = (),
+                 dtype: torch.dtype = torch.float32) -> None:
         self.placement = placement or RolloutPlacement()
         self.eos_token_ids: Tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
+        #: the dtype the engine holds its weights in (streamed tensors are cast to it)
+        self.dtype = dtype
+        self._asleep = False
+        self._weights_valid = False
+
+    @property
+    def weights_valid(self) -> bool:
+        """Whether the engine holds weights it was given by `update_weights` (and still has them)."""
+        return self._weights_valid
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, prompt_token_ids: List[List[int]], sampling: SamplingParams, n: int) -> List[RolloutSample]:
@@ -210,6 +242,11 @@ class RolloutEngine(abc.ABC):
         for i, p in enumerate(prompt_token_ids):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty")
+        if not self._weights_valid:
+            raise RuntimeError(f"{self.name} rollout engine: generate before a weight sync (its weights were never "
+                               "loaded, or sleep() discarded them): call update_weights first")
+        if self._asleep:
+            raise RuntimeError(f"{self.name} rollout engine: generate while asleep: call wake() first")
         pl = self.placement
         if sampling.seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -217,27 +254,15 @@ class RolloutEngine(abc.ABC):
                 seed = broadcast_object(seed, src=0, group=pl.object_group)
             sampling = replace(sampling, seed=seed)
         start, end = split_evenly(len(prompt_token_ids), pl.num_engines)[pl.engine_index]
-        local: List[RolloutSample] = []
-        error: Optional[str] = None
-        if pl.is_host and end > start:
-            try:
-                local = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
-                if len(local) != (end - start) * n:
-                    raise RuntimeError(f"{self.name} engine returned {len(local)} samples for {end - start} prompts x n={n}")
-            except Exception as e:  # noqa: BLE001 - every rank raises it below
-                if not pl.distributed:
-                    raise
-                error = f"{self.name} generation failed on rank {pl.rank}: {type(e).__name__}: {e}"
-        if not pl.distributed:
-            return local
-        gathered: List[Optional[Tuple[Optional[str], List[RolloutSample]]]] = [None] * pl.world_size
-        dist.all_gather_object(gathered, (error, local), group=pl.object_group)
-        errors = [part[0] for part in gathered if part and part[0]]
-        if errors:
-            raise RuntimeError(errors[0])
-        out: List[RolloutSample] = []
-        for part in gathered:
-            out.extend(part[1] if part else [])
+
+        def local() -> List[RolloutSample]:
+            samples = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
+            if len(samples) != (end - start) * n:
+                raise RuntimeError(f"{self.name} engine returned {len(samples)} samples for {end - start} prompts x n={n}")
+            return samples
+
+        parts = share_outcomes(local if pl.is_host and end > start else None, group=pl.object_group)
+        out = [sample for part in parts if part for sample in part]
         if len(out) != len(prompt_token_ids) * n:
             raise RuntimeError(f"gathered {len(out)} samples, expected {len(prompt_token_ids) * n}")
         return out
@@ -252,9 +277,16 @@ class RolloutEngine(abc.ABC):
         return tuple(ids)
 
     # ---- weights and memory -------------------------------------------------------------
-    @abc.abstractmethod
     def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """Consume the bridge's stream of (HF name, full tensor); collective."""
+        """Consume the bridge's stream of (HF name, full tensor); collective. The weights are valid
+        once the whole stream was taken (a failure part-way leaves them invalid)."""
+        self._weights_valid = False
+        self._load_weights(named_tensors)
+        self._weights_valid = True
+
+    @abc.abstractmethod
+    def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Take the whole stream into the engine, asleep or awake."""
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """The engine's current value of HF tensor `name` (at least its first `rows` rows), on
@@ -263,9 +295,22 @@ class RolloutEngine(abc.ABC):
 
     def sleep(self) -> None:
         """Free accelerator memory (weights and KV cache) for training."""
+        self._release()
+        self._asleep = True
+        if not self.capabilities.keeps_weights_asleep:
+            self._weights_valid = False
 
-    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
-        """Restore what `sleep` freed (None = everything)."""
+    def wake(self) -> None:
+        """Restore what `sleep` freed."""
+        if self._asleep:
+            self._resume()
+            self._asleep = False
+
+    def _release(self) -> None:
+        """sleep()'s work; called asleep or awake, so it must do only what is still to do."""
+
+    def _resume(self) -> None:
+        """wake()'s work (called when asleep)."""
 
     def shutdown(self) -> None:
         """Release the engine. Safe to call twice."""

@@ -20,7 +20,7 @@ from sppo_megatron.config.schema import RolloutConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import current_device, detect_launch
 from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
-from sppo_megatron.rollout.sglang_engine import sglang_available
+from sppo_megatron.rollout.sglang import sglang_available
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def create_rollout_engine(
         return HFRolloutEngine(hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device,
                                placement=make_placement(1))
 
-    from sppo_megatron.rollout.sglang_engine import SglangRolloutEngine
+    from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
     tp = rollout.tp
     local_world = detect_launch().local_world_size  # torchrun or srun

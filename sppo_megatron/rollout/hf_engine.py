@@ -37,6 +37,7 @@ from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
+    EngineCapabilities,
     RolloutEngine,
     RolloutPlacement,
     RolloutSample,
@@ -98,7 +99,7 @@ class HFRolloutEngine(RolloutEngine):
     """transformers AutoModelForCausalLM with its own sampling loop (see module docstring)."""
 
     name = "hf"
-    supports_logprobs = True
+    capabilities = EngineCapabilities(returns_logprobs=True, keeps_weights_asleep=True)
 
     def __init__(
         self,
@@ -113,23 +114,21 @@ class HFRolloutEngine(RolloutEngine):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         eos = resolve_eos_token_ids(hf_dir) if eos_token_ids is None else tuple(eos_token_ids)
-        super().__init__(placement, eos)
+        super().__init__(placement, eos, dtype)
         self.hf_dir = hf_dir
-        self.dtype = dtype
         self.device = torch.device(device) if device is not None else current_device()
         self.max_batch_size = max_batch_size
         has_weights = bool(glob.glob(os.path.join(hf_dir, "*.safetensors")) or glob.glob(os.path.join(hf_dir, "*.bin")))
         if has_weights:
             model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype, attn_implementation=attn_implementation)
         else:
-            # Config only (the weights come from a Megatron checkpoint): random init, filled by
-            # the first update_weights.
+            # Config only (the weights come from a Megatron checkpoint): random init, replaced
+            # by the first update_weights.
             config = AutoConfig.from_pretrained(hf_dir)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
             logger.info("hf rollout engine: %s has no weight files; waiting for the first weight sync", hf_dir)
         self.model = model.to(self.device).eval()
         self.model.requires_grad_(False)
-        self._weights_loaded = has_weights
         cfg = self.model.config
         pad = getattr(cfg, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0)
@@ -138,13 +137,10 @@ class HFRolloutEngine(RolloutEngine):
         self._required: Set[str] = set(unique.values())
         # names that alias a required parameter (tied lm_head): optional in the stream
         self._aliases: Dict[str, str] = {n: unique[id(p)] for n, p in self._params.items() if unique[id(p)] != n}
-        self._asleep = False
 
     # ---- generation -------------------------------------------------------------------
     @torch.no_grad()
     def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
-        if self._asleep:
-            self.wake()
         rows = [(first_prompt_index + i, j, p) for i, p in enumerate(prompts) for j in range(n)]
         out: List[RolloutSample] = []
         for start in range(0, len(rows), self.max_batch_size):
@@ -203,9 +199,8 @@ class HFRolloutEngine(RolloutEngine):
 
     # ---- weights ------------------------------------------------------------------------
     @torch.no_grad()
-    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        if self._asleep:
-            self.wake()
+    def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """In-place copies (into the CPU copy while asleep on a GPU), names checked both ways."""
         seen: Set[str] = set()
         unknown: List[str] = []
         for name, tensor in named_tensors:
@@ -231,7 +226,6 @@ class HFRolloutEngine(RolloutEngine):
                 f"weight sync: {len(missing)} parameter(s) of the rollout model were not in the "
                 f"stream, e.g. {missing[:5]}"
             )
-        self._weights_loaded = True
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         param = self._params.get(name)
@@ -240,17 +234,14 @@ class HFRolloutEngine(RolloutEngine):
         return param.detach()[:rows].to("cpu", torch.float32).clone()
 
     # ---- memory -------------------------------------------------------------------------
-    def sleep(self) -> None:
+    def _release(self) -> None:
         """On GPU: move the model to the CPU and empty the cache. On CPU: nothing to free."""
-        if self.device.type == "cuda" and not self._asleep:
+        if self.device.type == "cuda":
             self.model.to("cpu")
             torch.cuda.empty_cache()
-            self._asleep = True
 
-    def wake(self, tags: Optional[Sequence[str]] = None) -> None:
-        if self._asleep:
-            self.model.to(self.device)
-            self._asleep = False
+    def _resume(self) -> None:
+        self.model.to(self.device)
 
     def shutdown(self) -> None:
         self.model = None  # type: ignore[assignment]

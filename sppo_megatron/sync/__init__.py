@@ -1,7 +1,7 @@
-"""Weight sync Megatron -> rollout engine: buckets, WeightSync (metrics + post-sync check), and
-the rollout/actor log-prob parity metric."""
+"""Weight sync Megatron -> rollout engine: buckets (and their CUDA-IPC push to SGLang) and
+WeightSync (metrics + post-sync check)."""
 
 from sppo_megatron.sync.buckets import bucketize, mb_to_bytes, tensor_nbytes
-from sppo_megatron.sync.weight_sync import WeightSync, logp_abs_diff, samples_logprobs
+from sppo_megatron.sync.weight_sync import WeightSync
 
-__all__ = ["WeightSync", "bucketize", "logp_abs_diff", "mb_to_bytes", "samples_logprobs", "tensor_nbytes"]
+__all__ = ["WeightSync", "bucketize", "mb_to_bytes", "tensor_nbytes"]

@@ -13,19 +13,17 @@ SGLang uses get_weights_by_name, which 0.5.23 supports for Llama but not for Qwe
 the check is skipped and `sync/checked` = 0).
 
 Metrics: timing/sync_s, sync/bytes, sync/gb_per_s (1e9 bytes/s), sync/tensors, sync/checked.
-`logp_abs_diff` computes rollout/logp_abs_diff: mean |rollout log-prob - actor log-prob| over
-response tokens.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 
-from sppo_megatron.platform.distributed import first_error
+from sppo_megatron.platform.distributed import rank, share_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +74,13 @@ class WeightSync:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        tap = _Tap(named_tensors, self.probe_rows, getattr(self.engine, "dtype", None))
+        tap = _Tap(named_tensors, self.probe_rows, self.engine.dtype)
         self.engine.update_weights(tap)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        checked, error = False, None
-        if self.check:
-            try:
-                checked = self._verify(tap)
-            except RuntimeError as e:  # only engine hosts can fail the check: all ranks stop on it
-                error = str(e)
-        error = first_error(error)
-        if error:
-            raise RuntimeError(error)
+        # only engine hosts can fail the check: every rank stops on it
+        checked = share_outcomes(lambda: self.check and self._verify(tap))[rank()]
         return {
             "timing/sync_s": elapsed,
             "sync/bytes": float(tap.bytes),
@@ -105,7 +96,7 @@ class WeightSync:
         if got is None:
             if not self._noted:
                 logger.info("weight sync: %s engine cannot read back %s; post-sync check skipped",
-                            getattr(self.engine, "name", "?"), tap.probe_name)
+                            self.engine.name, tap.probe_name)
                 self._noted = True
             return False
         rows = tap.probe.shape[0] if tap.probe.dim() > 0 else 1
@@ -125,35 +116,3 @@ class WeightSync:
                 "(wrong name, or a refused load?)"
             )
         return True
-
-
-def logp_abs_diff(rollout_logp: torch.Tensor, actor_logp: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean |rollout_logp - actor_logp| over response tokens (mask != 0); positions where the
-    rollout log-prob is NaN (engine could not report it) are left out. NaN when nothing is left."""
-    rollout_logp = rollout_logp.detach().to(torch.float64).cpu()
-    actor_logp = actor_logp.detach().to(torch.float64).cpu()
-    if rollout_logp.shape != actor_logp.shape:
-        raise ValueError(f"log-prob shapes differ: rollout {tuple(rollout_logp.shape)} vs actor {tuple(actor_logp.shape)}")
-    keep = mask.detach().cpu().bool() & ~torch.isnan(rollout_logp)
-    if keep.shape != rollout_logp.shape:
-        raise ValueError(f"mask shape {tuple(keep.shape)} != log-prob shape {tuple(rollout_logp.shape)}")
-    if not bool(keep.any()):
-        return float("nan")
-    return float((rollout_logp - actor_logp).abs()[keep].mean())
-
-
-def samples_logprobs(samples: Sequence, width: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rollout log-probs of samples as a right-padded [N, width] float32 tensor (NaN where
-    unknown) and its response-token mask."""
-    width = width if width is not None else max((len(s.response_ids) for s in samples), default=0)
-    out = torch.full((len(samples), width), float("nan"), dtype=torch.float32)
-    mask = torch.zeros((len(samples), width), dtype=torch.bool)
-    for i, s in enumerate(samples):
-        k = min(len(s.response_ids), width)
-        mask[i, :k] = True
-        if s.logprobs is not None:
-            out[i, :k] = torch.tensor(s.logprobs[:k], dtype=torch.float32)
-    return out, mask
-
-
-__all__: List[str] = ["WeightSync", "logp_abs_diff", "samples_logprobs"]

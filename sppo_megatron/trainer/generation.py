@@ -18,9 +18,8 @@ from sppo_megatron.actor import SequenceBatch
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import on_rank0
-from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams
-from sppo_megatron.sync import samples_logprobs
+from sppo_megatron.platform.distributed import is_rank0, share_outcomes
+from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, samples_logprobs
 
 #: seeds of different steps must not collide; any large odd multiplier will do
 _STEP_SEED_MULTIPLIER = 1_000_003
@@ -81,7 +80,7 @@ def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]
         return scorer.score([it.data_source for it in items], rollout.texts,
                             [it.ground_truth for it in items], [it.extra_info for it in items])
 
-    scores, stats = on_rank0(score_on_rank0)
+    scores, stats = share_outcomes(score_on_rank0 if is_rank0() else None)[0]
     rewards = torch.tensor(scores, dtype=torch.float64)
     bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
     if bad:

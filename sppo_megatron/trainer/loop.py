@@ -24,7 +24,7 @@ from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import TrainingDiverged
 from sppo_megatron.platform.distributed import is_rank0
-from sppo_megatron.sync import logp_abs_diff
+from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
 from sppo_megatron.trainer.generation import generate, sample_records, score, train_sampling, val_sampling

@@ -63,8 +63,9 @@ class RunComponents:
         return self.weight_sync.sync(self.actor.export_hf_weights())
 
     def to_rollout(self) -> None:
-        """Hand the accelerator to the rollout engine (GPU colocation; no-op on CPU)."""
+        """Hand the accelerator to the rollout engine (GPU colocation; no memory moves on CPU)."""
         self.actor.offload()
+        self.engine.wake()
 
     def to_training(self) -> None:
         """Hand the accelerator back to the actor."""

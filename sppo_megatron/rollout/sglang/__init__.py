@@ -1,0 +1,11 @@
+"""SGLang rollout engine, by concern: `contract` (what we use of SGLang's API and the pure
+translations to and from it), `process` (what hosting the engine does to the trainer's process,
+and undoing it), `engine` (SglangRolloutEngine). The CUDA-IPC weight push is sync.ipc_buckets.
+
+sglang itself is imported lazily: this package imports on machines without it.
+"""
+
+from sppo_megatron.rollout.sglang.contract import sglang_available
+from sppo_megatron.rollout.sglang.engine import SglangRolloutEngine
+
+__all__ = ["SglangRolloutEngine", "sglang_available"]
