@@ -185,16 +185,6 @@ def resolve_eos_token_ids(hf_dir: str) -> Tuple[int, ...]:
     return tuple(ids)
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """rollout.dtype -> torch dtype; auto = bf16 on GPU, fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
-
-
 @dataclass(frozen=True)
 class EngineCapabilities:
     """What an engine can do, declared by each engine class (callers read these, not its name)."""

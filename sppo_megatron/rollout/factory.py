@@ -19,7 +19,8 @@ import torch
 from sppo_megatron.config.schema import RolloutConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import current_device, detect_launch
-from sppo_megatron.rollout.base import RolloutEngine, make_placement, resolve_dtype
+from sppo_megatron.platform.dtypes import resolve_dtype
+from sppo_megatron.rollout.base import RolloutEngine, make_placement
 from sppo_megatron.rollout.sglang import sglang_available
 
 logger = logging.getLogger(__name__)

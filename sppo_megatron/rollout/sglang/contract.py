@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.dtypes import torch_dtype_name
 from sppo_megatron.rollout.base import FINISH_LENGTH, FINISH_STOP, RolloutSample, SamplingParams
 
 #: sglang versions this adapter was written against: [min, max)
@@ -60,7 +61,6 @@ FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
 #: memory tags of release/resume_memory_occupation
 MEMORY_TAGS: Tuple[str, ...] = ("weights", "kv_cache", "cuda_graph")
 
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
@@ -153,7 +153,7 @@ def server_args(
     args: Dict[str, Any] = {
         "model_path": hf_dir,
         "load_format": "dummy",
-        "dtype": _DTYPE_NAMES[dtype],
+        "dtype": torch_dtype_name(dtype),
         "tp_size": tp,
         "base_gpu_id": base_gpu_id,
         "gpu_id_step": 1,
