@@ -22,7 +22,7 @@ shapes before each activation).
 from __future__ import annotations
 
 import math
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -65,7 +65,7 @@ def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
     # perform_initialization must stay on even though the weights are loaded next: megatron-core
     # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
     # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
-    model = bridge.build_model(cfg.model, cfg.parallel)
+    model = bridge.build_model(cfg.model, cfg.parallel, padded_vocab_size=initial_padded_vocab(cfg) if load_weights else None)
     tconfig = model.config
     tconfig.calculate_per_token_loss = True
     tconfig.variable_seq_lengths = True
@@ -84,13 +84,23 @@ def build_policy(cfg: Any, bridge: Any, load_weights: bool = True):
     return model, ddp
 
 
+def initial_padded_vocab(cfg: Any) -> Optional[int]:
+    """model.megatron_ckpt's padded vocabulary (it may follow Megatron-LM's rule), None = ours."""
+    if not cfg.model.megatron_ckpt:
+        return None
+    from sppo_megatron.models.dist_ckpt import model_vocab_for
+
+    return model_vocab_for(cfg.model.megatron_ckpt, cfg.parallel.tp, "model.megatron_ckpt")
+
+
 def load_initial_weights(cfg: Any, model: Any, bridge: Any) -> None:
-    """model.megatron_ckpt (model-only dist checkpoint) if set, else the HF weights at model.path."""
+    """model.megatron_ckpt (a dist checkpoint of any layout, Megatron-LM's included) if set, else
+    the HF weights at model.path."""
     if cfg.model.megatron_ckpt:
-        from sppo_megatron.models.dist_ckpt import check_meta_matches, load_model_checkpoint, read_checkpoint_meta
+        from sppo_megatron.models.dist_ckpt import check_checkpoint_matches, load_model_checkpoint
 
         path = cfg.model.megatron_ckpt
-        check_meta_matches(read_checkpoint_meta(path), bridge, path, "model.path")
+        check_checkpoint_matches(path, bridge, "model.path", "model.megatron_ckpt")
         load_model_checkpoint(model, path, "model.megatron_ckpt")
     elif cfg.model.path:
         bridge.load_hf_weights(model, cfg.model.path)
