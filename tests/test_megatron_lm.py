@@ -20,19 +20,12 @@ import shutil
 import pytest
 import torch
 
-from sppo_megatron.cli.convert import main
 from tests.multirank import run_ranks
+from tests.test_convert import _run
 from tests.tiny_models import hf_state_dict, make_tiny_hf_model, tiny_models_root
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MLM_ARCHS = ("qwen2", "qwen3", "llama3.2-tied", "mistral")
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 # ----------------------------------------------------------------- Megatron-LM's load path
@@ -176,6 +169,15 @@ def _single_body(root, work):
                               padded_vocab_size=256)
     out["errors"]["vocab"] = _error_line(load_model_checkpoint, ours, os.path.join(work, "mlm"), "model.megatron_ckpt")
     out["errors"]["trainer-vocab"] = _error_line(load_initial_weights, _with_ckpt(os.path.join(work, "mlm")), ours, bridge)
+    # the trainer's load from a bare Megatron-LM directory, and from one of another model
+    from sppo_megatron.actor.setup import initial_padded_vocab
+
+    cfg = _with_ckpt(bare)
+    policy = bridge.build_model(conversion_model_config("fp32"), ParallelConfig(), perform_initialization=False,
+                                padded_vocab_size=initial_padded_vocab(cfg))
+    load_initial_weights(cfg, policy, bridge)
+    want = hf_state_dict(qwen2)
+    out["trainer_load_equal"] = all(torch.equal(t, want[n]) for n, t in bridge.export_hf_weights(policy))
     deeper = get_bridge(os.path.join(work, "qwen2-5layers"))
     out["errors"]["trainer-args"] = _error_line(load_initial_weights, _with_ckpt(bare), ours, deeper)
     # a model asking for a key the checkpoint lacks: the untied LM head from a tied checkpoint without description
@@ -325,6 +327,10 @@ def test_training_checkpoint_exports_as_iter_step(done):
     assert single["step_iteration"] == 5
     got, want = hf_state_dict(os.path.join(work, "step-mlm-hf")), hf_state_dict(os.path.join(root, "qwen2"))
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_trainer_loads_a_bare_megatron_lm_directory(done):
+    assert done[2]["trainer_load_equal"]
 
 
 def test_padded_vocab_mismatch_is_one_line_naming_both_sizes(done):
