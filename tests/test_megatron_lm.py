@@ -398,3 +398,14 @@ def test_args_mismatch_in_megatron_to_hf_is_one_line(done, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "num_layers=3" in err[0] and "num_layers=5" in err[0], err
     assert not os.path.exists(os.path.join(work, "y"))
+
+
+def test_checkpoint_without_common_pt_is_one_line(done, tmp_path, capsys):
+    """megatron-core >= 0.19 writes no common.pt; 0.16 cannot read such a checkpoint."""
+    root, work, _ = done
+    ckpt = tmp_path / "no-common"
+    shutil.copytree(os.path.join(work, "bare"), ckpt)
+    os.remove(ckpt / "release" / "common.pt")
+    code = _run(["megatron-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"), "--hf-config", os.path.join(root, "qwen2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "common state" in err[0], err

@@ -40,7 +40,7 @@ import shutil
 from typing import Any, Dict, Optional, Tuple
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
-from sppo_megatron.errors import UserError
+from sppo_megatron.errors import UserError, first_line
 from sppo_megatron.models.megatron_lm import (
     check_args_match,
     common_state,
@@ -134,7 +134,7 @@ def checkpoint_padded_vocab(ckpt_dir: str, what: str = "--ckpt") -> Optional[int
     try:
         tensors = dist_checkpointing.load_tensors_metadata(ckpt_dir)
     except (CheckpointingException, OSError, RuntimeError, ValueError) as e:
-        raise UserError(f"{what}: cannot read the tensor metadata of {ckpt_dir}: {_first_line(e)}") from None
+        raise UserError(f"{what}: cannot read the tensor metadata of {ckpt_dir}: {first_line(e)}") from None
     for key in VOCAB_KEYS:
         if key in tensors:
             return int(tensors[key].global_shape[0])
@@ -183,12 +183,7 @@ def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt", resiz
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
         if isinstance(e, CheckpointException) and e.failures:
             e = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
-        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else ""
+        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {first_line(e)}") from e
 
 
 def check_checkpoint_dir(ckpt: str, what: str = "--ckpt") -> None:
@@ -216,13 +211,16 @@ def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
     return meta
 
 
-def check_checkpoint_matches(ckpt: str, bridge: Any, hf_what: str, what: str = "--ckpt") -> None:
+def check_checkpoint_matches(ckpt: str, bridge: Any, hf_what: str,
+                             what: str = "--ckpt") -> Tuple[Optional[Dict[str, Any]], Any]:
     """UserError (one line) unless `ckpt` (any layout) holds `bridge`'s model, judged by our
-    description (META_FILE) and Megatron-LM `args` where present."""
+    description (META_FILE) and Megatron-LM `args` where present; returns both (None if absent)."""
     ckpt_dir = resolve_checkpoint_dir(ckpt, what)
     check_checkpoint_dir(ckpt_dir, what)
-    check_meta_matches(read_checkpoint_meta(ckpt_dir), bridge, ckpt_dir, hf_what)
-    check_args_match(read_args(ckpt_dir, what), bridge, ckpt_dir, hf_what)
+    meta, args = read_checkpoint_meta(ckpt_dir), read_args(ckpt_dir, what)
+    check_meta_matches(meta, bridge, ckpt_dir, hf_what)
+    check_args_match(args, bridge, ckpt_dir, hf_what)
+    return meta, args
 
 
 def check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, hf_what: str) -> None:
@@ -327,10 +325,7 @@ def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) 
         raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)
-    meta = read_checkpoint_meta(ckpt_dir)
-    args = read_args(ckpt_dir)
-    check_meta_matches(meta, bridge, ckpt_dir, hf_dir)
-    check_args_match(args, bridge, ckpt_dir, hf_dir)
+    meta, args = check_checkpoint_matches(ckpt_dir, bridge, hf_dir)
     return hf_dir, bridge, (meta or {}).get("dtype") or _args_dtype(args) or hf_dtype_name(hf_config)
 
 

@@ -26,7 +26,7 @@ import os
 import pickle
 from typing import Any, Dict, Optional
 
-from sppo_megatron.errors import UserError
+from sppo_megatron.errors import UserError, first_line
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RELEASE = "release"
@@ -160,11 +160,13 @@ def read_args(ckpt_dir: str, what: str = "--ckpt") -> Optional[argparse.Namespac
 
     try:
         common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    except (CheckpointingException, pickle.UnpicklingError, RuntimeError, OSError, EOFError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
+    except (CheckpointingException, pickle.UnpicklingError, RuntimeError, OSError, EOFError, AttributeError,
+            KeyError, ValueError) as e:
         hint = "" if os.path.isfile(os.path.join(ckpt_dir, "common.pt")) else (
-            " (no common.pt: written by megatron-core >= 0.19, which keeps it inside the DCP; load it with megatron-core >= 0.19)")
-        raise UserError(f"{what}: cannot read the common state of {ckpt_dir}: {type(e).__name__}: {first}{hint}") from None
+            " (no common.pt: megatron-core >= 0.19 keeps the common state inside the DCP, "
+            "which megatron-core < 0.19 cannot read)")
+        raise UserError(f"{what}: cannot read the common state of {ckpt_dir}: {type(e).__name__}: "
+                        f"{first_line(e)}{hint}") from None
     args = common.get("args") if isinstance(common, dict) else None
     return args if isinstance(args, argparse.Namespace) else None
 
