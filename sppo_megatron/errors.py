@@ -19,3 +19,9 @@ class TrainingDiverged(UserError):
     """The run stopped itself (e.g. too many non-finite steps in a row): one clear line, exit 1."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, for one-line user errors."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else ""

@@ -13,7 +13,8 @@ Layout of the state written by `save_actor` (one `dist_checkpointing` directory)
               RNG tracker; restored on a full resume when the TP/PP/DP layout is unchanged
               (a different layout has different per-rank streams; the run keeps its fresh
               seeding then);
-  actor_meta.json  (rank 0, after the collective save) layout, optimizer steps, versions.
+  actor_meta.json  (rank 0, after the collective save) layout, optimizer steps, padded
+              vocabulary, versions.
 
 The torch-Adam workarounds needed to save/load the optimizer live in optimizer_state.py.
 """
@@ -30,7 +31,7 @@ import torch
 
 from sppo_megatron.actor import optimizer_state
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.dist_ckpt import MODEL_KEY
+from sppo_megatron.models.dist_ckpt import MODEL_KEY, check_padded_vocab, unwrap_model
 from sppo_megatron.platform.distributed import barrier, rank
 from sppo_megatron.platform.layout import ParallelLayout
 
@@ -111,6 +112,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
             "use_distributed_optimizer": bool(actor.parallel.use_distributed_optimizer),
             "optimizer_sharding": OPTIMIZER_METADATA["distrib_optim_sharding_type"],
             "dtype": str(actor.dtype),
+            "padded_vocab_size": int(unwrap_model(actor.model).vocab_size),
             "megatron_core": mcore_version,
         }
         tmp = os.path.join(ckpt_dir, META_FILE + ".tmp")
@@ -140,6 +142,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
             f"{ckpt_dir} holds {'distributed' if not want else 'plain'}-optimizer state but "
             f"parallel.use_distributed_optimizer={want}; resume with the setting it was saved with"
         )
+    check_padded_vocab(actor.model, ckpt_dir, "checkpoint")
     model_sd = actor.model.sharded_state_dict()
     request: Dict[str, Any] = {MODEL_KEY: model_sd}
     if load_optimizer:

@@ -22,7 +22,7 @@ shapes before each activation).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -55,7 +55,8 @@ def build_policy(model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, 
     # perform_initialization must stay on even though the weights are loaded next: megatron-core
     # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
     # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
-    model = bridge.build_model(model_cfg, parallel)
+    model = bridge.build_model(model_cfg, parallel,
+                               padded_vocab_size=initial_padded_vocab(model_cfg, parallel) if load_weights else None)
     tconfig = model.config
     tconfig.calculate_per_token_loss = True
     tconfig.variable_seq_lengths = True
@@ -74,13 +75,23 @@ def build_policy(model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, 
     return model, ddp
 
 
+def initial_padded_vocab(model_cfg: ModelConfig, parallel: ParallelConfig) -> Optional[int]:
+    """model.megatron_ckpt's padded vocabulary (it may follow Megatron-LM's rule), None = ours."""
+    if not model_cfg.megatron_ckpt:
+        return None
+    from sppo_megatron.models.dist_ckpt import model_vocab_for
+
+    return model_vocab_for(model_cfg.megatron_ckpt, parallel.tp, "model.megatron_ckpt")
+
+
 def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> None:
-    """model.megatron_ckpt (model-only dist checkpoint) if set, else the HF weights at model.path."""
+    """model.megatron_ckpt (a dist checkpoint of any layout, Megatron-LM's included) if set, else
+    the HF weights at model.path."""
     if model_cfg.megatron_ckpt:
-        from sppo_megatron.models.dist_ckpt import check_meta_matches, load_model_checkpoint, read_checkpoint_meta
+        from sppo_megatron.models.dist_ckpt import check_checkpoint_matches, load_model_checkpoint
 
         path = model_cfg.megatron_ckpt
-        check_meta_matches(read_checkpoint_meta(path), bridge, path, "model.path")
+        check_checkpoint_matches(path, bridge, "model.path", "model.megatron_ckpt")
         load_model_checkpoint(model, path, "model.megatron_ckpt")
     elif model_cfg.path:
         bridge.load_hf_weights(model, model_cfg.path)

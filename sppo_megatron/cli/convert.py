@@ -1,7 +1,10 @@
 """`sppo-convert`: Hugging Face <-> megatron-core dist checkpoint conversion, and a logit check.
 
-    sppo-convert hf-to-megatron --hf DIR --out DIR [--dtype bf16|fp16|fp32] [--tp N --pp M] [--overwrite]
+    sppo-convert hf-to-megatron --hf DIR --out DIR [--dtype bf16|fp16|fp32] [--tp N --pp M]
+                                [--layout sppo|megatron-lm] [--overwrite]
     sppo-convert megatron-to-hf --ckpt DIR --out DIR [--dtype ...] [--hf-config DIR] [--overwrite]
+    sppo-convert megatron-to-megatron-lm --ckpt DIR --out DIR [--hf-config DIR] [--iteration N]
+                                [--tp N --pp M] [--overwrite]
     sppo-convert verify --hf DIR --ckpt DIR [--tp N --pp M] [--atol 1e-4]
 
 Runs as one process (tp = pp = 1) or under torchrun with --tp/--pp (world size a multiple of
@@ -14,6 +17,13 @@ Megatron checkpoint directory written by hf-to-megatron:
                              (loadable under any TP/PP; megatron's own metadata.json is here)
     OUT/sppo_checkpoint.json architecture (model_type), vocab size, dtype, shapes
     OUT/hf/                  config.json, generation_config.json, tokenizer files of the source
+
+With --layout megatron-lm the same directory is OUT/release/, next to Megatron-LM's tracker
+OUT/latest_checkpointed_iteration.txt ("release"); its common state holds Megatron-LM's `args`,
+checkpoint_version 3.0 and iteration 0, and the vocabulary is padded by Megatron-LM's rule
+(a multiple of 128 * --tp). megatron-to-megatron-lm re-writes any checkpoint (a training run's
+checkpoints/step_N included) that way as OUT/iter_%07d/ (iteration = --iteration, else the
+run's step, else release/). Every --ckpt may also be a Megatron-LM load directory.
 """
 
 from __future__ import annotations
@@ -27,12 +37,7 @@ from typing import Any, List, Optional
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.dist_ckpt import (
-    check_checkpoint_dir,
-    check_meta_matches,
-    load_model_checkpoint,
-    read_checkpoint_meta,
-)
+from sppo_megatron.models.dist_ckpt import LAYOUTS, check_checkpoint_matches, load_model_checkpoint, model_vocab_for
 from sppo_megatron.platform.distributed import broadcast_object, rank
 from sppo_megatron.platform.dtypes import DTYPES
 from sppo_megatron.platform.files import atomic_output_dir
@@ -54,6 +59,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     h2m.add_argument("--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the HF config's dtype, else fp32)")
     h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the conversion job (default 1)")
     h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the conversion job (default 1)")
+    h2m.add_argument("--layout", choices=LAYOUTS, default="sppo",
+                     help="sppo (default): the checkpoint in OUT; megatron-lm: Megatron-LM's tracker + OUT/release/")
     h2m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
 
     m2h = sub.add_parser("megatron-to-hf", help="megatron-core dist checkpoint -> HF safetensors directory")
@@ -65,6 +72,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     m2h.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the job (default 1)")
     m2h.add_argument("--max-shard-size", default="5GB", help="max safetensors shard size, e.g. 5GB, 500MB (default 5GB)")
     m2h.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+
+    m2l = sub.add_parser("megatron-to-megatron-lm", help="dist checkpoint (e.g. checkpoints/step_N) -> Megatron-LM layout")
+    m2l.add_argument("--ckpt", required=True, metavar="DIR", help="dist checkpoint (from hf-to-megatron or training)")
+    m2l.add_argument("--out", required=True, metavar="DIR", help="output Megatron-LM load directory")
+    m2l.add_argument("--hf-config", metavar="DIR", help="HF directory with config/tokenizer (default: CKPT/hf)")
+    m2l.add_argument("--iteration", type=int, help="iteration of OUT/iter_%%07d (default: the training step, else release)")
+    m2l.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the job and of the vocab padding (default 1)")
+    m2l.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the job (default 1)")
+    m2l.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
 
     ver = sub.add_parser("verify", help="compare the logits of an HF model and a megatron checkpoint")
     ver.add_argument("--hf", required=True, metavar="DIR", help="Hugging Face model directory")
@@ -153,7 +169,8 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------------- commands
 def hf_to_megatron(args: argparse.Namespace) -> int:
     from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.dist_ckpt import conversion_model_config, save_model_checkpoint, write_checkpoint_meta
+    from sppo_megatron.models.dist_ckpt import conversion_model_config, layout_padded_vocab, write_converted_checkpoint
+    from sppo_megatron.models.megatron_lm import megatron_lm_args
     from sppo_megatron.models.hf_io import SafetensorsReader, hf_dtype_name, load_hf_config
     from sppo_megatron.models.transformer_config import pipeline_split
 
@@ -165,19 +182,20 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
     bridge.check_tp(args.tp)
     pipeline_split(bridge.num_layers, args.pp)
     dtype = args.dtype or hf_dtype_name(hf_config)
+    padded = layout_padded_vocab(bridge, args.layout, args.tp)
+    if args.layout == "megatron-lm":
+        megatron_lm_args(bridge, dtype, args.tp, args.pp, padded)  # refuses what Megatron-LM cannot express, early
 
     t0 = time.time()
     with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
         model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=args.tp, pp=args.pp),
-                                   perform_initialization=False)
+                                   perform_initialization=False, padded_vocab_size=padded)
         bridge.load_hf_weights(model, args.hf)
         t_load = time.time() - t0
-        save_model_checkpoint(model, tmp)
+        write_converted_checkpoint(model, tmp, bridge, dtype, args.hf, args.tp, args.pp, args.layout)
         del model
-        if rank() == 0:
-            write_checkpoint_meta(tmp, bridge, dtype, args.hf, args.tp, args.pp)
-    _say(f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}) in {time.time() - t0:.1f}s "
-         f"(load {t_load:.1f}s)")
+    _say(f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}, {args.layout} layout, "
+         f"padded vocab {padded}) in {time.time() - t0:.1f}s (load {t_load:.1f}s)")
     return 0
 
 
@@ -202,6 +220,40 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
+    from sppo_megatron.models.dist_ckpt import layout_padded_vocab, load_megatron_model, resolve_megatron_checkpoint
+    from sppo_megatron.models.dist_ckpt import write_converted_checkpoint
+    from sppo_megatron.models.megatron_lm import megatron_lm_args, resolve_checkpoint_dir
+
+    hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
+    _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
+    _check_layout(args.tp, args.pp)
+    bridge.check_tp(args.tp)
+    if args.iteration is not None and args.iteration < 0:
+        raise UserError(f"--iteration {args.iteration} must be >= 0")
+    iteration = args.iteration if args.iteration is not None else _training_step(resolve_checkpoint_dir(args.ckpt))
+    padded = layout_padded_vocab(bridge, "megatron-lm", args.tp)
+    megatron_lm_args(bridge, dtype, args.tp, args.pp, padded)  # refuses what Megatron-LM cannot express, early
+
+    t0 = time.time()
+    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+        model = load_megatron_model(bridge, args.ckpt, dtype, args.tp, args.pp, padded_vocab_size=padded)
+        ckpt = write_converted_checkpoint(model, tmp, bridge, dtype, hf_dir, args.tp, args.pp, "megatron-lm", iteration)
+        del model
+    _say(f"wrote {os.path.join(args.out, os.path.basename(ckpt))} ({bridge.model_type}, {dtype}, padded vocab {padded}) "
+         f"in {time.time() - t0:.1f}s")
+    return 0
+
+
+def _training_step(ckpt_dir: str) -> Optional[int]:
+    """The trainer step of a run's checkpoint directory (its state file), None for other checkpoints."""
+    from sppo_megatron.trainer.checkpointing import STATE_FILE, CheckpointManager
+
+    if not os.path.isfile(os.path.join(ckpt_dir, STATE_FILE)):
+        return None
+    return int(CheckpointManager.read_state(ckpt_dir)["step"])
+
+
 def verify(args: argparse.Namespace) -> int:
     import torch
 
@@ -211,17 +263,18 @@ def verify(args: argparse.Namespace) -> int:
 
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
-    check_checkpoint_dir(args.ckpt, "--ckpt")
-    check_meta_matches(read_checkpoint_meta(args.ckpt), bridge, args.ckpt, args.hf)
+    check_checkpoint_matches(args.ckpt, bridge, args.hf)
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)
+    padded = model_vocab_for(args.ckpt, args.tp)
     if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
         raise UserError("--atol must be >= 0, --batch-size and --seq-len >= 1")
     seq = min(args.seq_len, bridge.max_position_embeddings)
     ids = torch.randint(0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed))
 
     with _Dist(args.tp, args.pp):
-        model = bridge.build_model(ModelConfig(dtype="fp32"), ParallelConfig(tp=args.tp, pp=args.pp), perform_initialization=False)
+        model = bridge.build_model(ModelConfig(dtype="fp32"), ParallelConfig(tp=args.tp, pp=args.pp), perform_initialization=False,
+                                   padded_vocab_size=padded)
         load_model_checkpoint(model, args.ckpt)
         logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
         del model
@@ -242,7 +295,8 @@ def verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf, "verify": verify}
+COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf,
+            "megatron-to-megatron-lm": megatron_to_megatron_lm, "verify": verify}
 
 
 @exit_on_user_error("sppo-convert")

@@ -27,7 +27,7 @@ def opt(default: Any, help: str = "", **meta: Any) -> Any:
 @dataclass(frozen=True)
 class ModelConfig:
     path: Optional[str] = opt(None, "Hugging Face model directory (config, tokenizer; weights unless megatron_ckpt)", must_exist=True)
-    megatron_ckpt: Optional[str] = opt(None, "megatron-core dist checkpoint from `sppo-convert hf-to-megatron`", must_exist=True)
+    megatron_ckpt: Optional[str] = opt(None, "megatron-core dist checkpoint (`sppo-convert hf-to-megatron`, either layout) or a Megatron-LM checkpoint directory", must_exist=True)
     transformer_impl: str = opt("auto", "layer implementation", choices=("auto", "transformer_engine", "local"))
     fp8: Optional[str] = opt(None, "FP8 training format (needs Transformer Engine and an FP8-capable GPU)", choices=(None, "e4m3", "hybrid"))
     fp8_recipe: str = opt("delayed", "Transformer Engine FP8 scaling recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))

@@ -100,15 +100,17 @@ class Bridge:
 
     # ------------------------------------------------------------------ model
     def build_model(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
-                    *, perform_initialization: bool = True):
+                    *, perform_initialization: bool = True, padded_vocab_size: Optional[int] = None):
         """GPTModel for this rank's pipeline stage (needs `init_distributed(tp, pp)` first).
 
         perform_initialization=False skips the random init (the weights are loaded next); the
-        padded vocabulary rows are zeroed either way.
+        padded vocabulary rows are zeroed either way. padded_vocab_size None = our rule
+        (`padded_vocab_size(tp)`); a checkpoint's own size (Megatron-LM's rule) is passed here.
         """
         from sppo_megatron.models.build import build_gpt_model
 
-        return build_gpt_model(self, model_cfg, parallel_cfg, perform_initialization=perform_initialization)
+        return build_gpt_model(self, model_cfg, parallel_cfg, perform_initialization=perform_initialization,
+                               padded_vocab_size=padded_vocab_size)
 
     def mask_padded_logits_(self, logits: torch.Tensor) -> torch.Tensor:
         """In place: set this TP rank's vocab-parallel logit columns >= vocab_size to the dtype minimum."""

@@ -15,9 +15,9 @@ _MEGATRON_LLAMA3 = (1.0, 4.0, 8192)
 
 
 def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
-                    *, perform_initialization: bool = True):
+                    *, perform_initialization: bool = True, padded_vocab_size: Optional[int] = None):
     """GPTModel for this rank's pipeline stage (see `Bridge.build_model`). parallel_cfg None =
-    the layout megatron is initialised with."""
+    the layout megatron is initialised with; padded_vocab_size None = `bridge.padded_vocab_size(tp)`."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
@@ -35,7 +35,7 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
     model = GPTModel(
         config=config,
         transformer_layer_spec=bridge.layer_spec(model_cfg),
-        vocab_size=bridge.padded_vocab_size(tp),
+        vocab_size=padded_vocab_size or bridge.padded_vocab_size(tp),
         max_sequence_length=bridge.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),

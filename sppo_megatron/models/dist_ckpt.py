@@ -10,7 +10,14 @@ directory whose state is a dict; the model lives under the key ``"model"``:
 The training engine adds optimizer / scheduler / RNG keys to the same dict; asking only for
 ``"model"`` loads any of them model-only (unexpected keys in the checkpoint are ignored).
 Written once, a checkpoint loads under any TP/PP layout (the padded vocabulary does not depend
-on the TP size for power-of-two TP, see `Bridge.padded_vocab_size`).
+on the TP size for power-of-two TP, see `Bridge.padded_vocab_size`). Every loader builds its model
+with the checkpoint's own padded vocabulary (`checkpoint_padded_vocab`, read from the tensor
+metadata before loading) and refuses, in one line, a model whose padded vocabulary differs:
+megatron-core marks the embedding `allow_shape_mismatch` and would load it partially.
+
+Two layouts (LAYOUTS): "sppo", the checkpoint in OUT itself; "megatron-lm", Megatron-LM's
+tracker file + release/ or iter_%07d/ with `args` in the common state (megatron_lm.py).
+A path given to any loader may be either (`resolve_checkpoint_dir`).
 
 A converted checkpoint also carries its description (`write_checkpoint_meta`: META_FILE and
 the source's config/tokenizer in HF_SUBDIR), from which `resolve_megatron_checkpoint` finds the
@@ -33,7 +40,17 @@ import shutil
 from typing import Any, Dict, Optional, Tuple
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
-from sppo_megatron.errors import UserError
+from sppo_megatron.errors import UserError, first_line
+from sppo_megatron.models.megatron_lm import (
+    check_args_match,
+    common_state,
+    iteration_dir,
+    megatron_lm_args,
+    megatron_lm_padded_vocab,
+    read_args,
+    resolve_checkpoint_dir,
+    write_tracker,
+)
 from sppo_megatron.platform.distributed import barrier, is_rank0
 
 MODEL_KEY = "model"
@@ -42,6 +59,9 @@ META_FILE = "sppo_checkpoint.json"
 META_FORMAT = "sppo-megatron-model"
 #: the source model's config.json, generation config and tokenizer inside a converted checkpoint
 HF_SUBDIR = "hf"
+LAYOUTS = ("sppo", "megatron-lm")
+#: the sharded tensors whose first dimension is the padded vocabulary
+VOCAB_KEYS = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 
 def _require_psutil() -> None:
@@ -99,25 +119,71 @@ def is_dist_checkpoint(ckpt_dir: str) -> bool:
     )
 
 
-def save_model_checkpoint(model: Any, ckpt_dir: str) -> None:
-    """Model-only checkpoint: ``{"model": model.sharded_state_dict()}``."""
-    save_dist_checkpoint({MODEL_KEY: unwrap_model(model).sharded_state_dict()}, ckpt_dir)
+def save_model_checkpoint(model: Any, ckpt_dir: str, common: Optional[Dict[str, Any]] = None) -> None:
+    """Model-only checkpoint: ``{"model": model.sharded_state_dict(), **common}`` (`common`:
+    non-sharded entries, e.g. Megatron-LM's args / checkpoint_version / iteration)."""
+    save_dist_checkpoint({MODEL_KEY: unwrap_model(model).sharded_state_dict(), **(common or {})}, ckpt_dir)
 
 
-def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt") -> None:
-    """Load the ``"model"`` part of any checkpoint (converter output or a training checkpoint,
-    any TP/PP) into `model` (strict). A missing, foreign or mismatched checkpoint is a UserError
-    naming `what` (the flag or config key it came from)."""
+def checkpoint_padded_vocab(ckpt_dir: str, what: str = "--ckpt") -> Optional[int]:
+    """Rows of the checkpoint's embedding (else its LM head) from the tensor metadata, without
+    loading; None if it holds neither."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+
+    try:
+        tensors = dist_checkpointing.load_tensors_metadata(ckpt_dir)
+    except (CheckpointingException, OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{what}: cannot read the tensor metadata of {ckpt_dir}: {first_line(e)}") from None
+    for key in VOCAB_KEYS:
+        if key in tensors:
+            return int(tensors[key].global_shape[0])
+    return None
+
+
+def model_vocab_for(ckpt: str, tp: int, what: str = "--ckpt") -> Optional[int]:
+    """The padded vocabulary to build a model with to load `ckpt` at tensor-parallel size `tp`."""
+    ckpt_dir = resolve_checkpoint_dir(ckpt, what)
     check_checkpoint_dir(ckpt_dir, what)
+    rows = checkpoint_padded_vocab(ckpt_dir, what)
+    if rows is not None and rows % tp:
+        raise UserError(f"{what} {ckpt}: its padded vocabulary of {rows} rows does not split into tp={tp} shards")
+    return rows
+
+
+def check_padded_vocab(model: Any, ckpt_dir: str, what: str = "--ckpt") -> None:
+    """UserError naming both sizes if `model`'s padded vocabulary differs from the checkpoint's."""
+    want = getattr(unwrap_model(model), "vocab_size", None)
+    have = checkpoint_padded_vocab(ckpt_dir, what)
+    if want is not None and have is not None and want != have:
+        raise UserError(f"{what} {ckpt_dir}: the checkpoint's padded vocabulary has {have} rows but the model "
+                        f"being loaded has {want} (another vocabulary padding or model)")
+
+
+def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt", resize_vocab: bool = False) -> None:
+    """Load the ``"model"`` part of any checkpoint (converter output, a training checkpoint or a
+    Megatron-LM load directory, any TP/PP) into `model` (strict). A missing, foreign or mismatched
+    checkpoint is a UserError naming `what` (the flag or config key it came from).
+
+    resize_vocab=True loads a checkpoint of another padded vocabulary on purpose (the real rows
+    are read, the model's extra padded rows keep their zeros): re-padding for another layout."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    ckpt_dir = resolve_checkpoint_dir(ckpt_dir, what)
+    check_checkpoint_dir(ckpt_dir, what)
+    if not resize_vocab:
+        check_padded_vocab(model, ckpt_dir, what)
     module = unwrap_model(model)
     try:
         state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir)
         module.load_state_dict(state[MODEL_KEY])
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
-        text = str(e).strip().splitlines()
-        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {text[0] if text else ''}") from e
+    # torch's CheckpointException (a missing key) derives from BaseException, not Exception
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
+        if isinstance(e, CheckpointException) and e.failures:
+            e = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
+        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {first_line(e)}") from e
 
 
 def check_checkpoint_dir(ckpt: str, what: str = "--ckpt") -> None:
@@ -145,6 +211,18 @@ def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
     return meta
 
 
+def check_checkpoint_matches(ckpt: str, bridge: Any, hf_what: str,
+                             what: str = "--ckpt") -> Tuple[Optional[Dict[str, Any]], Any]:
+    """UserError (one line) unless `ckpt` (any layout) holds `bridge`'s model, judged by our
+    description (META_FILE) and Megatron-LM `args` where present; returns both (None if absent)."""
+    ckpt_dir = resolve_checkpoint_dir(ckpt, what)
+    check_checkpoint_dir(ckpt_dir, what)
+    meta, args = read_checkpoint_meta(ckpt_dir), read_args(ckpt_dir, what)
+    check_meta_matches(meta, bridge, ckpt_dir, hf_what)
+    check_args_match(args, bridge, ckpt_dir, hf_what)
+    return meta, args
+
+
 def check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, hf_what: str) -> None:
     """UserError if the checkpoint was written for another model than `bridge`'s."""
     if meta is None:
@@ -163,7 +241,36 @@ def check_meta_matches(meta: Optional[Dict[str, Any]], bridge: Any, ckpt: str, h
             )
 
 
-def write_checkpoint_meta(ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int) -> None:
+def layout_padded_vocab(bridge: Any, layout: str, tp: int) -> int:
+    """Padded vocabulary of a checkpoint written in `layout` at tensor-parallel size `tp`:
+    Megatron-LM's rule for "megatron-lm", ours otherwise."""
+    if layout == "megatron-lm":
+        return megatron_lm_padded_vocab(bridge.vocab_size, tp)
+    return bridge.padded_vocab_size(tp)
+
+
+def write_converted_checkpoint(model: Any, out: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int,
+                               layout: str = "sppo", iteration: Optional[int] = None) -> str:
+    """Collective: `model` as a model-only checkpoint in `layout` under `out`, with our
+    description; returns the torch_dist directory. "megatron-lm" writes `out/release/`
+    (iteration None) or `out/iter_%07d/` with Megatron-LM's common state, the tracker last."""
+    padded = int(unwrap_model(model).vocab_size)
+    if layout == "megatron-lm":
+        ckpt = iteration_dir(out, iteration)
+        common = common_state(megatron_lm_args(bridge, dtype, tp, pp, padded), iteration)
+    else:
+        ckpt, common = out, {}
+    save_model_checkpoint(model, ckpt, common)
+    if is_rank0():
+        write_checkpoint_meta(ckpt, bridge, dtype, hf_src, tp, pp, padded, layout)
+        if layout == "megatron-lm":
+            write_tracker(out, iteration)
+    barrier()
+    return ckpt
+
+
+def write_checkpoint_meta(ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int,
+                          padded_vocab_size: int, layout: str = "sppo") -> None:
     """The converter's description of a checkpoint it wrote: META_FILE and HF_SUBDIR (the
     source's config.json and side files), which `resolve_megatron_checkpoint` reads back."""
     import torch
@@ -180,7 +287,8 @@ def write_checkpoint_meta(ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: i
         "model_type": bridge.model_type,
         "hf_architecture": bridge.arch.hf_class,
         "vocab_size": bridge.vocab_size,
-        "padded_vocab_size": bridge.padded_vocab_size(1),
+        "padded_vocab_size": padded_vocab_size,
+        "layout": layout,
         "num_layers": bridge.num_layers,
         "hidden_size": bridge.hidden_size,
         "tie_word_embeddings": bridge.tied,
@@ -210,15 +318,22 @@ def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) 
     from sppo_megatron.models.bridge import get_bridge
     from sppo_megatron.models.hf_io import hf_dtype_name, load_hf_config
 
-    check_checkpoint_dir(ckpt, "--ckpt")
-    meta = read_checkpoint_meta(ckpt)
-    hf_dir = hf_config_dir or os.path.join(ckpt, HF_SUBDIR)
+    ckpt_dir = resolve_checkpoint_dir(ckpt, "--ckpt")
+    check_checkpoint_dir(ckpt_dir, "--ckpt")
+    hf_dir = hf_config_dir or os.path.join(ckpt_dir, HF_SUBDIR)
     if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)
-    check_meta_matches(meta, bridge, ckpt, hf_dir)
-    return hf_dir, bridge, (meta or {}).get("dtype") or hf_dtype_name(hf_config)
+    meta, args = check_checkpoint_matches(ckpt_dir, bridge, hf_dir)
+    return hf_dir, bridge, (meta or {}).get("dtype") or _args_dtype(args) or hf_dtype_name(hf_config)
+
+
+def _args_dtype(args: Any) -> Optional[str]:
+    """The parameter dtype Megatron-LM `args` record (bf16 / fp16 flags), None without args."""
+    if args is None:
+        return None
+    return "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32"
 
 
 def conversion_model_config(dtype: str) -> ModelConfig:
@@ -227,10 +342,14 @@ def conversion_model_config(dtype: str) -> ModelConfig:
     return ModelConfig(dtype=dtype, transformer_impl="local")
 
 
-def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1) -> Any:
-    """This rank's stage of the model, with the checkpoint's weights (call after init_distributed)."""
-    model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=tp, pp=pp), perform_initialization=False)
-    load_model_checkpoint(model, ckpt)
+def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1,
+                        padded_vocab_size: Optional[int] = None) -> Any:
+    """This rank's stage of the model, with the checkpoint's weights (call after init_distributed).
+    Built with the checkpoint's padded vocabulary, or re-padded to `padded_vocab_size`."""
+    have = model_vocab_for(ckpt, tp)
+    model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=tp, pp=pp), perform_initialization=False,
+                               padded_vocab_size=padded_vocab_size or have)
+    load_model_checkpoint(model, ckpt, resize_vocab=padded_vocab_size is not None)
     return model
 
 
