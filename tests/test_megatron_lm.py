@@ -174,7 +174,7 @@ def _single_body(root, work):
 
     cfg = _with_ckpt(bare)
     policy = bridge.build_model(conversion_model_config("fp32"), ParallelConfig(), perform_initialization=False,
-                                padded_vocab_size=initial_padded_vocab(cfg))
+                                padded_vocab_size=initial_padded_vocab(cfg, ParallelConfig()))
     load_initial_weights(cfg, policy, bridge)
     want = hf_state_dict(qwen2)
     out["trainer_load_equal"] = all(torch.equal(t, want[n]) for n, t in bridge.export_hf_weights(policy))
@@ -191,13 +191,10 @@ def _single_body(root, work):
 
 
 def _with_ckpt(path):
-    """The default Config with model.megatron_ckpt = path."""
-    import dataclasses
+    """The default model group with model.megatron_ckpt = path."""
+    from sppo_megatron.config.schema import ModelConfig
 
-    from sppo_megatron.config.schema import Config
-
-    cfg = Config()
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, megatron_ckpt=path))
+    return ModelConfig(megatron_ckpt=path)
 
 
 def _tp2_body(root, work):
