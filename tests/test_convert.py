@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from sppo_megatron.cli.convert import main
+from sppo_megatron.testing.tiny import ARCHS, make_tiny_hf_model
 from tests.multirank import run_ranks
-from tests.tiny_models import ARCHS, hf_state_dict, make_tiny_hf_model, tiny_models_root
+from tests.tiny_models import hf_state_dict, tiny_models_root
 
 TORCHRUN_ARCHS = ("qwen3", "llama3.2-tied")
 

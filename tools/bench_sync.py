@@ -48,12 +48,9 @@ def _free_port() -> int:
 
 
 def make_preset(name: str, out_dir: str) -> str:
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from sppo_megatron.testing.tiny import tiny_config, tiny_model
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**PRESETS[name], max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=2)
-    Qwen2ForCausalLM(cfg).save_pretrained(out_dir)
+    tiny_model(tiny_config("qwen2", **PRESETS[name], max_position_embeddings=2048)).save_pretrained(out_dir)
     return out_dir
 
 
