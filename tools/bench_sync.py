@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,12 +38,6 @@ PRESETS = {
     "small": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                   num_attention_heads=12, num_key_value_heads=4),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_preset(name: str, out_dir: str) -> str:
@@ -180,12 +173,14 @@ def main(argv=None) -> int:
     if args.source == "hf" and (args.tp, args.pp) != (1, 1):
         p.error("--source hf streams an HF state dict: TP=PP=1 only")
     if "WORLD_SIZE" not in os.environ and world > 1:
+        from sppo_megatron.platform.distributed import free_port
+
         if args.hf is None:  # build the preset once, before the ranks start
             path = os.path.join(tempfile.gettempdir(), f"sppo_bench_sync_{args.preset}")
             if not os.path.isfile(os.path.join(path, "config.json")):
                 make_preset(args.preset, path)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-               f"--master-port={_free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
+               f"--master-port={free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
         return subprocess.call(cmd)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
