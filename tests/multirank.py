@@ -11,16 +11,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import socket
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sppo_megatron.platform.distributed import free_port
 
 
 def _child(fn: Callable, rank: int, world: int, port: int, args: tuple, env: Dict[str, str], out: Any) -> None:
@@ -56,7 +51,7 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0,
     """Run `fn(*args)` on `world_size` gloo ranks; return the list of per-rank results."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_child, args=(fn, r, world_size, port, args, env or {}, out), daemon=False)
         for r in range(world_size)

@@ -24,6 +24,7 @@ import os
 import pytest
 import torch
 
+from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.multirank import run_ranks
 
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16], [20, 21], [20, 21]]
@@ -39,9 +40,7 @@ SEED = 1234
 
 
 def _make_tiny(path: str, tied: bool = False) -> None:
-    from tests.tiny_models import make_tiny_hf_model
-
-    make_tiny_hf_model("qwen2-tied" if tied else "qwen2", path, tied=tied, num_layers=3)
+    make_tiny_hf_model("qwen2-tied" if tied else "qwen2", path)
 
 
 def _cfg(path, tp, pp, *, lr=1e-4, mbs=1, max_tokens=None, recompute="none", clip=1.0, eps=1e-6, megatron_ckpt=None,

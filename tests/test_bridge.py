@@ -17,13 +17,13 @@ from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge, layouts
 from sppo_megatron.models import specs
 from sppo_megatron.models.rope import llama3_inv_freq, rope_settings
 from sppo_megatron.models.transformer_config import pipeline_split
-from tests.tiny_models import ARCHS, _config
+from sppo_megatron.testing.tiny import ARCHS, tiny_config
 
 MCORE019 = "/work/wheels/mcore019/megatron/core"
 
 
 def bridge_of(arch, **overrides):
-    cfg = _config(arch, False, 3)
+    cfg = tiny_config(arch, num_hidden_layers=3)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return get_bridge(cfg)
@@ -60,7 +60,7 @@ def test_unsupported_features_are_user_errors(arch, overrides, needle):
 
 
 def test_unsupported_rope_type():
-    cfg = _config("llama", False, 3)
+    cfg = tiny_config("llama", num_hidden_layers=3)
     cfg.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
     with pytest.raises(UserError, match="yarn"):
         get_bridge(cfg)
@@ -80,7 +80,7 @@ def test_every_table_row_is_well_formed():
 def test_hf_names_cover_the_hf_model_exactly(arch):
     from transformers import AutoModelForCausalLM
 
-    cfg = _config(arch, False, 3)
+    cfg = tiny_config(arch, num_hidden_layers=3)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     saved = set(model.state_dict())
@@ -168,7 +168,7 @@ def test_tp_must_divide_heads():
 
 
 def test_rope_settings_transformers5_and_legacy():
-    rope = rope_settings(_config("llama3.1", False, 3))
+    rope = rope_settings(tiny_config("llama3.1", num_hidden_layers=3))
     assert rope.kind == "llama3" and rope.theta == 10000.0 and rope.factor == 4.0
     assert (rope.high_freq_factor, rope.original_max_position_embeddings) == (2.0, 32)
     legacy = types.SimpleNamespace(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0})
@@ -181,7 +181,7 @@ def test_rope_settings_transformers5_and_legacy():
 def test_llama3_inv_freq_matches_transformers(arch):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    cfg = _config(arch, False, 3)
+    cfg = tiny_config(arch, num_hidden_layers=3)
     b = get_bridge(cfg)
     want, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     assert torch.equal(llama3_inv_freq(b.rope, b.head_dim), want)

@@ -16,8 +16,9 @@ import os
 import pytest
 import torch
 
+from sppo_megatron.testing.tiny import ARCHS
 from tests.multirank import run_ranks
-from tests.tiny_models import ARCHS, hf_logits, hf_state_dict, tiny_models_root
+from tests.tiny_models import hf_logits, hf_state_dict, tiny_models_root
 
 LAYOUTS = [(2, 2), (1, 1), (2, 1), (1, 2)]
 WORLD = 4

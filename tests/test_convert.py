@@ -16,19 +16,11 @@ import os
 import pytest
 import torch
 
-from sppo_megatron.cli.convert import main
+from sppo_megatron.testing.tiny import ARCHS, make_tiny_hf_model
 from tests.multirank import run_ranks
-from tests.tiny_models import ARCHS, hf_state_dict, make_tiny_hf_model, tiny_models_root
+from tests.tiny_models import convert as _run, hf_state_dict, tiny_models_root
 
 TORCHRUN_ARCHS = ("qwen3", "llama3.2-tied")
-
-
-def _run(argv):
-    """main(argv) -> exit code (SystemExit from user errors included)."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def _single_rank_body(root, work):
@@ -159,10 +151,8 @@ def test_torchrun_tp2_pp2_convert_verify_export(converted, arch):
 
 # ------------------------------------------------------------------------ bad input (in-process)
 def _error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
+    assert _run(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2
     assert len(err) == 1 and err[0].startswith("sppo-convert: error: "), err
     return err[0]
 

@@ -1,4 +1,4 @@
-"""Prompt datasets (verl parquet schema) and the resumable sampler, with a tokenizer built here."""
+"""Prompt datasets (verl parquet schema) and the resumable sampler, on the character tokenizer."""
 
 import json
 
@@ -9,28 +9,12 @@ import pytest
 from sppo_megatron.config.schema import DataConfig
 from sppo_megatron.data import PromptItem, PromptSampler, load_prompt_dataset
 from sppo_megatron.errors import DataError
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+from sppo_megatron.testing.tiny import char_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """Character-level: one token per character, one per role marker."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?.\n")
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>"] + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    fast.add_special_tokens({"additional_special_tokens": ["<user>", "<assistant>", "<system>"]})
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return char_tokenizer()  # one token per character, one per role marker
 
 
 def row(text, answer="4", source="arith", messages=None, extra=None):

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from tests.multirank import run_ranks
-from tests.test_convert import _run
-from tests.tiny_models import hf_state_dict, make_tiny_hf_model, tiny_models_root
+from sppo_megatron.testing.tiny import make_tiny_hf_model
+from tests.tiny_models import convert as _run, hf_state_dict, tiny_models_root
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MLM_ARCHS = ("qwen2", "qwen3", "llama3.2-tied", "mistral")
@@ -220,7 +220,7 @@ def _tp1_after_tp2_body(root, work):
 def done(tmp_path_factory):
     root = tiny_models_root(tmp_path_factory)
     work = str(tmp_path_factory.mktemp("mlm"))
-    make_tiny_hf_model("qwen2", os.path.join(work, "qwen2-5layers"), num_layers=5)
+    make_tiny_hf_model("qwen2", os.path.join(work, "qwen2-5layers"), num_hidden_layers=5)
     single = run_ranks(_single_body, 1, root, work, timeout=300)[0]
     return root, work, single
 

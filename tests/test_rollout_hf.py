@@ -18,30 +18,15 @@ from sppo_megatron.rollout import (
 )
 from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
 from sppo_megatron.sync import WeightSync, bucketize
+from tests.tiny_models import PEAKY_EOS, peaky_qwen2
 
-EOS = 3
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [20]]
-
-
-def make_tiny_model(path: str, tie: bool = True, seed: int = 0, vocab: int = 96, init_range: float = 0.3):
-    """A tiny random Qwen2 saved to `path` (init_range 0.3: peaky logits, greedy has no near-ties)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tie, initializer_range=init_range,
-        eos_token_id=EOS, bos_token_id=1, pad_token_id=0,
-    )
-    model = Qwen2ForCausalLM(cfg)
-    model.save_pretrained(path)
-    return model
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny_qwen2"))
-    model = make_tiny_model(path)
+    model = peaky_qwen2(path)
     return path, model.eval()
 
 
@@ -81,9 +66,9 @@ def test_greedy_equals_transformers_generate(engine, tiny):
     samples = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=1)
     assert [s.prompt_index for s in samples] == list(range(len(PROMPTS)))
     for p, s in zip(PROMPTS, samples):
-        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16, eos_token_id=EOS, pad_token_id=0)
+        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16, eos_token_id=PEAKY_EOS, pad_token_id=0)
         assert s.response_ids == ref[0, len(p):].tolist()
-        if s.response_ids[-1] == EOS:
+        if s.response_ids[-1] == PEAKY_EOS:
             assert s.finish_reason == "stop"  # stop token kept, like verl
         else:
             assert s.finish_reason == "length" and len(s.response_ids) == 16
@@ -119,11 +104,11 @@ def test_logprobs_are_temperature_scaled_full_distribution(engine, tiny, tempera
 
 def test_stop_ids_and_truncation(engine):
     greedy = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=16), n=1)[0].response_ids
-    k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i] and greedy[i] != EOS)
+    k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i] and greedy[i] != PEAKY_EOS)
     stopped = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=(greedy[k],)), n=1)[0]
     assert stopped.response_ids == greedy[: k + 1] and stopped.finish_reason == "stop"
     short = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=2), n=1)[0]
-    assert short.response_ids == greedy[:2] and short.finish_reason == ("stop" if greedy[1] == EOS else "length")
+    assert short.response_ids == greedy[:2] and short.finish_reason == ("stop" if greedy[1] == PEAKY_EOS else "length")
     assert len(short.logprobs) == 2
 
 
@@ -143,7 +128,7 @@ def test_filter_logits():
 
 
 def test_update_weights_copies_and_checks_names(engine, tiny, tmp_path):
-    other = make_tiny_model(str(tmp_path / "other"), seed=1)
+    other = peaky_qwen2(str(tmp_path / "other"), seed=1)
     eng = HFRolloutEngine(tiny[0], device="cpu")
     eng.update_weights(other.state_dict().items())  # includes the tied lm_head.weight: fine
     ids = torch.tensor([PROMPTS[0]])
@@ -160,7 +145,7 @@ def test_update_weights_copies_and_checks_names(engine, tiny, tmp_path):
 
 
 def test_untied_model_needs_lm_head(tmp_path):
-    m = make_tiny_model(str(tmp_path / "untied"), tie=False)
+    m = peaky_qwen2(str(tmp_path / "untied"), tie=False)
     eng = HFRolloutEngine(str(tmp_path / "untied"), device="cpu")
     eng.update_weights(m.state_dict().items())
     with pytest.raises(RuntimeError, match="lm_head.weight"):
@@ -208,13 +193,13 @@ class _DeafEngine:
 
 
 def test_weight_sync_metrics_and_check(tiny, tmp_path):
-    other = make_tiny_model(str(tmp_path / "o"), seed=2)
+    other = peaky_qwen2(str(tmp_path / "o"), seed=2)
     eng = HFRolloutEngine(tiny[0], device="cpu")
     metrics = WeightSync(eng).sync(other.state_dict().items())
     nbytes = sum(v.numel() * v.element_size() for v in other.state_dict().values())
     assert metrics["sync/bytes"] == nbytes and metrics["sync/checked"] == 1.0
     assert metrics["timing/sync_s"] > 0 and metrics["sync/gb_per_s"] > 0
-    third = make_tiny_model(str(tmp_path / "t"), seed=3)
+    third = peaky_qwen2(str(tmp_path / "t"), seed=3)
     with pytest.raises(RuntimeError, match="check failed"):
         WeightSync(_DeafEngine(eng)).sync(third.state_dict().items())
 
@@ -248,7 +233,7 @@ def test_create_rollout_engine_from_config(tiny):
 
     eng = create_rollout_engine(RolloutConfig(engine="hf"), tiny[0], seed=1, log_dir="unused")
     auto_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # rollout.dtype=auto
-    assert isinstance(eng, HFRolloutEngine) and eng.dtype == auto_dtype and eng.eos_token_ids == (EOS,)
+    assert isinstance(eng, HFRolloutEngine) and eng.dtype == auto_dtype and eng.eos_token_ids == (PEAKY_EOS,)
     if not torch.cuda.is_available():
         with pytest.raises(UserError):
             create_rollout_engine(RolloutConfig(engine="sglang"), tiny[0], seed=1, log_dir="unused")

@@ -30,6 +30,7 @@ from sppo_megatron.rollout.sglang.contract import (
 from sppo_megatron.rollout.sglang.process import engine_died_handler, strip_expandable_segments
 from sppo_megatron.errors import UserError
 from tests.multirank import run_ranks
+from tests.sglang_manifest import load_manifest
 
 EOS = 2
 
@@ -92,8 +93,6 @@ class FakeEngine:
     refuse_update = False
 
     def __init__(self, **kwargs):
-        from tests.test_sglang_contract import load_manifest
-
         unknown = set(kwargs) - set(load_manifest()["server_args_fields"])
         if unknown:
             raise TypeError(f"unexpected keyword arguments {unknown}")

@@ -15,7 +15,6 @@ checks above hold against the real source too. Skipped only when no index has th
 from __future__ import annotations
 
 import ast
-import functools
 import importlib.util
 import inspect
 import json
@@ -28,16 +27,9 @@ from sppo_megatron.rollout.sglang import contract as adapter
 from sppo_megatron.rollout.sglang import engine as adapter_engine
 from sppo_megatron.rollout.sglang.process import engine_died_handler
 from sppo_megatron.rollout.base import SamplingParams
+from tests.sglang_manifest import PINNED, load_manifest
 
-PINNED = "0.5.23"
-DATA = os.path.join(os.path.dirname(__file__), "data")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@functools.lru_cache(maxsize=1)
-def load_manifest() -> dict:
-    with open(os.path.join(DATA, f"sglang_api_{PINNED}.json"), encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _accepts(method: dict, keyword: str) -> bool:

@@ -16,6 +16,8 @@ import sys
 import pytest
 import torch
 
+from sppo_megatron.testing.tiny import tiny_config, tiny_model
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -28,16 +30,10 @@ EOS = 2
 
 
 def make_tiny_llama(path: str, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False, initializer_range=0.3,
-        eos_token_id=EOS, bos_token_id=1, pad_token_id=0, torch_dtype="bfloat16",
-    )
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(path)
+    config = tiny_config("llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         max_position_embeddings=1024, initializer_range=0.3, eos_token_id=EOS)
+    model = tiny_model(config, seed).to(torch.bfloat16)
+    model.save_pretrained(path)  # config.json records bfloat16
     return model
 
 

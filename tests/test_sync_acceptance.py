@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.multirank import run_ranks
-from tests.test_rollout_hf import make_tiny_model
+from tests.tiny_models import PEAKY_EOS, peaky_qwen2
 
 PROMPTS = [[5, 6, 7, 8], [10, 11, 12], [20, 21], [30, 31, 32, 33, 34]]
 PROBE = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 43, 44, 45]]
@@ -128,7 +128,7 @@ def _acceptance(hf_dir, out_dir):
 @pytest.mark.slow
 def test_sync_from_tp2_pp2_megatron_into_hf_engine(tmp_path):
     hf_dir, out_dir = str(tmp_path / "hf"), str(tmp_path / "exported")
-    make_tiny_model(hf_dir, seed=0)  # init_range 0.3: varied greedy outputs
+    peaky_qwen2(hf_dir, seed=0)  # init std 0.3: varied greedy outputs
     reports = run_ranks(_acceptance, 4, hf_dir, out_dir, timeout=300, env={"CUDA_VISIBLE_DEVICES": ""})  # CPU/gloo
     for r in reports:
         assert max(r["logit_diff"]) <= 1e-5, r["logit_diff"]
@@ -145,7 +145,7 @@ def test_sync_from_tp2_pp2_megatron_into_hf_engine(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     for p, g in zip(PROMPTS, reports[0]["greedy"]):
-        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, eos_token_id=3, pad_token_id=0)
+        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, eos_token_id=PEAKY_EOS, pad_token_id=0)
         assert g == ref[0, len(p):].tolist()
     # one engine on the exported weights (synced in, as sppo-eval does) samples exactly what the
     # 4 data-parallel engines did

@@ -1,133 +1,18 @@
-"""Tiny random Hugging Face models built on the fly (no hub): one per supported architecture variant.
+"""Test-side helpers around the tiny models of `sppo_megatron.testing.tiny` (the one factory).
 
-`make_tiny_hf_model(arch, out_dir, tied=False, num_layers=3)` writes config.json,
-generation_config.json, sharded safetensors (with index) and a tiny tokenizer
-(`tokenizers` WordLevel wrapped in PreTrainedTokenizerFast, with a chat template) and
-returns the directory. Every weight is random, norms included (around 1), so a wrong mapping
-cannot hide behind all-ones tensors. hidden 64, 4 heads, 2 kv heads, vocab 100 (not a multiple
-of 128: the megatron side pads it).
+`tiny_models_root(tmp_path_factory)` builds every ARCHS model once per pytest session;
+`peaky_qwen2(path)` is the small Qwen2 the rollout and weight-sync tests sample from;
+`hf_state_dict` / `hf_logits` read a model directory back as the reference.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
 
-ARCHS = ("llama", "llama3.1", "llama3.2-tied", "qwen2", "qwen2-tied", "qwen3", "mistral")
-VOCAB = 100
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
+from sppo_megatron.testing.tiny import ARCHS, make_tiny_hf_model, tiny_config, tiny_model
 
-
-def _config(arch: str, tied: bool, num_layers: int):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
-
-    common = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tied,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    if arch == "llama":
-        return LlamaConfig(rope_theta=10000.0, **common)
-    if arch == "llama3.1":
-        # non-default llama3 factors (megatron-core hard-codes 1 / 4 / 8192): scaling bites at short range
-        return LlamaConfig(
-            rope_theta=10000.0,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 4.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 2.0,
-                "original_max_position_embeddings": 32,
-            },
-            head_dim=32,
-            **common,
-        )
-    if arch == "llama3.2-tied":
-        common["tie_word_embeddings"] = True
-        return LlamaConfig(
-            rope_theta=500000.0,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 32.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-            **{**common, "max_position_embeddings": 16384},
-        )
-    if arch in ("qwen2", "qwen2-tied"):
-        common["tie_word_embeddings"] = tied or arch == "qwen2-tied"
-        return Qwen2Config(rope_theta=1000000.0, use_sliding_window=False, **common)
-    if arch == "qwen3":
-        return Qwen3Config(rope_theta=1000000.0, head_dim=24, **common)
-    if arch == "mistral":
-        return MistralConfig(rope_theta=10000.0, sliding_window=8, **common)
-    raise ValueError(f"unknown tiny arch {arch!r}; known: {ARCHS}")
-
-
-def make_tokenizer(out_dir: str) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    words = [str(i) for i in range(10)] + list("abcdefghijklmnopqrstuvwxyz") + ["+", "-", "=", "?", "."]
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    assert len(vocab) <= VOCAB
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out_dir)
-
-
-def make_tiny_hf_model(
-    arch: str,
-    out_dir,
-    tied: bool = False,
-    num_layers: Optional[int] = None,
-    seed: int = 0,
-    max_shard_size: str = "60KB",
-) -> str:
-    """Write a tiny random HF model of `arch` (see ARCHS) to out_dir; return the path."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    if num_layers is None:
-        num_layers = 4 if arch == "llama" else 3  # one even, the rest odd (uneven pipeline split)
-    out_dir = str(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    config = _config(arch, tied, num_layers)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=gen))
-    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0, do_sample=True, temperature=0.7).save_pretrained(out_dir)
-    make_tokenizer(out_dir)
-    return out_dir
+PEAKY_EOS = 3
 
 
 def tiny_models_root(tmp_path_factory) -> str:
@@ -142,6 +27,16 @@ def tiny_models_root(tmp_path_factory) -> str:
             make_tiny_hf_model(arch, root / arch)
         done.write_text("ok")
     return str(root)
+
+
+def peaky_qwen2(path: str, tie: bool = True, seed: int = 0):
+    """A tiny Qwen2 saved to `path` (no tokenizer), returned; init std 0.3: peaky logits, greedy has
+    no near-ties and hits PEAKY_EOS."""
+    config = tiny_config("qwen2", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         tie_word_embeddings=tie, initializer_range=0.3, eos_token_id=PEAKY_EOS, rope_theta=10000.0)
+    model = tiny_model(config, seed)
+    model.save_pretrained(path)
+    return model
 
 
 def hf_state_dict(path: str) -> Dict[str, "object"]:
@@ -171,3 +66,13 @@ def hf_logits(path: str, input_ids):
     model.eval()
     with torch.no_grad():
         return model(input_ids=input_ids).logits
+
+
+def convert(argv):
+    """`sppo-convert` in this process: main(argv) -> exit code (user errors' SystemExit included)."""
+    from sppo_megatron.cli.convert import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from typing import Dict, List, Optional
+
+from sppo_megatron.platform.distributed import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -37,17 +38,11 @@ def base_overrides(assets: Dict[str, str], output_dir: str) -> List[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_command(overrides: List[str], nproc: int = 1) -> List[str]:
     if nproc == 1:
         return [sys.executable, "-m", "sppo_megatron.train", *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(_free_port()), "-m", "sppo_megatron.train", *overrides]
+            "--master_port", str(free_port()), "-m", "sppo_megatron.train", *overrides]
 
 
 def train(overrides: List[str], nproc: int = 1, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,19 +40,10 @@ PRESETS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_preset(name: str, out_dir: str) -> str:
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from sppo_megatron.testing.tiny import tiny_config, tiny_model
 
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**PRESETS[name], max_position_embeddings=2048, tie_word_embeddings=False, eos_token_id=2)
-    Qwen2ForCausalLM(cfg).save_pretrained(out_dir)
+    tiny_model(tiny_config("qwen2", **PRESETS[name], max_position_embeddings=2048)).save_pretrained(out_dir)
     return out_dir
 
 
@@ -183,12 +173,14 @@ def main(argv=None) -> int:
     if args.source == "hf" and (args.tp, args.pp) != (1, 1):
         p.error("--source hf streams an HF state dict: TP=PP=1 only")
     if "WORLD_SIZE" not in os.environ and world > 1:
+        from sppo_megatron.platform.distributed import free_port
+
         if args.hf is None:  # build the preset once, before the ranks start
             path = os.path.join(tempfile.gettempdir(), f"sppo_bench_sync_{args.preset}")
             if not os.path.isfile(os.path.join(path, "config.json")):
                 make_preset(args.preset, path)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-               f"--master-port={_free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
+               f"--master-port={free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
         return subprocess.call(cmd)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -24,29 +24,11 @@ from typing import List, Tuple
 import pandas as pd
 import torch
 
-CHARS = list("0123456789+=")
-SPECIAL = ["<pad>", "<eos>", "<user>", "<assistant>", "<system>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+from sppo_megatron.testing.tiny import char_tokenizer, tiny_config, tiny_model
+
+CHARS = "0123456789+="
 MAX_OPERAND = 49
 DATA_SOURCE = "arith"
-
-
-def build_tokenizer():
-    """A character-level tokenizer with role tokens and a chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    fast.add_special_tokens({"additional_special_tokens": ["<user>", "<assistant>", "<system>"]})
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
 
 
 def split_problems(seed: int, num_test: int) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
@@ -70,23 +52,12 @@ def to_rows(pairs: List[Tuple[int, int]], split: str) -> pd.DataFrame:
     )
 
 
-def build_model(tokenizer, hidden: int, layers: int):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return Qwen2ForCausalLM(config)
+def build_model(tokenizer, hidden: int, layers: int, seed: int):
+    """A tied Qwen2 sized for the demo (HF's own initialisation, seeded)."""
+    config = tiny_config("qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, max_position_embeddings=64, tie_word_embeddings=True,
+                         rope_theta=10000.0)  # not tiny_config's 1e6: the demo's published figures used 10000
+    return tiny_model(config, seed)
 
 
 def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int) -> float:
@@ -148,15 +119,14 @@ def main() -> None:
     parser.add_argument("--warm-lr", type=float, default=3e-3)
     args = parser.parse_args()
 
-    torch.manual_seed(args.seed)
     start = time.time()
-    tokenizer = build_tokenizer()
+    tokenizer = char_tokenizer(CHARS)
     train, test = split_problems(args.seed, args.num_test)
     os.makedirs(os.path.join(args.out, "data"), exist_ok=True)
     to_rows(train, "train").to_parquet(os.path.join(args.out, "data", "train.parquet"))
     to_rows(test, "test").to_parquet(os.path.join(args.out, "data", "test.parquet"))
 
-    model = build_model(tokenizer, args.hidden, args.layers)
+    model = build_model(tokenizer, args.hidden, args.layers, args.seed)
     loss = warm_start(model, tokenizer, train, args.warm_steps, args.warm_batch, args.warm_lr, args.seed)
     model_dir = os.path.join(args.out, "model")
     model.save_pretrained(model_dir)
