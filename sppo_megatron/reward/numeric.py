@@ -13,14 +13,16 @@ import re
 import zlib
 from typing import Union
 
+from sppo_megatron.reward.normalize import WORD
+
 MAX_CHARS = 500
 MAX_DEPTH = 40
 MAX_TOKENS = 150
+MAX_DIGITS = 15
 
 _TOKEN = re.compile(
     r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+(?![.\d]))?)|(?P<cmd>\\[A-Za-z]+)|(?P<op>[-+*/^()\[\]{}!])|(?P<var>[A-Za-z])"
 )
-_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 _MIXED = re.compile(r"(-?)(\d{1,9})\\frac\{(\d{1,9})\}\{(\d{1,9})\}")
 _MUL_CMDS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
 _FUNCS = {"\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan, "\\ln": math.log, "\\exp": math.exp}
@@ -43,6 +45,9 @@ class Overflow(Exception):
 def _tokenize(s: str) -> list[tuple[str, str]]:
     tokens, pos = [], 0
     while pos < len(s):
+        if s[pos] == " ":
+            pos += 1
+            continue
         m = _TOKEN.match(s, pos)
         if not m:
             raise NotSimple(s[pos])
@@ -121,9 +126,19 @@ class _Parser:
         if self.peek() == ("op", "^"):
             self.take()
             self.enter()
-            node = ("pow", node, self.unary())
+            node = ("pow", node, self.exponent())
             self.depth -= 1
+            if self.peek() == ("op", "^"):
+                raise NotSimple("a^b^c")  # math-verify does not read it as a^(b^c)
         return node
+
+    def exponent(self) -> Node:
+        """A signed atom: in x^2y only the 2 is the exponent."""
+        if self.peek() in (("op", "-"), ("op", "+")):
+            sign = self.take()[1]
+            node = self.exponent()
+            return ("neg", node) if sign == "-" else node
+        return self.atom()
 
     def group(self) -> Node:
         """A braced argument, or a single number/variable token (\\frac12 was normalised already)."""
@@ -137,6 +152,8 @@ class _Parser:
     def atom(self) -> Node:
         kind, text = self.take()
         if kind == "num":
+            if sum(c.isdigit() for c in text.partition("e")[0].partition("E")[0]) > MAX_DIGITS:
+                raise NotSimple("more digits than a float holds")
             return ("num", float(text))
         if kind == "var":
             if text in _NOT_VARIABLES:
@@ -182,7 +199,7 @@ class _Parser:
 
 def parse(s: str) -> Node:
     """Parse a normalised answer; raises NotSimple outside the supported grammar."""
-    if not s or len(s) > MAX_CHARS or _WORD.search(s):
+    if not s or len(s) > MAX_CHARS or WORD.search(s):
         raise NotSimple("empty, long or wordy")
     m = _MIXED.fullmatch(s)
     if m and int(m.group(4)):
