@@ -113,7 +113,8 @@ def test_ground_truth_may_be_a_boxed_solution():
 def test_fast_path_decides_common_forms_without_math_verify():
     assert fast_score("0.5", "\\frac{1}{2}") == 1.0
     assert fast_score("(1,2)", "(1,2]") == 0.0
-    assert fast_score("\\log_2 3", "\\frac{\\ln 3}{\\ln 2}") is None
+    assert fast_score("\\log_2 3", "\\frac{\\ln 3}{\\ln 2}") == 1.0
+    assert fast_score("\\sin^2 x", "1 - \\cos^2 x") is None
 
 
 # Each of these was accepted by an earlier fast path although math-verify (rightly) rejects it
@@ -123,12 +124,14 @@ NOT_EQUAL_ANY_MORE = [
     ("32349", "32, 349"), ("12", "1{,}2"), ("2852", "2852."), ("12", "\\frac612"), ("389\\text{ mg}", "389\\ mg"),
     ("61 \\text{cm^2}", "61cm^2"), ("\\{1,2\\}", "\\lbrace 1, 2 \\rbrace"), ("4\\,n", "4~n"),
     ("x = 3", "y = 3"), ("512", "2^3^2"), ("1", "0.9999999999"), ("1", "0.99999999999999999"), ("x\\%", "x"),
-    ("12.5\\%", "12.5"),
+    ("12.5\\%", "12.5"), ("\\sin 2x", "x\\sin 2"), ("\\ln 3x", "x\\ln 3"), ("\\sin x y", "y \\sin x"),
+    ("\\sin \\pi x", "x\\sin\\pi"), ("\\log_{2} 3x", "x\\log_2 3"),
 ]
 # ... and these were rejected although they are equal (math-verify agrees).
 EQUAL_NOW = [
     ("2 x", "2x"), ("2 x", "2\\,x"), ("5 x^2", "5x^2"), ("0,111", "0.111"), ("0.111", "0,111"), ("5x", "5 \\cdot x"),
-    ("1000", "1{,}000"), ("3, 17", "3 \\text{ or } 17"),
+    ("1000", "1{,}000"), ("3, 17", "3 \\text{ or } 17"), ("\\sin 2x", "\\sin(2x)"), ("1", "\\cos 2\\pi"),
+    ("3", "\\log_2 8"), ("\\log_{10} 1000", "3"),
 ]
 
 
@@ -208,7 +211,8 @@ def test_math_verify_exceptions_count_in_reward_errors(tmp_path, monkeypatch):
         "def verify(gold, pred, **kwargs):\n    if 'boom' in pred:\n        raise RuntimeError('boom')\n    return True\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with RewardScorer(SimpleNamespace(custom_fn=None, timeout_s=30.0, num_workers=1)) as scorer:
-        scores, stats = scorer.score(["math"] * 3, ["\\boxed{\\boom}", "\\boxed{\\log_2 8}", "\\boxed{4}"], ["1", "3", "4"])
+        scores, stats = scorer.score(["math"] * 3, ["\\boxed{\\boom}", "\\boxed{\\sin^2 x}", "\\boxed{4}"],
+                                     ["1", "1 - \\cos^2 x", "4"])
     assert scores == [0.0, 1.0, 1.0]
     assert stats["errors"] == 1 and stats["slow_path"] == 2
     assert stats["first_error"] == "math-verify: RuntimeError: boom"
