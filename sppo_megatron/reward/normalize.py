@@ -38,13 +38,12 @@ _TRAILING_UNITS = re.compile(r"(?<=[\d}\s])\s*" + _UNIT + r"\s*$")
 # noise ("5 s", "3 t", "2 ab"): the fast path cannot know which was meant, so it asks.
 _MV_SHORT_UNITS = re.compile(r"[\d}\s]\s*(?:[tshcdglmo]|st|th|rd|ab|bc|am|pm|by|gm|dm|lt|mt|mp|cc|rs|yr|per|are)"
                              r"(?:es|s)?\s*$")
-_SPLIT_DIGITS = re.compile(r"(?<!_)\d\s+\.?\d")
+_SPLIT_DIGITS = re.compile(r"\d\s+\.?\d")
 WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 PLAIN_WORDS = re.compile(r"\(?[A-Za-z]+\)?")
 _ENVIRONMENT = re.compile(r"\\(?:begin|end)\{[A-Za-z*]*\}")
-# Spaces go, except one after a command that a letter follows ("\\cdot x" must not become
-# "\\cdotx") and one after a one-digit subscript ("\\log_2 3" must not become "\\log_23").
-_SPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|(_\d)\s+(?=\d)|\s+")
+# Spaces go, except one after a command that a letter follows ("\\cdot x" must not become "\\cdotx").
+_SPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL_COMMA = re.compile(r"0,\d{3}")
 _ASSIGNED = re.compile(r"^(?:[A-Za-z](?:_\{?\w{1,3}\}?)?|\\[A-Za-z]{2,8})(?:=(?!=)|\\in(?![A-Za-z]))")
@@ -139,7 +138,7 @@ def normalize_answer(answer: str) -> Optional[str]:
     if s is None:
         return None
     s = s.replace("\\\\", "\\") if "\\begin" not in s else s
-    s = _SPACE.sub(lambda m: (m.group(1) or m.group(2) or "") + (" " if m.lastindex else ""), s)
+    s = _SPACE.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
     if s.endswith(".") or (WORD.search(_ENVIRONMENT.sub("", s)) and not PLAIN_WORDS.fullmatch(s)):
         return None
     s = _FRAC_DIGITS.sub(r"\\frac{\1}{\2}", s)  # math-verify: \frac612 is 6/12

@@ -21,7 +21,7 @@ MAX_TOKENS = 150
 MAX_DIGITS = 15
 
 _TOKEN = re.compile(
-    r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+(?![.\d]))?)|(?P<cmd>\\[A-Za-z]+)|(?P<op>[-+*/^()\[\]{}!_])|(?P<var>[A-Za-z])"
+    r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+(?![.\d]))?)|(?P<cmd>\\[A-Za-z]+)|(?P<op>[-+*/^()\[\]{}!])|(?P<var>[A-Za-z])"
 )
 _MIXED = re.compile(r"(-?)(\d{1,9})\\frac\{(\d{1,9})\}\{(\d{1,9})\}")
 _MUL_CMDS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
@@ -151,28 +151,13 @@ class _Parser:
         if bracketed and self.peek() in (("op", "^"), ("op", "!")):
             raise NotSimple("\\sin(x)^2")
         while not bracketed and self.starts_atom():
-            if self.peek()[1] in _FUNCS or self.peek()[1] == "\\log":
+            if self.peek()[1] in _FUNCS:
                 raise NotSimple("function in a function argument")
             node = ("mul", node, self.power())
         kind, text = self.peek()
         if self.starts_atom() or (kind == "op" and text in "*/") or (kind == "cmd" and text in _MUL_CMDS):
             raise NotSimple("function argument")
         self.depth -= 1
-        return node
-
-    def logarithm(self) -> Node:
-        """\\log_{b} a or \\log_b a with one-token parts; math-verify reads \\log_10 100 and
-        \\log_2 8x its own way, so those and \\log without a base are left to it."""
-        if self.take() != ("op", "_"):
-            raise NotSimple("log without a base")
-        if self.peek()[0] == "num" and len(self.peek()[1]) > 1:
-            raise NotSimple("\\log_10")
-        base = self.group()
-        self.enter()
-        node = ("log", base, self.atom())
-        self.depth -= 1
-        if self.starts_atom() or self.peek() in (("op", "^"), ("op", "!")):
-            raise NotSimple("log argument")
         return node
 
     def group(self) -> Node:
@@ -220,8 +205,6 @@ class _Parser:
             return ("num", math.pi)
         if name == "\\infty":
             return ("inf",)
-        if name == "\\log":
-            return self.logarithm()
         if name in _FUNCS:
             return ("func", name, self.argument())
         if name in _GREEK:
@@ -281,8 +264,6 @@ def _apply(node: Node, args: list[float]) -> float:
         if args[0] > 170:
             raise OverflowError("factorial")
         return float(math.factorial(int(args[0])))
-    if op == "log":
-        return math.log(args[1]) / math.log(args[0])
     return _FUNCS[node[1]](args[0])
 
 
