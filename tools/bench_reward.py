@@ -10,12 +10,14 @@ deeply nested or unbalanced braces, megabyte strings, over-long boxes, huge lite
 is the share of those replaced by an expression that gets past the cheap checks and makes SymPy
 hang, so each costs one full time limit. Every item has an expected score. --baseline N also
 times math-verify alone (one process, no fast path) on N non-hostile items; --agreement N
-checks N verdicts of the fast path against math-verify.
+checks N verdicts of the fast path against math-verify and reports false positives (fast path
+1, math-verify 0: a reward for a wrong answer) and false negatives (fast path 0, math-verify 1).
 """
 
 import argparse
 import os
 import random
+import re
 import sys
 import time
 
@@ -23,7 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sppo_megatron.config.schema import RewardConfig  # noqa: E402
 from sppo_megatron.reward import RewardScorer  # noqa: E402
-from sppo_megatron.reward.math import extract_answer, fast_score, symbolic_score  # noqa: E402
+from sppo_megatron.reward.math import fast_score, final_answer, symbolic_check  # noqa: E402
+
+# math-verify reads 7.8e3 as 7.8 * e * 3; the fast path reads scientific notation (docs/reward.md).
+SCIENTIFIC = re.compile(r"\d[eE][-+]?\d")
 
 
 def _integer(r: random.Random):
@@ -193,23 +198,28 @@ def _baseline(items: list, count: int) -> float:
     plain = [it for it in items if it[0] in ("equivalent", "wrong")][:count]
     start = time.perf_counter()
     for _, response, gold, _ in plain:
-        symbolic_score(extract_answer(response), gold)
+        symbolic_check(final_answer(response, gold), gold)
     return len(plain) / (time.perf_counter() - start)
 
 
-def _agreement(items: list, count: int) -> tuple[int, list]:
-    """Fast-path verdicts vs math-verify on the first `count` non-hostile items it decides."""
-    checked, differ = 0, []
+def _agreement(items: list, count: int) -> tuple[int, list, list]:
+    """(checked, false positives, false negatives) of fast-path verdicts against math-verify on
+    the first `count` non-hostile items the fast path decides."""
+    checked, false_pos, false_neg = 0, [], []
     for category, response, gold, _ in items:
-        answer = extract_answer(response)
-        if checked == count or category not in ("equivalent", "wrong", "two boxes") or answer is None:
+        if checked == count or category not in ("equivalent", "wrong", "two boxes"):
             continue
-        verdict = fast_score(answer, gold)
-        if verdict is not None:
-            checked += 1
-            if verdict != symbolic_score(answer, gold):
-                differ.append((gold, answer, verdict))
-    return checked, differ
+        answer = final_answer(response, gold)
+        verdict = None if answer is None else fast_score(answer, gold)
+        if verdict is None:
+            continue
+        checked += 1
+        reference = symbolic_check(answer, gold)[0]
+        if verdict > reference:
+            false_pos.append((gold, answer))
+        elif verdict < reference:
+            false_neg.append((gold, answer))
+    return checked, false_pos, false_neg
 
 
 def main() -> int:
@@ -245,8 +255,12 @@ def main() -> int:
     if args.baseline:
         print(f"math-verify alone (1 process, {args.baseline} items): {_baseline(items, args.baseline):.0f} answers/s")
     if args.agreement:
-        checked, differ = _agreement(items, args.agreement)
-        print(f"fast path vs math-verify: {checked - len(differ)}/{checked} verdicts agree; differ: {differ[:10]}")
+        checked, false_pos, false_neg = _agreement(items, args.agreement)
+        scientific = sum(1 for _, answer in false_pos if SCIENTIFIC.search(answer))
+        print(f"fast path vs math-verify: {checked - len(false_pos) - len(false_neg)}/{checked} decided verdicts agree")
+        print(f"  false positives (fast 1, math-verify 0): {len(false_pos)}, of them scientific notation: {scientific}; "
+              f"others: {[c for c in false_pos if not SCIENTIFIC.search(c[1])][:10]}")
+        print(f"  false negatives (fast 0, math-verify 1): {len(false_neg)}: {false_neg[:10]}")
     return 0
 
 

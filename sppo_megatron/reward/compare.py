@@ -9,12 +9,13 @@ import math
 import re
 from typing import Optional
 
-from sppo_megatron.reward.normalize import strip_assignment
+from sppo_megatron.reward.normalize import PLAIN_WORDS, split_assignment
 from sppo_megatron.reward.numeric import NotSimple, Overflow, evaluate, has_variables, parse
 
 MAX_ELEMENTS = 16
-_PLAIN_WORDS = re.compile(r"\(?[A-Za-z]+\)?")
 _OPEN, _CLOSE = "([{", ")]}"
+_DECIMAL = re.compile(r"\.\d")
+_INTEGER = re.compile(r"-?\d+")
 _MATRIX = re.compile(r"\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}")
 
 
@@ -68,22 +69,30 @@ def _structure(s: str) -> tuple[str, str, list[str]]:
     return "scalar", "", [s]
 
 
-def _close(x: float, y: float) -> Optional[bool]:
-    """Equal to 1e-9 relative, different beyond 1e-4 relative, undecided in between."""
+def is_answer_list(normalized: str) -> bool:
+    """A set or a comma-separated list of answers ("1,2", "\\{1,2\\}", "(2,2),(6,2)"), not one tuple."""
+    kind, _, parts = _structure(normalized)
+    return kind == "unordered" and len(parts) > 1
+
+
+def _close(x: float, y: float, exact: bool) -> Optional[bool]:
+    """Different beyond 1e-4 relative; equal to 1e-9 relative, or exactly when `exact` (a decimal
+    literal is involved: math-verify rounds it and keeps 0.9999999999 != 1); else undecided."""
     if math.isinf(x) or math.isinf(y):
         return x == y
     scale = max(1.0, abs(x), abs(y))
     diff = abs(x - y)
-    if diff <= 1e-9 * scale:
-        return True if scale < 2.0**53 else None
-    return False if diff > 1e-4 * scale else None
-
-
-def _values_equal(gold: list[float], answer: list[float]) -> Optional[bool]:
-    verdicts = [_close(g, a) for g, a in zip(gold, answer)]
-    if False in verdicts:
+    if diff > 1e-4 * scale:
         return False
-    return True if all(verdicts) else None
+    if scale >= 2.0**53:
+        return None
+    if exact:
+        return True if x == y else None
+    return True if diff <= 1e-9 * scale else None
+
+
+def _values_equal(gold: list[float], answer: list[float], exact: bool) -> Optional[bool]:
+    return _all_of([_close(g, a, exact) for g, a in zip(gold, answer)])
 
 
 def _parse_or_none(s: str):
@@ -93,32 +102,73 @@ def _parse_or_none(s: str):
         return None
 
 
-def _scalar_equal(gold: str, answer: str, gold_percent: bool = False, answer_percent: bool = False) -> Optional[bool]:
-    """A side written with % may also mean its value / 100 (25% == 0.25, as math-verify has it)."""
-    gold, answer = strip_assignment(gold), strip_assignment(answer)
-    if gold == answer:
-        return True
+def _without_assignments(gold: str, answer: str) -> Optional[tuple[str, str]]:
+    """Both sides without a lone variable on the left ("x = 3" -> "3"); None when both have one
+    and the names differ (math-verify: "y = 3" is not "x = 3")."""
+    (g_name, g_value), (a_name, a_value) = split_assignment(gold), split_assignment(answer)
+    if g_name and a_name and g_name != a_name:
+        return None
+    return g_value, a_value
+
+
+def _values(gold: str, answer: str, numeric_only: bool = False) -> Optional[tuple[list[float], list[float]]]:
+    """Both sides evaluated (at three points when there are variables); None when either is
+    outside the grammar, fails to evaluate, or has variables while `numeric_only`. Raises
+    Overflow when the answer leaves the float range (9^9^9^9): no reasonable gold does."""
     g_node, a_node = _parse_or_none(gold), _parse_or_none(answer)
     if g_node is None or a_node is None:
-        if _PLAIN_WORDS.fullmatch(gold) and _PLAIN_WORDS.fullmatch(answer):
-            return gold.strip("()").lower() == answer.strip("()").lower()
         return None
-    points = 3 if has_variables(g_node) or has_variables(a_node) else 1
+    variables = has_variables(g_node) or has_variables(a_node)
+    if variables and numeric_only:
+        return None
+    points = 3 if variables else 1
     try:
         a_values = evaluate(a_node, points)
-    except Overflow:
-        return False
     except (ValueError, ZeroDivisionError, RecursionError):
         return None
     try:
-        g_values = evaluate(g_node, points)
+        return evaluate(g_node, points), a_values
     except (Overflow, ValueError, ZeroDivisionError, RecursionError):
         return None
-    verdicts = [_values_equal(g_values, a_values)]
+
+
+def _scalar_equal(gold: str, answer: str) -> Optional[bool]:
+    sides = _without_assignments(gold, answer)
+    if sides is None:
+        return None
+    gold, answer = sides
+    if gold == answer:
+        return True
+    try:
+        values = _values(gold, answer)
+    except Overflow:
+        return False
+    if values is None:
+        if PLAIN_WORDS.fullmatch(gold) and PLAIN_WORDS.fullmatch(answer):
+            return gold.strip("()").lower() == answer.strip("()").lower()
+        return None
+    exact = bool(_DECIMAL.search(gold) or _DECIMAL.search(answer))
+    return _values_equal(*values, exact)
+
+
+def _percent_equal(gold: str, answer: str, gold_percent: bool) -> Optional[bool]:
+    """One side was written with %: math-verify takes p% as p/100, and as p only when both
+    sides are integers (25% == 25, 12.5% != 12.5); numbers only."""
+    sides = _without_assignments(gold, answer)
+    try:
+        values = None if sides is None else _values(*sides, numeric_only=True)
+    except Overflow:
+        return False
+    if values is None:
+        return None
+    g_values, a_values = values
     if gold_percent:
-        verdicts.append(_values_equal([v / 100 for v in g_values], a_values))
-    if answer_percent:
-        verdicts.append(_values_equal(g_values, [v / 100 for v in a_values]))
+        g_values = [v / 100 for v in g_values]
+    else:
+        a_values = [v / 100 for v in a_values]
+    verdicts = [_values_equal(g_values, a_values, exact=True)]
+    if _INTEGER.fullmatch(sides[0]) and _INTEGER.fullmatch(sides[1]):
+        verdicts.append(int(sides[0]) == int(sides[1]))
     if True in verdicts:
         return True
     return False if all(v is False for v in verdicts) else None
@@ -149,13 +199,19 @@ def _unordered_equal(gold: list[str], answer: list[str]) -> Optional[bool]:
 
 
 def answers_equal(gold: str, answer: str, gold_percent: bool = False, answer_percent: bool = False) -> Optional[bool]:
-    """Equivalence of two normalised answers; None when only a symbolic check can tell."""
-    if gold == answer:
-        return True
+    """Equivalence of two normalised answers; None when only a symbolic check can tell.
+
+    `gold_percent` / `answer_percent`: that side was written with a % sign (removed by
+    normalisation); when only one side was, only numeric scalars are decided.
+    """
     g_kind, g_brackets, g_parts = _structure(gold)
     a_kind, a_brackets, a_parts = _structure(answer)
+    if gold_percent != answer_percent:
+        return _percent_equal(gold, answer, gold_percent) if g_kind == a_kind == "scalar" else None
+    if gold == answer:
+        return True
     if g_kind == a_kind == "scalar":
-        return _scalar_equal(gold, answer, gold_percent, answer_percent)
+        return _scalar_equal(gold, answer)
     if g_kind == a_kind == "ordered":
         if g_brackets != a_brackets or len(g_parts) != len(a_parts):
             return False

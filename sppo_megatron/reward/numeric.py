@@ -13,14 +13,16 @@ import re
 import zlib
 from typing import Union
 
+from sppo_megatron.reward.normalize import WORD
+
 MAX_CHARS = 500
 MAX_DEPTH = 40
 MAX_TOKENS = 150
+MAX_DIGITS = 15
 
 _TOKEN = re.compile(
     r"(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+(?![.\d]))?)|(?P<cmd>\\[A-Za-z]+)|(?P<op>[-+*/^()\[\]{}!])|(?P<var>[A-Za-z])"
 )
-_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 _MIXED = re.compile(r"(-?)(\d{1,9})\\frac\{(\d{1,9})\}\{(\d{1,9})\}")
 _MUL_CMDS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
 _FUNCS = {"\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan, "\\ln": math.log, "\\exp": math.exp}
@@ -43,6 +45,9 @@ class Overflow(Exception):
 def _tokenize(s: str) -> list[tuple[str, str]]:
     tokens, pos = [], 0
     while pos < len(s):
+        if s[pos] == " ":
+            pos += 1
+            continue
         m = _TOKEN.match(s, pos)
         if not m:
             raise NotSimple(s[pos])
@@ -121,8 +126,38 @@ class _Parser:
         if self.peek() == ("op", "^"):
             self.take()
             self.enter()
-            node = ("pow", node, self.unary())
+            node = ("pow", node, self.exponent())
             self.depth -= 1
+            if self.peek() == ("op", "^"):
+                raise NotSimple("a^b^c")  # math-verify does not read it as a^(b^c)
+        return node
+
+    def exponent(self) -> Node:
+        """A signed atom: in x^2y only the 2 is the exponent."""
+        if self.peek() in (("op", "-"), ("op", "+")):
+            sign = self.take()[1]
+            node = self.exponent()
+            return ("neg", node) if sign == "-" else node
+        return self.atom()
+
+    def argument(self) -> Node:
+        """A function's argument as math-verify reads it: \\sin 2x is sin(2x), \\sin(x) is sin(x);
+        \\sin(x)y, \\sin x \\cos x, \\sin x / 2 and \\sin^2 x are left to it."""
+        if self.peek() == ("op", "^"):
+            raise NotSimple("function power")
+        self.enter()
+        bracketed = self.peek() in (("op", "("), ("op", "["), ("op", "{"))
+        node = self.atom() if bracketed else self.power()
+        if bracketed and self.peek() in (("op", "^"), ("op", "!")):
+            raise NotSimple("\\sin(x)^2")
+        while not bracketed and self.starts_atom():
+            if self.peek()[1] in _FUNCS:
+                raise NotSimple("function in a function argument")
+            node = ("mul", node, self.power())
+        kind, text = self.peek()
+        if self.starts_atom() or (kind == "op" and text in "*/") or (kind == "cmd" and text in _MUL_CMDS):
+            raise NotSimple("function argument")
+        self.depth -= 1
         return node
 
     def group(self) -> Node:
@@ -137,6 +172,8 @@ class _Parser:
     def atom(self) -> Node:
         kind, text = self.take()
         if kind == "num":
+            if sum(c.isdigit() for c in text.partition("e")[0].partition("E")[0]) > MAX_DIGITS:
+                raise NotSimple("more digits than a float holds")
             return ("num", float(text))
         if kind == "var":
             if text in _NOT_VARIABLES:
@@ -169,12 +206,7 @@ class _Parser:
         if name == "\\infty":
             return ("inf",)
         if name in _FUNCS:
-            if self.peek() == ("op", "^"):
-                raise NotSimple("function power")
-            self.enter()
-            node = ("func", name, self.power())
-            self.depth -= 1
-            return node
+            return ("func", name, self.argument())
         if name in _GREEK:
             return ("var", name)
         raise NotSimple(name)
@@ -182,7 +214,7 @@ class _Parser:
 
 def parse(s: str) -> Node:
     """Parse a normalised answer; raises NotSimple outside the supported grammar."""
-    if not s or len(s) > MAX_CHARS or _WORD.search(s):
+    if not s or len(s) > MAX_CHARS or WORD.search(s):
         raise NotSimple("empty, long or wordy")
     m = _MIXED.fullmatch(s)
     if m and int(m.group(4)):

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.reward.custom import load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
-from sppo_megatron.reward.math import extract_answer, fast_score
+from sppo_megatron.reward.math import fast_score, final_answer
 from sppo_megatron.reward.workers import WorkerPool
 
 _POLL_EVERY = 16
@@ -34,7 +34,7 @@ class RewardScorer:
     def score(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
               extra_infos: Optional[Sequence[Optional[dict]]] = None) -> tuple[list[float], dict]:
         """Scores in {0, 1} (any float for a custom function) and stats for logging:
-        timeouts, errors (worker exceptions), slow_path (samples sent to workers), seconds,
+        timeouts, errors (exceptions in workers, math-verify's included), slow_path (samples sent to workers), seconds,
         and first_error (a message) when errors > 0.
         """
         start = time.monotonic()
@@ -65,7 +65,7 @@ class RewardScorer:
             if kind != "math":
                 scores[i] = RULE_SCORERS[kind](response, truth)
                 continue
-            answer = extract_answer(response)
+            answer = final_answer(response, str(truth))
             decided = 0.0 if answer is None else fast_score(answer, str(truth))
             if decided is None:
                 self.pool.submit(i, ("math", answer, str(truth)))

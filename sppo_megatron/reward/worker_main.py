@@ -34,18 +34,19 @@ def _load(custom_spec: Optional[str]) -> Any:
         from sppo_megatron.reward.custom import CustomScorer
 
         return CustomScorer(custom_spec)
-    from sppo_megatron.reward.math import symbolic_score
+    from sppo_megatron.reward.math import symbolic_check
 
-    symbolic_score("1", "1")
+    symbolic_check("1", "1")
     return None
 
 
-def _run(task: tuple, custom: Any) -> float:
+def _run(task: tuple, custom: Any) -> tuple[float, Optional[str]]:
+    """(score, error): a math-verify exception is reported with the score math-verify gives."""
     if task[0] == "math":
-        from sppo_megatron.reward.math import symbolic_score
+        from sppo_megatron.reward.math import symbolic_check
 
-        return symbolic_score(task[1], task[2])
-    return custom(*task[1:])
+        return symbolic_check(task[1], task[2])
+    return float(custom(*task[1:])), None
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
         if task is None:
             return
         try:
-            reply = (float(_run(task, custom)), None)
+            reply = _run(task, custom)
         except BaseException as e:  # math-verify's TimeoutException derives from BaseException
             reply = (0.0, f"{type(e).__name__}: {e}"[:500])
         outbox.send(reply)
