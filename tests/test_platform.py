@@ -117,3 +117,19 @@ def test_parallel_layout_for_world():
     assert layout.sizes() == {"tp": 2, "pp": 2, "dp": 2} and layout.describe() == "TP=2 PP=2 DP=2"
     assert ParallelLayout.for_world(6, 4, 1) is None  # 4 does not divide 6
     assert ParallelLayout.for_world(1, 1, 1) == ParallelLayout(1, 1, 1)
+
+
+def test_config_dtype_choices_are_the_dtype_table():
+    from sppo_megatron.config.schema import DTYPE_CHOICES
+    from sppo_megatron.platform.dtypes import DTYPES
+
+    assert DTYPE_CHOICES == ("auto", *DTYPES)
+
+
+def test_reward_workers_do_not_import_torch():
+    """A reward worker imports sppo_megatron.reward; torch there costs seconds per worker start."""
+    import subprocess
+    import sys
+
+    code = "import sys, sppo_megatron.reward.worker_main; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

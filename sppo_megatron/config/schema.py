@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from sppo_megatron.platform.dtypes import DTYPES
+
+#: platform.dtypes.DTYPES' names (a test keeps them equal); spelled out here so that loading a
+#: config, which reward worker processes do, does not import torch
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
 
 def opt(default: Any, help: str = "", **meta: Any) -> Any:
@@ -31,7 +34,7 @@ class ModelConfig:
     transformer_impl: str = opt("auto", "layer implementation", choices=("auto", "transformer_engine", "local"))
     fp8: Optional[str] = opt(None, "FP8 training format (needs Transformer Engine and an FP8-capable GPU)", choices=(None, "e4m3", "hybrid"))
     fp8_recipe: str = opt("delayed", "Transformer Engine FP8 scaling recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))
-    dtype: str = opt("auto", "training precision; auto = bf16 on GPU, fp32 on CPU", choices=("auto", *DTYPES))
+    dtype: str = opt("auto", "training precision; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     recompute: str = opt("none", "activation recomputation", choices=("none", "selective", "full"))
 
 
@@ -72,7 +75,7 @@ class RolloutConfig:
     tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
     mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
-    dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=("auto", *DTYPES))
+    dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
 
 
 @dataclass(frozen=True)

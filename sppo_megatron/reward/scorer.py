@@ -7,14 +7,18 @@ The parent keeps scoring while workers run, so the two overlap. A custom functio
 (`reward.custom_fn`) runs entirely in the workers, since user code may hang.
 """
 
-import time
-from typing import Any, Optional, Sequence
+from __future__ import annotations
 
-from sppo_megatron.config.schema import RewardConfig
+import time
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
 from sppo_megatron.reward.custom import load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
 from sppo_megatron.reward.math import fast_score, final_answer
 from sppo_megatron.reward.workers import WorkerPool
+
+if TYPE_CHECKING:  # worker processes import this package: keep torch and the config loader out
+    from sppo_megatron.config.schema import RewardConfig
 
 _POLL_EVERY = 16
 
