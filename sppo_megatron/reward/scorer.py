@@ -36,7 +36,7 @@ class RewardScorer:
               extra_infos: Optional[Sequence[Optional[dict]]] = None) -> tuple[list[float], dict]:
         """Scores in {0, 1} (any float for a custom function) and stats for logging:
         timeouts, errors (worker exceptions), slow_path (samples sent to workers), seconds,
-        and first_error (a message) when errors + timeouts > 0.
+        and first_error when errors + timeouts > 0 (the first error's message, else the first timeout's).
         """
         start = time.monotonic()
         n = len(responses)

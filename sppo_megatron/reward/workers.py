@@ -112,6 +112,7 @@ class WorkerPool:
         self.timeouts = 0
         self.errors = 0
         self.first_error: Optional[str] = None
+        self.first_timeout: Optional[str] = None
 
     @property
     def pending(self) -> bool:
@@ -150,7 +151,7 @@ class WorkerPool:
     def _time_out(self, key: Hashable, reason: str) -> None:
         self.results[key] = 0.0
         self.timeouts += 1
-        self.first_error = self.first_error or reason
+        self.first_timeout = self.first_timeout or reason
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -207,10 +208,11 @@ class WorkerPool:
         self._dispatch()
 
     def drain(self) -> tuple[dict, int, int, Optional[str]]:
-        """Wait for every submitted task; returns (results by key, timeouts, errors, first error)."""
+        """Wait for every submitted task; returns (results by key, timeouts, errors, first failure:
+        the first error's message, else the first timeout's)."""
         while self.pending:
             self.poll(timeout=1.0)
-        batch = (self.results, self.timeouts, self.errors, self.first_error)
+        batch = (self.results, self.timeouts, self.errors, self.first_error or self.first_timeout)
         self._reset_batch()
         return batch
 
