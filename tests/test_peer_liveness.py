@@ -55,6 +55,17 @@ def test_a_dead_or_hung_rank_ends_the_survivor_with_one_line(mode, victim):
     assert elapsed < 45, f"took {elapsed:.0f} s"
 
 
+def test_sigterm_while_a_peer_is_dead_exits_at_once():
+    procs = _start("kill", 1, 30.0)  # far from the monitor's own verdict: only the SIGTERM's probe can end it
+    assert procs[1].wait(timeout=60) == -signal.SIGKILL
+    os.kill(procs[0].pid, signal.SIGTERM)
+    start = time.monotonic()
+    outputs = _finish(procs, 30)
+    assert time.monotonic() - start < 20  # the probe watches 3 heartbeats of 3 s
+    assert procs[0].returncode == 128 + signal.SIGTERM
+    assert "SIGTERM received while rank 1 is not responding: exiting now" in outputs[0][1]
+
+
 def test_sigterm_after_a_peer_failed_exits_at_once_and_otherwise_the_failure_ends_it():
     procs = _start("fail", 1, 30.0)
     assert procs[1].wait(timeout=60) == 1

@@ -8,6 +8,7 @@ predecessor while one rank lives). A counter that stops moving for the timeout, 
 fails or does not answer that long (without torchrun, rank 0 hosts it; a second thread watches
 the first for a store call that hangs), means a dead peer; a rank that
 left the run by an exception (`mark_failed`) is given FAILED_GRACE_S to print its own error.
+`silent_peers` is the quick check a rank makes when a SIGTERM may be the launcher's teardown.
 The watcher posts the reason under an abort key that every rank reads each interval; each rank
 then exits 1 at once, the watcher with one line naming the rank.
 """
@@ -18,7 +19,7 @@ import datetime
 import os
 import threading
 import time
-from typing import Optional
+from typing import List, Optional
 
 #: a counter this high means "finished cleanly": stop watching it
 DONE = 1 << 50
@@ -70,6 +71,17 @@ class PeerMonitor:
                 return "the rendezvous store is unreachable"
         return None
 
+    def silent_peers(self, wait_s: float) -> List[int]:
+        """The other ranks whose heartbeat does not move within `wait_s` (finished ones left out);
+        a store that cannot be reached counts every other rank as silent."""
+        others = [r for r in range(self.world_size) if r != self.rank]
+        try:
+            before = {r: self.store.add(_heartbeat_key(r), 0) for r in others}
+            time.sleep(wait_s)
+            return [r for r in others if before[r] < DONE and self.store.add(_heartbeat_key(r), 0) == before[r]]
+        except Exception:  # noqa: BLE001
+            return others
+
     def mark_failed(self, reason: str) -> None:
         """Tell the other ranks this one is leaving the run because of an error."""
         try:
@@ -105,8 +117,8 @@ class PeerMonitor:
                                 "rank 0 (which hosts it without torchrun) or the launcher is gone")
                 continue
             self._progress = now
-            if value >= DONE:
-                return
+            if value >= DONE:  # it finished: keep beating for this rank's own watcher, stop judging
+                continue
             if value != last_value:
                 last_value, last_seen = value, now
             stale = now - last_seen > self.timeout_s

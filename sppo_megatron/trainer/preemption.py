@@ -6,8 +6,9 @@ ranks at different moments), so every rank saves the same step. A Python signal 
 runs when the main thread is between bytecodes, which a rank waiting in a collective for a dead
 peer may not be for half an hour; so the handler does nothing and a side thread reads the
 signals from `signal.set_wakeup_fd`'s socket, written by the C-level handler on delivery. A
-SIGTERM after another rank failed is the launcher tearing the job down (torchrun does at the
-first failed worker): exit at once rather than wait for a step that cannot end.
+SIGTERM after another rank failed, or while one does not answer (`PeerMonitor.silent_peers`, a
+few heartbeats long, run after the flag is set), is the launcher tearing the job down (torchrun
+does at the first failed worker): exit at once rather than wait for a step that cannot end.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import torch
 import torch.distributed as dist
 
 from sppo_megatron.platform.distributed import is_rank0
-from sppo_megatron.platform.liveness import current_monitor
+from sppo_megatron.platform.liveness import PeerMonitor, current_monitor
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+#: how many heartbeat intervals a SIGTERMed rank watches its peers before trusting it is no teardown
+TEARDOWN_PROBE_INTERVALS = 3
 
 
 def _noop(signum, frame) -> None:  # noqa: ARG001 - installs the C-level handler that writes the wakeup fd
@@ -34,6 +37,11 @@ def _noop(signum, frame) -> None:  # noqa: ARG001 - installs the C-level handler
 def _say(message: str) -> None:
     if is_rank0():
         os.write(2, f"sppo-train: {message}\n".encode())
+
+
+def _exit_now(sig: signal.Signals, why: str) -> None:
+    _say(f"{sig.name} received {why}: exiting now, without a checkpoint of this step")
+    os._exit(128 + sig)
 
 
 class PreemptionFlag:
@@ -61,15 +69,21 @@ class PreemptionFlag:
                     self._on_signal(signal.Signals(signum))
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        monitor = current_monitor()
-        failed = monitor.failed_peer() if monitor is not None and sig == signal.SIGTERM else None
+        monitor = current_monitor() if sig == signal.SIGTERM else None
+        failed = monitor.failed_peer() if monitor is not None else None
         if failed or self.received:
-            why = f"after {failed}" if failed else "a second time"
-            _say(f"{sig.name} received {why}: exiting now, without a checkpoint of this step")
-            os._exit(128 + sig)
+            _exit_now(sig, f"after {failed}" if failed else "a second time")
         self.received.append(int(sig))
         _say(f"{sig.name} received: checkpointing at the end of this step, then exiting "
              f"(send it again to exit at once)")
+        if monitor is not None:  # the teardown after a rank was SIGKILLed: nobody marked a failure
+            threading.Thread(target=self._probe, args=(monitor, sig), name="sppo-teardown-probe", daemon=True).start()
+
+    @staticmethod
+    def _probe(monitor: PeerMonitor, sig: signal.Signals) -> None:
+        silent = monitor.silent_peers(TEARDOWN_PROBE_INTERVALS * monitor.interval)
+        if silent:
+            _exit_now(sig, f"while rank {silent[0]} is not responding")
 
     def requested(self) -> bool:
         """True once this process has been signalled (local: no collective)."""
