@@ -93,13 +93,14 @@ def train(cfg: Config) -> Dict[str, Any]:
     if is_rank0():
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     run = build_components(cfg, load_weights=resume_from is None, interrupted=preemption.requested)
-    start_step, bad_steps, reward_guard = 0, 0, RewardGuard(cfg.reward)
+    start_step, bad_steps, bad_reward_steps = 0, 0, 0
     if resume_from is not None:
         state = ckpts.read_state(resume_from)
         run.actor.load_checkpoint(resume_from)
         run.sampler.load_state_dict(state["sampler"])
         start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
-        reward_guard.bad_steps = int(state.get("bad_reward_steps", 0))
+        bad_reward_steps = int(state.get("bad_reward_steps", 0))
+    reward_guard = RewardGuard(cfg.reward, bad_reward_steps)
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
                            dataclasses.asdict(cfg), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
