@@ -15,10 +15,15 @@ class DataError(UserError):
     """A prompt dataset that cannot be used; the message names the file and the row."""
 
 
-class TrainingDiverged(UserError):
-    """The run stopped itself (e.g. too many non-finite steps in a row): one clear line, exit 1."""
+class RunStopped(UserError):
+    """The run cannot go on for a reason that is not bad input (a failing reward function, a
+    dead helper process): one clear line, exit 1."""
 
     exit_code = 1
+
+
+class TrainingDiverged(RunStopped):
+    """The run stopped itself (e.g. too many non-finite steps in a row): one clear line, exit 1."""
 
 
 def first_line(e: BaseException) -> str:

@@ -3,7 +3,8 @@
 `run_ranks(fn, n, *args)` starts n spawned processes with the torchrun environment variables
 set, calls `fn(*args)` in each and returns the per-rank return values (rank order). If any rank
 raises, the others are killed and the failing rank's traceback is raised in the test; a run that
-exceeds `timeout` is killed and reported with the ranks that did not finish.
+exceeds `timeout` is killed and reported with the ranks that did not finish. `launch_rank_processes`
+starts a program as rank processes without a launcher, for tests that kill ranks.
 """
 
 from __future__ import annotations
@@ -83,3 +84,18 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0,
                 p.kill()
                 p.join()
     return [results[r] for r in range(world_size)]
+
+
+def launch_rank_processes(argv: List[str], world_size: int, env: Optional[Dict[str, str]] = None) -> List[Any]:
+    """Start `argv` as `world_size` rank processes with the torchrun variables set but no
+    launcher watching them (as plain srun runs tasks: a dead rank tears nothing down).
+    Returns the Popen objects, rank order, stdout/stderr piped as text."""
+    import subprocess
+
+    port = _free_port()
+    procs = []
+    for r in range(world_size):
+        rank_env = {**os.environ, **(env or {}), "RANK": str(r), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(r),
+                    "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(argv, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs

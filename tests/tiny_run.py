@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional
+import time
+from typing import Dict, List, Optional, Tuple
 
 from sppo_megatron.platform.distributed import free_port
 
@@ -68,3 +69,33 @@ def latest(output_dir: str) -> Optional[str]:
         return None
     with open(path, encoding="utf-8") as fh:
         return fh.read().strip()
+
+
+HANG_FROM_STEP_2 = '''
+import os, time
+def score(solution_str, ground_truth):
+    with open(os.path.join(os.path.dirname(__file__), "calls"), "a") as fh:
+        fh.write("x")
+    if os.path.getsize(os.path.join(os.path.dirname(__file__), "calls")) > 16:  # step 1 has 16 samples
+        open(os.path.join(os.path.dirname(__file__), "hanging"), "w").close()
+        time.sleep(3600)
+    return 1.0 if ground_truth in solution_str else 0.0
+'''
+
+
+def start_hanging_run(tiny_assets: Dict[str, str], tmp_path) -> Tuple[subprocess.Popen, str]:
+    """A trainer that saved step 1 and now hangs scoring step 2 (reward.timeout_s=0)."""
+    reward = tmp_path / "reward" / "hang.py"
+    reward.parent.mkdir()
+    reward.write_text(HANG_FROM_STEP_2)
+    out = tmp_path / "run"
+    cmd = train_command(base_overrides(tiny_assets, str(out))
+                        + ["trainer.total_steps=50", "trainer.val_before_train=false", "trainer.test_freq=0",
+                           "trainer.save_freq=1", f"reward.custom_fn={reward}:score", "reward.timeout_s=0"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **ENV})
+    deadline = time.monotonic() + 180
+    while not (reward.parent / "hanging").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.2)
+    return proc, str(out)

@@ -34,6 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     silence_cpu_noise()
     from sppo_megatron.config.loader import load_config
     from sppo_megatron.platform.distributed import destroy_distributed, init_distributed, is_rank0
+    from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
     from sppo_megatron.trainer.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
@@ -42,10 +43,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"sppo-train: {notice}", flush=True)
     init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
                      timeout_minutes=cfg.parallel.distributed_timeout_minutes)
+    start_peer_monitor(cfg.parallel.peer_timeout_s, "sppo-train")
     from sppo_megatron.trainer.loop import train
 
     try:
         train(cfg)
+    except BaseException as e:
+        stop_peer_monitor(e)  # the other ranks stop soon instead of waiting for this one
+        raise
+    else:
+        stop_peer_monitor()
     finally:
         destroy_distributed()
     return 0

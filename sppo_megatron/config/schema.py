@@ -45,6 +45,7 @@ class ParallelConfig:
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
     distributed_timeout_minutes: int = opt(30, "collective timeout", min=1)
+    peer_timeout_s: float = opt(120.0, "a rank whose heartbeat stops this long (killed, hung, node lost) ends the others; 0 = off", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class RewardConfig:
     custom_fn: Optional[str] = opt(None, "path/to/file.py:function, called like verl's compute_score(data_source=, solution_str=, ground_truth=, extra_info=) -> float (it may take a subset)")
     timeout_s: float = opt(1.0, "per-sample scoring time limit (seconds)", min=0.0)
     num_workers: int = opt(2, "scoring worker processes", min=1)
+    max_error_frac: float = opt(0.1, "a step where more than this fraction of samples errored or timed out prints a warning with the first error", min=0.0, max=1.0)
+    max_bad_steps: int = opt(3, "stop the run (exit 1) after this many such steps in a row", min=1)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,10 @@ differ between 0.16 and 0.19.
 Why the queue: 0.16.1 / 0.19.2 create their write-results queue with a *spawn*-context
 multiprocessing Manager on the first save (`filesystem_async._results_queue`): ~9 s, and the
 spawned manager re-imports the main script. A fork-context Manager does the same job in
-~0.2 s; we install one before the first save when the module global is still unset.
+~0.2 s; we install one before the first save when the module global is still unset. That
+Manager and megatron's writer processes are forks of the trainer: `install_fork_hygiene` makes
+them die with it and take SIGTERM normally, and a Manager found dead before a save is replaced
+(one line on stderr), one lost during a save is a one-line error instead of a BrokenPipeError.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
-from sppo_megatron.errors import UserError, first_line
+from sppo_megatron.errors import RunStopped, UserError, first_line
 from sppo_megatron.models.megatron_lm import (
     check_args_match,
     common_state,
@@ -51,7 +55,8 @@ from sppo_megatron.models.megatron_lm import (
     resolve_checkpoint_dir,
     write_tracker,
 )
-from sppo_megatron.platform.distributed import barrier, is_rank0
+from sppo_megatron.platform.distributed import barrier, is_rank0, rank
+from sppo_megatron.platform.process import install_fork_hygiene
 
 MODEL_KEY = "model"
 #: written next to a converted checkpoint by `sppo-convert hf-to-megatron` (architecture, sizes, dtype)
@@ -72,18 +77,38 @@ def _require_psutil() -> None:
         raise UserError("megatron-core dist checkpointing needs psutil: pip install psutil") from None
 
 
-def _install_fork_results_queue() -> None:
-    try:
-        from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
-    except ImportError:
-        return
-    if getattr(fsa, "_results_queue", "missing") is None:
-        import torch.multiprocessing as mp
+class _SaveHelper:
+    """The fork-context Manager serving megatron's write-results queue (module global of
+    `filesystem_async`), replaced when it has died."""
 
+    manager: Any = None
+
+    @classmethod
+    def ensure(cls) -> None:
         try:
-            fsa._results_queue = mp.get_context("fork").Manager().Queue()
-        except (ValueError, OSError, RuntimeError):
-            pass  # no fork on this platform: megatron's own spawn queue is used
+            from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
+        except ImportError:
+            return
+        if cls.manager is not None and not cls.alive():
+            process = cls.manager._process
+            print(f"rank {rank()}: checkpoint save helper (pid {process.pid}) died (exit code {process.exitcode}); "
+                  "starting a new one", file=sys.stderr, flush=True)
+            cls.manager, fsa._results_queue = None, None
+        if getattr(fsa, "_results_queue", "missing") is None:
+            from multiprocessing.managers import SyncManager
+
+            import torch.multiprocessing as mp
+
+            try:
+                manager = SyncManager(ctx=mp.get_context("fork"))
+                manager.start()
+            except (ValueError, OSError, RuntimeError):
+                return  # no fork on this platform: megatron's own spawn queue is used
+            cls.manager, fsa._results_queue = manager, manager.Queue()
+
+    @classmethod
+    def alive(cls) -> bool:
+        return cls.manager is None or cls.manager._process.is_alive()
 
 
 def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
@@ -94,11 +119,18 @@ def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
     from megatron.core import dist_checkpointing
 
     _require_psutil()
-    _install_fork_results_queue()
+    install_fork_hygiene()
+    _SaveHelper.ensure()
     if is_rank0():
         os.makedirs(ckpt_dir, exist_ok=True)
     barrier()
-    dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
+    try:
+        dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
+    except (EOFError, ConnectionError) as e:  # BrokenPipeError is a ConnectionError
+        if _SaveHelper.alive():
+            raise
+        raise RunStopped(f"saving {ckpt_dir}: the checkpoint save helper process died during the save "
+                         f"({type(e).__name__}); the previous checkpoint is intact") from e
     barrier()
 
 

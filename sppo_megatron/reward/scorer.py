@@ -10,7 +10,7 @@ The parent keeps scoring while workers run, so the two overlap. A custom functio
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from sppo_megatron.reward.custom import load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
@@ -26,20 +26,21 @@ _POLL_EVERY = 16
 class RewardScorer:
     """Scores batches of responses with the `reward` config group (custom_fn, timeout_s, num_workers).
 
-    Use as a context manager, or call close(); workers start on first need.
+    Use as a context manager, or call close(); workers start on first need. Once `interrupted()`
+    is true (a preemption signal), samples still being scored count as timeouts.
     """
 
-    def __init__(self, cfg: RewardConfig):
+    def __init__(self, cfg: RewardConfig, interrupted: Optional[Callable[[], bool]] = None):
         self.custom_spec: Optional[str] = cfg.custom_fn
         if self.custom_spec:
             load_custom_fn(self.custom_spec)  # a bad path is a UserError now, not a worker failure later
-        self.pool = WorkerPool(cfg.num_workers, cfg.timeout_s, self.custom_spec)
+        self.pool = WorkerPool(cfg.num_workers, cfg.timeout_s, self.custom_spec, interrupted)
 
     def score(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
               extra_infos: Optional[Sequence[Optional[dict]]] = None) -> tuple[list[float], dict]:
         """Scores in {0, 1} (any float for a custom function) and stats for logging:
-        timeouts, errors (exceptions in workers, math-verify's included), slow_path (samples sent to workers), seconds,
-        and first_error (a message) when errors > 0.
+        timeouts, errors (exceptions in workers, math-verify's included), slow_path (samples sent to workers),
+        seconds, and first_error when errors + timeouts > 0 (the first error's message, else the first timeout's).
         """
         start = time.monotonic()
         n = len(responses)

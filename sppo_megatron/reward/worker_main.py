@@ -7,25 +7,14 @@ or user code prints reaches the console. Asks the kernel to kill it when its par
 worker stuck inside C code never outlives the trainer.
 """
 
-import ctypes
 import logging
-import os
 import sys
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
+from sppo_megatron.platform.process import die_with_parent
+
 READY = "ready"
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = 9
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:
-        os._exit(0)
 
 
 def _load(custom_spec: Optional[str]) -> Any:
@@ -51,7 +40,7 @@ def _run(task: tuple, custom: Any) -> tuple[float, Optional[str]]:
 
 def main() -> None:
     inbox, outbox = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
-    _die_with_parent(int(sys.argv[3]))
+    die_with_parent(int(sys.argv[3]))
     logging.disable(logging.CRITICAL)
     try:
         custom = _load(sys.argv[4] if len(sys.argv) > 4 else None)

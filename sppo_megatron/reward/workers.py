@@ -4,8 +4,11 @@ math-verify bounds its own time with signal.alarm (main thread only, and powers 
 integers run inside C code that no signal interrupts), and user reward functions can hang, so
 the only real bound is a process that can be killed. Each worker handles one sample at a
 time over a pipe; the parent watches the deadlines and kills and replaces a worker that runs
-past one (the sample scores 0.0 and counts as a timeout). Workers are fresh interpreters
-(worker_main.py), started lazily, stopped by close(), on garbage collection and at exit.
+past one (the sample scores 0.0 and counts as a timeout). Once `interrupted()` is true (a
+preemption signal) every sample still running or queued is cut the same way, so a scorer
+without a time limit cannot hold up the checkpoint. Workers are fresh interpreters
+(worker_main.py), started lazily, stopped by close(), on garbage collection and at exit, and
+killed by the kernel when the trainer dies.
 """
 
 import os
@@ -15,12 +18,13 @@ import time
 import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Hashable, Optional
+from typing import Callable, Hashable, Optional
 
 from sppo_megatron.reward.worker_main import READY
 
 STARTUP_LIMIT_S = 120.0
 _DIED = ("died", "reward worker exited unexpectedly")
+_INTERRUPTED = "scoring cut short by a preemption signal"
 _ENTRY = "from sppo_megatron.reward.worker_main import main; main()"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -89,13 +93,15 @@ class WorkerPool:
     Tasks are ("math", answer, ground_truth) or ("custom", data_source, solution, ground_truth,
     extra_info). submit() queues, poll() makes progress without blocking longer than asked,
     drain() waits for everything and returns the results of this batch.
-    timeout_s <= 0 disables the limit.
+    timeout_s <= 0 disables the limit; `interrupted` (polled) cuts the batch short.
     """
 
-    def __init__(self, num_workers: int, timeout_s: float, custom_spec: Optional[str] = None):
+    def __init__(self, num_workers: int, timeout_s: float, custom_spec: Optional[str] = None,
+                 interrupted: Optional[Callable[[], bool]] = None):
         self.num_workers = max(1, int(num_workers))
         self.timeout_s = float(timeout_s)
         self.custom_spec = custom_spec
+        self.interrupted = interrupted or (lambda: False)
         self._workers: list[_Worker] = []
         self._queue: deque = deque()
         self._reset_batch()
@@ -106,6 +112,7 @@ class WorkerPool:
         self.timeouts = 0
         self.errors = 0
         self.first_error: Optional[str] = None
+        self.first_timeout: Optional[str] = None
 
     @property
     def pending(self) -> bool:
@@ -141,6 +148,11 @@ class WorkerPool:
             self.errors += 1
             self.first_error = self.first_error or error
 
+    def _time_out(self, key: Hashable, reason: str) -> None:
+        self.results[key] = 0.0
+        self.timeouts += 1
+        self.first_timeout = self.first_timeout or reason
+
     def _receive(self, worker: _Worker) -> None:
         try:
             message = worker.conn.recv()
@@ -154,22 +166,31 @@ class WorkerPool:
             self._workers.remove(worker)
             raise RuntimeError(f"reward worker failed to start: {message[1]}")
         if message is _DIED:
-            self._finish(worker, 0.0, _DIED[1])
+            try:
+                code = worker.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            self._finish(worker, 0.0, f"{_DIED[1]} (exit code {code})")
             self._replace(worker)
         else:
             self._finish(worker, *message)
 
     def _expire(self, now: float) -> None:
+        interrupted = self.interrupted()
+        if interrupted:
+            while self._queue:
+                self._time_out(self._queue.popleft()[0], _INTERRUPTED)
         for worker in list(self._workers):
-            if now <= worker.deadline:
+            if now <= worker.deadline and not (interrupted and worker.key is not None):
                 continue
             if not worker.ready:
                 worker.stop(kill=True)
                 self._workers.remove(worker)
                 raise RuntimeError(f"reward worker did not start within {STARTUP_LIMIT_S:.0f} s")
             if worker.key is not None:
-                self.timeouts += 1
-                self._finish(worker, 0.0, None)
+                self._time_out(worker.key, _INTERRUPTED if interrupted else
+                               f"timed out after {self.timeout_s:g} s (reward.timeout_s)")
+                worker.key = None
                 self._replace(worker)
 
     def poll(self, timeout: float = 0.0) -> None:
@@ -187,10 +208,11 @@ class WorkerPool:
         self._dispatch()
 
     def drain(self) -> tuple[dict, int, int, Optional[str]]:
-        """Wait for every submitted task; returns (results by key, timeouts, errors, first error)."""
+        """Wait for every submitted task; returns (results by key, timeouts, errors, first failure:
+        the first error's message, else the first timeout's)."""
         while self.pending:
             self.poll(timeout=1.0)
-        batch = (self.results, self.timeouts, self.errors, self.first_error)
+        batch = (self.results, self.timeouts, self.errors, self.first_error or self.first_timeout)
         self._reset_batch()
         return batch
 

@@ -4,7 +4,7 @@
         prompts  = sampler.next_batch()                      data/
         sync     = weights Megatron -> rollout engine        sync/, rollout/
         samples  = rollout.generate(prompts, n=K)            rollout/
-        rewards  = scorer.score(samples)                     reward/
+        rewards  = scorer.score(samples)                     reward/ (failures: trainer/reward_health)
         targets  = SPPO targets from win rates               algorithm/
         old_lp   = actor.log_probs(samples)                  actor/
         metrics  = actor.update(samples, targets, old_lp)    actor/
@@ -30,6 +30,7 @@ from sppo_megatron.trainer.evaluation import evaluate
 from sppo_megatron.trainer.generation import generate, sample_records, score, train_sampling, val_sampling
 from sppo_megatron.trainer.metrics import MetricsLogger
 from sppo_megatron.trainer.preemption import PreemptionFlag
+from sppo_megatron.trainer.reward_health import RewardGuard
 from sppo_megatron.trainer.setup import RunComponents, build_components
 
 
@@ -55,7 +56,7 @@ def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
     return {"timing/val_sync_s": sync_s, **result}
 
 
-def train_step(run: RunComponents, cfg: Config, step: int) -> Dict[str, Any]:
+def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
     metrics: Dict[str, Any] = {}
     items = [run.train_data[i] for i in run.sampler.next_batch()]
@@ -65,6 +66,7 @@ def train_step(run: RunComponents, cfg: Config, step: int) -> Dict[str, Any]:
         rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step), cfg.rollout.n)
     run.to_training()
     rewards, reward_metrics = score(run.scorer, rollout)
+    reward_guard.check(step, reward_metrics, len(rollout.samples))
     targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
     with timed(metrics, "timing/old_logp_s"):
@@ -90,13 +92,15 @@ def train(cfg: Config) -> Dict[str, Any]:
     resume_from = start.resume_from
     if is_rank0():
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
-    run = build_components(cfg, load_weights=resume_from is None)
-    start_step, bad_steps = 0, 0
+    run = build_components(cfg, load_weights=resume_from is None, interrupted=preemption.requested)
+    start_step, bad_steps, bad_reward_steps = 0, 0, 0
     if resume_from is not None:
         state = ckpts.read_state(resume_from)
         run.actor.load_checkpoint(resume_from)
         run.sampler.load_state_dict(state["sampler"])
         start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+        bad_reward_steps = int(state.get("bad_reward_steps", 0))
+    reward_guard = RewardGuard(cfg.reward, bad_reward_steps)
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
                            dataclasses.asdict(cfg), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
@@ -111,7 +115,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             logger.log(0, metrics)
         for step in range(start_step + 1, t.total_steps + 1):
             step_start = time.perf_counter()
-            metrics = train_step(run, cfg, step)
+            metrics = train_step(run, cfg, step, reward_guard)
             bad_steps = bad_steps + 1 if metrics["train/skipped"] else 0
             metrics["train/bad_steps"] = bad_steps
             if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
@@ -119,8 +123,8 @@ def train(cfg: Config) -> Dict[str, Any]:
             stop = preemption.should_stop()
             if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
                 with timed(metrics, "timing/save_s"):
-                    ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps},
-                               run.actor.save_checkpoint)
+                    ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps,
+                                      "bad_reward_steps": reward_guard.bad_steps}, run.actor.save_checkpoint)
             metrics["timing/step_s"] = time.perf_counter() - step_start
             # rollout + training throughput: validation and checkpoint time left out
             busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
@@ -111,9 +111,11 @@ def build_actor(cfg: Config, hf_config: Any = None, load_weights: bool = True) -
                          hf_config=hf_config, load_weights=load_weights)
 
 
-def build_components(cfg: Config, load_weights: bool = True) -> RunComponents:
+def build_components(cfg: Config, load_weights: bool = True,
+                     interrupted: Optional[Callable[[], bool]] = None) -> RunComponents:
     """Collective: every rank builds its share (call after init_distributed). load_weights=False
-    leaves the actor's initial weights unloaded (a checkpoint is about to be restored)."""
+    leaves the actor's initial weights unloaded (a checkpoint is about to be restored);
+    `interrupted` (a preemption signal arrived) cuts reward scoring short."""
     from sppo_megatron.models.hf_io import load_hf_config
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine
@@ -128,4 +130,5 @@ def build_components(cfg: Config, load_weights: bool = True) -> RunComponents:
                                    log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
     actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
-    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), RewardScorer(cfg.reward))
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine),
+                         RewardScorer(cfg.reward, interrupted))
