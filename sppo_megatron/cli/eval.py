@@ -193,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                   "max_new_tokens": sampling.max_new_tokens, "engine": engine.describe(), "metrics": metrics}
         if args.save_samples:
-            result["samples"] = sample_records(rollout, rewards, max_prompts=len(items))
+            result["samples"] = sample_records(rollout, rewards, cfg.algorithm, max_prompts=len(items))
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
