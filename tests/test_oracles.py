@@ -206,12 +206,12 @@ def test_remote_scores_and_matrices(server):
     assert rows[0] == [0.5, 0.0, 0.0, 0.0] and rows[3] == [1.0, 1.0, 1.0, 0.5]
 
 
-@pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON"),
-                                           ("silent", "no answer within 0.3s")])
-def test_remote_failures_are_one_line_after_the_retries(server, mode, message):
+@pytest.mark.parametrize("mode, timeout, message", [("500", 30, "HTTP status 500"), ("malformed", 30, "malformed JSON"),
+                                                    ("silent", 0.3, "no answer within 0.3s")])
+def test_remote_failures_are_one_line_after_the_retries(server, mode, timeout, message):
     server.mode = mode
     oracle = build_oracle(reward_cfg(source="remote", url=server.url, retries=2, backoff_s=0.01,
-                                     request_timeout_s=0.3), "pairwise")
+                                     request_timeout_s=timeout), "pairwise")
     with pytest.raises(UserError) as info:
         oracle.score_groups(MESSAGES[:2], RESPONSES[:2], 2)
     text = str(info.value)
@@ -296,3 +296,51 @@ def test_scoring_is_split_across_two_ranks_and_gathered_in_order(models):
     assert seen0 == [12] and seen1 == [12]  # 2 prompts x 4 x 3 ordered pairs, half each
     for rows in (rows0, rows1):
         assert torch.allclose(torch.tensor(rows), torch.tensor(single), atol=1e-6)
+
+
+def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule(tmp_path):
+    import subprocess
+    import sys
+
+    from sppo_megatron.config.schema import DataConfig
+    from sppo_megatron.data import load_prompt_dataset
+    from sppo_megatron.errors import DataError
+    from sppo_megatron.trainer.setup import check_sources
+    from tests.tiny_models import make_tokenizer
+
+    records = tmp_path / "uf_train.jsonl"
+    records.write_text("\n".join(json.dumps({"instruction": q, "source": "evol", "completions": []})
+                                 for q in ("name a color", "what is 2 + 3 ?", "say hi")) + "\n")
+    (tmp_path / "uf_test.jsonl").write_text(json.dumps({"prompt": "a b c", "prompt_id": "x"}) + "\n")
+    out = tmp_path / "uf"
+    done = subprocess.run([sys.executable, "tools/prepare_ultrafeedback.py", "--input", str(records),
+                           "--input", str(tmp_path / "uf_test.jsonl"), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    make_tokenizer(str(tmp_path / "tok"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    train = load_prompt_dataset(str(out / "train.parquet"), tok, DataConfig(max_prompt_length=64))
+    assert [it.ground_truth for it in train.items] == [None] * 3
+    assert train[1].messages == [{"role": "user", "content": "what is 2 + 3 ?"}]
+    assert train[0].data_source == "ultrafeedback" and train[0].extra_info["source"] == "evol"
+    test = load_prompt_dataset(str(out / "test.parquet"), tok, DataConfig(max_prompt_length=64))
+    assert test[0].messages[0]["content"] == "a b c"
+    with pytest.raises(DataError, match="prompt row 0 has no reward_model.ground_truth; rule-based scoring"):
+        check_sources(train, None)
+
+
+def test_sample_records_carry_messages_score_and_win_rate():
+    from sppo_megatron.data import PromptItem
+    from sppo_megatron.rollout import RolloutSample
+    from sppo_megatron.trainer.generation import Rollout, sample_records
+
+    items = [PromptItem([1], "p", "arith", "5", messages=PROMPTS[0])]
+    samples = [RolloutSample(prompt_index=0, sample_index=i, response_ids=[3], finish_reason="stop") for i in range(2)]
+    rollout = Rollout(items, 2, samples, ["5", "6"])
+    scalar = sample_records(rollout, torch.tensor([0.3, 1.2], dtype=torch.float64), AlgorithmConfig(preference="bradley_terry"))
+    assert [r["score"] for r in scalar] == [0.3, 1.2] and scalar[0]["messages"] == PROMPTS[0]
+    assert scalar[0]["win_rate"] == pytest.approx(1 / (1 + math.exp(0.9)))
+    rows = torch.tensor([[0.5, 0.2], [0.8, 0.5]], dtype=torch.float64)
+    matrix = sample_records(rollout, rows, AlgorithmConfig(preference="matrix"))
+    assert [r["score"] for r in matrix] == [None, None] and [r["win_rate"] for r in matrix] == pytest.approx([0.2, 0.8])

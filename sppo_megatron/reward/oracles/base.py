@@ -27,10 +27,10 @@ def rank_slice(count: int) -> slice:
     """This rank's contiguous share of `count` work units: sizes differ by at most one, in rank order."""
     import torch.distributed as dist
 
+    from sppo_megatron.rollout.base import split_evenly
+
     world, me = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    base, extra = divmod(count, world)
-    start = me * base + min(me, extra)
-    return slice(start, start + base + (1 if me < extra else 0))
+    return slice(*split_evenly(count, world)[me])
 
 
 def render_conversation(tokenizer: Any, messages: Messages, response: Optional[str] = None) -> str:
