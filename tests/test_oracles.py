@@ -22,6 +22,7 @@ from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from tests.multirank import run_ranks
 from tests.oracle_models import make_judge, make_pairrm, make_reward_model
+from tests.test_config import run_files  # noqa: F401 - the fixture
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]
@@ -36,7 +37,7 @@ def models(tmp_path_factory):
 
 
 def reward_cfg(**kw) -> RewardConfig:
-    return RewardConfig(**{"batch_size": 3, **kw})
+    return RewardConfig(**{"batch_size": 3, "dtype": "fp32", **kw})
 
 
 def test_reward_model_scores_equal_a_direct_forward(models):
@@ -230,16 +231,6 @@ def test_model_path_problems_are_one_line_each(models):
     assert all(oracle_problems(reward_cfg(source=s, model_path=models[s])) == [] for s in ("reward_model", "pairwise", "judge"))
     with pytest.raises(ConfigError, match="3 labels"):
         build_oracle(reward_cfg(source="reward_model", model_path=models["rm3"]), "pairwise")
-
-
-@pytest.fixture
-def run_files(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    data = tmp_path / "train.parquet"
-    data.write_bytes(b"")
-    return [f"model.path={model}", f"data.train_files=[{data}]", f"trainer.output_dir={tmp_path / 'out'}"]
 
 
 def config_problems(overrides):
