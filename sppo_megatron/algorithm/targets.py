@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from sppo_megatron.algorithm.winrate import as_rewards, batch_softmean_targets, win_rates
+from sppo_megatron.algorithm.winrate import as_rewards, batch_softmean_targets, matrix_win_rates, win_rates
 
 LOSSES = ("soft", "pair", "hard")
 
@@ -32,8 +32,28 @@ def _no_signal(grouped: torch.Tensor) -> torch.Tensor:
     return grouped.max(dim=1).values == grouped.min(dim=1).values
 
 
+def sample_win_rates(rewards, group_size: int, cfg) -> torch.Tensor:
+    """P_hat(y_i > pi_t | x) per sample under `cfg.preference` (cfg as for compute_targets).
+
+    `rewards` is [N] scores, or [N, K] preference rows for preference=matrix. batch_softmean has
+    no P_hat: its stand-in is targets/eta + 1/2 (1/2 when eta = 0), the reward's excess over the
+    soft mean shifted to the same scale.
+    """
+    k = int(group_size)
+    if cfg.preference == "matrix":
+        return matrix_win_rates(rewards, k, bool(cfg.include_self))
+    r = as_rewards(rewards)
+    if k < 1 or r.numel() == 0 or r.numel() % k != 0:
+        raise ValueError(f"{r.numel()} rewards cannot be split into groups of group_size={k} samples per prompt")
+    if cfg.preference == "batch_softmean":
+        eta = float(cfg.eta)
+        return batch_softmean_targets(r, eta) / eta + 0.5 if eta > 0 else torch.full_like(r, 0.5)
+    return win_rates(r, k, cfg.preference, float(cfg.bt_beta), bool(cfg.include_self))
+
+
 def compute_targets(rewards, group_size: int, cfg) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
-    """Targets, boolean sample mask and `sppo/*` metrics for N = B*K rewards (K consecutive per prompt).
+    """Targets, boolean sample mask and `sppo/*` metrics for N = B*K rewards (K consecutive per prompt;
+    [N, K] preference rows for preference=matrix, whose samples are then ranked by win rate).
 
     `cfg` is an AlgorithmConfig or anything with preference, eta, loss, include_self, bt_beta.
     Unselected samples have target 0. Metrics (python floats), all over the selected samples:
@@ -46,27 +66,24 @@ def compute_targets(rewards, group_size: int, cfg) -> Tuple[torch.Tensor, torch.
                            (batch_softmean only) the comparison set is the batch: 1 if all equal
       sppo/selected_frac   selected samples / N
     """
-    r = as_rewards(rewards)
     k = int(group_size)
     eta = float(cfg.eta)
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown algorithm.loss {cfg.loss!r}; expected one of {LOSSES}")
-    if k < 1 or r.numel() == 0 or r.numel() % k != 0:
-        raise ValueError(f"{r.numel()} rewards cannot be split into groups of group_size={k} samples per prompt")
+    if cfg.preference == "batch_softmean" and cfg.loss != "soft":
+        raise ValueError(f"algorithm.preference=batch_softmean needs algorithm.loss=soft, got {cfg.loss!r} "
+                         "(it has no per-prompt best/worst pair)")
+    win_rate = sample_win_rates(rewards, k, cfg)
+    # samples are ranked by reward, or by their win rate where the oracle gives a matrix
+    r = win_rate if cfg.preference == "matrix" else as_rewards(rewards)
     grouped = r.reshape(-1, k)
     no_signal = _no_signal(grouped if k > 1 else r.reshape(1, -1))
 
     if cfg.preference == "batch_softmean":
-        if cfg.loss != "soft":
-            raise ValueError(f"algorithm.preference=batch_softmean needs algorithm.loss=soft, got {cfg.loss!r} "
-                             "(it has no per-prompt best/worst pair)")
         targets = batch_softmean_targets(r, eta)
         mask = torch.ones_like(r, dtype=torch.bool)
-        win_rate = targets / eta + 0.5 if eta > 0 else torch.full_like(r, 0.5)
     else:
-        p_hat = win_rates(r, k, cfg.preference, float(cfg.bt_beta), bool(cfg.include_self))
-        soft = eta * (p_hat - 0.5)
-        win_rate = p_hat
+        soft = eta * (win_rate - 0.5)
         if cfg.loss == "soft":
             targets, mask = soft, torch.ones_like(r, dtype=torch.bool)
         else:

@@ -65,6 +65,25 @@ def win_rates(
     return p_hat.reshape(-1)
 
 
+def matrix_win_rates(prefs, group_size: int, include_self: bool = False) -> torch.Tensor:
+    """P_hat_i = mean over j != i of P[i, j] (over all j, diagonal counted as 1/2, with include_self)
+    from a preference oracle's rows: `prefs` [N, K], row i holding P(y_i > y_j) for the K samples
+    j of its prompt (K = group_size consecutive rows per prompt). The diagonal is ignored."""
+    p = torch.as_tensor(prefs)
+    k = int(group_size)
+    if p.dim() != 2 or p.shape[1] != k or k < 1 or p.shape[0] % k != 0:
+        raise ValueError(f"a preference matrix needs [B*K, K] rows with K = group_size={k}, got shape {tuple(p.shape)}")
+    if k < 2 and not include_self:
+        raise ValueError("win rates against the other samples of a prompt need group_size >= 2 (or include_self=True)")
+    if not p.is_floating_point():
+        p = p.float()
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("the preference matrix contains NaN or infinite values; check the oracle")
+    off_diagonal = 1.0 - torch.eye(k, dtype=p.dtype).repeat(p.shape[0] // k, 1)
+    total = (p * off_diagonal).sum(dim=1)
+    return (total + 0.5) / k if include_self else total / (k - 1)
+
+
 def softmean(rewards: torch.Tensor, beta: float) -> torch.Tensor:
     """softmean_beta(r) = (1/beta) log mean exp(beta r) over the whole batch; mean(r) at beta = 0.
 

@@ -80,6 +80,38 @@ def algorithm_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str
     return []
 
 
+#: algorithm.preference values each reward.source can feed: scalar scores become win rates through
+#: pairwise / bradley_terry / batch_softmean, preference oracles hand over their K x K matrix
+SCALAR_PREFERENCES = ("pairwise", "bradley_terry", "batch_softmean")
+SOURCE_PREFERENCES = {
+    "rule": SCALAR_PREFERENCES,
+    "reward_model": SCALAR_PREFERENCES,
+    "pairwise": ("matrix",),
+    "judge": ("matrix",),
+    "remote": SCALAR_PREFERENCES + ("matrix",),
+}
+_MODEL_SOURCES = ("reward_model", "pairwise", "judge")
+
+
+def reward_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
+    r, preference = cfg.reward, cfg.algorithm.preference
+    problems = []
+    if preference not in SOURCE_PREFERENCES[r.source]:
+        valid = "; ".join(f"{source} -> {' | '.join(prefs)}" for source, prefs in SOURCE_PREFERENCES.items())
+        problems.append(f"algorithm.preference={preference} does not fit reward.source={r.source}; valid combinations: {valid}")
+    if r.source in _MODEL_SOURCES and r.model_path is None:
+        problems.append(f"reward.model_path: required for reward.source={r.source} (a Hugging Face model directory)")
+    if r.source == "remote" and not r.url:
+        problems.append("reward.url: required for reward.source=remote (an http:// or https:// endpoint)")
+    elif r.url and not r.url.startswith(("http://", "https://")):
+        problems.append(f"reward.url={r.url}: must start with http:// or https://")
+    if r.source != "rule" and r.custom_fn:
+        problems.append(f"reward.custom_fn: applies to reward.source=rule only (reward.source={r.source})")
+    if len(r.judge_choices) != 2 or len(set(r.judge_choices)) != 2:
+        problems.append(f"reward.judge_choices={list(r.judge_choices)}: needs two different verdict words")
+    return problems
+
+
 def optim_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     o = cfg.optim
     if o.min_lr > o.lr:
@@ -113,7 +145,7 @@ def trainer_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     return []
 
 
-RULES: List[Rule] = [model_rules, parallel_rules, data_rules, rollout_rules, algorithm_rules, optim_rules,
+RULES: List[Rule] = [model_rules, parallel_rules, data_rules, rollout_rules, algorithm_rules, reward_rules, optim_rules,
                      train_rules, trainer_rules]
 
 

@@ -81,7 +81,8 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    preference: str = opt("pairwise", "how rewards become win rates", choices=("pairwise", "bradley_terry", "batch_softmean"))
+    preference: str = opt("pairwise", "how rewards become win rates; matrix = the oracle's K x K preference matrix (reward.source=pairwise | judge | remote)",
+                          choices=("pairwise", "bradley_terry", "batch_softmean", "matrix"))
     eta: float = opt(1.0, "SPPO step size eta (targets are eta * (P_hat - 1/2))", min=0.0)
     loss: str = opt("soft", "sample selection: all samples, best/worst pair, or the pair with hard targets", choices=("soft", "pair", "hard"))
     include_self: bool = opt(False, "count P(y_i > y_i) = 1/2 in the win rate, as the original implementation")
@@ -90,6 +91,19 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
+    source: str = opt("rule", "the preference oracle: rule-based scorers (or custom_fn), a scalar reward model, a pairwise preference model (PairRM format), a generative judge, or a remote HTTP scorer",
+                      choices=("rule", "reward_model", "pairwise", "judge", "remote"))
+    model_path: Optional[str] = opt(None, "Hugging Face directory of the oracle model (reward_model: a one-label sequence classifier; pairwise: PairRM format; judge: a causal LM)", must_exist=True)
+    batch_size: int = opt(8, "oracle sequences (reward_model) or pairs (pairwise, judge) per forward; samples per request (remote)", min=1)
+    max_length: int = opt(2048, "oracle input tokens; longer inputs keep their last max_length tokens", min=8)
+    dtype: str = opt("auto", "oracle model dtype; auto = bf16 on GPU, fp32 on CPU", choices=("auto", *DTYPES))
+    trust_remote_code: bool = opt(False, "let transformers run the oracle checkpoint's own modelling code")
+    judge_template: Optional[str] = opt(None, "judge prompt with {prompt}, {response_a}, {response_b}; null = the shipped template (reward/oracles/judge.py)")
+    judge_choices: List[str] = opt(["A", "B"], "the judge's two verdict words (first token of each): response A better, response B better")
+    url: Optional[str] = opt(None, "reward.source=remote: HTTP endpoint receiving a JSON batch by POST")
+    request_timeout_s: float = opt(60.0, "reward.source=remote: seconds to wait for one response", min=0.0)
+    retries: int = opt(3, "reward.source=remote: attempts after the first failed one", min=0)
+    backoff_s: float = opt(1.0, "reward.source=remote: wait before the first retry, doubled after each", min=0.0)
     custom_fn: Optional[str] = opt(None, "path/to/file.py:function, called like verl's compute_score(data_source=, solution_str=, ground_truth=, extra_info=) -> float (it may take a subset)")
     timeout_s: float = opt(1.0, "per-sample scoring time limit (seconds)", min=0.0)
     num_workers: int = opt(2, "scoring worker processes", min=1)
@@ -157,7 +171,7 @@ GROUP_HELP = {
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template",
     "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets",
     "algorithm": "SPPO preference model, eta, loss variant",
-    "reward": "rule-based scoring: time limit, workers, custom function",
+    "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",
     "train": "mini-batches per rollout, micro-batching, epochs per rollout",
     "trainer": "steps, output directory, seed, checkpoints, resume, evaluation, logging",

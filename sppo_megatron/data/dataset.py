@@ -2,6 +2,8 @@
 
 Columns: `prompt` (list of {role, content}; the name is data.prompt_key), `data_source` (selects
 the reward function), `ability`, `reward_model` ({style, ground_truth}), `extra_info` (dict).
+Rows with `reward_model.style: model` may leave out the ground truth (prompts for a preference
+oracle, e.g. UltraFeedback); their ground_truth is None.
 Every problem is reported as a DataError naming the file and the 0-based row, before training
 starts, rather than as a failure in the middle of a run.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,15 +27,17 @@ class PromptItem:
 
     index: 0-based row across the concatenated files before filtering, so it identifies the
     row whatever max_prompt_length is. prompt_text is the rendered prompt, decoded back from the
-    token ids when they were truncated.
+    token ids when they were truncated; messages are the prompt as given (what a preference
+    oracle renders with its own template).
     """
 
     prompt_ids: List[int]
     prompt_text: str
     data_source: str
-    ground_truth: str
+    ground_truth: Optional[str]
     extra_info: Dict[str, Any] = field(default_factory=dict)
     index: int = 0
+    messages: List[Dict[str, str]] = field(default_factory=list)
 
 
 class PromptDataset:
@@ -74,18 +78,24 @@ def _messages(value: Any, where: str, prompt_key: str) -> List[Dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _check_row(row: Dict[str, Any], where: str, prompt_key: str) -> Tuple[List[Dict[str, str]], str, str, Dict[str, Any]]:
-    """(messages, data_source, ground_truth as str, extra_info) of one row, or a DataError."""
+def _check_row(row: Dict[str, Any], where: str, prompt_key: str
+               ) -> Tuple[List[Dict[str, str]], str, Optional[str], Dict[str, Any]]:
+    """(messages, data_source, ground_truth as str (None for style model), extra_info) of one row,
+    or a DataError."""
     messages = _messages(row[prompt_key], where, prompt_key)
     if not isinstance(row["data_source"], str):
         raise DataError(f"{where}: data_source must be a string, got {row['data_source']!r}")
     reward_model = row["reward_model"]
-    if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
-        raise DataError(f"{where}: reward_model.ground_truth is missing (reward_model = {str(reward_model)[:100]!r})")
+    if not isinstance(reward_model, dict):
+        raise DataError(f"{where}: reward_model must be a dict {{style, ground_truth}}, got {str(reward_model)[:100]!r}")
+    truth = reward_model.get("ground_truth")
+    if truth is None and reward_model.get("style") != "model":
+        raise DataError(f"{where}: reward_model.ground_truth is missing (reward_model = {str(reward_model)[:100]!r}); "
+                        "rows for a preference oracle say reward_model.style: model")
     extra = row.get("extra_info")
     if extra is not None and not isinstance(extra, dict):
         raise DataError(f"{where}: extra_info must be a dict, got {type(extra).__name__}")
-    return messages, row["data_source"], str(reward_model["ground_truth"]), extra or {}
+    return messages, row["data_source"], None if truth is None else str(truth), extra or {}
 
 
 def _render(messages: List[Dict[str, str]], tokenizer, apply_chat_template: bool, where: str) -> str:
@@ -124,7 +134,7 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
         texts = [_render(messages, tokenizer, cfg.apply_chat_template, f"{path} row {row_num}")
                  for row_num, (messages, *_) in enumerate(checked)]
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for row_num, ((_, data_source, ground_truth, extra), text, ids) in enumerate(zip(checked, texts, encoded)):
+        for row_num, ((messages, data_source, ground_truth, extra), text, ids) in enumerate(zip(checked, texts, encoded)):
             if len(ids) > limit:
                 if cfg.filter_overlong_prompts:
                     num_filtered += 1
@@ -134,7 +144,8 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
                                     "raise the limit, set data.filter_overlong_prompts=true, or data.truncation=left|right")
                 ids = ids[-limit:] if cfg.truncation == "left" else ids[:limit]
                 text = tokenizer.decode(ids, skip_special_tokens=False)
-            items.append(PromptItem(list(ids), text, data_source, ground_truth, extra, index=num_rows + row_num))
+            items.append(PromptItem(list(ids), text, data_source, ground_truth, extra, index=num_rows + row_num,
+                                    messages=messages))
         num_rows += len(rows)
     if not items:
         raise DataError(f"no prompts left in {', '.join(files)}: {num_rows} rows, {num_filtered} filtered as longer "

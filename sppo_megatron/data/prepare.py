@@ -1,11 +1,13 @@
-"""Turn MATH and GSM8K source files into prompt parquet files in verl's schema.
+"""Turn MATH, GSM8K and UltraFeedback source files into prompt parquet files in verl's schema.
 
 Each record becomes one row:
-    prompt        [{"role": "user", "content": question + " " + INSTRUCTION}]
-    data_source   "math" or "gsm8k" (the keys the reward dispatch knows; verl writes
-                  "DigitalLearningGmbH/MATH-lighteval" for MATH)
-    ability       "math"
-    reward_model  {"style": "rule", "ground_truth": final answer}
+    prompt        [{"role": "user", "content": question + " " + INSTRUCTION}]  (UltraFeedback: the
+                  instruction as it is)
+    data_source   "math", "gsm8k" (the keys the reward dispatch knows; verl writes
+                  "DigitalLearningGmbH/MATH-lighteval" for MATH) or "ultrafeedback"
+    ability       "math" ("chat" for UltraFeedback)
+    reward_model  {"style": "rule", "ground_truth": final answer}; UltraFeedback prompts have no
+                  ground truth: {"style": "model"} (for a preference oracle, reward.source != rule)
     extra_info    {"split", "index", ...the dataset's own fields}
 MATH's answer is the content of the last \\boxed{...} of the reference solution, GSM8K's the
 text after "####" without thousands separators. The tools/prepare_*.py scripts call `main`.
@@ -48,30 +50,38 @@ def gsm8k_ground_truth(answer: str) -> Optional[str]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What differs between datasets: field names, answer extraction, hub ids."""
+    """What differs between datasets: field names, answer extraction (None: prompts for a
+    preference oracle, no ground truth), hub ids."""
 
     data_source: str
-    question_field: str
-    answer_field: str
-    ground_truth: Callable[[str], Optional[str]]
+    question_fields: Tuple[str, ...]  # the first one a record has is the question
+    answer_field: Optional[str]
+    ground_truth: Optional[Callable[[str], Optional[str]]]
     extra_fields: Tuple[str, ...]
     hub: Tuple[Tuple[str, Optional[str]], ...]  # (dataset id, config), tried in order
+    ability: str = "math"
 
 
 RECIPES: Dict[str, Recipe] = {
-    "math": Recipe("math", "problem", "solution", math_ground_truth, ("level", "type"),
+    "math": Recipe("math", ("problem",), "solution", math_ground_truth, ("level", "type"),
                    (("DigitalLearningGmbH/MATH-lighteval", None), ("hendrycks/competition_math", None))),
-    "gsm8k": Recipe("gsm8k", "question", "answer", gsm8k_ground_truth, ("question", "answer"),
+    "gsm8k": Recipe("gsm8k", ("question",), "answer", gsm8k_ground_truth, ("question", "answer"),
                     (("openai/gsm8k", "main"),)),
+    # openbmb/UltraFeedback (the SPPO paper's prompts) names it instruction, its binarized copies prompt
+    "ultrafeedback": Recipe("ultrafeedback", ("instruction", "prompt"), None, None, ("source", "prompt_id"),
+                            (("openbmb/UltraFeedback", None),), ability="chat"),
 }
 
 
-def make_row(question: str, ground_truth: str, data_source: str, extra_info: Dict) -> Dict:
-    """One row of the verl prompt schema."""
+def make_row(question: str, ground_truth: Optional[str], data_source: str, extra_info: Dict, ability: str = "math") -> Dict:
+    """One row of the verl prompt schema; without a ground truth a prompt for a preference oracle."""
+    if ground_truth is None:
+        return {"prompt": [{"role": "user", "content": question}], "data_source": data_source, "ability": ability,
+                "reward_model": {"style": "model", "ground_truth": None}, "extra_info": extra_info}
     return {
         "prompt": [{"role": "user", "content": question + " " + INSTRUCTION}],
         "data_source": data_source,
-        "ability": "math",
+        "ability": ability,
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": extra_info,
     }
@@ -186,17 +196,26 @@ def load_hub(recipe: Recipe, dataset_id: Optional[str], test_size: Optional[int]
 def build_rows(tagged: List[Tuple[str, int, Dict]], recipe: Recipe, split: str) -> Tuple[List[Dict], int]:
     """Schema rows for one split and how many records had no final answer (skipped)."""
     rows, skipped = [], 0
+    wanted = " or ".join(repr(f) for f in recipe.question_fields)
+    if recipe.answer_field:
+        wanted += f" and {recipe.answer_field!r}"
     for source, i, record in tagged:
-        for key in (recipe.question_field, recipe.answer_field):
-            if not isinstance(record.get(key), str):
-                raise DataError(f"{source} record {i}: missing text field {key!r} (a {recipe.data_source} record "
-                                f"has {recipe.question_field!r} and {recipe.answer_field!r}; found {sorted(record)})")
-        ground_truth = recipe.ground_truth(record[recipe.answer_field])
-        if ground_truth is None:
+        question = next((record[f] for f in recipe.question_fields if isinstance(record.get(f), str)), None)
+        if question is None or (recipe.answer_field and not isinstance(record.get(recipe.answer_field), str)):
+            missing = recipe.answer_field if question is not None else recipe.question_fields[0]
+            raise DataError(f"{source} record {i}: missing text field {missing!r} (a {recipe.data_source} record "
+                            f"has {wanted}; found {sorted(record)})")
+        ground_truth = None
+        if recipe.ground_truth is not None:
+            ground_truth = recipe.ground_truth(record[recipe.answer_field])
+            if ground_truth is None:
+                skipped += 1
+                continue
+        elif not question.strip():
             skipped += 1
             continue
         extra = {"split": split, "index": len(rows), **{k: record.get(k) for k in recipe.extra_fields}}
-        rows.append(make_row(record[recipe.question_field], ground_truth, recipe.data_source, extra))
+        rows.append(make_row(question, ground_truth, recipe.data_source, extra, recipe.ability))
     return rows, skipped
 
 
@@ -219,15 +238,15 @@ def prepare(recipe: Recipe, inputs: Sequence[str], out: str, test_size: Optional
         tagged = split_local(inputs, test_size, seed)
     converted = {split: build_rows(tagged[split], recipe, split) for split in SPLITS}
     if not any(rows for rows, _ in converted.values()):
-        raise DataError(f"no {recipe.data_source} records with a final answer in the input")
+        raise DataError(f"no {recipe.data_source} records with a final answer (or a prompt) in the input")
     os.makedirs(out, exist_ok=True)
     counts = {}
     for split, (rows, skipped) in converted.items():
         if rows:
             path = os.path.join(out, f"{split}.parquet")
             write_parquet(rows, path)
-            print(f"wrote {path}: {len(rows)} rows" + (f" ({skipped} records without a final answer skipped)"
-                                                        if skipped else ""))
+            print(f"wrote {path}: {len(rows)} rows" + (f" ({skipped} records without a final answer (or an empty "
+                                                        "prompt) skipped)" if skipped else ""))
         counts[split] = len(rows)
     return counts
 

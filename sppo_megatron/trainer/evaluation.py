@@ -7,13 +7,36 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from sppo_megatron.data import PromptItem
 from sppo_megatron.rollout import SamplingParams
 from sppo_megatron.trainer.generation import Rollout, accuracy_metrics, generate, score
+
+
+def generate_chunks(engine: Any, tokenizer: Any, items: List[PromptItem], sampling: SamplingParams, n: int,
+                    batch_size: Optional[int]) -> Iterator[Rollout]:
+    """The samples of `items`, `batch_size` prompts per generate call (None = all at once;
+    collective). Each part's prompt indices count within the part (see join_rollouts)."""
+    step = batch_size or len(items)
+    for first in range(0, len(items), step):
+        # a distinct seed per chunk: the HF engine seeds samples by their index within a call
+        chunk_sampling = replace(sampling, seed=sampling.seed + first) if sampling.seed is not None else sampling
+        yield generate(engine, tokenizer, items[first:first + step], chunk_sampling, n)
+
+
+def join_rollouts(items: List[PromptItem], n: int, parts: List[Rollout]) -> Rollout:
+    """One Rollout of `items` from the consecutive parts generate_chunks produced."""
+    samples, texts, first = [], [], 0
+    for part in parts:
+        for s in part.samples:
+            s.prompt_index += first
+        samples += part.samples
+        texts += part.texts
+        first += len(part.items)
+    return Rollout(items, n, samples, texts)
 
 
 def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptItem], sampling: SamplingParams,
@@ -26,22 +49,16 @@ def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptIte
     """
     start = time.perf_counter()
     items = list(items)
-    step = batch_size or len(items)
-    samples, texts, rewards = [], [], []
+    parts, rewards = [], []
     failures = {"reward_timeouts": 0.0, "reward_errors": 0.0}
-    for first in range(0, len(items), step):
-        # a distinct seed per chunk: the HF engine seeds samples by their index within a call
-        chunk_sampling = replace(sampling, seed=sampling.seed + first) if sampling.seed is not None else sampling
-        part = generate(engine, tokenizer, items[first:first + step], chunk_sampling, n)
+    for part in generate_chunks(engine, tokenizer, items, sampling, n, batch_size):
         part_rewards, part_metrics = score(scorer, part)
         failures["reward_timeouts"] += part_metrics["reward/timeouts"]
         failures["reward_errors"] += part_metrics["reward/errors"]
-        for s in part.samples:
-            s.prompt_index += first
-        samples += part.samples
-        texts += part.texts
+        parts.append(part)
         rewards.append(part_rewards)
-    rollout = Rollout(items, n, samples, texts)
+    rollout = join_rollouts(items, n, parts)
+    samples = rollout.samples
     all_rewards = torch.cat(rewards)
     metrics = accuracy_metrics(rollout, all_rewards, prefix)
     metrics.update({f"{prefix}/{key}": value for key, value in failures.items()})

@@ -2,8 +2,9 @@
 `sppo-eval`.
 
 Every rank calls these with the same prompts and gets the same results: the rollout engine
-gathers its samples to every rank, and rewards are scored once on rank 0 and broadcast (scoring
-has time limits, so scoring on every rank could disagree).
+gathers its samples to every rank, and rule rewards are scored once on rank 0 and broadcast (scoring
+has time limits, so scoring on every rank could disagree); a preference oracle splits its work
+across all ranks and gathers the results in order (reward/oracles/).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from sppo_megatron.actor import SequenceBatch
+from sppo_megatron.algorithm.targets import sample_win_rates
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0, share_outcomes
+from sppo_megatron.reward.oracles import Oracle
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, samples_logprobs
 
 #: seeds of different steps must not collide; any large odd multiplier will do
@@ -74,15 +77,20 @@ def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling:
 
 
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Rule-based rewards [N] (float64) and `reward/*`, `response/*` metrics (collective)."""
+    """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and `reward/*`,
+    `response/*` metrics (collective)."""
+    items = [rollout.item_of(i) for i in range(len(rollout.samples))]
+
     def score_on_rank0():
-        items = [rollout.item_of(i) for i in range(len(rollout.samples))]
         return scorer.score([it.data_source for it in items], rollout.texts,
                             [it.ground_truth for it in items], [it.extra_info for it in items])
 
-    scores, stats = share_outcomes(score_on_rank0 if is_rank0() else None)[0]
+    if isinstance(scorer, Oracle):
+        scores, stats = scorer.score_groups([it.messages for it in items], rollout.texts, rollout.n)
+    else:
+        scores, stats = share_outcomes(score_on_rank0 if is_rank0() else None)[0]
     rewards = torch.tensor(scores, dtype=torch.float64)
-    bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+    bad = (~torch.isfinite(rewards)).reshape(len(scores), -1).any(dim=1).nonzero().flatten().tolist()
     if bad:
         item = rollout.item_of(bad[0])
         raise UserError(f"the reward is {scores[bad[0]]} for {len(bad)} of {len(scores)} samples (first: data_source "
@@ -97,6 +105,7 @@ def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/clip_frac": sum(s.finish_reason == FINISH_LENGTH for s in rollout.samples) / len(rollout.samples),
+        **stats.get("metrics", {}),
     }
     if stats.get("first_error"):
         metrics["reward/first_error"] = stats["first_error"]
@@ -117,14 +126,22 @@ def accuracy_metrics(rollout: Rollout, rewards: torch.Tensor, prefix: str = "val
     return out
 
 
-def sample_records(rollout: Rollout, rewards: torch.Tensor, max_prompts: int = 4) -> List[Dict[str, Any]]:
-    """The first `max_prompts` prompts' samples, for samples.jsonl."""
+def sample_records(rollout: Rollout, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4) -> List[Dict[str, Any]]:
+    """The first `max_prompts` prompts' samples, for samples.jsonl: with the prompt messages, the
+    oracle's scalar `score` (None for a preference matrix; then `reward` is the win rate) and the
+    sample's `win_rate` under `algorithm` (an AlgorithmConfig; None with one sample per prompt,
+    except for batch_softmean)."""
+    per_prompt = rollout.n > 1 or algorithm.preference == "batch_softmean"
+    win_rates = sample_win_rates(rewards, rollout.n, algorithm).tolist() if per_prompt else [None] * len(rewards)
+    scalar = rewards.dim() == 1
     records = []
     for i, s in enumerate(rollout.samples):
         if s.prompt_index >= max_prompts:
             break
         item = rollout.item_of(i)
-        records.append({"prompt": item.prompt_text, "response": rollout.texts[i], "reward": float(rewards[i]),
+        records.append({"prompt": item.prompt_text, "response": rollout.texts[i],
+                        "reward": float(rewards[i]) if scalar else win_rates[i],
                         "ground_truth": item.ground_truth, "data_source": item.data_source,
-                        "sample_index": s.sample_index, "finish_reason": s.finish_reason})
+                        "sample_index": s.sample_index, "finish_reason": s.finish_reason, "messages": item.messages,
+                        "score": float(rewards[i]) if scalar else None, "win_rate": win_rates[i]})
     return records

@@ -50,7 +50,7 @@ def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
     sync_s = run.sync_weights()["timing/sync_s"]
     run.to_rollout()
-    result, _, _ = evaluate(run.engine, run.tokenizer, run.scorer, run.val_data.items, val_sampling(cfg),
+    result, _, _ = evaluate(run.engine, run.tokenizer, run.val_scorer, run.val_data.items, val_sampling(cfg),
                             n=cfg.rollout.val_n, batch_size=cfg.data.val_batch_size)
     run.to_training()
     return {"timing/val_sync_s": sync_s, **result}
@@ -77,7 +77,7 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
     metrics.update(reward_metrics, **algo_metrics, **update_metrics)
     metrics["rollout/logp_abs_diff"] = logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask)
     if cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0:
-        metrics["samples"] = sample_records(rollout, rewards)
+        metrics["samples"] = sample_records(rollout, rewards, cfg.algorithm)
     return metrics
 
 

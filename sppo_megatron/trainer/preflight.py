@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable, List, Optional, Tuple
 
 from sppo_megatron.errors import ConfigError, UserError
+from sppo_megatron.reward.oracles.checks import oracle_problems
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -98,6 +99,7 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
         problems += _logger_problems(list(cfg.trainer.logger))
         resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
         problems += resume_problems + _model_problems(cfg.model, need_weights=resume_from is None)
+        problems += oracle_problems(cfg.reward)
     if problems:
         raise ConfigError("\n".join(problems))
     return notice

@@ -1,6 +1,6 @@
 """Build everything a run needs from the config, in the order colocation wants: tokenizer and
 data (cheap, and where most input errors are found), the rollout engine (before the actor's
-optimizer state fills the GPU), the actor, then the reward scorer."""
+optimizer state fills the GPU), the actor, then the reward scorer and the preference oracle."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ def load_tokenizer(hf_dir: str) -> Any:
 
 
 def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
-    """Every data_source must have a rule-based scorer, unless a custom reward function scores all."""
+    """Rule-based scoring needs a ground truth in every row and, unless a custom reward function
+    scores all, a rule-based scorer for every data_source."""
+    missing = next((item for item in dataset.items if item.ground_truth is None), None)
+    if missing is not None:
+        raise DataError(f"{', '.join(dataset.files)}: prompt row {missing.index} has no reward_model.ground_truth; "
+                        "rule-based scoring (reward.source=rule, and validation accuracy) needs one in every row; "
+                        "train such prompts with a preference oracle (reward.source=reward_model | pairwise | judge | "
+                        "remote) and leave them out of data.val_files")
     if custom_fn:
         return
     from sppo_megatron.reward import check_data_sources
@@ -33,8 +40,11 @@ def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
 
 
 def load_data(cfg: Config, tokenizer: Any) -> tuple[PromptDataset, Optional[PromptDataset]]:
+    """Training prompts (checked for rule-based scoring when reward.source=rule) and validation
+    prompts (always checked: validation reports rule-based accuracy)."""
     train = load_prompt_dataset(list(cfg.data.train_files), tokenizer, cfg.data)
-    check_sources(train, cfg.reward.custom_fn)
+    if cfg.reward.source == "rule":
+        check_sources(train, cfg.reward.custom_fn)
     val = None
     if cfg.data.val_files:
         val = load_prompt_dataset(list(cfg.data.val_files), tokenizer, cfg.data)
@@ -44,8 +54,10 @@ def load_data(cfg: Config, tokenizer: Any) -> tuple[PromptDataset, Optional[Prom
 
 @dataclass
 class RunComponents:
-    """What the loop drives. Every rank holds all of them (the rollout engine and scorer do their
-    own placement: engines on host ranks, scoring on rank 0)."""
+    """What the loop drives. Every rank holds all of them (the rollout engine and scorers do their
+    own placement: engines on host ranks, rule scoring on rank 0, an oracle model on every rank).
+    `scorer` scores the training samples (the rule scorer or the reward.source oracle);
+    `val_scorer` is the rule scorer behind validation accuracy (the same object for source=rule)."""
 
     hf_dir: str
     tokenizer: Any
@@ -56,6 +68,7 @@ class RunComponents:
     actor: Any
     weight_sync: Any
     scorer: Any
+    val_scorer: Any
 
     def sync_weights(self) -> Dict[str, float]:
         """Push the actor's weights to the rollout engine. Every time: an engine may drop its
@@ -91,7 +104,8 @@ class RunComponents:
                 f"{len(self.train_data)} train prompts{filtered}{val}")
 
     def close(self) -> None:
-        self.scorer.close()
+        for scorer in dict.fromkeys((self.scorer, self.val_scorer)):
+            scorer.close()
         self.engine.shutdown()
 
 
@@ -118,6 +132,7 @@ def build_components(cfg: Config, load_weights: bool = True,
     `interrupted` (a preemption signal arrived) cuts reward scoring short."""
     from sppo_megatron.models.hf_io import load_hf_config
     from sppo_megatron.reward import RewardScorer
+    from sppo_megatron.reward.oracles import build_oracle
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.sync import WeightSync
 
@@ -130,5 +145,6 @@ def build_components(cfg: Config, load_weights: bool = True,
                                    log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
     actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
-    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine),
-                         RewardScorer(cfg.reward, interrupted))
+    val_scorer = RewardScorer(cfg.reward, interrupted)
+    scorer = val_scorer if cfg.reward.source == "rule" else build_oracle(cfg.reward, cfg.algorithm.preference)
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), scorer, val_scorer)
