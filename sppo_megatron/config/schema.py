@@ -96,7 +96,7 @@ class RewardConfig:
     model_path: Optional[str] = opt(None, "Hugging Face directory of the oracle model (reward_model: a one-label sequence classifier; pairwise: PairRM format; judge: a causal LM)", must_exist=True)
     batch_size: int = opt(8, "oracle sequences (reward_model) or pairs (pairwise, judge) per forward; samples per request (remote)", min=1)
     max_length: int = opt(2048, "oracle input tokens; longer inputs keep their last max_length tokens", min=8)
-    dtype: str = opt("auto", "oracle model dtype; auto = bf16 on GPU, fp32 on CPU", choices=("auto", *DTYPES))
+    dtype: str = opt("auto", "oracle model dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     trust_remote_code: bool = opt(False, "let transformers run the oracle checkpoint's own modelling code")
     judge_template: Optional[str] = opt(None, "judge prompt with {prompt}, {response_a}, {response_b}; null = the shipped template (reward/oracles/judge.py)")
     judge_choices: List[str] = opt(["A", "B"], "the judge's two verdict words (first token of each): response A better, response B better")
