@@ -199,14 +199,22 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
     return 0
 
 
-def megatron_to_hf(args: argparse.Namespace) -> int:
-    from sppo_megatron.models.dist_ckpt import load_megatron_model, resolve_megatron_checkpoint
-    from sppo_megatron.models.hf_io import write_hf_dir
+def _source_checkpoint(args: argparse.Namespace):
+    """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes."""
+    from sppo_megatron.models.dist_ckpt import resolve_megatron_checkpoint
 
-    hf_dir, bridge, ckpt_dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
+    hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
     _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)
+    return hf_dir, bridge, dtype
+
+
+def megatron_to_hf(args: argparse.Namespace) -> int:
+    from sppo_megatron.models.dist_ckpt import load_megatron_model
+    from sppo_megatron.models.hf_io import write_hf_dir
+
+    hf_dir, bridge, ckpt_dtype = _source_checkpoint(args)
     max_shard = _parse_size(args.max_shard_size)
     out_dtype = args.dtype or ckpt_dtype
 
@@ -221,14 +229,10 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
 
 
 def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
-    from sppo_megatron.models.dist_ckpt import layout_padded_vocab, load_megatron_model, resolve_megatron_checkpoint
-    from sppo_megatron.models.dist_ckpt import write_converted_checkpoint
+    from sppo_megatron.models.dist_ckpt import layout_padded_vocab, load_megatron_model, write_converted_checkpoint
     from sppo_megatron.models.megatron_lm import megatron_lm_args, resolve_checkpoint_dir
 
-    hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
-    _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
-    _check_layout(args.tp, args.pp)
-    bridge.check_tp(args.tp)
+    hf_dir, bridge, dtype = _source_checkpoint(args)
     if args.iteration is not None and args.iteration < 0:
         raise UserError(f"--iteration {args.iteration} must be >= 0")
     iteration = args.iteration if args.iteration is not None else _training_step(resolve_checkpoint_dir(args.ckpt))
