@@ -1,4 +1,4 @@
-"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA."""
+"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA; fixtures several modules use."""
 
 import pytest
 import torch
@@ -19,3 +19,14 @@ def tiny_assets(tmp_path_factory):
     from tests.tiny_run import build_assets
 
     return build_assets(str(tmp_path_factory.mktemp("tiny_assets")))
+
+
+@pytest.fixture
+def run_files(tmp_path):
+    """Overrides naming a model directory, a train file and an output dir that exist (for config tests)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"")
+    return [f"model.path={model}", f"data.train_files=[{data}]", f"trainer.output_dir={tmp_path / 'out'}"]

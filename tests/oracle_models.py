@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from tests.tiny_models import VOCAB, make_tiny_hf_model, make_tokenizer
+from sppo_megatron.testing.tiny import EOS_ID, PAD_ID, VOCAB, char_tokenizer, make_tiny_hf_model
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
@@ -23,16 +23,16 @@ def make_reward_model(out_dir, num_labels: int = 1, seed: int = 0) -> str:
 
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         num_labels=num_labels, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                         num_labels=num_labels, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     _randomize(model, seed)
     model.save_pretrained(str(out_dir))
-    make_tokenizer(str(out_dir))
+    char_tokenizer().save_pretrained(str(out_dir))
     return str(out_dir)
 
 
 def make_judge(out_dir) -> str:
-    return make_tiny_hf_model("qwen2", out_dir, num_layers=2)
+    return make_tiny_hf_model("qwen2", out_dir, num_hidden_layers=2)
 
 
 def make_pairrm(out_dir, seed: int = 0) -> str:

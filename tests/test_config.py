@@ -15,16 +15,6 @@ from sppo_megatron.config.reference import DEFAULTS_PATH, DOCS_PATH, defaults_fi
 from sppo_megatron.errors import ConfigError
 
 
-@pytest.fixture
-def run_files(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    data = tmp_path / "train.parquet"
-    data.write_bytes(b"")
-    return [f"model.path={model}", f"data.train_files=[{data}]", f"trainer.output_dir={tmp_path / 'out'}"]
-
-
 def problems(overrides, world_size=1, config_file=None):
     with pytest.raises(ConfigError) as info:
         load_config(config_file, overrides, world_size=world_size)

@@ -12,7 +12,7 @@ import torch
 
 from sppo_megatron.cli.eval import main
 from tests.oracle_models import make_reward_model
-from tests.tiny_models import make_tiny_hf_model
+from sppo_megatron.testing.tiny import make_tiny_hf_model
 
 QUESTIONS = ["what is 2 + 3 ?", "name a color .", "say hi ."]
 
@@ -20,7 +20,7 @@ QUESTIONS = ["what is 2 + 3 ?", "name a color .", "say hi ."]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_ref")
-    policy = make_tiny_hf_model("qwen2", root / "policy", num_layers=2)
+    policy = make_tiny_hf_model("qwen2", root / "policy", num_hidden_layers=2)
     rm = make_reward_model(root / "rm", seed=3)
     rows = [{"prompt": [{"role": "user", "content": q}], "data_source": "ultrafeedback", "ability": "chat",
              "reward_model": {"style": "model", "ground_truth": None}, "extra_info": {"i": 0}} for q in QUESTIONS]

@@ -22,7 +22,6 @@ from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from tests.multirank import run_ranks
 from tests.oracle_models import make_judge, make_pairrm, make_reward_model
-from tests.test_config import run_files  # noqa: F401 - the fixture
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]
@@ -297,7 +296,7 @@ def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule
     from sppo_megatron.data import load_prompt_dataset
     from sppo_megatron.errors import DataError
     from sppo_megatron.trainer.setup import check_sources
-    from tests.tiny_models import make_tokenizer
+    from sppo_megatron.testing.tiny import char_tokenizer
 
     records = tmp_path / "uf_train.jsonl"
     records.write_text("\n".join(json.dumps({"instruction": q, "source": "evol", "completions": []})
@@ -307,7 +306,7 @@ def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule
     done = subprocess.run([sys.executable, "tools/prepare_ultrafeedback.py", "--input", str(records),
                            "--input", str(tmp_path / "uf_test.jsonl"), "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    make_tokenizer(str(tmp_path / "tok"))
+    char_tokenizer().save_pretrained(str(tmp_path / "tok"))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
