@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.files import atomic_write_text, reporting_full_disk
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -194,9 +195,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "max_new_tokens": sampling.max_new_tokens, "engine": engine.describe(), "metrics": metrics}
         if args.save_samples:
             result["samples"] = sample_records(rollout, rewards, max_prompts=len(items))
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+        with reporting_full_disk(out):
+            atomic_write_text(out, json.dumps(result, indent=2))
         print(format_table(metrics))
         print(f"sppo-eval: {len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {out}")
     return 0
