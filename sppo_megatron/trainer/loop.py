@@ -105,6 +105,7 @@ def train(cfg: Config) -> Dict[str, Any]:
 
 
 def _train(cfg: Config) -> Dict[str, Any]:
+    """Start (resume or fresh), then the steps; `train` holds the lock around it."""
     t = cfg.trainer
     preemption = PreemptionFlag()  # before the slow start-up: a signal then still ends in a clean exit
     ckpts = CheckpointManager(t.output_dir, t.keep_last)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from typing import Any, Dict, Optional
 
 from sppo_megatron.errors import UserError
 
 LOCK_FILE = ".sppo-train.lock"
+#: an unreadable lock file younger than this may be one a starting run is writing right now
+_WRITE_GRACE_S = 10.0
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -54,7 +57,7 @@ class RunLock:
                 holder = json.load(fh)
             return holder if isinstance(holder, dict) else {}
         except (OSError, ValueError):
-            return {}  # half written by a holder killed at that instant: no live holder named
+            return {}  # being written, or half written by a holder killed at that instant
 
     def acquire(self) -> Optional[str]:
         """Take the lock; returns a notice when a stale lock was taken over. UserError (exit 2)
@@ -66,7 +69,8 @@ class RunLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
-                if _holder_alive(holder):
+                being_written = not holder and time.time() - os.path.getmtime(self.path) < _WRITE_GRACE_S
+                if being_written or (holder and _holder_alive(holder)):
                     raise UserError(
                         f"trainer.output_dir {os.path.dirname(self.path)} is in use by another run (PID "
                         f"{holder.get('pid')} on host {holder.get('host')}, lock file {self.path}); wait for it to "
