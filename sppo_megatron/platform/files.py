@@ -14,6 +14,8 @@ from typing import Iterator, Optional
 from sppo_megatron.errors import UserError
 
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: what is not a failure of the write itself (torch's CheckpointException is a BaseException too)
+_NOT_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -65,32 +67,46 @@ def remove_dir(path: Optional[str]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _disk_full(path: str) -> bool:
-    """True when the file system holding `path` has (almost) no space left: writers such as
-    torch.save report a full disk as e.g. "unexpected pos 704 vs 598", not as ENOSPC."""
+#: how torch.save / the dist-checkpoint writers report a write cut short (a full disk or quota)
+_SHORT_WRITE = ("unexpected pos", "iostream error", "No space left on device", "Disk quota exceeded")
+
+
+def _free_bytes(path: str) -> int:
     probe = os.path.abspath(path)
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     st = os.statvfs(probe)
-    return st.f_bavail * st.f_frsize < min(16 * 1024**2, st.f_blocks * st.f_frsize // 20)
+    return st.f_bavail * st.f_frsize
 
 
 @contextlib.contextmanager
 def reporting_full_disk(path: str) -> Iterator[None]:
-    """A write under `path` that fails because the disk is full becomes one line (UserError)
-    naming `path` and the cause; any other failure propagates unchanged."""
+    """A write under `path` that fails because the disk is full (ENOSPC, EDQUOT, or torch's
+    "unexpected pos 704 vs 598" for a write cut short) becomes one line (UserError) naming `path`
+    and the cause; any other failure propagates unchanged."""
     try:
         yield
-    except UserError:
+    except (UserError, *_NOT_FAILURES):
         raise
-    except Exception as e:  # noqa: BLE001 - re-raised unless the disk is full
-        if not ((isinstance(e, OSError) and e.errno in _FULL_DISK_ERRNOS) or _disk_full(path)):
+    except BaseException as e:  # noqa: BLE001 - re-raised unless the disk is full
+        text = str(e)
+        if not ((isinstance(e, OSError) and e.errno in _FULL_DISK_ERRNOS) or any(s in text for s in _SHORT_WRITE)):
             raise
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-        raise UserError(f"cannot write {path}: no space left on device ({detail})") from e
+        detail = (text.strip().splitlines() or [type(e).__name__])[-1]
+        raise UserError(f"cannot write {path}: no space left on device ({_free_bytes(path) // 1024} KiB free "
+                        f"there; {detail})") from e
 
 
-def _reraise(exc: BaseException) -> None:
+def _shareable(exc: BaseException) -> Exception:
+    """`exc` as an Exception that share_outcomes hands to every rank."""
+    if isinstance(exc, Exception):
+        return exc
+    wrapped = RuntimeError(f"{type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _reraise(exc: Exception) -> None:
     raise exc
 
 
@@ -104,12 +120,15 @@ def atomic_output_dir(out: str) -> Iterator[str]:
 
     tmp = broadcast_object(make_tmp_dir(out) if is_rank0() else None)
     try:
-        with reporting_full_disk(out):
-            try:
+        try:
+            with reporting_full_disk(out):
                 yield tmp
-            except Exception as e:  # noqa: BLE001 - handed to every rank, then raised
-                share_outcomes(lambda: _reraise(e))
-            share_outcomes(None)
+        except _NOT_FAILURES:
+            raise
+        except BaseException as e:  # noqa: BLE001 - handed to every rank, then raised
+            failure = _shareable(e)
+            share_outcomes(lambda: _reraise(failure))
+        share_outcomes(None)
         if is_rank0():
             commit_dir(tmp, out)
     except BaseException:

@@ -98,7 +98,7 @@ class CheckpointManager:
             with reporting_full_disk(tmp):
                 save_actor(tmp)
                 share_outcomes(lambda: self._commit(tmp, final, step, trainer_state) if rank() == 0 else None)
-        except Exception:
+        except BaseException:
             if rank() == 0:
                 remove_dir(tmp)  # frees the space; `latest` still names the previous checkpoint
             raise
