@@ -1,7 +1,8 @@
 """A one-node Slurm cluster in a temporary directory (munged, slurmctld, slurmd as plain
 processes, own sockets and ports), for tests that run sbatch / srun as an operator does.
 
-The configuration is the one measured to work here (docs/notes: proctrack/pgid, no cgroups);
+The configuration is one measured to work on a small machine without cgroups (proctrack/pgid:
+linuxproc left orphans and drained the node);
 `SlurmCluster.start` raises `ClusterUnavailable` with the reason when the daemons cannot start
 (no packages, not root, a daemon exiting), so tests skip with that reason.
 """
