@@ -11,6 +11,19 @@ from sppo_megatron.errors import UserError
 from sppo_megatron.trainer.checkpointing import CheckpointManager, RunStart
 
 
+def _check_actor(path: str) -> None:
+    """The fake actor's part of a checkpoint: actor.bin holding the step."""
+    try:
+        with open(os.path.join(path, "actor.bin")) as fh:
+            int(fh.read())
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint {path}: actor.bin is broken ({e})") from None
+
+
+def _mgr(tmp_path, keep_last: int) -> CheckpointManager:
+    return CheckpointManager(str(tmp_path), keep_last=keep_last, check_actor=_check_actor)
+
+
 def _save(mgr: CheckpointManager, step: int) -> str:
     def save_actor(path):
         with open(os.path.join(path, "actor.bin"), "w") as fh:
@@ -24,7 +37,7 @@ def _steps(mgr):
 
 
 def test_rotation_keeps_the_newest(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    mgr = _mgr(tmp_path, keep_last=2)
     for step in (1, 2, 3):
         _save(mgr, step)
     assert _steps(mgr) == ["step_2", "step_3"]
@@ -33,7 +46,7 @@ def test_rotation_keeps_the_newest(tmp_path):
 
 
 def test_resuming_an_older_checkpoint_supersedes_later_ones(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=1)
+    mgr = _mgr(tmp_path, keep_last=1)
     for step in (10, 20):
         _save(mgr, step)
     mgr.keep_last = 3
@@ -42,7 +55,7 @@ def test_resuming_an_older_checkpoint_supersedes_later_ones(tmp_path):
 
 
 def test_dangling_latest_falls_back_to_newest_complete(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=3)
+    mgr = _mgr(tmp_path, keep_last=3)
     for step in (1, 2):
         _save(mgr, step)
     os.rename(os.path.join(mgr.root, "step_2"), os.path.join(tmp_path, "moved"))
@@ -52,7 +65,7 @@ def test_dangling_latest_falls_back_to_newest_complete(tmp_path):
 
 
 def test_resume_none_refuses_then_overwrite_clears(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    mgr = _mgr(tmp_path, keep_last=2)
     _save(mgr, 4)
     with pytest.raises(UserError, match="trainer.overwrite"):
         mgr.decide_start("none", overwrite=False)
@@ -65,7 +78,7 @@ def test_resume_none_refuses_then_overwrite_clears(tmp_path):
 
 
 def test_resume_path_must_be_complete(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=2)
+    mgr = _mgr(tmp_path, keep_last=2)
     path = _save(mgr, 3)
     assert mgr.decide_start(path, overwrite=False) == RunStart(resume_from=path)
     os.remove(os.path.join(path, "trainer_state.json"))
@@ -74,7 +87,39 @@ def test_resume_path_must_be_complete(tmp_path):
 
 
 def test_state_file_is_json_with_the_step(tmp_path):
-    mgr = CheckpointManager(str(tmp_path), keep_last=1)
+    mgr = _mgr(tmp_path, keep_last=1)
     path = _save(mgr, 9)
     with open(os.path.join(path, "trainer_state.json")) as fh:
         assert json.load(fh) == {"step": 9, "sampler": {"position": 9}}
+
+
+@pytest.mark.parametrize("break_it", ["garbage_state", "state_without_step", "broken_actor"])
+def test_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path, break_it):
+    mgr = _mgr(tmp_path, keep_last=3)
+    for step in (1, 2, 3):
+        _save(mgr, step)
+    newest = os.path.join(mgr.root, "step_3")
+    name, text = {"garbage_state": ("trainer_state.json", "{not json"),
+                  "state_without_step": ("trainer_state.json", '{"sampler": {}}'),
+                  "broken_actor": ("actor.bin", "")}[break_it]
+    with open(os.path.join(newest, name), "w") as fh:
+        fh.write(text)
+    start = mgr.decide_start("auto", overwrite=False)
+    assert start.resume_from == os.path.join(mgr.root, "step_2")
+    assert len(start.skipped) == 1 and newest in start.skipped[0] and name in start.skipped[0]
+    # an explicit path gets no fallback: one line naming the file
+    with pytest.raises(UserError, match=f"step_3: {name}"):
+        mgr.decide_start(newest, overwrite=False)
+
+
+def test_auto_refuses_when_no_checkpoint_is_intact(tmp_path):
+    mgr = _mgr(tmp_path, keep_last=2)
+    for step in (1, 2):
+        path = _save(mgr, step)
+        with open(os.path.join(path, "trainer_state.json"), "w") as fh:
+            fh.write("garbage")
+    with pytest.raises(UserError) as err:
+        mgr.decide_start("auto", overwrite=False)
+    message = str(err.value)
+    assert "step_2: trainer_state.json is unreadable" in message and "no intact checkpoint" in message
+    assert "\n" not in message

@@ -97,10 +97,21 @@ def test_engine_and_transformer_engine_are_checked(tmp_path, hf_dir, make_cfg, m
     assert _problems(cfg, training=False) == problems[:1], "sppo-eval checks the engine only"
 
 
+def _intact_checkpoint(step_dir, step: int) -> None:
+    """The files an intact training checkpoint has (a one-tensor torch_dist checkpoint)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"x": torch.zeros(2)}, checkpoint_id=str(step_dir), no_dist=True)
+    (step_dir / "metadata.json").write_text(json.dumps({"sharded_backend": "torch_dist"}))
+    (step_dir / "actor_meta.json").write_text(json.dumps({"layout": {"tp": 1, "pp": 1, "dp": 1}}))
+    (step_dir / "trainer_state.json").write_text(json.dumps({"step": step, "sampler": {}}))
+
+
 def test_run_directory_states(tmp_path, hf_dir, make_cfg):
     step = tmp_path / "run" / "checkpoints" / "step_5"
     step.mkdir(parents=True)
-    (step / "trainer_state.json").write_text(json.dumps({"step": 5}))
+    _intact_checkpoint(step, 5)
     (step.parent / "latest").write_text("step_5\n")
     problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.resume=none"))
     assert problems[0].startswith("trainer.output_dir already holds checkpoints")
@@ -108,6 +119,10 @@ def test_run_directory_states(tmp_path, hf_dir, make_cfg):
     assert "already finished step 5 (trainer.total_steps=5): nothing to train" in notice
     assert "trainer.resume=none trainer.overwrite=true" in notice
     assert preflight(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=6")) is None
+    (step / "trainer_state.json").write_text("{garbage")  # and nothing older to fall back to
+    problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=6"))
+    assert problems[0].startswith(f"checkpoint {step}: trainer_state.json is unreadable")
+    assert "found no intact checkpoint" in problems[0]
 
 
 @pytest.mark.skipif(sglang_available(), reason="needs a machine without sglang")

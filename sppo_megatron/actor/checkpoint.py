@@ -79,11 +79,29 @@ def _rng_sharded(data: Any, layout: ParallelLayout):
 
 
 def read_meta(ckpt_dir: str) -> Dict[str, Any]:
+    """actor_meta.json ({} for a model-only checkpoint); UserError naming it when it is garbage."""
     path = os.path.join(ckpt_dir, META_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpt_dir}: {META_FILE} is unreadable ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("layout"), dict):
+        raise UserError(f"checkpoint {ckpt_dir}: {META_FILE} is not an actor checkpoint description")
+    return meta
+
+
+def check_actor_files(ckpt_dir: str) -> None:
+    """UserError naming the file unless `ckpt_dir` holds a complete actor checkpoint (read
+    without a process group or model: the run's start decision uses it)."""
+    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir, check_checkpoint_files
+
+    if not read_meta(ckpt_dir):
+        raise UserError(f"checkpoint {ckpt_dir}: {META_FILE} is missing (a model-only or unfinished checkpoint)")
+    check_checkpoint_dir(ckpt_dir, "checkpoint")
+    check_checkpoint_files(ckpt_dir)
 
 
 def save_actor(actor: Any, ckpt_dir: str) -> None:

@@ -262,11 +262,12 @@ def verify(args: argparse.Namespace) -> int:
     import torch
 
     from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.hf_io import load_hf_config
+    from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
     from sppo_megatron.models.inference import forward_logits
 
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
+    SafetensorsReader(args.hf).close()  # a truncated file is one line here, not a transformers traceback
     check_checkpoint_matches(args.ckpt, bridge, args.hf)
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.files import atomic_write_text, reporting_full_disk
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -260,9 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             result.update(reference=os.path.abspath(args.reference), oracle=cfg.reward.source, per_prompt=per_prompt)
         elif args.save_samples:
             result["samples"] = sample_records(rollout, rewards, cfg.algorithm, max_prompts=len(items))
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
+        with reporting_full_disk(out):
+            atomic_write_text(out, json.dumps(result, indent=2))
         print(format_reference(metrics) if per_prompt is not None else format_table(metrics))
         print(f"sppo-eval: {len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {out}")
     return 0

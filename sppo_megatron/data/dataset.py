@@ -66,6 +66,23 @@ def _read_table(path: str) -> pa.Table:
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
 
 
+def _rows(table: pa.Table, path: str) -> List[Dict[str, Any]]:
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError as e:
+        bad = [name for name in table.column_names if not _decodes(table.column(name))]
+        raise DataError(f"{path}: column {', '.join(map(repr, bad)) or '?'} holds strings that are not valid UTF-8 "
+                        f"({e})") from None
+
+
+def _decodes(column: pa.ChunkedArray) -> bool:
+    try:
+        column.to_pylist()
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _messages(value: Any, where: str, prompt_key: str) -> List[Dict[str, str]]:
     """The chat messages of one row, checked: a non-empty list of {role, content} strings."""
     if not isinstance(value, list) or not all(
@@ -129,7 +146,7 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
                             f"(found {', '.join(table.column_names)})")
-        rows = table.to_pylist()
+        rows = _rows(table, path)
         checked = [_check_row(row, f"{path} row {row_num}", cfg.prompt_key) for row_num, row in enumerate(rows)]
         texts = [_render(messages, tokenizer, cfg.apply_chat_template, f"{path} row {row_num}")
                  for row_num, (messages, *_) in enumerate(checked)]

@@ -134,14 +134,85 @@ def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
     barrier()
 
 
-def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str) -> Dict[str, Any]:
-    """Load the keys of `sharded_state` from `ckpt_dir`; returns plain tensors in the same structure."""
+def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str, what: str = "checkpoint") -> Dict[str, Any]:
+    """Load the keys of `sharded_state` from `ckpt_dir`; returns plain tensors in the same structure.
+
+    The files and the model's shapes are checked first, on every rank alike, so a corrupt,
+    truncated or foreign checkpoint is one UserError naming the file rather than a failure
+    inside the collective load; `what` names where the path came from (flag or config key)."""
     from megatron.core import dist_checkpointing
 
     _require_psutil()
-    if not os.path.isdir(ckpt_dir):
-        raise UserError(f"checkpoint directory does not exist: {ckpt_dir}")
-    return dist_checkpointing.load(sharded_state_dict=sharded_state, checkpoint_dir=ckpt_dir)
+    check_checkpoint_dir(ckpt_dir, what)
+    stored = check_checkpoint_files(ckpt_dir)
+    if MODEL_KEY in sharded_state:
+        check_model_shapes(sharded_state[MODEL_KEY], stored, ckpt_dir)
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return dist_checkpointing.load(sharded_state_dict=sharded_state, checkpoint_dir=ckpt_dir)
+    # torch's CheckpointException (e.g. a missing key) derives from BaseException, not Exception
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
+        if isinstance(e, CheckpointException) and e.failures:
+            e = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
+        raise UserError(f"cannot load {what} {ckpt_dir}: {_named_first_line(e)}") from e
+
+
+def _named_first_line(e: BaseException) -> str:
+    line = first_line(e)
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def check_checkpoint_files(ckpt_dir: str) -> Any:
+    """UserError naming the file unless metadata.json, common.pt and .metadata read and every
+    shard file .metadata names is present and long enough; returns the tensor metadata."""
+    import zipfile
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    def bad(name: str, why: str) -> UserError:
+        return UserError(f"checkpoint {ckpt_dir}: {name} {why}")
+
+    try:
+        with open(os.path.join(ckpt_dir, "metadata.json"), encoding="utf-8") as fh:
+            json.load(fh)
+    except (OSError, ValueError) as e:
+        raise bad("metadata.json", f"is unreadable ({_named_first_line(e)})") from None
+    common = os.path.join(ckpt_dir, "common.pt")
+    if os.path.exists(common) and not zipfile.is_zipfile(common):
+        raise bad("common.pt", "is truncated or corrupt (not a complete torch.save archive)")
+    try:
+        stored = FileSystemReader(ckpt_dir).read_metadata()
+    except Exception as e:  # noqa: BLE001 - a pickle of any kind of garbage
+        raise bad(".metadata", f"is unreadable ({_named_first_line(e)})") from None
+    needed: Dict[str, int] = {}
+    for info in stored.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isfile(path):
+            raise bad(name, "is missing (named in .metadata)")
+        if os.path.getsize(path) < size:
+            raise bad(name, f"is truncated ({os.path.getsize(path)} of at least {size} bytes)")
+    return stored
+
+
+def check_model_shapes(model_state: Any, stored: Any, ckpt_dir: str) -> None:
+    """UserError unless every tensor of the model's sharded state dict is in the checkpoint's
+    metadata (`stored`, from check_checkpoint_files) with the same global shape."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    for sharded in nested_values(model_state):
+        if not isinstance(sharded, ShardedTensor):
+            continue
+        meta = stored.state_dict_metadata.get(sharded.key)
+        if meta is None:
+            raise UserError(f"checkpoint {ckpt_dir} does not fit the model: it has no tensor {sharded.key} "
+                            "(.metadata; a checkpoint of another architecture)")
+        if tuple(meta.size) != tuple(sharded.global_shape):
+            raise UserError(f"checkpoint {ckpt_dir} does not fit the model: {sharded.key} is {tuple(meta.size)} in "
+                            f".metadata, the model's is {tuple(sharded.global_shape)} (a checkpoint of another model shape)")
 
 
 def is_dist_checkpoint(ckpt_dir: str) -> bool:
@@ -199,23 +270,16 @@ def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt", resiz
 
     resize_vocab=True loads a checkpoint of another padded vocabulary on purpose (the real rows
     are read, the model's extra padded rows keep their zeros): re-padding for another layout."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
     ckpt_dir = resolve_checkpoint_dir(ckpt_dir, what)
     check_checkpoint_dir(ckpt_dir, what)
     if not resize_vocab:
         check_padded_vocab(model, ckpt_dir, what)
     module = unwrap_model(model)
+    state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir, what)
     try:
-        state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir)
         module.load_state_dict(state[MODEL_KEY])
-    except UserError:
-        raise
-    # torch's CheckpointException (a missing key) derives from BaseException, not Exception
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
-        if isinstance(e, CheckpointException) and e.failures:
-            e = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
-        raise UserError(f"cannot load {what} {ckpt_dir}: {type(e).__name__}: {first_line(e)}") from e
+    except Exception as e:  # noqa: BLE001 - a wrong checkpoint is a user problem here
+        raise UserError(f"cannot load {what} {ckpt_dir}: {_named_first_line(e)}") from e
 
 
 def check_checkpoint_dir(ckpt: str, what: str = "--ckpt") -> None:

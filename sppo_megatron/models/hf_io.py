@@ -56,6 +56,17 @@ def hf_dtype_name(hf_config: Any) -> str:
     return dtype_name(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None))
 
 
+def _open_safetensors(path: str) -> Any:
+    """safe_open(path), a truncated or corrupt file being one UserError naming it. safetensors
+    checks that the header's tensors cover the file exactly, so a truncation is caught here."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+
+
 class SafetensorsReader:
     """Read whole tensors or row/column slices from an HF directory's safetensors files."""
 
@@ -65,12 +76,15 @@ class SafetensorsReader:
         single = os.path.join(hf_dir, SAFE_SINGLE)
         self._handles: Dict[str, object] = {}
         if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                self.weight_map: Dict[str, str] = json.load(f)["weight_map"]
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    self.weight_map: Dict[str, str] = json.load(f)["weight_map"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{index_path}: not a readable safetensors index ({type(e).__name__}: {e})") from None
+            for fname in sorted(set(self.weight_map.values())):
+                self._file(fname)  # every shard's header checked now, not at its first tensor
         elif os.path.isfile(single):
-            from safetensors import safe_open
-
-            with safe_open(single, framework="pt") as h:
+            with _open_safetensors(single) as h:
                 self.weight_map = {k: SAFE_SINGLE for k in h.keys()}
         else:
             others = [f for f in sorted(os.listdir(hf_dir)) if f.endswith(WEIGHT_SUFFIXES)]
@@ -87,15 +101,15 @@ class SafetensorsReader:
     def _handle(self, name: str):
         if name not in self.weight_map:
             raise UserError(f"{self.hf_dir}: tensor {name!r} is missing from the checkpoint")
-        fname = self.weight_map[name]
+        return self._file(self.weight_map[name])
+
+    def _file(self, fname: str):
         h = self._handles.get(fname)
         if h is None:
-            from safetensors import safe_open
-
             path = os.path.join(self.hf_dir, fname)
             if not os.path.isfile(path):
                 raise UserError(f"{self.hf_dir}: shard {fname} named in {SAFE_INDEX} does not exist")
-            h = safe_open(path, framework="pt")
+            h = _open_safetensors(path)
             self._handles[fname] = h
         return h
 

@@ -5,19 +5,31 @@ file system is atomic)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from typing import Iterator, Optional
+
+from sppo_megatron.errors import UserError
+
+_FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: what is not a failure of the write itself (torch's CheckpointException is a BaseException too)
+_NOT_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` to `path` via `path.tmp.PID` and a rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def make_tmp_dir(out: str) -> str:
@@ -55,17 +67,68 @@ def remove_dir(path: Optional[str]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+#: how torch.save / the dist-checkpoint writers report a write cut short (a full disk or quota)
+_SHORT_WRITE = ("unexpected pos", "iostream error", "No space left on device", "Disk quota exceeded")
+
+
+def _free_bytes(path: str) -> int:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize
+
+
+@contextlib.contextmanager
+def reporting_full_disk(path: str) -> Iterator[None]:
+    """A write under `path` that fails because the disk is full (ENOSPC, EDQUOT, or torch's
+    "unexpected pos 704 vs 598" for a write cut short) becomes one line (UserError) naming `path`
+    and the cause; any other failure propagates unchanged."""
+    try:
+        yield
+    except (UserError, *_NOT_FAILURES):
+        raise
+    except BaseException as e:  # noqa: BLE001 - re-raised unless the disk is full
+        text = str(e)
+        if not ((isinstance(e, OSError) and e.errno in _FULL_DISK_ERRNOS) or any(s in text for s in _SHORT_WRITE)):
+            raise
+        detail = (text.strip().splitlines() or [type(e).__name__])[-1]
+        raise UserError(f"cannot write {path}: no space left on device ({_free_bytes(path) // 1024} KiB free "
+                        f"there; {detail})") from e
+
+
+def _shareable(exc: BaseException) -> Exception:
+    """`exc` as an Exception that share_outcomes hands to every rank."""
+    if isinstance(exc, Exception):
+        return exc
+    wrapped = RuntimeError(f"{type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _reraise(exc: Exception) -> None:
+    raise exc
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str) -> Iterator[str]:
     """Collective: yields the same new OUT.tmp-XXXX (made by rank 0) on every rank; when the
     body has finished on every rank, rank 0 renames it over `out` (`commit_dir`). If the body
-    raises, rank 0 deletes it and `out` is left as it was."""
-    from sppo_megatron.platform.distributed import barrier, broadcast_object, is_rank0
+    raises on any rank (e.g. rank 0 alone writing finds the disk full), it raises on every rank,
+    rank 0 deletes the temporary directory and `out` is left as it was."""
+    from sppo_megatron.platform.distributed import barrier, broadcast_object, is_rank0, share_outcomes
 
     tmp = broadcast_object(make_tmp_dir(out) if is_rank0() else None)
     try:
-        yield tmp
-        barrier()
+        try:
+            with reporting_full_disk(out):
+                yield tmp
+        except _NOT_FAILURES:
+            raise
+        except BaseException as e:  # noqa: BLE001 - handed to every rank, then raised
+            failure = _shareable(e)
+            share_outcomes(lambda: _reraise(failure))
+        share_outcomes(None)
         if is_rank0():
             commit_dir(tmp, out)
     except BaseException:

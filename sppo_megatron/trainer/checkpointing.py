@@ -5,6 +5,9 @@ checkpoint: model, optimizer, scheduler, per-rank RNG) plus `trainer_state.json`
 position, counters) from rank 0; only when all ranks are done does rank 0 rename it to `step_N`
 and then replace `latest`. A job killed at any moment therefore leaves `latest` naming a
 complete checkpoint; leftovers of an interrupted write are removed at the next save.
+
+A checkpoint that is there but broken (garbage state file, truncated shard) is reported in one
+line naming the file; trainer.resume=auto then resumes from the newest intact one and says so.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import barrier, rank
-from sppo_megatron.platform.files import atomic_write_text
+from sppo_megatron.platform.distributed import barrier, rank, share_outcomes
+from sppo_megatron.platform.files import atomic_write_text, remove_dir, reporting_full_disk
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
@@ -36,14 +39,27 @@ class RunStart:
 
     resume_from: Optional[str] = None
     clear: bool = False
+    #: the newer checkpoints trainer.resume=auto passed over, one line each (why they are broken)
+    skipped: Tuple[str, ...] = ()
+
+
+def _check_actor_files(ckpt_dir: str) -> None:
+    from sppo_megatron.actor.checkpoint import check_actor_files
+
+    check_actor_files(ckpt_dir)
 
 
 class CheckpointManager:
-    """Owns `output_dir/checkpoints`: saving, rotation, and deciding how a run starts."""
+    """Owns `output_dir/checkpoints`: saving, rotation, and deciding how a run starts.
 
-    def __init__(self, output_dir: str, keep_last: int) -> None:
+    `check_actor(dir)` raises a UserError naming the file when the actor's part of a checkpoint
+    is broken (default: the dist checkpoint's files, `actor.checkpoint.check_actor_files`)."""
+
+    def __init__(self, output_dir: str, keep_last: int,
+                 check_actor: Callable[[str], None] = _check_actor_files) -> None:
         self.root = os.path.join(output_dir, "checkpoints")
         self.keep_last = keep_last
+        self.check_actor = check_actor
 
     def step_dirs(self) -> List[str]:
         """Complete checkpoints, oldest first."""
@@ -78,22 +94,29 @@ class CheckpointManager:
                     shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
             os.makedirs(tmp)
         barrier()
-        save_actor(tmp)
-        barrier()
-        if rank() == 0:
-            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
-                json.dump({"step": step, **trainer_state}, fh, indent=2)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            atomic_write_text(os.path.join(self.root, LATEST_FILE), f"step_{step}\n")
-            for other in self.step_dirs():
-                if _step_of(other) > step:
-                    shutil.rmtree(other, ignore_errors=True)
-            for old in self.step_dirs()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier()
+        try:
+            with reporting_full_disk(tmp):
+                save_actor(tmp)
+                share_outcomes(lambda: self._commit(tmp, final, step, trainer_state) if rank() == 0 else None)
+        except BaseException:
+            if rank() == 0:
+                remove_dir(tmp)  # frees the space; `latest` still names the previous checkpoint
+            raise
         return final
+
+    def _commit(self, tmp: str, final: str, step: int, trainer_state: Dict[str, Any]) -> None:
+        """Rank 0, after every rank wrote its part: the state file, the rename, `latest`, rotation."""
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
+            json.dump({"step": step, **trainer_state}, fh, indent=2)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(os.path.join(self.root, LATEST_FILE), f"step_{step}\n")
+        for other in self.step_dirs():
+            if _step_of(other) > step:
+                shutil.rmtree(other, ignore_errors=True)
+        for old in self.step_dirs()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def clear(self) -> None:
         """Remove every checkpoint (a fresh run with trainer.overwrite=true). Rank 0 deletes."""
@@ -101,12 +124,36 @@ class CheckpointManager:
             shutil.rmtree(self.root, ignore_errors=True)
         barrier()
 
+    def check(self, ckpt_dir: str) -> Dict[str, Any]:
+        """The trainer state of an intact checkpoint; UserError naming the broken file otherwise."""
+        state = self.read_state(ckpt_dir)
+        self.check_actor(ckpt_dir)
+        return state
+
+    def newest_intact(self) -> Tuple[Optional[str], List[str]]:
+        """The newest checkpoint that passes `check` (the one `latest` names first), and one line
+        for each newer one that does not."""
+        candidates = [self.latest()] + self.step_dirs()[::-1]
+        problems: List[str] = []
+        for ckpt in dict.fromkeys(c for c in candidates if c is not None):
+            try:
+                self.check(ckpt)
+                return ckpt, problems
+            except UserError as e:
+                problems.append(str(e))
+        return None, problems
+
     def decide_start(self, resume: str, overwrite: bool) -> "RunStart":
         """What this run does for `trainer.resume` (auto | none | PATH) and `trainer.overwrite`:
-        resume from a checkpoint, start fresh (clearing another run's checkpoints only with
-        overwrite=true), or refuse (UserError), so a typo never clobbers a run."""
+        resume from a checkpoint (auto: the newest intact one), start fresh (clearing another
+        run's checkpoints only with overwrite=true), or refuse (UserError), so a typo or a broken
+        checkpoint never clobbers a run."""
         if resume == "auto":
-            return RunStart(resume_from=self.latest())
+            ckpt, problems = self.newest_intact()
+            if ckpt is None and problems:
+                raise UserError(f"{problems[0]}; trainer.resume=auto found no intact checkpoint in {self.root} "
+                                "to fall back to (trainer.resume=none trainer.overwrite=true starts over)")
+            return RunStart(resume_from=ckpt, skipped=tuple(problems))
         if resume == "none":
             if self.step_dirs() and not overwrite:
                 raise UserError(
@@ -116,9 +163,18 @@ class CheckpointManager:
             return RunStart(clear=bool(self.step_dirs()))
         if not os.path.isfile(os.path.join(resume, STATE_FILE)):
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint directory (no {STATE_FILE})")
+        self.check(resume)
         return RunStart(resume_from=resume)
 
     @staticmethod
     def read_state(ckpt_dir: str) -> Dict[str, Any]:
-        with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as fh:
-            return json.load(fh)
+        """trainer_state.json, checked: UserError naming it when it is missing or garbage."""
+        path = os.path.join(ckpt_dir, STATE_FILE)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                state = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise UserError(f"checkpoint {ckpt_dir}: {STATE_FILE} is unreadable ({e})") from None
+        if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("sampler"), dict)):
+            raise UserError(f"checkpoint {ckpt_dir}: {STATE_FILE} lacks an integer 'step' and a 'sampler' state")
+        return state

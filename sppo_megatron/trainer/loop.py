@@ -17,13 +17,13 @@ import dataclasses
 import os
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import TrainingDiverged
-from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.platform.distributed import is_rank0, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
@@ -31,6 +31,7 @@ from sppo_megatron.trainer.generation import generate, sample_records, score, tr
 from sppo_megatron.trainer.metrics import MetricsLogger
 from sppo_megatron.trainer.preemption import PreemptionFlag
 from sppo_megatron.trainer.reward_health import RewardGuard
+from sppo_megatron.trainer.run_lock import RunLock
 from sppo_megatron.trainer.setup import RunComponents, build_components
 
 
@@ -81,26 +82,47 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
     return metrics
 
 
+def resume(run: RunComponents, ckpts: CheckpointManager, resume_from: Optional[str]) -> Tuple[int, int, int]:
+    """Load the checkpoint the run resumes from (if any); returns (start step, non-finite steps and
+    failed-reward steps in a row so far)."""
+    if resume_from is None:
+        return 0, 0, 0
+    state = ckpts.read_state(resume_from)
+    run.actor.load_checkpoint(resume_from)
+    run.sampler.load_state_dict(state["sampler"])
+    return int(state["step"]), int(state.get("bad_steps", 0)), int(state.get("bad_reward_steps", 0))
+
+
 def train(cfg: Config) -> Dict[str, Any]:
-    """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank."""
+    """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank.
+
+    The run holds output_dir's lock throughout: a second run there stops at once (UserError)."""
+    lock = RunLock(cfg.trainer.output_dir)
+    try:
+        notice = share_outcomes(lock.acquire if is_rank0() else None)[0]
+        if notice:
+            _say(notice)
+        return _train(cfg)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config) -> Dict[str, Any]:
+    """Start (resume or fresh), then the steps; `train` holds the lock around it."""
     t = cfg.trainer
     preemption = PreemptionFlag()  # before the slow start-up: a signal then still ends in a clean exit
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     start = ckpts.decide_start(t.resume, t.overwrite)  # refuses (UserError) rather than clobber a run
+    for problem in start.skipped:
+        _say(f"{problem}: falling back to {start.resume_from}")
     if start.clear:
         ckpts.clear()
     resume_from = start.resume_from
-    if is_rank0():
-        save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     run = build_components(cfg, load_weights=resume_from is None, interrupted=preemption.requested)
-    start_step, bad_steps, bad_reward_steps = 0, 0, 0
-    if resume_from is not None:
-        state = ckpts.read_state(resume_from)
-        run.actor.load_checkpoint(resume_from)
-        run.sampler.load_state_dict(state["sampler"])
-        start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
-        bad_reward_steps = int(state.get("bad_reward_steps", 0))
+    start_step, bad_steps, bad_reward_steps = resume(run, ckpts, resume_from)
     reward_guard = RewardGuard(cfg.reward, bad_reward_steps)
+    if is_rank0():  # only now: a run that cannot start leaves the directory's config.yaml as it was
+        save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
                            dataclasses.asdict(cfg), enabled=is_rank0(),
                            keep_up_to_step=start_step if resume_from else -1)
