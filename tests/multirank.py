@@ -92,7 +92,7 @@ def launch_rank_processes(argv: List[str], world_size: int, env: Optional[Dict[s
     Returns the Popen objects, rank order, stdout/stderr piped as text."""
     import subprocess
 
-    port = _free_port()
+    port = free_port()
     procs = []
     for r in range(world_size):
         rank_env = {**os.environ, **(env or {}), "RANK": str(r), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(r),

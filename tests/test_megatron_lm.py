@@ -106,7 +106,7 @@ def _error_line(fn, *a):
 def _single_body(root, work):
     from sppo_megatron.config.schema import ModelConfig, ParallelConfig
     from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.dist_ckpt import conversion_model_config, write_converted_checkpoint
+    from sppo_megatron.models.converted import conversion_model_config, write_converted_checkpoint
     from sppo_megatron.models.megatron_lm import megatron_lm_padded_vocab
     from sppo_megatron.platform.distributed import init_distributed
 

@@ -4,7 +4,6 @@ split across two real gloo ranks."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import json
 import math

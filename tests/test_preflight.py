@@ -14,7 +14,7 @@ import pytest
 
 from sppo_megatron.config.loader import load_config
 from sppo_megatron.errors import ConfigError
-from sppo_megatron.models.dist_ckpt import META_FILE, META_FORMAT
+from sppo_megatron.models.converted import META_FILE, META_FORMAT
 from sppo_megatron.rollout.sglang import sglang_available
 from sppo_megatron.testing.tiny import make_tiny_hf_model
 from sppo_megatron.trainer import preflight as preflight_module

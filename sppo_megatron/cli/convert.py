@@ -37,7 +37,8 @@ from typing import Any, List, Optional
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.dist_ckpt import LAYOUTS, check_checkpoint_matches, load_model_checkpoint, model_vocab_for
+from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
+from sppo_megatron.models.converted import LAYOUTS, check_checkpoint_matches
 from sppo_megatron.platform.distributed import broadcast_object, rank
 from sppo_megatron.platform.dtypes import DTYPES
 from sppo_megatron.platform.files import atomic_output_dir
@@ -169,7 +170,7 @@ def _say(msg: str) -> None:
 # --------------------------------------------------------------------------------- commands
 def hf_to_megatron(args: argparse.Namespace) -> int:
     from sppo_megatron.models import get_bridge
-    from sppo_megatron.models.dist_ckpt import conversion_model_config, layout_padded_vocab, write_converted_checkpoint
+    from sppo_megatron.models.converted import conversion_model_config, layout_padded_vocab, write_converted_checkpoint
     from sppo_megatron.models.megatron_lm import megatron_lm_args
     from sppo_megatron.models.hf_io import SafetensorsReader, hf_dtype_name, load_hf_config
     from sppo_megatron.models.transformer_config import pipeline_split
@@ -201,7 +202,7 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
 
 def _source_checkpoint(args: argparse.Namespace):
     """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes."""
-    from sppo_megatron.models.dist_ckpt import resolve_megatron_checkpoint
+    from sppo_megatron.models.converted import resolve_megatron_checkpoint
 
     hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
     _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
@@ -211,7 +212,7 @@ def _source_checkpoint(args: argparse.Namespace):
 
 
 def megatron_to_hf(args: argparse.Namespace) -> int:
-    from sppo_megatron.models.dist_ckpt import load_megatron_model
+    from sppo_megatron.models.converted import load_megatron_model
     from sppo_megatron.models.hf_io import write_hf_dir
 
     hf_dir, bridge, ckpt_dtype = _source_checkpoint(args)
@@ -229,7 +230,7 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
 
 
 def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
-    from sppo_megatron.models.dist_ckpt import layout_padded_vocab, load_megatron_model, write_converted_checkpoint
+    from sppo_megatron.models.converted import layout_padded_vocab, load_megatron_model, write_converted_checkpoint
     from sppo_megatron.models.megatron_lm import megatron_lm_args, resolve_checkpoint_dir
 
     hf_dir, bridge, dtype = _source_checkpoint(args)

@@ -76,7 +76,8 @@ def _run_config_model_path(step_dir: str) -> Optional[str]:
 
 def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[str]]:
     """(HF directory with config + tokenizer, Megatron checkpoint or None)."""
-    from sppo_megatron.models.dist_ckpt import HF_SUBDIR, is_dist_checkpoint
+    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
+    from sppo_megatron.models.converted import HF_SUBDIR
 
     if not os.path.isdir(model):
         raise UserError(f"--model: directory does not exist: {model}")
@@ -133,7 +134,7 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
 
         WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
-    from sppo_megatron.models.dist_ckpt import load_megatron_model, resolve_megatron_checkpoint
+    from sppo_megatron.models.converted import load_megatron_model, resolve_megatron_checkpoint
 
     _, bridge, dtype = resolve_megatron_checkpoint(ckpt, hf_dir)
     model = load_megatron_model(bridge, ckpt, dtype, tp, pp)

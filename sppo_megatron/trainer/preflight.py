@@ -11,7 +11,6 @@ read-back.
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any, Callable, List, Optional, Tuple
 
 from sppo_megatron.errors import ConfigError, UserError
@@ -40,7 +39,8 @@ def _model_problems(model: Any, need_weights: bool) -> List[str]:
     """model.path must be an HF directory of a supported architecture, model.megatron_ckpt a dist
     checkpoint written for that model; without a checkpoint, model.path must hold the weights."""
     from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
-    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir, check_meta_matches, read_checkpoint_meta
+    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
+    from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
     from sppo_megatron.models.hf_io import SafetensorsReader
 
     problems: List[str] = []

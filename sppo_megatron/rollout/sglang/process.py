@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set
+from typing import Any, Callable, Iterable, Iterator, Optional, Set
 
 import torch
 
