@@ -14,7 +14,8 @@ import time
 import pytest
 
 from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
-from tests.tiny_run import ENV, ROOT, _free_port, base_overrides, by_step
+from sppo_megatron.platform.distributed import free_port
+from tests.tiny_run import ENV, ROOT, base_overrides, by_step
 
 CONFIG = os.path.join(ROOT, "examples", "tiny_cpu", "config.yaml")
 SBATCH = os.path.join(ROOT, "examples", "slurm", "sppo_2x8.sbatch")
@@ -79,7 +80,7 @@ def test_sbatch_preempted_with_usr1_is_requeued_and_resumes_exactly(cluster, sru
     submit = cluster.run(["sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--overcommit",
                           f"--output={logs}/%x-%j.out", SBATCH, *_overrides(tiny_assets, out)],
                          cwd=ROOT, env={**ENV, "CONFIG": CONFIG, "NPROC_PER_NODE": "2", "LOG_DIR": str(logs),
-                                        "RDZV_PORT": str(_free_port()), "PYTHON": sys.executable})
+                                        "RDZV_PORT": str(free_port()), "PYTHON": sys.executable})
     job = re.search(r"Submitted batch job (\d+)", submit.stdout).group(1)
     log = logs / f"sppo-{job}.out"
     metrics = out / "metrics.jsonl"
