@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
-from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
+from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.platform.distributed import current_device
@@ -116,16 +116,10 @@ class MegatronActor:
         """Successful optimizer steps so far (= the LR scheduler's step count = Adam's step)."""
         return int(self.scheduler.num_steps)
 
-    def _plan(self, batch: SequenceBatch, indices: Sequence[int]) -> List[MicroBatch]:
+    def _plan(self, batch: SequenceBatch, indices: Sequence[int], forward_only: bool = False) -> List[MicroBatch]:
         from megatron.core import parallel_state as ps
 
-        plan = plan_micro_batches(
-            indices,
-            batch.input_lengths,
-            self.layout.dp,
-            micro_batch_size=self.train_cfg.micro_batch_size,
-            max_tokens=self.train_cfg.max_tokens_per_micro_batch,
-        )
+        plan = plan_micro_batches(indices, batch.input_lengths, self.layout.dp, **micro_batch_sizes(self.train_cfg, forward_only))
         return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
 
     def _run_schedule(self, micro: List[MicroBatch], forward_step, forward_only: bool):
@@ -158,7 +152,7 @@ class MegatronActor:
         temperature = self.default_temperature if temperature is None else float(temperature)
         n, width = len(batch), max(batch.max_response_length, 1)
         out = torch.zeros(2 if with_entropy else 1, n, width, dtype=torch.float32, device=self.device)
-        micro = self._plan(batch, list(range(n)))
+        micro = self._plan(batch, list(range(n)), forward_only=True)
 
         flat_out = out.view(out.shape[0], -1)
 
