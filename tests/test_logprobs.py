@@ -60,6 +60,7 @@ def _body():
                 new = logprobs.token_log_probs(new_in, labels, temperature, VOCAB)
                 (new * upstream).sum().backward()
                 lp, ent = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB)
+                lp_only, none = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB, with_entropy=False)
                 real = full[..., :VOCAB].to(dtype).double() / temperature
                 p = torch.softmax(real, dim=-1)
                 ent_ref = -(p * torch.log_softmax(real, dim=-1)).sum(-1)
@@ -69,6 +70,7 @@ def _body():
                     "lp_no_grad": _rel(lp, ref.detach()),
                     "grad": (new_in.grad.float() - ref_in.grad.float()).abs().max().item(),
                     "entropy": (ent.double() - ent_ref).abs().max().item(),
+                    "same_without_entropy": none is None and bool(torch.equal(lp_only, lp)),
                     "unchanged_input": bool(torch.equal(local, full[..., r * width : (r + 1) * width].to(dtype))),
                     "padded_grad_zero": bool((new_in.grad.reshape(-1, width)[:, max(0, VOCAB - r * width):] == 0).all()),
                 }
@@ -84,4 +86,4 @@ def test_fused_log_probs_match_megatron_at_tp_1_2_4():
             tol = 1e-6 if "float32" in key[1] else 1e-2  # bf16: the grad is rounded to bf16 either way
             assert r["grad"] <= tol, (key, r)
             assert r["entropy"] <= 1e-5, (key, r)
-            assert r["unchanged_input"] and r["padded_grad_zero"], (key, r)
+            assert r["unchanged_input"] and r["padded_grad_zero"] and r["same_without_entropy"], (key, r)

@@ -6,16 +6,18 @@ only when one of the two is needed); padded columns (ids >= the true vocab size)
 so they get probability exactly 0. Peak extra memory is O(chunk x vocab/tp), the caller's
 logits are never modified.
 
-  TP = 1  `cross_entropy` per chunk (one fused log-softmax + gather);
+  TP = 1  one fused `log_softmax` per chunk, gathered at the labels (entropy from the same
+          log-softmax);
   TP > 1  a local max, ONE max all-reduce, then per chunk the local sum of exp(x - max) and the
           target logit (0 on ranks that do not hold the label), and ONE stacked sum all-reduce
           of (sum-exp, target[, sum exp * shifted]) — the same arithmetic as megatron's
           `vocab_parallel_cross_entropy`, with two collectives instead of three and no softmax
           in no-grad passes.
 
-Entropy, when asked, comes from the same pass (H = log Z - sum_v p_v (x_v - max)). The
-gradient (d log p_label / d logits = (onehot - softmax) / T) recomputes the softmax chunk by
-chunk in the backward from the saved logits, so the forward keeps nothing of size vocab.
+Entropy, when asked, comes from the same pass (TP > 1: H = log Z - sum_v p_v (x_v - max)); the
+log-probs are the same with or without it. The gradient (d log p_label / d logits =
+(onehot - softmax) / T) recomputes the softmax chunk by chunk in the backward from the saved
+logits, so the forward keeps nothing of size vocab.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 CHUNK_ELEMENTS = 1 << 24  # fp32 elements of one [tokens, vocab/tp] chunk (64 MiB)
 
@@ -81,10 +82,14 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, shard: _Shard, entropy: b
     """(log-probs [n], entropy [n] or None, what the backward needs) of [n, width] logits."""
     n = logits.shape[0]
     lp = torch.empty(n, dtype=torch.float32, device=logits.device)
-    if shard.world == 1 and not entropy:
+    if shard.world == 1:
+        ent = torch.empty(n, dtype=torch.float32, device=logits.device) if entropy else None
         for sl in shard.rows(n):
-            lp[sl] = F.cross_entropy(shard.scaled(logits[sl]), labels[sl], reduction="none").neg_()
-        return lp, None, None
+            log_p = torch.log_softmax(shard.scaled(logits[sl]), dim=-1)
+            lp[sl] = log_p.gather(-1, labels[sl].unsqueeze(-1)).squeeze(-1)
+            if entropy:
+                ent[sl] = (log_p.exp() * log_p).sum(dim=-1).neg_()
+        return lp, ent, None
     col, here = shard.local_labels(labels)
     peak = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
     for sl in shard.rows(n):
