@@ -126,19 +126,23 @@ class _TokenLogProbs(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         logits, labels, *norm = ctx.saved_tensors
         shard: _Shard = ctx.shard
-        out = torch.zeros_like(logits)  # padded columns: zero gradient
+        out = torch.empty_like(logits)
+        out[:, shard.valid :].zero_()  # padded columns: zero gradient
         col, here = shard.local_labels(labels)
         for sl in shard.rows(logits.shape[0]):
             x = shard.scaled(logits[sl])
-            if norm:
-                p = (x - norm[0][sl].unsqueeze(-1)).exp_().div_(norm[1][sl].unsqueeze(-1))
-            else:
-                p = torch.softmax(x, dim=-1)
+            dst = out[sl, : shard.valid]
+            p = dst if dst.dtype == torch.float32 else torch.empty_like(x)  # fp32 math, then one cast
+            # softmax = exp(x - max) / sum as megatron computes it (TP > 1: max and sum from the forward)
+            peak = norm[0][sl] if norm else x.amax(dim=-1)
+            torch.sub(x, peak.unsqueeze(-1), out=p).exp_()
+            p.div_((norm[1][sl] if norm else p.sum(dim=-1)).unsqueeze(-1))
             p.neg_().scatter_add_(-1, col[sl].unsqueeze(-1), here[sl].unsqueeze(-1).to(p.dtype))
             p.mul_(grad[sl].unsqueeze(-1))
             if shard.temperature != 1.0:
                 p.div_(shard.temperature)
-            out[sl, : shard.valid] = p
+            if p is not dst:
+                dst.copy_(p)
         return out, None, None
 
 
