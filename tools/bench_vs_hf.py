@@ -135,6 +135,7 @@ def main(argv=None) -> dict:
         "model": f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} V{hf.vocab_size}" if not (args.preset or args.hf_config) else (args.preset or args.hf_config),
         "batch": args.batch, "seq": args.seq, "vary_lengths": args.vary_lengths,
         "micro_batch_size": args.micro_batch_size, "tokens_per_step": tokens, "rounds": rounds,
+        "distributed_optimizer": not args.no_dist_opt,
         "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
         "logp_max_abs_diff_seq": check,
         "actor_log_probs_s": round(med["actor"][0], 4), "plain_log_probs_s": round(med["plain"][0], 4),
