@@ -39,7 +39,7 @@ def _body():
     from sppo_megatron.actor import logprobs
     from sppo_megatron.platform.distributed import init_distributed
 
-    logprobs.CHUNK_ELEMENTS = 2 * PADDED  # at most a few rows per chunk: many chunks per pass
+    logprobs.CHUNK_ELEMENTS = {"cpu": 2 * PADDED}  # at most a few rows per chunk: many chunks per pass
     gen = torch.Generator().manual_seed(7)
     full = torch.randn(ROWS, SEQ, PADDED, generator=gen) * 4
     labels = torch.randint(0, VOCAB, (ROWS, SEQ), generator=gen)
@@ -57,7 +57,7 @@ def _body():
                 ref = _megatron_reference(ref_in, labels, temperature, VOCAB)
                 (ref * upstream).sum().backward()
                 new_in = local.clone().requires_grad_(True)
-                new = logprobs.token_log_probs(new_in, labels, temperature, VOCAB)
+                new = logprobs.token_log_probs(new_in * 1, labels, temperature, VOCAB)  # a non-leaf, as model logits
                 (new * upstream).sum().backward()
                 lp, ent = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB)
                 lp_only, none = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB, with_entropy=False)

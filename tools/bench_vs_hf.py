@@ -11,10 +11,11 @@ micro-batches of --micro-batch-size samples, longest first) and the same work pe
   update     the SPPO square loss (sum of response log-probs - old - target)^2 averaged over the
              batch, backward per micro-batch, gradient clipping at optim.clip_grad, AdamW.
 
-The rounds are interleaved (actor, plain, actor, plain, ... with the order alternating each
-round) after --warmup rounds, so the machine's load hits both alike; it prints one JSON line
-with the median seconds, tokens/s of each side and the ratio actor / plain (> 1: the actor is
-faster), plus `uptime`'s load average.
+The rounds are interleaved phase by phase (log-probs of both sides, then the updates of both,
+the order alternating each round) after --warmup rounds, so the machine's load hits both alike;
+it prints one JSON line with the median seconds, tokens/s of each side, the ratios actor /
+plain throughput (> 1: the actor is faster) of the medians and the median of the per-round
+ratios (the figure load moves least), plus the load average.
 """
 
 from __future__ import annotations
@@ -113,24 +114,22 @@ def main(argv=None) -> dict:
     tokens = sum(batch.input_lengths)
     check = (actor.log_probs(batch).sequence_logp() - plain.log_probs(batch)).abs().max().item()
 
-    def run_actor():
-        t_lp, old = _timed(lambda: actor.log_probs(batch))
-        t_up, _ = _timed(lambda: actor.update(batch, targets, old))
-        return t_lp, t_up
-
-    def run_plain():
-        t_lp, old = _timed(lambda: plain.log_probs(batch))
-        t_up, _ = _timed(lambda: plain.update(batch, targets, old))
-        return t_lp, t_up
-
-    times = {"actor": [], "plain": []}
+    sides = {"actor": [actor.log_probs, lambda old: actor.update(batch, targets, old)],
+             "plain": [plain.log_probs, lambda old: plain.update(batch, targets, old)]}
+    times = {side: ([], []) for side in sides}  # (log-prob seconds, update seconds) per round
     for r in range(args.warmup + rounds):
-        order = [("actor", run_actor), ("plain", run_plain)]
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            t = fn()
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+        olds = {}
+        for side in order:  # phase by phase: each actor figure is paired with a plain one seconds apart
+            t, olds[side] = _timed(lambda: sides[side][0](batch))
             if r >= args.warmup:
-                times[name].append(t)
-    med = {side: [statistics.median(t[k] for t in times[side]) for k in (0, 1)] for side in times}
+                times[side][0].append(t)
+        for side in order:
+            t, _ = _timed(lambda: sides[side][1](olds[side]))
+            if r >= args.warmup:
+                times[side][1].append(t)
+    med = {side: [statistics.median(times[side][k]) for k in (0, 1)] for side in sides}
+    paired = [statistics.median(p / a for a, p in zip(times["actor"][k], times["plain"][k])) for k in (0, 1)]
     result = {
         "model": f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} V{hf.vocab_size}" if not (args.preset or args.hf_config) else (args.preset or args.hf_config),
         "batch": args.batch, "seq": args.seq, "vary_lengths": args.vary_lengths,
@@ -146,6 +145,8 @@ def main(argv=None) -> dict:
         "plain_update_tokens_per_s": round(tokens / med["plain"][1], 1),
         "log_probs_ratio": round(med["plain"][0] / med["actor"][0], 3),
         "update_ratio": round(med["plain"][1] / med["actor"][1], 3),
+        "log_probs_ratio_paired_median": round(paired[0], 3),
+        "update_ratio_paired_median": round(paired[1], 3),
     }
     print(json.dumps(result), flush=True)
     from sppo_megatron.platform.distributed import destroy_distributed

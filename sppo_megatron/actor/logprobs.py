@@ -17,7 +17,7 @@ logits are never modified.
 Entropy, when asked, comes from the same pass (TP > 1: H = log Z - sum_v p_v (x_v - max)); the
 log-probs are the same with or without it. The gradient (d log p_label / d logits =
 (onehot - softmax) / T) recomputes the softmax chunk by chunk in the backward from the saved
-logits, so the forward keeps nothing of size vocab.
+logits and overwrites them with it, so neither pass allocates anything of size tokens x vocab.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-CHUNK_ELEMENTS = 1 << 24  # fp32 elements of one [tokens, vocab/tp] chunk (64 MiB)
+# fp32 elements of one [tokens, vocab/tp] chunk, by device type: on CPU 16 MiB, under glibc's
+# largest mmap threshold (32 MiB), so a freed chunk buffer is reused instead of being mapped and
+# page-faulted afresh for every chunk; on GPUs 256 MiB (the caching allocator reuses blocks)
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class _Shard:
     """This rank's vocab slice and the scaling applied to it."""
 
     group: Any
+    chunk: int  # elements per chunk
     rank: int
     world: int
     width: int  # columns of the local logits (padded slice)
@@ -43,19 +47,20 @@ class _Shard:
     temperature: float
 
     @classmethod
-    def current(cls, width: int, vocab_size: Optional[int], temperature: float) -> "_Shard":
+    def current(cls, logits: torch.Tensor, vocab_size: Optional[int], temperature: float) -> "_Shard":
         from megatron.core import parallel_state as ps
 
-        rank = ps.get_tensor_model_parallel_rank()
+        rank, width = ps.get_tensor_model_parallel_rank(), logits.shape[-1]
         valid = width if vocab_size is None else max(0, min(width, vocab_size - rank * width))
-        return cls(ps.get_tensor_model_parallel_group(), rank, ps.get_tensor_model_parallel_world_size(),
+        chunk = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cuda"])
+        return cls(ps.get_tensor_model_parallel_group(), chunk, rank, ps.get_tensor_model_parallel_world_size(),
                    width, valid, float(temperature))
 
     def rows(self, n: int) -> List[slice]:
-        """Token chunks of at most CHUNK_ELEMENTS logits (none when this slice holds no real column)."""
+        """Token chunks of at most `chunk` logits (none when this slice holds no real column)."""
         if self.valid == 0:
             return []
-        step = max(1, CHUNK_ELEMENTS // max(self.width, 1))
+        step = max(1, self.chunk // max(self.width, 1))
         return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
     def scaled(self, logits: torch.Tensor) -> torch.Tensor:
@@ -84,12 +89,16 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, shard: _Shard, entropy: b
     lp = torch.empty(n, dtype=torch.float32, device=logits.device)
     if shard.world == 1:
         ent = torch.empty(n, dtype=torch.float32, device=logits.device) if entropy else None
+        log_z = torch.empty(n, dtype=torch.float32, device=logits.device)
         for sl in shard.rows(n):
-            log_p = torch.log_softmax(shard.scaled(logits[sl]), dim=-1)
-            lp[sl] = log_p.gather(-1, labels[sl].unsqueeze(-1)).squeeze(-1)
+            x = shard.scaled(logits[sl])
+            log_p = torch.log_softmax(x, dim=-1)
+            label = labels[sl].unsqueeze(-1)
+            lp[sl] = log_p.gather(-1, label).squeeze(-1)
+            log_z[sl] = x.gather(-1, label).squeeze(-1) - lp[sl]  # log sum exp x, for the backward
             if entropy:
                 ent[sl] = (log_p.exp() * log_p).sum(dim=-1).neg_()
-        return lp, ent, None
+        return lp, ent, (log_z,)
     col, here = shard.local_labels(labels)
     peak = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
     for sl in shard.rows(n):
@@ -119,24 +128,24 @@ class _TokenLogProbs(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, shard: _Shard) -> torch.Tensor:
         lp, _, norm = _fused(logits, labels, shard, entropy=False)
         ctx.shard = shard
-        ctx.save_for_backward(logits, labels, *(norm or ()))
+        ctx.save_for_backward(logits, labels, *norm)
         return lp
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, labels, *norm = ctx.saved_tensors
         shard: _Shard = ctx.shard
-        out = torch.empty_like(logits)
+        out = logits  # each chunk is read before its gradient overwrites it (see token_log_probs)
         out[:, shard.valid :].zero_()  # padded columns: zero gradient
         col, here = shard.local_labels(labels)
         for sl in shard.rows(logits.shape[0]):
             x = shard.scaled(logits[sl])
             dst = out[sl, : shard.valid]
             p = dst if dst.dtype == torch.float32 else torch.empty_like(x)  # fp32 math, then one cast
-            # softmax = exp(x - max) / sum as megatron computes it (TP > 1: max and sum from the forward)
-            peak = norm[0][sl] if norm else x.amax(dim=-1)
-            torch.sub(x, peak.unsqueeze(-1), out=p).exp_()
-            p.div_((norm[1][sl] if norm else p.sum(dim=-1)).unsqueeze(-1))
+            # softmax: TP = 1 exp(x - log Z); TP > 1 exp(x - max) / sum as megatron computes it
+            torch.sub(x, norm[0][sl].unsqueeze(-1), out=p).exp_()
+            if len(norm) == 2:
+                p.div_(norm[1][sl].unsqueeze(-1))
             p.neg_().scatter_add_(-1, col[sl].unsqueeze(-1), here[sl].unsqueeze(-1).to(p.dtype))
             p.mul_(grad[sl].unsqueeze(-1))
             if shard.temperature != 1.0:
@@ -157,9 +166,12 @@ def token_log_probs(
 
     `labels` are global vocab ids with the shape of logits[..., 0]; `vocab_size` the true
     vocabulary (None: every column is real). The result is the same on every TP rank.
+    The backward writes the gradient into `logits`' own memory (as megatron's cross entropy
+    does: no [tokens x vocab] allocation), so pass the model's output, which nothing else reads
+    after the loss, not a tensor you keep.
     """
     flat, flat_labels = _flat(logits, labels)
-    shard = _Shard.current(flat.shape[-1], vocab_size, temperature)
+    shard = _Shard.current(flat, vocab_size, temperature)
     return _TokenLogProbs.apply(flat, flat_labels, shard).view(labels.shape)
 
 
@@ -171,6 +183,6 @@ def token_log_probs_and_entropy(
     """No-grad `token_log_probs` and (with_entropy) the entropy of softmax(logits / T) per token,
     from the same pass."""
     flat, flat_labels = _flat(logits, labels)
-    shard = _Shard.current(flat.shape[-1], vocab_size, temperature)
+    shard = _Shard.current(flat, vocab_size, temperature)
     lp, ent, _ = _fused(flat, flat_labels, shard, with_entropy)
     return lp.view(labels.shape), None if ent is None else ent.view(labels.shape)
