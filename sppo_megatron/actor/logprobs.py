@@ -52,7 +52,7 @@ class _Shard:
 
         rank, width = ps.get_tensor_model_parallel_rank(), logits.shape[-1]
         valid = width if vocab_size is None else max(0, min(width, vocab_size - rank * width))
-        chunk = CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cuda"])
+        chunk = CHUNK_ELEMENTS["cpu" if logits.device.type == "cpu" else "cuda"]
         return cls(ps.get_tensor_model_parallel_group(), chunk, rank, ps.get_tensor_model_parallel_world_size(),
                    width, valid, float(temperature))
 
@@ -83,22 +83,23 @@ class _Shard:
         return t
 
 
-def _fused(logits: torch.Tensor, labels: torch.Tensor, shard: _Shard, entropy: bool):
+def _fused(logits: torch.Tensor, labels: torch.Tensor, shard: _Shard, entropy: bool, for_backward: bool = False):
     """(log-probs [n], entropy [n] or None, what the backward needs) of [n, width] logits."""
     n = logits.shape[0]
     lp = torch.empty(n, dtype=torch.float32, device=logits.device)
     if shard.world == 1:
         ent = torch.empty(n, dtype=torch.float32, device=logits.device) if entropy else None
-        log_z = torch.empty(n, dtype=torch.float32, device=logits.device)
+        log_z = torch.empty(n, dtype=torch.float32, device=logits.device) if for_backward else None
         for sl in shard.rows(n):
             x = shard.scaled(logits[sl])
             log_p = torch.log_softmax(x, dim=-1)
             label = labels[sl].unsqueeze(-1)
             lp[sl] = log_p.gather(-1, label).squeeze(-1)
-            log_z[sl] = x.gather(-1, label).squeeze(-1) - lp[sl]  # log sum exp x, for the backward
+            if for_backward:  # log Z = x - log p at the label (a gather; CPU amax passes cost more)
+                log_z[sl] = x.gather(-1, label).squeeze(-1) - lp[sl]
             if entropy:
                 ent[sl] = (log_p.exp() * log_p).sum(dim=-1).neg_()
-        return lp, ent, (log_z,)
+        return lp, ent, (log_z,) if for_backward else ()
     col, here = shard.local_labels(labels)
     peak = torch.full((n,), float("-inf"), dtype=torch.float32, device=logits.device)
     for sl in shard.rows(n):
@@ -126,7 +127,7 @@ class _TokenLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, shard: _Shard) -> torch.Tensor:
-        lp, _, norm = _fused(logits, labels, shard, entropy=False)
+        lp, _, norm = _fused(logits, labels, shard, entropy=False, for_backward=True)
         ctx.shard = shard
         ctx.save_for_backward(logits, labels, *norm)
         return lp
