@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sppo_megatron.actor.batch import LogProbs, SequenceBatch, collate
-from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
+from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
+from sppo_megatron.config.schema import TrainConfig
 
 
 def test_collate_right_pads_and_marks_response_labels():
@@ -23,6 +24,32 @@ def test_collate_right_pads_and_marks_response_labels():
     assert padded.seq_length == 6
     empty = collate(batch, [])
     assert empty.sample_index == [-1] and not empty.response_mask.any()
+
+
+def test_response_index_maps_label_positions_to_response_positions():
+    batch = SequenceBatch([[1, 2, 3], [4], [9, 9]], [[5, 6], [7, 8, 9], [1]])
+    mb = collate(batch, [2, 0, 1])
+    src, sample, col = mb.response_index()
+    labels = mb.labels.reshape(-1)[src]
+    assert sample.tolist() == [2, 0, 0, 1, 1, 1] and col.tolist() == [0, 0, 1, 0, 1, 2]
+    assert labels.tolist() == [batch.response_ids[i][j] for i, j in zip(sample.tolist(), col.tolist())]
+    rows, real = mb.sample_rows()
+    assert rows.tolist() == [2, 0, 1] and real.all()
+    src, _, _ = collate(batch, []).response_index()
+    assert src.numel() == 0 and collate(batch, []).sample_rows()[1].tolist() == [False]
+
+
+def test_forward_only_passes_take_their_own_micro_batch_sizes():
+    update = {"micro_batch_size": 2, "max_tokens": None}
+    assert micro_batch_sizes(TrainConfig(micro_batch_size=2), True) == update
+    assert micro_batch_sizes(TrainConfig(micro_batch_size=2, logprob_micro_batch_size=8), False) == update
+    cfg = TrainConfig(micro_batch_size=2, logprob_micro_batch_size=8)
+    lengths = [10] * 16
+    assert len(plan_micro_batches(range(16), lengths, 1, **micro_batch_sizes(cfg, True))[0]) == 2
+    assert len(plan_micro_batches(range(16), lengths, 1, **micro_batch_sizes(cfg, False))[0]) == 8
+    tokens = TrainConfig(max_tokens_per_micro_batch=20, logprob_micro_batch_size=8, logprob_max_tokens=80)
+    assert micro_batch_sizes(tokens, True) == {"micro_batch_size": 1, "max_tokens": 80}
+    assert micro_batch_sizes(tokens, False) == {"micro_batch_size": 1, "max_tokens": 20}
 
 
 def test_sequence_batch_validation_and_logprob_sums():

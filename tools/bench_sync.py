@@ -11,11 +11,13 @@ TP*PP ranks (the script starts them itself with torch.distributed.run when not l
 torchrun) streams `bridge.export_hf_weights(model)` into the engine through `WeightSync`, as the
 trainer does every step (gathers across TP and PP included). --source hf streams the state dict of
 the HF model (TP=PP=1): the engine-side cost alone.
-Each iteration is one full sync; the first is a warm-up and is not counted. The floor is the
-best of --iters copies of the same tensors (each into a preallocated buffer: `dst.copy_(src)`).
-Prints one JSON object (rank 0): seconds (median and best), GB (1e9 bytes) and GB/s of sync and
-floor. On a shared machine the spread between iterations is the load of other processes: quote
-the best and the median.
+Each iteration is one full sync followed by one floor copy of the same tensors (each into a
+preallocated buffer: `dst.copy_(src)`); the first is a warm-up and is not counted. The floor is
+the best of those copies. Prints one JSON object (rank 0): seconds (median and best), GB (1e9
+bytes) and GB/s of sync and floor, the median sync over the best floor, and the median of the
+per-iteration ratios (sync over the copy right after it: on a loaded machine the figure that
+the load moves least). On a shared machine the spread between iterations is the load of other
+processes: quote the best and the median.
 """
 
 from __future__ import annotations
@@ -54,21 +56,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def copy_floor(tensors, iters: int) -> float:
-    """Best seconds to copy all `tensors` into preallocated buffers on the same device."""
-    import torch
-
-    dst = [torch.empty_like(t) for t in tensors]
-    device = tensors[0].device
-    best = float("inf")
-    for _ in range(iters + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        for d, s in zip(dst, tensors):
-            d.copy_(s)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def copy_once(dst, tensors) -> float:
+    """Seconds to copy all `tensors` into the preallocated `dst` buffers on the same device."""
+    _sync(tensors[0].device)
+    t0 = time.perf_counter()
+    for d, s in zip(dst, tensors):
+        d.copy_(s)
+    _sync(tensors[0].device)
+    return time.perf_counter() - t0
 
 
 def run(args) -> dict:
@@ -128,15 +123,18 @@ def run(args) -> dict:
                                      dtype=resolve_dtype(args.dtype, device), bucket_mb=args.bucket_mb,
                                      placement=make_placement(args.rollout_tp), sync_mode=args.sync_mode)
     sync = WeightSync(engine)
-    times, last = [], {}
-    for i in range(args.iters + 1):
+    tensors = [t.detach().clone() for _, t in stream()]
+    dst = [torch.empty_like(t) for t in tensors]
+    times, floors, last = [], [], {}
+    for i in range(args.iters + 1):  # each sync paired with a floor copy right after it
         if distributed:
             dist.barrier()
         last = sync.sync(stream())
+        floor_s = copy_once(dst, tensors)
         if i > 0:
             times.append(last["timing/sync_s"])
-    tensors = [t for _, t in stream()]
-    floor = copy_floor(tensors, args.iters)
+            floors.append(floor_s)
+    floor = min(floors)
     nbytes = last["sync/bytes"]
     engine.shutdown()
     sync_s = statistics.median(times)
@@ -149,6 +147,7 @@ def run(args) -> dict:
         "sync_s_median": sync_s, "sync_s_min": min(times), "sync_s_all": times,
         "sync_gb_per_s": nbytes / sync_s / 1e9, "sync_gb_per_s_best": nbytes / min(times) / 1e9,
         "floor_s": floor, "floor_gb_per_s": nbytes / floor / 1e9, "sync_over_floor": sync_s / floor,
+        "sync_over_floor_paired_median": statistics.median(t / f for t, f in zip(times, floors)),
         "checked": bool(last["sync/checked"]),
     }
 

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
-from sppo_megatron.actor.batching import mini_batches, plan_micro_batches
-from sppo_megatron.actor.logprobs import entropy_from_scaled, scale_and_mask, token_log_probs
+from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
+from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.platform.layout import ParallelLayout
@@ -116,16 +116,10 @@ class MegatronActor:
         """Successful optimizer steps so far (= the LR scheduler's step count = Adam's step)."""
         return int(self.scheduler.num_steps)
 
-    def _plan(self, batch: SequenceBatch, indices: Sequence[int]) -> List[MicroBatch]:
+    def _plan(self, batch: SequenceBatch, indices: Sequence[int], forward_only: bool = False) -> List[MicroBatch]:
         from megatron.core import parallel_state as ps
 
-        plan = plan_micro_batches(
-            indices,
-            batch.input_lengths,
-            self.layout.dp,
-            micro_batch_size=self.train_cfg.micro_batch_size,
-            max_tokens=self.train_cfg.max_tokens_per_micro_batch,
-        )
+        plan = plan_micro_batches(indices, batch.input_lengths, self.layout.dp, **micro_batch_sizes(self.train_cfg, forward_only))
         return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
 
     def _run_schedule(self, micro: List[MicroBatch], forward_step, forward_only: bool):
@@ -158,23 +152,18 @@ class MegatronActor:
         temperature = self.default_temperature if temperature is None else float(temperature)
         n, width = len(batch), max(batch.max_response_length, 1)
         out = torch.zeros(2 if with_entropy else 1, n, width, dtype=torch.float32, device=self.device)
-        micro = self._plan(batch, list(range(n)))
+        micro = self._plan(batch, list(range(n)), forward_only=True)
+
+        flat_out = out.view(out.shape[0], -1)
 
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
-            x = scale_and_mask(logits, temperature, self.vocab_size)
-            ent = entropy_from_scaled(x, self.vocab_size) if with_entropy else None
-            from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-            lp = -vocab_parallel_cross_entropy(vocab_parallel_logits=x, target=mb.labels.to(x.device))
-            for row, i in enumerate(mb.sample_index):
-                if i < 0:
-                    continue
-                p, r = len(batch.prompt_ids[i]), len(batch.response_ids[i])
-                out[0, i, :r] = lp[row, p - 1 : p - 1 + r]
-                if ent is not None:
-                    out[1, i, :r] = ent[row, p - 1 : p - 1 + r]
-            zero = torch.zeros((), device=x.device)
-            return zero, torch.zeros((), dtype=torch.int, device=x.device), {}
+            lp, ent = token_log_probs_and_entropy(logits, mb.labels.to(logits.device, non_blocking=True), temperature,
+                                                  self.vocab_size, with_entropy)
+            src, sample, col = (t.to(logits.device, non_blocking=True) for t in mb.response_index())
+            values = (lp, ent) if with_entropy else (lp,)
+            flat_out.index_copy_(1, sample * width + col, torch.stack(values).view(len(values), -1).index_select(1, src))
+            zero = torch.zeros((), device=logits.device)
+            return zero, torch.zeros((), dtype=torch.int, device=logits.device), {}
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
@@ -191,9 +180,7 @@ class MegatronActor:
             dist.all_reduce(out, group=ps.get_data_parallel_group())
         if self.layout.pp > 1:
             dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
-        mask = torch.zeros(n, width, dtype=torch.bool)
-        for i, r in enumerate(batch.response_lengths):
-            mask[i, :r] = True
+        mask = torch.arange(width).unsqueeze(0) < torch.tensor(batch.response_lengths, dtype=torch.long).view(n, 1)
         out = out.cpu()
         return LogProbs(out[0], mask, out[1] if with_entropy else None, temperature)
 
@@ -255,8 +242,8 @@ class MegatronActor:
             resp = mb.response_mask.to(dev, non_blocking=True)
             # float64 sums: the loss is a difference of two long sums (see LogProbs.sequence_logp)
             seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=dev)).sum(dim=1)
-            rows = torch.tensor([max(i, 0) for i in mb.sample_index])
-            selected = mask[rows] & torch.tensor([i >= 0 for i in mb.sample_index])
+            rows, real = mb.sample_rows()
+            selected = mask[rows] & real
             loss, m = sppo_loss(seq_logp, old[rows].to(dev, non_blocking=True), targets[rows].to(dev, non_blocking=True),
                                 selected, denominator=1.0)
             count = m["num_selected"]
@@ -302,11 +289,14 @@ class MegatronActor:
         }
 
     def _grads_finite(self) -> bool:
-        """True when every rank's gradient buffers are finite (one all-reduced flag)."""
-        bad = torch.zeros(1, dtype=torch.float32, device=self.device)
-        for buffer in list(self.ddp.buffers) + list(getattr(self.ddp, "expert_parallel_buffers", [])):
-            if not torch.isfinite(buffer.grad_data).all():
-                bad.fill_(1.0)
+        """True when every rank's gradient buffers are finite: one sum per buffer (not finite iff an
+        element is not, or the sum overflows, which only diverged gradients do) and one
+        all-reduced flag, instead of an elementwise pass."""
+        buffers = list(self.ddp.buffers) + list(getattr(self.ddp, "expert_parallel_buffers", []))
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        for buffer in buffers:
+            total += buffer.grad_data.sum()
+        bad = (~torch.isfinite(total)).to(torch.float32).reshape(1)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         return bool(bad.item() == 0)

@@ -12,7 +12,7 @@ P_i + j) is predicted at input position P_i + j - 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -110,29 +110,38 @@ class MicroBatch:
     def seq_length(self) -> int:
         return self.tokens.shape[1]
 
+    def sample_rows(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(batch index per row, 0 for padding rows; True on real rows), CPU tensors."""
+        index = torch.tensor(self.sample_index, dtype=torch.long)
+        return index.clamp(min=0), index >= 0
+
+    def response_index(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per response token, in row-major order: its flat position in [size x seq_length], its
+        sample's batch index and its position j in the response (CPU tensors)."""
+        flat = self.response_mask.reshape(-1).nonzero().squeeze(1)
+        row = flat // self.seq_length
+        first = self.response_mask.to(torch.int8).argmax(dim=1)  # first response position per row
+        return flat, self.sample_rows()[0][row], flat % self.seq_length - first[row]
+
 
 def collate(batch: SequenceBatch, indices: Sequence[int], pad_to_multiple: int = 1, pad_id: int = 0) -> MicroBatch:
     """Right-padded inputs for the samples `indices` of `batch`; [] gives one dummy row (2 tokens,
-    or `pad_to_multiple`)."""
+    or `pad_to_multiple`). Built with a few whole-tensor operations, not per row."""
     if not indices:
         width = max(2, pad_to_multiple)
         tokens = torch.full((1, width), pad_id, dtype=torch.long)
         return MicroBatch(tokens, tokens.clone(), torch.zeros(1, width, dtype=torch.bool), [-1], 0)
     seqs = [batch.prompt_ids[i] + batch.response_ids[i] for i in indices]
-    length = max(len(s) - 1 for s in seqs)
-    length = max(length, 1)
+    inputs = torch.tensor([len(s) - 1 for s in seqs])
+    length = max(int(inputs.max()), 1)
     if pad_to_multiple > 1:
         length = -(-length // pad_to_multiple) * pad_to_multiple
+    positions = torch.arange(length).unsqueeze(0)
+    real = positions < inputs.unsqueeze(1)
     tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.bool)
-    real = 0
-    for row, (i, seq) in enumerate(zip(indices, seqs)):
-        n = len(seq) - 1
-        real += n
-        seq_t = torch.tensor(seq, dtype=torch.long)
-        tokens[row, :n] = seq_t[:-1]
-        labels[row, :n] = seq_t[1:]
-        p = len(batch.prompt_ids[i])
-        mask[row, p - 1 : n] = True
-    return MicroBatch(tokens, labels, mask, list(indices), real)
+    tokens[real] = torch.tensor([t for s in seqs for t in s[:-1]], dtype=torch.long)
+    labels[real] = torch.tensor([t for s in seqs for t in s[1:]], dtype=torch.long)
+    first = torch.tensor([len(batch.prompt_ids[i]) - 1 for i in indices]).unsqueeze(1)
+    mask = real & (positions >= first)
+    return MicroBatch(tokens, labels, mask, list(indices), int(inputs.sum()))

@@ -5,6 +5,10 @@ without communicating. Megatron's pipeline schedule runs the same number of micr
 every rank of a step, so each DP rank gets exactly `num_micro` micro-batches; a rank with too
 few samples gets empty micro-batches (a 2-token dummy row with zero weight).
 
+Forward-only passes (old log-probs) keep no activations for a backward, so they may use bigger
+micro-batches (train.logprob_micro_batch_size / train.logprob_max_tokens): fewer micro-batches,
+fewer TP collectives per pass.
+
 Two micro-batching modes:
   count   `micro_batch_size` samples per micro-batch (sorted by length within the DP share, so
           samples of similar length are padded together);
@@ -16,7 +20,7 @@ Two micro-batching modes:
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 Plan = List[List[List[int]]]  # [dp_rank][micro_batch] -> sample indices ([] = empty micro-batch)
 
@@ -103,3 +107,13 @@ def plan_micro_batches(
             per_rank.append([s[k : k + micro_batch_size] for k in range(0, len(s), micro_batch_size)])
     num_micro = max(1, max(len(b) for b in per_rank))
     return [_grow_to(b, num_micro, lengths) for b in per_rank]
+
+
+def micro_batch_sizes(train: Any, forward_only: bool) -> Dict[str, Optional[int]]:
+    """`plan_micro_batches`' micro_batch_size / max_tokens for the update or a forward-only pass
+    (train.logprob_* when set, else the update's; a token budget overrides a count)."""
+    if forward_only and train.logprob_max_tokens is not None:
+        return {"micro_batch_size": 1, "max_tokens": train.logprob_max_tokens}
+    if forward_only and train.logprob_micro_batch_size is not None:
+        return {"micro_batch_size": train.logprob_micro_batch_size, "max_tokens": None}
+    return {"micro_batch_size": train.micro_batch_size, "max_tokens": train.max_tokens_per_micro_batch}

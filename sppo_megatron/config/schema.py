@@ -130,6 +130,8 @@ class TrainConfig:
     mini_batch_size: int = opt(8, "prompts per optimizer step (each with its rollout.n samples)", min=1)
     micro_batch_size: int = opt(1, "samples per micro-batch per data-parallel rank", min=1)
     max_tokens_per_micro_batch: Optional[int] = opt(None, "token budget per micro-batch (dynamic batching); overrides micro_batch_size", min=1)
+    logprob_micro_batch_size: Optional[int] = opt(None, "samples per micro-batch of forward-only passes (old log-probs); null = micro_batch_size", min=1)
+    logprob_max_tokens: Optional[int] = opt(None, "token budget per micro-batch of forward-only passes; overrides logprob_micro_batch_size; null = as the update", min=1)
     epochs_per_rollout: int = opt(1, "passes over each rollout batch", min=1)
 
 

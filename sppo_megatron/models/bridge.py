@@ -215,9 +215,11 @@ class Bridge:
         Collective: every rank of the model-parallel group must iterate it to the end, in step.
         Every rank receives every tensor (gathered across TP, broadcast from the owning pipeline
         stage), in the deterministic order of `hf_names()`; padded vocabulary rows are stripped
-        and `lm_head.weight` is omitted when embeddings are tied. Tensors are new (they do not
-        alias model parameters) and have the model's parameter dtype. At most one parameter's
-        full tensors are alive at a time inside the generator.
+        and `lm_head.weight` is omitted when embeddings are tied. Tensors have the model's
+        parameter dtype and may be views of the model's parameters (TP=PP=1 and replicated
+        tensors: no copy where the layout allows, see `Layout.assemble`): they are valid while
+        the model is unchanged, and a consumer that keeps one past that (or writes to it) must
+        copy it. At most one parameter's full tensors are alive at a time inside the generator.
         """
         import torch.distributed as dist
         from megatron.core import parallel_state

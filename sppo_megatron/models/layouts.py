@@ -5,7 +5,8 @@ r = this rank's TP index, `dims` = the model's sizes, a `Bridge`):
 
     read_shard(reader, names, shape, tp, r, dims)  HF file -> this rank's shard (reads only its slice)
     hf_shapes(local_shape, tp, dims)               shapes of the full HF tensor(s) of one parameter
-    assemble(shards, dims)                         TP shards (rank order) -> new full HF tensor(s)
+    assemble(shards, dims)                         TP shards (rank order) -> full HF tensor(s), views
+                                                   where the layout allows (see Layout.assemble)
 
 ``replicated``  same tensor on every TP rank (norm weights, q/k norms)
 ``embedding``   vocab-parallel rows; megatron holds ``padded_vocab_size`` rows, the rows past
@@ -60,14 +61,13 @@ class Layout:
     def assemble(self, shards: Sequence[torch.Tensor], dims: ModelDims) -> List[torch.Tensor]:
         """Full HF tensor(s) from the TP shards of one megatron parameter (rank order).
 
-        Each result is written once: the shards are joined into one tensor (with one shard,
-        TP=1, that is the parameter itself, not copied), the HF tensors are read from it
-        through views and copied into new tensors."""
-        if len(shards) == 1:
-            full, joined = shards[0], False
-        else:
-            full, joined = self._join(shards), True  # `full` is already a new tensor
-        return [view if joined and view is full else _fresh(view, shape) for view, shape in self._views(full, dims)]
+        Zero-copy where the layout allows: with one shard (TP=1, or a replicated tensor) the
+        shard is the parameter itself and an HF tensor that is a contiguous view of it is
+        returned as that view (it aliases the parameter); several shards are joined into one new
+        tensor first, then viewed the same way. Only a view that is not contiguous (a re-layout:
+        qkv with several query groups) is copied, once, into a new tensor."""
+        full = shards[0] if len(shards) == 1 else self._join(shards)
+        return [view.view(shape) if view.is_contiguous() else _fresh(view, shape) for view, shape in self._views(full, dims)]
 
     def _join(self, shards: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat(list(shards), dim=0)
