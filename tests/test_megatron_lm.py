@@ -152,7 +152,7 @@ def _single_body(root, work):
     step = os.path.join(work, "run", "checkpoints", "step_5")
     shutil.copytree(os.path.join(work, "sppo"), step)
     with open(os.path.join(step, "trainer_state.json"), "w") as f:
-        json.dump({"step": 5}, f)
+        json.dump({"step": 5, "sampler": {}}, f)
     codes["m2l-step"] = _run(["megatron-to-megatron-lm", "--ckpt", step, "--out", os.path.join(work, "step-mlm")])
     codes["m2h-step-mlm"] = _run(["megatron-to-hf", "--ckpt", os.path.join(work, "step-mlm"),
                                   "--out", os.path.join(work, "step-mlm-hf")])

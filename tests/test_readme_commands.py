@@ -59,6 +59,8 @@ NOT_RUN = {
     "sppo-convert verify --hf Qwen2.5-7B-Instruct --ckpt ckpt/qwen7b": "needs the 7B model",
     "sppo-convert megatron-to-hf --ckpt outputs/run/checkpoints/step_160 --out qwen7b-sppo "
     "--hf-config Qwen2.5-7B-Instruct": "needs a 7B training run",
+    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out mlm/qwen7b --layout megatron-lm": "needs the 7B model",
+    "sppo-convert megatron-to-megatron-lm --ckpt outputs/run/checkpoints/step_160 --out mlm/run": "needs a 7B training run",
     "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
     "sppo-train --help": "checked: --help runs",
     ".venv/bin/python -m pytest -q": "runs this suite",
