@@ -113,7 +113,8 @@ def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
     barrier()
 
 
-def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str, what: str = "checkpoint") -> Dict[str, Any]:
+def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str, what: str = "checkpoint",
+                         resize_vocab: bool = False) -> Dict[str, Any]:
     """Load the keys of `sharded_state` from `ckpt_dir`; returns plain tensors in the same structure.
 
     The files and the model's shapes are checked first, on every rank alike, so a corrupt,
@@ -125,7 +126,7 @@ def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str, what: str
     check_checkpoint_dir(ckpt_dir, what)
     stored = check_checkpoint_files(ckpt_dir)
     if MODEL_KEY in sharded_state:
-        check_model_shapes(sharded_state[MODEL_KEY], stored, ckpt_dir)
+        check_model_shapes(sharded_state[MODEL_KEY], stored, ckpt_dir, resize_vocab)
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
@@ -176,9 +177,10 @@ def check_checkpoint_files(ckpt_dir: str) -> Any:
     return stored
 
 
-def check_model_shapes(model_state: Any, stored: Any, ckpt_dir: str) -> None:
+def check_model_shapes(model_state: Any, stored: Any, ckpt_dir: str, resize_vocab: bool = False) -> None:
     """UserError unless every tensor of the model's sharded state dict is in the checkpoint's
-    metadata (`stored`, from check_checkpoint_files) with the same global shape."""
+    metadata (`stored`, from check_checkpoint_files) with the same global shape (the padded
+    vocabulary rows of VOCAB_KEYS may differ with resize_vocab)."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
@@ -189,6 +191,8 @@ def check_model_shapes(model_state: Any, stored: Any, ckpt_dir: str) -> None:
         if meta is None:
             raise UserError(f"checkpoint {ckpt_dir} does not fit the model: it has no tensor {sharded.key} "
                             "(.metadata; a checkpoint of another architecture)")
+        if resize_vocab and sharded.key in VOCAB_KEYS and tuple(meta.size[1:]) == tuple(sharded.global_shape[1:]):
+            continue
         if tuple(meta.size) != tuple(sharded.global_shape):
             raise UserError(f"checkpoint {ckpt_dir} does not fit the model: {sharded.key} is {tuple(meta.size)} in "
                             f".metadata, the model's is {tuple(sharded.global_shape)} (a checkpoint of another model shape)")
@@ -254,7 +258,7 @@ def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt", resiz
     if not resize_vocab:
         check_padded_vocab(model, ckpt_dir, what)
     module = unwrap_model(model)
-    state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir, what)
+    state = load_dist_checkpoint({MODEL_KEY: module.sharded_state_dict()}, ckpt_dir, what, resize_vocab)
     try:
         module.load_state_dict(state[MODEL_KEY])
     except Exception as e:  # noqa: BLE001 - a wrong checkpoint is a user problem here
