@@ -81,8 +81,11 @@ def test_tp2_pp2_matches_single_process(tiny_assets, tmp_path):
     assert all(single[step]["train/grad_norm"] > 0 for step in (1, 2)), "no learning signal: the comparison is vacuous"
     for step in (1, 2):
         assert sharded[step]["reward/mean"] == single[step]["reward/mean"]
+        # fp32 reduction order differs between 4 sharded ranks and one process: on this machine's
+        # CPU the step-2 loss differs by 1.6e-4 relative, identically on the earlier commit 955afc6
+        # (it passed 1e-4 on another CPU); a wrong layout or a dropped shard moves these by > 1e-2
         for key in ("train/loss", "train/grad_norm", "sppo/log_ratio_mean"):
-            assert sharded[step][key] == pytest.approx(single[step][key], rel=1e-4, abs=1e-7), (step, key)
+            assert sharded[step][key] == pytest.approx(single[step][key], rel=1e-3, abs=1e-7), (step, key)
 
 
 def _weights(run_dir) -> dict:
