@@ -145,6 +145,8 @@ def test_bound_hit_trains_on_what_it_has_and_says_why(capsys):
     (line,) = capsys.readouterr().out.splitlines()
     assert line == ("sppo-train: step 3: 2 of data.train_batch_size=4 prompts have a reward signal after 1 extra "
                     "generation rounds (rollout.max_extra_rounds=1); training on those 2")
+    collect_rollout(_run(ties={0, 2}), _cfg(rounds=0), step=4)  # filtering alone: short batches by choice
+    assert capsys.readouterr().out == ""
     run = _run(ties=set(range(12)))
     rollout, rewards, metrics = collect_rollout(run, _cfg(rounds=2), step=1)
     assert rollout.items == [] and len(rewards) == 0 and metrics["sppo/no_signal_frac"] == 1.0

@@ -172,7 +172,7 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
     factor) until data.train_batch_size prompts with signal are kept, in draw order; the surplus
     of the last round is dropped. Every drawn prompt advances the sampler, so resuming is exact.
     When the bound is hit the step trains on what it kept (none: the loop skips the update), and
-    rank 0 says so. An engine that drops its weights asleep (SGLang) is re-synced per extra round.
+    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). An engine that drops its weights asleep (SGLang) is re-synced per extra round.
 
     `run` is the RunComponents. Returns the kept prompts' rollout, their rewards, and the sync,
     `timing/gen_s` (all rounds), `reward/*` and `response/*` (all drawn samples) metrics, plus
@@ -212,7 +212,7 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
                     "sppo/kept_prompts": float(num_kept)})
     if filtering:
         metrics["sppo/no_signal_frac"] = 1.0 - num_signal / len(everything.items)
-        if num_kept < want and is_rank0():
+        if num_kept < want and cfg.rollout.max_extra_rounds and is_rank0():  # 0: short batches are the choice
             print(f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
                   f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
                   f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}", flush=True)
