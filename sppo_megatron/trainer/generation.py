@@ -79,11 +79,12 @@ class Rollout:
 
 
 def train_sampling(cfg: Config, step: int, extra_round: int = 0) -> SamplingParams:
-    """rollout.* sampling with a per-step (and per extra round) seed: a resumed run draws the same samples."""
+    """rollout.* sampling with a seed per step and extra round: a resumed run draws the same samples."""
     r = cfg.rollout
     return SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
                           max_new_tokens=int(cfg.data.max_response_length),
-                          seed=int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step + extra_round * _ROUND_SEED_MULTIPLIER)
+                          seed=(int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step
+                                + extra_round * _ROUND_SEED_MULTIPLIER))
 
 
 def val_sampling(cfg: Config) -> SamplingParams:
@@ -172,7 +173,8 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
     factor) until data.train_batch_size prompts with signal are kept, in draw order; the surplus
     of the last round is dropped. Every drawn prompt advances the sampler, so resuming is exact.
     When the bound is hit the step trains on what it kept (none: the loop skips the update), and
-    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). An engine that drops its weights asleep (SGLang) is re-synced per extra round.
+    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). An
+    engine that drops its weights asleep (SGLang) is synced again before each extra round.
 
     `run` is the RunComponents. Returns the kept prompts' rollout, their rewards, and the sync,
     `timing/gen_s` (all rounds), `reward/*` and `response/*` (all drawn samples) metrics, plus
@@ -197,7 +199,8 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
         run.to_training()
         rewards, stats = _score(run.scorer, rollout)
         drawn.append((rollout, rewards, stats))
-        signal = prompts_with_signal(rewards, n, cfg.algorithm) if filtering else torch.ones(len(items), dtype=torch.bool)
+        signal = (prompts_with_signal(rewards, n, cfg.algorithm) if filtering
+                  else torch.ones(len(items), dtype=torch.bool))
         num_signal += int(signal.sum())
         take = signal.nonzero().flatten()[: want - num_kept].tolist()
         samples = torch.tensor([p * n + j for p in take for j in range(n)], dtype=torch.long)
