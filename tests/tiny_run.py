@@ -28,12 +28,13 @@ def build_assets(out: str, warm_steps: int = 200) -> Dict[str, str]:
 
 
 def base_overrides(assets: Dict[str, str], output_dir: str) -> List[str]:
-    """A small, fast SPPO run on the tiny assets (4 prompts x 4 samples per step)."""
+    """A small, fast SPPO run on the tiny assets: exactly 4 prompts x 4 samples per step (dynamic
+    sampling off, so that tests may count samples and prompts; tests/test_dynamic_sampling.py has it on)."""
     return [
         f"model.path={assets['megatron']}/hf", f"model.megatron_ckpt={assets['megatron']}",
         f"data.train_files=[{assets['train']}]", f"data.val_files=[{assets['test']}]",
         "data.train_batch_size=4", "data.max_prompt_length=16", "data.max_response_length=6",
-        "rollout.engine=hf", "rollout.n=4", "train.mini_batch_size=2", "train.micro_batch_size=2",
+        "rollout.engine=hf", "rollout.n=4", "algorithm.filter_no_signal=false", "train.mini_batch_size=2", "train.micro_batch_size=2",
         "optim.lr=1e-3", "optim.weight_decay=0", "trainer.test_freq=2", "trainer.seed=3",
         f"trainer.output_dir={output_dir}",
     ]

@@ -32,6 +32,17 @@ def _no_signal(grouped: torch.Tensor) -> torch.Tensor:
     return grouped.max(dim=1).values == grouped.min(dim=1).values
 
 
+def prompts_with_signal(rewards, group_size: int, cfg) -> torch.Tensor:
+    """Per prompt [B] bool: do its K samples differ in reward (in win rate for preference=matrix)?
+    One whose samples all tie has every SPPO target 0 and gives the update nothing to learn;
+    dynamic sampling (trainer/generation.py) leaves it out. cfg as for compute_targets; K >= 2."""
+    k = int(group_size)
+    r = sample_win_rates(rewards, k, cfg) if cfg.preference == "matrix" else as_rewards(rewards)
+    if k < 2 or r.numel() % k:
+        raise ValueError(f"{r.numel()} rewards cannot be split into groups of group_size={k} >= 2 samples per prompt")
+    return ~_no_signal(r.reshape(-1, k))
+
+
 def sample_win_rates(rewards, group_size: int, cfg) -> torch.Tensor:
     """P_hat(y_i > pi_t | x) per sample under `cfg.preference` (cfg as for compute_targets).
 

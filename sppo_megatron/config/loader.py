@@ -77,8 +77,13 @@ def _describe_type(field: dataclasses.Field) -> str:
     t = str(field.type).replace("typing.", "")
     choices = field.metadata.get("choices")
     if choices:
-        return "one of " + ", ".join("null" if c is None else str(c) for c in choices)
+        return "one of " + ", ".join(_show_choice(c) for c in choices)
     return t
+
+
+def _show_choice(choice: Any) -> str:
+    """As the YAML would spell it: null, true, false, or the value."""
+    return "null" if choice is None else str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 def _value(cfg: Config, key: str) -> Any:

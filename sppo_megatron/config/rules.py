@@ -15,6 +15,16 @@ from sppo_megatron.platform.layout import ParallelLayout
 Rule = Callable[[Config, int, bool], List[str]]
 
 
+def filters_no_signal(cfg: Config) -> bool:
+    """algorithm.filter_no_signal resolved: auto = on for reward.source=rule, except with
+    preference=batch_softmean, whose baseline is the whole batch (a prompt whose samples tie still
+    has targets)."""
+    setting = cfg.algorithm.filter_no_signal
+    if setting == "auto":
+        return cfg.reward.source == "rule" and cfg.algorithm.preference != "batch_softmean"
+    return bool(setting)
+
+
 def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     m = cfg.model
     problems = []
@@ -52,6 +62,9 @@ def data_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
         problems.append(
             f"data.train_batch_size={d.train_batch_size} is not divisible by train.mini_batch_size={cfg.train.mini_batch_size}"
         )
+    if d.oversample_factor > 1 and not filters_no_signal(cfg):
+        problems.append(f"data.oversample_factor={d.oversample_factor:g}: oversampling refills prompts dropped by "
+                        "algorithm.filter_no_signal, which is off here; set algorithm.filter_no_signal=true or leave it at 1")
     return problems
 
 
@@ -75,9 +88,13 @@ def rollout_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
 
 def algorithm_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     a = cfg.algorithm
+    problems = []
     if a.preference == "batch_softmean" and a.loss != "soft":
-        return [f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft"]
-    return []
+        problems.append(f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft")
+    if a.preference == "batch_softmean" and a.filter_no_signal is True:
+        problems.append("algorithm.filter_no_signal=true: batch_softmean compares each sample with the whole batch, "
+                        "so a prompt whose samples tie still has targets; use false (or auto)")
+    return problems
 
 
 #: algorithm.preference values each reward.source can feed: scalar scores become win rates through

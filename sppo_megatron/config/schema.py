@@ -12,7 +12,7 @@ cross-field rules live in rules.py, one function per group.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Union
 
 
 #: platform.dtypes.DTYPES' names (a test keeps them equal); spelled out here so that loading a
@@ -61,6 +61,7 @@ class DataConfig:
     truncation: str = opt("error", "what to do with an overlong prompt when not filtering", choices=("error", "left", "right"))
     apply_chat_template: bool = opt(True, "render prompts with the tokenizer's chat template")
     shuffle: bool = opt(True, "shuffle training prompts each epoch (seeded by trainer.seed)")
+    oversample_factor: float = opt(1.0, "dynamic sampling (algorithm.filter_no_signal): each generation round draws this many times the prompts still missing from the batch (> 1 = fewer extra rounds, more prompts generated for and dropped)", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class RolloutConfig:
     tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
     mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
+    max_extra_rounds: int = opt(2, "dynamic sampling (algorithm.filter_no_signal): generation rounds a step may add to refill the prompts it dropped; when the bound is hit the step trains on the prompts it has (and says so); 0 = never refill", min=0)
     dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
 
 
@@ -87,6 +89,7 @@ class AlgorithmConfig:
     loss: str = opt("soft", "sample selection: all samples, best/worst pair, or the pair with hard targets", choices=("soft", "pair", "hard"))
     include_self: bool = opt(False, "count P(y_i > y_i) = 1/2 in the win rate, as the original implementation")
     bt_beta: float = opt(1.0, "Bradley-Terry temperature for preference=bradley_terry", min=0.0)
+    filter_no_signal: Union[bool, str] = opt("auto", "dynamic sampling: leave prompts whose K rewards (win rates for preference=matrix) all tie out of the update, their SPPO targets are all 0; auto = on for reward.source=rule (0/1 scores tie often; model scores rarely, and extra rounds cost oracle passes)", choices=("auto", True, False))
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,9 @@ class Config:
 GROUP_HELP = {
     "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
     "parallel": "tensor / pipeline parallel sizes (data parallel = world / (tp * pp))",
-    "data": "prompt parquet files, batch size, prompt/response lengths, chat template",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets",
-    "algorithm": "SPPO preference model, eta, loss variant",
+    "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
+    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds",
+    "algorithm": "SPPO preference model, eta, loss variant, no-signal filtering",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",
     "train": "mini-batches per rollout, micro-batching, epochs per rollout",

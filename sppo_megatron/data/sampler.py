@@ -2,12 +2,14 @@
 
 Epoch e visits the items in the permutation drawn by torch.Generator seeded with seed + e, so
 the order depends only on (seed, epoch) and a checkpoint needs only the epoch and the position
-inside it to continue exactly where an uninterrupted run would be.
+inside it to continue exactly where an uninterrupted run would be. Every prompt drawn counts,
+trained on or not: dynamic sampling (trainer/generation.py) draws more than one batch a step, and
+a resumed run must draw what the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -17,7 +19,8 @@ from sppo_megatron.errors import DataError
 class PromptSampler:
     """Batches of item indices; `next_batch` moves on to the next epoch by itself.
 
-    drop_last=True skips an epoch's final partial batch (every batch has batch_size items);
+    batch_size is the largest draw (and the default one); `next_batch(size)` draws fewer.
+    drop_last=True skips an epoch's final partial batch (every batch has the size asked for);
     drop_last=False returns it short.
     """
 
@@ -28,7 +31,7 @@ class PromptSampler:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         if batch_size > num_items:
             raise DataError(f"batch size {batch_size} is larger than the dataset ({num_items} prompts); "
-                            "lower data.train_batch_size or add prompts")
+                            "lower data.train_batch_size (or data.oversample_factor) or add prompts")
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
@@ -44,13 +47,17 @@ class PromptSampler:
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(self.num_items, generator=generator)
 
-    def next_batch(self) -> List[int]:
+    def next_batch(self, size: Optional[int] = None) -> List[int]:
+        """The next `size` (default batch_size, at most batch_size) item indices."""
+        size = self.batch_size if size is None else int(size)
+        if not 1 <= size <= self.batch_size:
+            raise ValueError(f"cannot draw {size} items: draws are 1..{self.batch_size}")
         remaining = self.num_items - self.position
-        if remaining == 0 or (self.drop_last and remaining < self.batch_size):
+        if remaining == 0 or (self.drop_last and remaining < size):
             self.epoch += 1
             self.position = 0
             self._order = self._epoch_order(self.epoch)
-        end = min(self.position + self.batch_size, self.num_items)
+        end = min(self.position + size, self.num_items)
         batch = self._order[self.position:end].tolist()
         self.position = end
         return batch

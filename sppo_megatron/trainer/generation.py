@@ -4,19 +4,23 @@
 Every rank calls these with the same prompts and gets the same results: the rollout engine
 gathers its samples to every rank, and rule rewards are scored once on rank 0 and broadcast (scoring
 has time limits, so scoring on every rank could disagree); a preference oracle splits its work
-across all ranks and gathers the results in order (reward/oracles/).
+across all ranks and gathers the results in order (reward/oracles/). So every rank also takes the
+same dynamic-sampling decisions (`collect_rollout`) without communicating.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
 from sppo_megatron.actor import SequenceBatch
-from sppo_megatron.algorithm.targets import sample_win_rates
+from sppo_megatron.algorithm.targets import prompts_with_signal, sample_win_rates
+from sppo_megatron.config.rules import filters_no_signal
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
@@ -28,6 +32,8 @@ from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, 
 _STEP_SEED_MULTIPLIER = 1_000_003
 #: validation samples with the same seed every time, so accuracies are comparable across steps
 _VAL_SEED_OFFSET = 7_919
+#: extra generation rounds of a step: seeds apart from the step seeds of any run under 7M steps
+_ROUND_SEED_MULTIPLIER = 7_368_787
 
 
 @dataclass
@@ -51,13 +57,34 @@ class Rollout:
         """Engine-reported log-probs [N, width] (NaN where unknown) and the response mask."""
         return samples_logprobs(self.samples, width)
 
+    def select(self, prompts: Sequence[int]) -> "Rollout":
+        """The rollout of `prompts` (indices into items, ascending) alone."""
+        new = {p: i for i, p in enumerate(prompts)}
+        keep = [i for i, s in enumerate(self.samples) if s.prompt_index in new]
+        return Rollout([self.items[p] for p in prompts], self.n,
+                       [replace(self.samples[i], prompt_index=new[self.samples[i].prompt_index]) for i in keep],
+                       [self.texts[i] for i in keep])
 
-def train_sampling(cfg: Config, step: int) -> SamplingParams:
-    """rollout.* sampling with a per-step seed: a resumed run draws the same samples."""
+    @staticmethod
+    def join(parts: Sequence["Rollout"], n: int) -> "Rollout":
+        """One rollout holding `parts` in order (each with n samples per prompt)."""
+        items: List[PromptItem] = []
+        samples: List[RolloutSample] = []
+        texts: List[str] = []
+        for part in parts:
+            samples += [replace(s, prompt_index=s.prompt_index + len(items)) for s in part.samples]
+            items += part.items
+            texts += part.texts
+        return Rollout(items, n, samples, texts)
+
+
+def train_sampling(cfg: Config, step: int, extra_round: int = 0) -> SamplingParams:
+    """rollout.* sampling with a seed per step and extra round: a resumed run draws the same samples."""
     r = cfg.rollout
     return SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
                           max_new_tokens=int(cfg.data.max_response_length),
-                          seed=int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step)
+                          seed=(int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step
+                                + extra_round * _ROUND_SEED_MULTIPLIER))
 
 
 def val_sampling(cfg: Config) -> SamplingParams:
@@ -79,6 +106,12 @@ def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling:
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and `reward/*`,
     `response/*` metrics (collective)."""
+    rewards, stats = _score(scorer, rollout)
+    return rewards, reward_metrics(rollout, rewards, stats)
+
+
+def _score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """Rewards and the scorer's stats (timeouts, errors, seconds, [first_error, metrics])."""
     items = [rollout.item_of(i) for i in range(len(rollout.samples))]
 
     def score_on_rank0():
@@ -95,6 +128,11 @@ def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]
         item = rollout.item_of(bad[0])
         raise UserError(f"the reward is {scores[bad[0]]} for {len(bad)} of {len(scores)} samples (first: data_source "
                         f"{item.data_source!r}, prompt row {item.index}); rewards must be finite numbers")
+    return rewards, stats
+
+
+def reward_metrics(rollout: Rollout, rewards: torch.Tensor, stats: Dict[str, Any]) -> Dict[str, float]:
+    """`reward/*` and `response/*` metrics of a scored rollout."""
     lengths = torch.tensor([len(s.response_ids) for s in rollout.samples], dtype=torch.float64)
     metrics = {
         "reward/mean": float(rewards.mean()),
@@ -109,7 +147,79 @@ def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]
     }
     if stats.get("first_error"):
         metrics["reward/first_error"] = stats["first_error"]
-    return rewards, metrics
+    return metrics
+
+
+def _merge_stats(rounds: Sequence[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]:
+    """(samples, stats) of several scoring rounds as one: counts and seconds summed, the first
+    error kept, an oracle's own metrics averaged weighted by samples."""
+    total = sum(count for count, _ in rounds)
+    merged: Dict[str, Any] = {key: sum(stats[key] for _, stats in rounds) for key in ("timeouts", "errors", "seconds")}
+    first = next((stats["first_error"] for _, stats in rounds if stats.get("first_error")), None)
+    if first:
+        merged["first_error"] = first
+    if "metrics" in rounds[0][1]:
+        merged["metrics"] = {key: sum(count * stats["metrics"][key] for count, stats in rounds) / total
+                             for key in rounds[0][1]["metrics"]}
+    return merged
+
+
+def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
+    """The step's rollout half (collective): sync the weights, draw prompts, generate, score.
+
+    Dynamic sampling (algorithm.filter_no_signal, on for rule rewards by default): prompts whose
+    samples all tie are dropped, and up to rollout.max_extra_rounds more rounds draw
+    ceil(missing x data.oversample_factor) prompts each (the first round: train_batch_size x the
+    factor) until data.train_batch_size prompts with signal are kept, in draw order; the surplus
+    of the last round is dropped. Every drawn prompt advances the sampler, so resuming is exact.
+    When the bound is hit the step trains on what it kept (none: the loop skips the update), and
+    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). An
+    engine that drops its weights asleep (SGLang) is synced again before each extra round.
+
+    `run` is the RunComponents. Returns the kept prompts' rollout, their rewards, and the sync,
+    `timing/gen_s` (all rounds), `reward/*` and `response/*` (all drawn samples) metrics, plus
+    `rollout/extra_rounds`, `rollout/drawn_prompts`, `sppo/kept_prompts` and, when filtering,
+    `sppo/no_signal_frac` over every drawn prompt.
+    """
+    n, want, filtering = cfg.rollout.n, cfg.data.train_batch_size, filters_no_signal(cfg)
+    metrics: Dict[str, Any] = dict(run.sync_weights())
+    metrics["timing/gen_s"] = 0.0
+    drawn: List[Tuple[Rollout, torch.Tensor, Dict[str, Any]]] = []
+    kept: List[Tuple[Rollout, torch.Tensor]] = []
+    num_kept = num_signal = extra = 0
+    for extra in range(cfg.rollout.max_extra_rounds + 1 if filtering else 1):
+        if extra and not run.engine.weights_valid:
+            metrics["timing/sync_s"] += run.sync_weights()["timing/sync_s"]
+        size = math.ceil((want - num_kept) * cfg.data.oversample_factor - 1e-9)
+        items = [run.train_data[i] for i in run.sampler.next_batch(size)]
+        run.to_rollout()
+        start = time.perf_counter()
+        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step, extra), n)
+        metrics["timing/gen_s"] += time.perf_counter() - start
+        run.to_training()
+        rewards, stats = _score(run.scorer, rollout)
+        drawn.append((rollout, rewards, stats))
+        signal = (prompts_with_signal(rewards, n, cfg.algorithm) if filtering
+                  else torch.ones(len(items), dtype=torch.bool))
+        num_signal += int(signal.sum())
+        take = signal.nonzero().flatten()[: want - num_kept].tolist()
+        samples = torch.tensor([p * n + j for p in take for j in range(n)], dtype=torch.long)
+        kept.append((rollout.select(take), rewards[samples]))
+        num_kept += len(take)
+        if num_kept == want:
+            break
+    everything = Rollout.join([r for r, _, _ in drawn], n)
+    metrics.update(reward_metrics(everything, torch.cat([r for _, r, _ in drawn]),
+                                  _merge_stats([(len(r.samples), s) for r, _, s in drawn])))
+    metrics.update({"rollout/extra_rounds": float(extra), "rollout/drawn_prompts": float(len(everything.items)),
+                    "sppo/kept_prompts": float(num_kept)})
+    if filtering:
+        metrics["sppo/no_signal_frac"] = 1.0 - num_signal / len(everything.items)
+        if num_kept < want and cfg.rollout.max_extra_rounds and is_rank0():  # 0: short batches are the choice
+            print(f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
+                  f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
+                  f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}", flush=True)
+    return Rollout.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), metrics
 
 
 def accuracy_metrics(rollout: Rollout, rewards: torch.Tensor, prefix: str = "val") -> Dict[str, float]:

@@ -1,10 +1,12 @@
 """The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
 
     for step:
-        prompts  = sampler.next_batch()                      data/
-        sync     = weights Megatron -> rollout engine        sync/, rollout/
-        samples  = rollout.generate(prompts, n=K)            rollout/
-        rewards  = scorer.score(samples)                     reward/ (failures: trainer/reward_health)
+        rollout  = collect_rollout(run, cfg, step)           trainer/generation.py:
+                     sync weights Megatron -> rollout engine   sync/, rollout/
+                     prompts = sampler.next_batch()            data/
+                     samples = rollout.generate(prompts, n=K)  rollout/
+                     rewards = scorer.score(samples)           reward/ (failures: trainer/reward_health)
+                     drop prompts whose samples tie; refill    (dynamic sampling, bounded)
         targets  = SPPO targets from win rates               algorithm/
         old_lp   = actor.log_probs(samples)                  actor/
         metrics  = actor.update(samples, targets, old_lp)    actor/
@@ -27,7 +29,7 @@ from sppo_megatron.platform.distributed import is_rank0, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
-from sppo_megatron.trainer.generation import generate, sample_records, score, train_sampling, val_sampling
+from sppo_megatron.trainer.generation import collect_rollout, sample_records, val_sampling
 from sppo_megatron.trainer.metrics import MetricsLogger
 from sppo_megatron.trainer.preemption import PreemptionFlag
 from sppo_megatron.trainer.reward_health import RewardGuard
@@ -59,15 +61,10 @@ def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
 
 def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
-    metrics: Dict[str, Any] = {}
-    items = [run.train_data[i] for i in run.sampler.next_batch()]
-    metrics.update(run.sync_weights())
-    run.to_rollout()
-    with timed(metrics, "timing/gen_s"):
-        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step), cfg.rollout.n)
-    run.to_training()
-    rewards, reward_metrics = score(run.scorer, rollout)
-    reward_guard.check(step, reward_metrics, len(rollout.samples))
+    rollout, rewards, metrics = collect_rollout(run, cfg, step)  # refills prompts dynamic sampling drops
+    reward_guard.check(step, metrics, int(metrics["rollout/drawn_prompts"]) * cfg.rollout.n)
+    if not rollout.items:  # no prompt with a reward signal within rollout.max_extra_rounds: nothing to train
+        return {**metrics, "train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
     targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
     with timed(metrics, "timing/old_logp_s"):
@@ -75,7 +72,7 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
     with timed(metrics, "timing/update_s"):
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
-    metrics.update(reward_metrics, **algo_metrics, **update_metrics)
+    metrics = {**algo_metrics, **metrics, **update_metrics}  # no_signal_frac: of all drawn prompts, not the kept
     metrics["rollout/logp_abs_diff"] = logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask)
     if cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0:
         metrics["samples"] = sample_records(rollout, rewards, cfg.algorithm)

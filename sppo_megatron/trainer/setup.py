@@ -139,8 +139,9 @@ def build_components(cfg: Config, load_weights: bool = True,
     hf_dir = str(cfg.model.path)  # config and tokenizer (weights come from the checkpoint or here)
     tokenizer = load_tokenizer(hf_dir)
     train, val = load_data(cfg, tokenizer)
-    sampler = PromptSampler(len(train), cfg.data.train_batch_size, cfg.trainer.seed,
-                            shuffle=cfg.data.shuffle, drop_last=True)
+    # the largest draw: dynamic sampling's first round (trainer/generation.py: collect_rollout)
+    sampler = PromptSampler(len(train), math.ceil(cfg.data.train_batch_size * cfg.data.oversample_factor - 1e-9),
+                            cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
     engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
                                    log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
