@@ -11,7 +11,7 @@ variant checks the embedding-gradient reduction between the first and last PP st
     L2 (2 ranks)  (2,1,1), (1,2,1), (1,1,2): the same checks; tied embeddings at (1,2,1);
                   checkpoint at (1,2,1) without clipping; resume the (2,2,1) one at (1,1,2);
                   plain optimizer: save at (2,1,1), resume at (1,2,1)
-    L1 (1 rank)   (1,1,1): the reference; recomputation; the loss goes down; non-finite
+    L1 (1 rank)   (1,1,1): the reference; without the DP=1 copy skipping; recomputation; the loss goes down; non-finite
                   steps are skipped; resume the (2,2,1) and (1,2,1) checkpoints; model-only
                   loads; offload/onload
 """
@@ -92,6 +92,22 @@ def _one_update(path, tp, pp, **kw):
     old = actor.log_probs(batch)
     metrics = actor.update(batch, torch.tensor(TARGETS), old, torch.tensor(SAMPLE_MASK))
     return {"steps": _steps(actor), "weights": _weights(actor), "metrics": metrics}
+
+
+def _update_without_skipped_copies(path):
+    """_one_update at (1,1,1) with the distributed optimizer's DP=1 collectives and fp32 copies
+    back running as megatron has them (cpu_compat and setup skip them as identities)."""
+    from megatron.core.distributed import param_and_grad_buffer as buffers
+
+    from sppo_megatron.actor import setup
+
+    saved = buffers.dist_reduce_scatter_func, buffers.dist_all_gather_func, setup.skip_fp32_self_copies
+    buffers.dist_reduce_scatter_func, buffers.dist_all_gather_func = (f.__wrapped__ for f in saved[:2])
+    setup.skip_fp32_self_copies = lambda optimizer: None
+    try:
+        return _one_update(path, 1, 1)
+    finally:
+        buffers.dist_reduce_scatter_func, buffers.dist_all_gather_func, setup.skip_fp32_self_copies = saved
 
 
 def _layout_checks(path, tp, pp):
@@ -178,6 +194,7 @@ def _launch1(path, tied_path, ckpt_dir):
     from sppo_megatron.actor.optimizer_state import adam_steps
 
     out = {(1, 1, 1): _layout_checks(path, 1, 1)}
+    out["unskipped"] = _update_without_skipped_copies(path)
     out["tied"] = _one_update(tied_path, 1, 1)
     out["recompute"] = {r: _one_update(path, 1, 1, recompute=r)["steps"] for r in ("selective", "full")}
     # the SPPO loss against a FIXED pi_t goes down over a few updates
@@ -319,6 +336,18 @@ def test_update_is_layout_invariant(runs, layout, mode):
     assert m["train/tokens"] == sum(len(p) + len(r) - 1 for p, r in zip(PROMPTS, RESPONSES))
     for key in ("train/loss", "train/grad_norm", "train/lr", "sppo/log_ratio_mean"):
         assert isinstance(m[key], float) and math.isfinite(m[key])
+
+
+def test_skipped_dp1_copies_leave_the_update_bit_for_bit(runs):
+    """At DP = 1 the distributed optimizer's collectives and its fp32 copies back are identities and
+    are skipped: the update must be the one megatron gives with them, bit for bit."""
+    _, results = runs
+    dist_opt, plain = results[(1, 1, 1)]["count"], results["unskipped"]
+    assert dist_opt["steps"] == plain["steps"]
+    assert dist_opt["weights"].keys() == plain["weights"].keys()
+    for name, w in plain["weights"].items():
+        assert torch.equal(dist_opt["weights"][name], w), name
+    assert not torch.equal(dist_opt["weights"][name], results[(1, 1, 1)]["initial"][name])
 
 
 def test_tied_embeddings_under_pipeline_parallelism(runs):

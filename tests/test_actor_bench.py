@@ -1,4 +1,4 @@
-"""Smoke test of tools/bench_train.py: it runs the real actor and reports sane figures."""
+"""Smoke tests of tools/bench_train.py and tools/profile_update.py: they run the real actor and report sane figures."""
 
 from __future__ import annotations
 
@@ -25,6 +25,24 @@ def test_bench_train_reports_throughput():
     assert result["update_tokens_per_s"] > 0 and result["update_step_s"] > 0
     assert result["peak_mem_gib_per_rank"] > 0
     assert "mfu" not in result  # CPU: no MFU
+
+
+def _profile(argv):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import profile_update
+
+    return profile_update.main(argv)
+
+
+def test_update_at_dp1_copies_no_whole_buffer():
+    """The distributed optimizer at DP=1 (one rank): no copy of the 1.1 M-element gradient or
+    parameter buffer, nor of the embedding-sized tensors, in an update (op counts, not times)."""
+    argv = ["--hidden", "128", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--vocab", "4000",
+            "--seq", "16", "--prompt-len", "8", "--batch", "2", "--dtype", "fp32", "--updates", "1"]
+    result = run_ranks(_profile, 1, argv)[0]
+    assert result["distributed_optimizer"] and result["copy_calls_per_update"] > 0
+    assert result["big_copies_per_update"] == 0, result["big_copy_shapes"]
+    assert all(v == v for v in result["loss"] + result["grad_norm"])
 
 
 def test_peak_table_and_flop_count():

@@ -133,3 +133,24 @@ def test_reward_workers_do_not_import_torch():
 
     code = "import sys, sppo_megatron.reward.worker_main; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_single_rank_collective_is_skipped_only_when_it_is_an_identity(monkeypatch):
+    """cpu_compat: megatron's DP=1 reduce-scatter / all-gather onto the same buffer is skipped;
+    any other call (another buffer, async, a larger group) still runs."""
+    import torch
+
+    from sppo_megatron.platform import cpu_compat
+
+    calls = []
+    wrapped = cpu_compat._single_rank_identity(lambda out, inp, **kw: calls.append(kw))
+    sizes = {"one": 1, "two": 2}
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: sizes[group])
+    buf = torch.zeros(8)
+    wrapped(buf, buf.view(-1)[0:8], group="one", async_op=False)
+    assert calls == []
+    wrapped(buf, torch.zeros(8), group="one", async_op=False)
+    wrapped(buf, buf, group="one", async_op=True)
+    wrapped(buf, buf, group="two", async_op=False)
+    wrapped(buf[:4], buf, group="one", async_op=False)
+    assert len(calls) == 4

@@ -13,10 +13,13 @@ trainer does every step (gathers across TP and PP included). --source hf streams
 the HF model (TP=PP=1): the engine-side cost alone.
 Each iteration is one full sync followed by one floor copy of the same tensors (each into a
 preallocated buffer: `dst.copy_(src)`); the first is a warm-up and is not counted. The floor is
-the best of those copies. Prints one JSON object (rank 0): seconds (median and best), GB (1e9
-bytes) and GB/s of sync and floor, the median sync over the best floor, and the median of the
-per-iteration ratios (sync over the copy right after it: on a loaded machine the figure that
-the load moves least). On a shared machine the spread between iterations is the load of other
+the best of those copies. Each iteration also times the export alone (the stream consumed
+without an engine: the bridge's gathers and re-layout copies) and counts the page faults of
+rank 0 during the sync (minor faults: a fresh CPU allocation's pages, none once warm). Prints one
+JSON object (rank 0): seconds (median and best), GB (1e9 bytes) and GB/s of sync and floor, the
+median sync over the best floor, the median of the per-iteration ratios (sync over the copy
+right after it: on a loaded machine the figure that the load moves least), the export-alone
+seconds and the page faults per sync. On a shared machine the spread between iterations is the load of other
 processes: quote the best and the median.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +68,18 @@ def copy_once(dst, tensors) -> float:
         d.copy_(s)
     _sync(tensors[0].device)
     return time.perf_counter() - t0
+
+
+def export_once(stream) -> float:
+    """Seconds to consume one export stream without an engine."""
+    t0 = time.perf_counter()
+    for _ in stream:
+        pass
+    return time.perf_counter() - t0
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run(args) -> dict:
@@ -125,15 +141,22 @@ def run(args) -> dict:
     sync = WeightSync(engine)
     tensors = [t.detach().clone() for _, t in stream()]
     dst = [torch.empty_like(t) for t in tensors]
-    times, floors, last = [], [], {}
+    times, floors, exports, faults, last = [], [], [], [], {}
     for i in range(args.iters + 1):  # each sync paired with a floor copy right after it
         if distributed:
             dist.barrier()
+        before = minor_faults()
         last = sync.sync(stream())
+        after = minor_faults()
         floor_s = copy_once(dst, tensors)
+        if distributed:
+            dist.barrier()
+        export_s = export_once(stream())
         if i > 0:
             times.append(last["timing/sync_s"])
             floors.append(floor_s)
+            exports.append(export_s)
+            faults.append(after - before)
     floor = min(floors)
     nbytes = last["sync/bytes"]
     engine.shutdown()
@@ -148,6 +171,7 @@ def run(args) -> dict:
         "sync_gb_per_s": nbytes / sync_s / 1e9, "sync_gb_per_s_best": nbytes / min(times) / 1e9,
         "floor_s": floor, "floor_gb_per_s": nbytes / floor / 1e9, "sync_over_floor": sync_s / floor,
         "sync_over_floor_paired_median": statistics.median(t / f for t, f in zip(times, floors)),
+        "export_alone_s_median": statistics.median(exports), "page_faults_per_sync": faults,
         "checked": bool(last["sync/checked"]),
     }
 

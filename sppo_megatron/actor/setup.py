@@ -119,7 +119,36 @@ def build_optimizer(o: OptimConfig, parallel: ParallelConfig, ddp: Any, dtype: t
     )
     optimizer = get_megatron_optimizer(config, [ddp])
     ddp.config.grad_scale_func = optimizer.scale_loss
+    for sub in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        skip_fp32_self_copies(sub)
     return optimizer
+
+
+def skip_fp32_self_copies(optimizer: Any) -> None:
+    """The distributed optimizer's main params of fp32 parameters are views of the parameters'
+    own buffer, so after each step it copies every fp32 parameter onto itself (a pass over all
+    the weights in fp32 training). Drop those copies, once checked that source and destination
+    are the same memory; bf16/fp16 parameters still get their copy from the fp32 main params."""
+    groups = getattr(optimizer, "shard_fp32_groups", None)
+    if not groups or getattr(optimizer.ddp_config, "fp8_param_gather", False):
+        return
+    for model_group, shard_group in zip(optimizer.model_fp32_groups, groups):
+        for model_param, shard in zip(model_group, shard_group):
+            world = optimizer._get_model_param_range_map(model_param)["gbuf_world_in_bucket"]
+            gbuf, _, bucket = optimizer.model_param_gbuf_map[model_param]
+            target = optimizer.buffers[gbuf].buckets[bucket].param_data.view(-1)[world.start : world.end]
+            if target.data_ptr() != shard.data_ptr() or target.numel() != shard.numel():
+                return
+    copy_back = optimizer._copy_main_params_to_model_params
+
+    def copy_float16_only() -> None:
+        optimizer.shard_fp32_groups = [[] for _ in groups]
+        try:
+            copy_back()
+        finally:
+            optimizer.shard_fp32_groups = groups
+
+    optimizer._copy_main_params_to_model_params = copy_float16_only
 
 
 def build_scheduler(o: OptimConfig, total_optimizer_steps: int, optimizer: Any):

@@ -259,7 +259,13 @@ class Bridge:
             if owner_stage == stage:
                 _, param = local[key]
                 data = param.detach()
-                if tp > 1 and row.layout.tp_sharded:
+                if tp > 1 and row.layout.tp_sharded and row.layout.rows_sharded:
+                    data = data.contiguous()
+                    full = torch.empty((tp * data.shape[0],) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
+                    dist.all_gather_into_tensor(full, data, group=tp_group)
+                    shards = [full]  # one allocation and no join copy (the biggest tensors: embedding, qkv)
+                    del full
+                elif tp > 1 and row.layout.tp_sharded:
                     data = data.contiguous()
                     shards = [torch.empty_like(data) for _ in range(tp)]
                     dist.all_gather(shards, data, group=tp_group)

@@ -48,6 +48,9 @@ class Layout:
     name = ""
     num_hf = 1  # HF tensors per megatron parameter
     tp_sharded = True  # False: every TP rank holds the whole tensor
+    # True: the whole parameter is the TP shards stacked along dim 0 in rank order, so the export
+    # gathers them straight into one tensor (`all_gather_into_tensor`) and assembles that
+    rows_sharded = True
 
     def __repr__(self) -> str:
         return self.name
@@ -123,6 +126,7 @@ class OutputLayout(VocabLayout):
 
 class RowLayout(Layout):
     name = "row"
+    rows_sharded = False  # sharded along dim 1
 
     def read_shard(self, reader, names, shape, tp, r, dims):
         n = shape[1]
@@ -169,6 +173,7 @@ class QKVLayout(Layout):
 class GateUpLayout(Layout):
     name = "gate_up"
     num_hf = 2
+    rows_sharded = False  # each rank holds [gate_r; up_r]
 
     def read_shard(self, reader, names, shape, tp, r, dims):
         n = shape[0] // 2

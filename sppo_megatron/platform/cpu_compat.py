@@ -11,7 +11,13 @@ GPU we redirect all of that to the CPU:
 * ``torch.cuda`` functions megatron calls get CPU stand-ins (a dummy Stream *class*:
   transformers evaluates ``torch.cuda.Stream | None`` at import time);
 * the CUDA RNG state helpers map to the CPU generator, and ``torch.cuda.manual_seed`` seeds it,
-  so megatron's RNG tracker keeps distinct, seeded states per name (see notes).
+  so megatron's RNG tracker keeps distinct, seeded states per name (see notes);
+* two copies megatron makes on CPU for nothing, each skipped only where it is exactly an
+  identity: the distributed optimizer's grad reduce-scatter and param all-gather over a
+  one-rank group (DP = 1) with the output aliasing the input (gloo copies the buffer onto
+  itself: 2 x 77 MB per step on a 19 M-parameter model), and the no-apex fallback of
+  `multi_tensor_scale` that gradient clipping calls with src = dst (`dst.copy_(src * scale)`
+  allocates and page-faults a temporary per tensor; an in-place multiply gives the same bits).
 
 `enable()` is a no-op when CUDA is available: nothing here may change GPU behaviour.
 `torch.cuda.is_available()` keeps returning False so every other library still sees a CPU.
@@ -159,6 +165,45 @@ def _patch_megatron_rng() -> None:
     mrandom._set_cuda_rng_state = _cpu_set_rng_state
 
 
+def _aliases(output: torch.Tensor, input: torch.Tensor) -> bool:
+    return (output.data_ptr() == input.data_ptr() and output.numel() == input.numel()
+            and output.dtype == input.dtype and output.is_contiguous() and input.is_contiguous())
+
+
+def _single_rank_identity(collective):
+    """`collective(output, input, ..., group=G)` (megatron passes group and async_op by keyword)
+    that returns at once when G has one rank, the call is synchronous and output is input: the
+    result is already in place."""
+
+    def call(output, input, *args, **kwargs):
+        if ("group" in kwargs and not kwargs.get("async_op", False) and _aliases(output, input)
+                and torch.distributed.get_world_size(kwargs["group"]) == 1):
+            return None
+        return collective(output, input, *args, **kwargs)
+
+    call.__wrapped__ = collective
+    return call
+
+
+def _scale_in_place(chunk_size, noop_flag, tensor_lists, scale):
+    """megatron's local multi_tensor_scale, without a temporary where src is dst."""
+    for src, dst in zip(tensor_lists[0], tensor_lists[1]):
+        if src is dst:
+            dst.mul_(scale)
+        else:
+            dst.copy_(src * scale)
+
+
+def _patch_megatron_copies() -> None:
+    from megatron.core.distributed import param_and_grad_buffer as buffers
+    from megatron.core.optimizer import clip_grads
+
+    buffers.dist_reduce_scatter_func = _single_rank_identity(buffers.dist_reduce_scatter_func)
+    buffers.dist_all_gather_func = _single_rank_identity(buffers.dist_all_gather_func)
+    if getattr(clip_grads, "multi_tensor_scale_impl", None) is getattr(clip_grads, "local_multi_tensor_scale", 0):
+        clip_grads.multi_tensor_scale_impl = _scale_in_place
+
+
 def enable() -> bool:
     """Install the CPU compatibility layer (idempotent). Returns True if it is active."""
     global _enabled
@@ -168,6 +213,7 @@ def enable() -> bool:
         if not _enabled:
             _patch_torch_cuda()
             _patch_megatron_rng()
+            _patch_megatron_copies()
             _CudaToCpuMode().__enter__()
             _enabled = True
     return True
