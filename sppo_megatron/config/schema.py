@@ -77,6 +77,9 @@ class RolloutConfig:
     mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
     dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
+    placement: str = opt("colocated", "colocated: the engine shares the training ranks, phases alternate; separate: the last rollout.num_ranks ranks host the engine, weights are broadcast to them in buckets", choices=("colocated", "separate"))
+    num_ranks: int = opt(0, "ranks hosting the rollout engine with placement=separate (the others train); 0 with colocated", min=0)
+    off_policy_steps: int = opt(0, "placement=separate: 1 = the rollout ranks generate batch t+1 with the weights of step t while the training ranks train on batch t", choices=(0, 1))
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,9 @@ class Config:
 
 GROUP_HELP = {
     "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
-    "parallel": "tensor / pipeline parallel sizes (data parallel = world / (tp * pp))",
+    "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets",
+    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, placement (colocated | separate), off-policy overlap",
     "algorithm": "SPPO preference model, eta, loss variant",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",

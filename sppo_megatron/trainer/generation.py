@@ -71,9 +71,13 @@ def val_sampling(cfg: Config) -> SamplingParams:
 def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int) -> Rollout:
     """Sample n responses per prompt (collective)."""
     items = list(items)
-    samples = engine.generate([it.prompt_ids for it in items], sampling, n)
+    return decode(tokenizer, items, engine.generate([it.prompt_ids for it in items], sampling, n), n)
+
+
+def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSample], n: int) -> Rollout:
+    """The Rollout of `samples` (n per item, in order), their responses decoded."""
     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    return Rollout(items, n, samples, texts)
+    return Rollout(list(items), n, samples, texts)
 
 
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
