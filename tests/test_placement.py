@@ -11,6 +11,7 @@ import pytest
 
 from sppo_megatron.config import load_config
 from sppo_megatron.errors import ConfigError
+from tests.multirank import run_ranks
 from tests.tiny_run import base_overrides, by_step, train
 
 SEPARATE = ["rollout.placement=separate", "rollout.num_ranks=2"]
@@ -35,6 +36,55 @@ def test_placement_rules_count_training_and_rollout_ranks():
     cfg = load_config(None, base + SEPARATE + ["parallel.tp=2", "rollout.off_policy_steps=1"], world_size=4,
                       check_paths=False)
     assert (cfg.rollout.placement, cfg.rollout.num_ranks, cfg.rollout.off_policy_steps) == ("separate", 2, 1)
+
+
+class _RefusingEngine:
+    """Stands in for the rollout ranks' engine: its generation fails on every rollout rank."""
+
+    eos_token_ids, capabilities = (0,), None
+
+    def __init__(self):
+        import torch
+
+        self.dtype = torch.float32
+
+    def describe(self):
+        return "refusing x2"
+
+    def generate(self, prompts, sampling, n):
+        raise ValueError(f"no samples for {len(prompts)} prompts")
+
+
+def _split_job():
+    """2 training + 2 rollout ranks: megatron state on the training ranks only; a failure on the
+    rollout side is raised on every training rank."""
+    from megatron.core import parallel_state as ps
+
+    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed, is_rollout_rank, rank
+    from sppo_megatron.rollout import SamplingParams
+    from sppo_megatron.rollout.remote import RemoteRolloutEngine, serve
+
+    init_distributed(tp=1, pp=1, rollout_ranks=2)
+    try:
+        if is_rollout_rank():
+            serve(_RefusingEngine())
+            return rank(), None, ps.model_parallel_is_initialized()
+        engine = RemoteRolloutEngine(bucket_mb=1)
+        try:
+            engine.generate([[1, 2]], SamplingParams(), 2)
+        except ValueError as e:
+            error = str(e)
+        finally:
+            engine.shutdown()
+        return rank(), error, ps.get_data_parallel_world_size()
+    finally:
+        destroy_distributed()
+
+
+def test_split_job_trains_on_its_own_ranks_and_carries_rollout_failures():
+    results = run_ranks(_split_job, 4, timeout=180)
+    assert results == [(0, "no samples for 1 prompts", 2), (1, "no samples for 1 prompts", 2),
+                       (2, None, False), (3, None, False)]
 
 
 def _samples(out):
