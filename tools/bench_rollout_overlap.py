@@ -62,12 +62,17 @@ def run(mode: str, nproc: int, overrides: list, out: str) -> dict:
 
 
 def overlap_share(path: str) -> float:
-    """Share of the rollout ranks' generation time (after step 1) spent inside a training interval."""
+    """Share of the rollout ranks' generation time (after step 1) during which training ran."""
     if not os.path.exists(path):
         return float("nan")
     with open(path, encoding="utf-8") as fh:
         events = [json.loads(line) for line in fh]
-    train = [(e["start"], e["end"]) for e in events if e["phase"] == "train"]
+    train = []  # the union of the training ranks' intervals
+    for a, b in sorted((e["start"], e["end"]) for e in events if e["phase"] == "train"):
+        if train and a <= train[-1][1]:
+            train[-1] = (train[-1][0], max(train[-1][1], b))
+        else:
+            train.append((a, b))
     busy = inside = 0.0
     for e in events:
         if e["phase"] != "generate" or e["step"] < 2:
