@@ -115,12 +115,13 @@ def test_separate_placement_reproduces_colocated_run(tiny_assets, tmp_path):
 
 def test_off_policy_overlaps_generation_with_training_and_resumes_exactly(tiny_assets, tmp_path):
     common = base_overrides(tiny_assets, "") + SEPARATE + [
-        "rollout.off_policy_steps=1", "trainer.total_steps=4", "trainer.save_freq=2", "trainer.test_freq=0",
-        "trainer.val_before_train=false"]
+        "rollout.off_policy_steps=1", "trainer.total_steps=4", "trainer.save_freq=2", "trainer.test_freq=2",
+        "trainer.val_before_train=false"]  # validation at step 2 runs while batch 3 is in flight
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     train([*common, f"trainer.output_dir={full}"], nproc=4, timeout=400)
     a = by_step(full)
     assert [a[s]["rollout/policy_lag"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 1.0, 1.0]
+    assert "val/accuracy" in a[2] and "val/accuracy" in a[4]
     # the engine's sampling log-probs match the actor's recomputation only under the weights
     # that generated the batch (pi_t), not under the weights being trained
     assert all(a[s]["rollout/logp_abs_diff"] < 1e-4 for s in (1, 2, 3, 4))

@@ -75,7 +75,8 @@ class RemoteRolloutEngine(RolloutEngine):
     # ---- the channel ----------------------------------------------------------------------
     def _request(self, command: Tuple[Any, ...]) -> None:
         if self._pending is not None:
-            self._done[self._pending] = self._recv()
+            ticket = self._pending  # (_recv clears it)
+            self._done[ticket] = self._recv()
         self.channel.broadcast_object(command, src=0)
 
     def _recv(self) -> Any:
