@@ -146,3 +146,11 @@ def test_off_policy_overlaps_generation_with_training_and_resumes_exactly(tiny_a
     assert sorted(b) == [1, 2, 3, 4]
     _same_metrics(a, b, [3, 4])
     assert b[3]["rollout/policy_lag"] == 1.0
+    # colocated, the in-flight prompts would be lost: one line, exit 2
+    shutil.rmtree(os.path.join(split, "checkpoints", "step_4"))
+    with open(os.path.join(split, "checkpoints", "latest"), "w", encoding="utf-8") as fh:
+        fh.write("step_2\n")
+    colocated = [o for o in common if not o.startswith(("rollout.placement", "rollout.num_ranks", "rollout.off_policy"))]
+    refused = train([*colocated, f"trainer.output_dir={split}"], check=False)
+    assert refused.returncode == 2
+    assert "holds the batch of step 3 in flight" in refused.stderr and "rollout.placement=separate" in refused.stderr

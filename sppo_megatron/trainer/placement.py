@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.config.schema import Config
+from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0, rank, share_outcomes
 from sppo_megatron.trainer.generation import Rollout, decode, generate, train_sampling
 from sppo_megatron.trainer.metrics import timed
@@ -143,6 +144,9 @@ class Rollouts:
         flight = state.get("in_flight")
         if not flight:
             return
+        if not self.separate:
+            raise UserError(f"{ckpt_dir} holds the batch of step {flight['step']} in flight (an off-policy run): "
+                            "resume it with rollout.placement=separate")
         with self.actor.weights(self.actor.snapshot_weights()):  # restores the resumed weights after the block
             self.actor.load_weights(os.path.join(ckpt_dir, GENERATING_POLICY))
             weights = self.actor.snapshot_weights()
