@@ -17,6 +17,7 @@ from sppo_megatron.config.schema import AlgorithmConfig, Config, DataConfig, Rew
 from sppo_megatron.data import PromptItem, PromptSampler
 from sppo_megatron.rollout import RolloutSample
 from sppo_megatron.trainer.generation import collect_rollout, train_sampling
+from sppo_megatron.trainer.placement import Rollouts
 from tests.test_config import problems
 from tests.tiny_run import base_overrides, by_step, latest, train
 
@@ -76,6 +77,12 @@ class ScriptedEngine:
     def __init__(self) -> None:
         self.seeds = []
 
+    def wake(self) -> None:
+        pass
+
+    def sleep(self) -> None:
+        pass
+
     def generate(self, prompt_ids, sampling, n):
         self.seeds.append(sampling.seed)
         return [RolloutSample(p, j, [j], "stop") for p in range(len(prompt_ids)) for j in range(n)]
@@ -100,8 +107,14 @@ def _run(ties, batch_size=4, factor=1.0):
         train_data=items, sampler=PromptSampler(12, int(batch_size * factor), seed=0, shuffle=False),
         engine=ScriptedEngine(), scorer=ScriptedScorer(),
         tokenizer=SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [" ".join(map(str, i)) for i in ids]),
-        sync_weights=lambda: syncs.append(1) or {"timing/sync_s": 0.5}, to_rollout=lambda: None, to_training=lambda: None,
-        syncs=syncs)
+        actor=SimpleNamespace(export_hf_weights=lambda: iter(()), offload=lambda: None, onload=lambda: None),
+        weight_sync=SimpleNamespace(sync=lambda weights: syncs.append(1) or {"timing/sync_s": 0.5}), syncs=syncs)
+
+
+def collect(run, cfg, step):
+    """collect_rollout through the trainer's own (colocated) Rollouts, on the scripted parts."""
+    rollouts = Rollouts(cfg, run.engine, run.actor, run.weight_sync, run.sampler, run.train_data, run.tokenizer)
+    return collect_rollout(rollouts, run.scorer, cfg, step)
 
 
 def _cfg(rounds=3, filtering="auto", factor=1.0):
@@ -115,7 +128,7 @@ def _kept_rows(rollout):
 
 def test_refill_keeps_a_full_batch_of_prompts_with_signal(capsys):
     run, cfg = _run(ties={0, 2, 4, 5}), _cfg()
-    rollout, rewards, metrics = collect_rollout(run, cfg, step=7)
+    rollout, rewards, metrics = collect(run, cfg, step=7)
     # round 1 draws 0-3 (keeps 1, 3), round 2 draws 4-5 (both tie), round 3 draws 6-7 (keeps both)
     assert _kept_rows(rollout) == [1, 3, 6, 7]
     assert prompts_with_signal(rewards, 2, cfg.algorithm).all() and len(rewards) == 8
@@ -132,29 +145,29 @@ def test_refill_keeps_a_full_batch_of_prompts_with_signal(capsys):
 
 def test_surplus_of_the_last_round_is_dropped_and_oversampling_draws_more():
     run = _run(ties={0}, factor=2.0)
-    rollout, _, metrics = collect_rollout(run, _cfg(factor=2.0), step=1)
+    rollout, _, metrics = collect(run, _cfg(factor=2.0), step=1)
     assert _kept_rows(rollout) == [1, 2, 3, 4]  # one round of 8 prompts: 7 with signal, the first 4 kept
     assert metrics["rollout/extra_rounds"] == 0 and run.sampler.position == 8
 
 
 def test_bound_hit_trains_on_what_it_has_and_says_why(capsys):
     run = _run(ties={0, 2, 4, 5, 6, 7})
-    rollout, _, metrics = collect_rollout(run, _cfg(rounds=1), step=3)
+    rollout, _, metrics = collect(run, _cfg(rounds=1), step=3)
     assert _kept_rows(rollout) == [1, 3]
     assert metrics["sppo/kept_prompts"] == 2 and run.sampler.position == 6
     (line,) = capsys.readouterr().out.splitlines()
     assert line == ("sppo-train: step 3: 2 of data.train_batch_size=4 prompts have a reward signal after 1 extra "
                     "generation rounds (rollout.max_extra_rounds=1); training on those 2")
-    collect_rollout(_run(ties={0, 2}), _cfg(rounds=0), step=4)  # filtering alone: short batches by choice
+    collect(_run(ties={0, 2}), _cfg(rounds=0), step=4)  # filtering alone: short batches by choice
     assert capsys.readouterr().out == ""
     run = _run(ties=set(range(12)))
-    rollout, rewards, metrics = collect_rollout(run, _cfg(rounds=2), step=1)
+    rollout, rewards, metrics = collect(run, _cfg(rounds=2), step=1)
     assert rollout.items == [] and len(rewards) == 0 and metrics["sppo/no_signal_frac"] == 1.0
 
 
 def test_filter_off_trains_on_the_first_draw_as_before(capsys):
     run = _run(ties={0, 2})
-    rollout, _, metrics = collect_rollout(run, _cfg(filtering=False), step=1)
+    rollout, _, metrics = collect(run, _cfg(filtering=False), step=1)
     assert _kept_rows(rollout) == [0, 1, 2, 3] and metrics["rollout/extra_rounds"] == 0
     assert "sppo/no_signal_frac" not in metrics  # compute_targets reports it over the trained batch
     assert capsys.readouterr().out == ""
@@ -163,7 +176,7 @@ def test_filter_off_trains_on_the_first_draw_as_before(capsys):
 def test_an_engine_that_drops_its_weights_is_resynced_each_extra_round():
     run = _run(ties={0, 2, 4, 5})
     run.engine.weights_valid = False
-    _, _, metrics = collect_rollout(run, _cfg(), step=1)
+    _, _, metrics = collect(run, _cfg(), step=1)
     assert len(run.syncs) == 3 and metrics["timing/sync_s"] == 1.5
 
 

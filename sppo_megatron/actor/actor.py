@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -325,6 +326,40 @@ class MegatronActor:
         from sppo_megatron.actor.checkpoint import load_actor
 
         load_actor(self, ckpt_dir, load_optimizer=load_optimizer)
+
+    def snapshot_weights(self) -> List[torch.Tensor]:
+        """A copy of this rank's model parameters (the policy behind an off-policy batch in flight)."""
+        return [p.detach().clone() for p in self.model.parameters()]
+
+    @contextmanager
+    def weights(self, snapshot: Optional[List[torch.Tensor]]) -> Iterator[None]:
+        """Run the block with `snapshot`'s parameters, then restore the current ones exactly (the
+        optimizer's state is not touched). None: the current weights."""
+        if snapshot is None:
+            yield
+            return
+        params = list(self.model.parameters())
+        current = self.snapshot_weights()
+        with torch.no_grad():
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, c in zip(params, current):
+                    p.copy_(c)
+
+    def save_weights(self, ckpt_dir: str) -> None:
+        """The model weights alone (collective; see actor.checkpoint.save_policy_weights)."""
+        from sppo_megatron.actor.checkpoint import save_policy_weights
+
+        save_policy_weights(self, ckpt_dir)
+
+    def load_weights(self, ckpt_dir: str) -> None:
+        from sppo_megatron.actor.checkpoint import load_policy_weights
+
+        load_policy_weights(self, ckpt_dir)
 
     def offload(self) -> None:
         """Move params, grad buffers and optimizer state to pinned CPU memory (GPU; no-op on CPU).

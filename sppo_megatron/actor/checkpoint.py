@@ -184,3 +184,24 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
         actor.optimizer.reload_model_params()
     if same_layout and loaded.get("rng_state") is not None:
         _set_rng_state(loaded["rng_state"])
+
+
+def save_policy_weights(actor: Any, ckpt_dir: str) -> None:
+    """The model weights alone (no optimizer, schedule or RNG) as a dist checkpoint (collective):
+    the policy that generated an off-policy run's in-flight batch."""
+    from sppo_megatron.models import save_dist_checkpoint
+
+    if rank() == 0:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    barrier()
+    save_dist_checkpoint({MODEL_KEY: actor.model.sharded_state_dict()}, ckpt_dir)
+    barrier()
+
+
+def load_policy_weights(actor: Any, ckpt_dir: str) -> None:
+    """Load what `save_policy_weights` wrote into the model (collective); the optimizer is left alone."""
+    from sppo_megatron.models import load_dist_checkpoint
+
+    loaded = load_dist_checkpoint({MODEL_KEY: actor.model.sharded_state_dict()}, ckpt_dir)
+    with torch.no_grad():
+        actor.model.load_state_dict(loaded[MODEL_KEY])

@@ -25,6 +25,18 @@ def filters_no_signal(cfg: Config) -> bool:
     return bool(setting)
 
 
+def training_world_size(cfg: Config, world_size: int) -> int:
+    """The ranks that train: all of them, less the rollout ranks of placement=separate."""
+    return world_size - cfg.rollout.num_ranks if cfg.rollout.placement == "separate" else world_size
+
+
+def _world_words(cfg: Config, world_size: int) -> str:
+    if cfg.rollout.placement != "separate":
+        return f"the world size {world_size}"
+    return (f"the {training_world_size(cfg, world_size)} training ranks (world size {world_size} - "
+            f"rollout.num_ranks={cfg.rollout.num_ranks})")
+
+
 def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     m = cfg.model
     problems = []
@@ -44,9 +56,10 @@ def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
 def parallel_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     p = cfg.parallel
     problems = []
-    if ParallelLayout.for_world(world_size, p.tp, p.pp) is None:
+    train_world = training_world_size(cfg, world_size)
+    if train_world >= 1 and ParallelLayout.for_world(train_world, p.tp, p.pp) is None:
         problems.append(
-            f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide the world size {world_size}"
+            f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {_world_words(cfg, world_size)}"
         )
     if p.sequence_parallel and p.tp == 1:
         problems.append("parallel.sequence_parallel: needs parallel.tp > 1")
@@ -71,8 +84,22 @@ def data_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
 def rollout_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     r = cfg.rollout
     problems = []
-    if world_size % r.tp and r.engine != "hf":
-        problems.append(f"rollout.tp={r.tp} does not divide the world size {world_size}")
+    if r.placement == "separate":
+        if r.num_ranks < 1:
+            problems.append("rollout.num_ranks: placement=separate needs >= 1 rollout rank (e.g. rollout.num_ranks=2)")
+        elif r.num_ranks >= world_size:
+            problems.append(f"rollout.num_ranks={r.num_ranks} leaves no training rank in a world of {world_size} ranks")
+        elif r.num_ranks % r.tp and r.engine != "hf":
+            problems.append(f"rollout.tp={r.tp} does not divide rollout.num_ranks={r.num_ranks}")
+    else:
+        if r.num_ranks:
+            problems.append(f"rollout.num_ranks={r.num_ranks}: only with rollout.placement=separate (colocated "
+                            "engines run on every rank)")
+        if r.off_policy_steps:
+            problems.append(f"rollout.off_policy_steps={r.off_policy_steps}: needs rollout.placement=separate "
+                            "(colocated generation and training take turns on the same ranks)")
+        if world_size % r.tp and r.engine != "hf":
+            problems.append(f"rollout.tp={r.tp} does not divide the world size {world_size}")
     if cfg.algorithm.preference != "batch_softmean" and r.n < 2:
         problems.append(
             f"rollout.n={r.n}: SPPO win rates need >= 2 samples per prompt (or algorithm.preference=batch_softmean)"
@@ -138,7 +165,8 @@ def optim_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
 
 def train_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     t, n = cfg.train, cfg.rollout.n
-    layout = ParallelLayout.for_world(world_size, cfg.parallel.tp, cfg.parallel.pp)
+    train_world = training_world_size(cfg, world_size)
+    layout = ParallelLayout.for_world(train_world, cfg.parallel.tp, cfg.parallel.pp) if train_world >= 1 else None
     if layout is None:
         return []  # reported by parallel_rules; a data-parallel rule would only repeat it
     samples = t.mini_batch_size * n

@@ -77,8 +77,11 @@ class RolloutConfig:
     tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
     mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
-    max_extra_rounds: int = opt(2, "dynamic sampling (algorithm.filter_no_signal): generation rounds a step may add to refill the prompts it dropped; when the bound is hit the step trains on the prompts it has (and says so); 0 = never refill", min=0)
+    max_extra_rounds: int = opt(2, "dynamic sampling (algorithm.filter_no_signal): generation rounds a step may add to refill the prompts it dropped; when the bound is hit the step trains on the prompts it has (and says so); 0 = never refill; off_policy_steps=1 never refills (its next batch is already generating)", min=0)
     dtype: str = opt("auto", "rollout engine dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
+    placement: str = opt("colocated", "colocated: the engine shares the training ranks, phases alternate; separate: the last rollout.num_ranks ranks host the engine, weights are broadcast to them in buckets", choices=("colocated", "separate"))
+    num_ranks: int = opt(0, "ranks hosting the rollout engine with placement=separate (the others train); 0 with colocated", min=0)
+    off_policy_steps: int = opt(0, "placement=separate: 1 = the rollout ranks generate batch t+1 with the weights of step t while the training ranks train on batch t", choices=(0, 1))
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,9 @@ class Config:
 
 GROUP_HELP = {
     "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
-    "parallel": "tensor / pipeline parallel sizes (data parallel = world / (tp * pp))",
+    "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds",
+    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
     "algorithm": "SPPO preference model, eta, loss variant, no-signal filtering",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",

@@ -3,6 +3,12 @@
 `detect_launch()` only reads the environment (config validation needs the world size before any
 process group exists); `init_distributed()` creates the process group (NCCL with CUDA, gloo
 without), megatron's parallel state and seeds every RNG.
+
+With rollout ranks (rollout.placement=separate) the job splits in two: the first world - R ranks
+train (the default process group and megatron's parallel state span only them, so everything
+training does is unchanged), the last R ranks host the rollout engine (their own default group).
+A `Channel` (gloo) joins training rank 0 and the rollout ranks: requests and weight buckets are
+broadcast from it, results come back point to point.
 """
 
 from __future__ import annotations
@@ -106,11 +112,135 @@ def seed_everything(seed: int) -> None:
         model_parallel_cuda_manual_seed(seed)
 
 
-def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> LaunchInfo:
+def _bytes_tensor(payload: bytes) -> torch.Tensor:
+    """A uint8 tensor owning a copy of `payload` (frombuffer would not keep the bytes alive)."""
+    return torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
+
+
+class Channel:
+    """A gloo group outside the default one (training rank 0 = channel rank 0, rollout rank i =
+    channel rank 1 + i). Objects are pickled into byte tensors; a failed call on the serving side
+    travels back as its exception (`send_outcome` / `recv_outcome`), like `share_outcomes`."""
+
+    def __init__(self, pg: Any, rank: int, size: int) -> None:
+        self.pg, self.rank, self.size = pg, rank, size
+        #: what this rank sent and the peers may not have read yet: gloo's send can complete
+        #: before the bytes leave, so the tensors live until this rank next receives something
+        #: (the protocol of rollout/remote.py answers every command, so that proves receipt)
+        self._sent: List[torch.Tensor] = []
+
+    def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """`tensor` (CPU, contiguous) filled in place from channel rank `src`."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        opts.rootTensor = 0
+        self.pg.broadcast([tensor], opts).wait()
+        if self.rank == src:
+            self._sent.append(tensor)
+        else:
+            self._sent.clear()
+        return tensor
+
+    def broadcast_object(self, obj: Any = None, src: int = 0) -> Any:
+        """Channel rank `src`'s `obj` on every channel rank."""
+        import pickle
+
+        payload = pickle.dumps(obj) if self.rank == src else b""
+        size = self.broadcast_tensor(torch.tensor([len(payload)], dtype=torch.int64), src)
+        data = _bytes_tensor(payload) if payload else torch.empty(int(size), dtype=torch.uint8)
+        self.broadcast_tensor(data, src)
+        return pickle.loads(data.numpy().tobytes()) if self.rank != src else obj
+
+    def send_outcome(self, fn: Callable[[], T], dst: int = 0) -> None:
+        """Run fn and send its result, or the exception it raised, to channel rank `dst`."""
+        import pickle
+
+        try:
+            outcome: Tuple[bool, Any] = (True, fn())
+        except Exception as e:  # noqa: BLE001 - raised on the receiving side
+            outcome = (False, _portable(e))
+        data = _bytes_tensor(pickle.dumps(outcome))
+        size = torch.tensor([data.numel()], dtype=torch.int64)
+        self.pg.send([size], dst, 0).wait()
+        self.pg.send([data], dst, 1).wait()
+        self._sent += [size, data]
+
+    def recv_outcome(self, src: int = 1) -> Any:
+        """What `send_outcome` on channel rank `src` sent: its result, or its exception raised here."""
+        import pickle
+
+        size = torch.zeros(1, dtype=torch.int64)
+        self.pg.recv([size], src, 0).wait()
+        data = torch.empty(int(size), dtype=torch.uint8)
+        self.pg.recv([data], src, 1).wait()
+        self._sent.clear()
+        ok, value = pickle.loads(data.numpy().tobytes())
+        if not ok:
+            value.add_note(f"(raised on rollout channel rank {src})")
+            raise value
+        return value
+
+
+@dataclass
+class RoleSplit:
+    """Training ranks [0, train_world) and rollout ranks [train_world, world); `channel` on
+    training rank 0 and the rollout ranks (None elsewhere)."""
+
+    rank: int
+    train_world: int
+    rollout_world: int
+    channel: Optional[Channel]
+    store: Any
+
+    @property
+    def is_rollout(self) -> bool:
+        return self.rank >= self.train_world
+
+
+_SPLIT: Optional[RoleSplit] = None
+
+
+def role_split() -> Optional[RoleSplit]:
+    """The job's split into training and rollout ranks (None: every rank trains)."""
+    return _SPLIT
+
+
+def is_rollout_rank() -> bool:
+    return _SPLIT is not None and _SPLIT.is_rollout
+
+
+def _init_split(info: LaunchInfo, rollout_ranks: int, backend: str, timeout: datetime.timedelta) -> None:
+    """Two default groups (training ranks, rollout ranks) on one rendezvous store, and the channel."""
+    import torch.distributed as dist
+
+    global _SPLIT
+    port = info.master_port or free_port()
+    store, _, _ = next(dist.rendezvous(f"tcp://{info.master_addr}:{port}", rank=info.rank,
+                                       world_size=info.world_size, timeout=timeout))
+    train_world = info.world_size - rollout_ranks
+    rollout = info.rank >= train_world
+    role_rank = info.rank - train_world if rollout else info.rank
+    dist.init_process_group(backend=backend, store=dist.PrefixStore("sppo/rollout/" if rollout else "sppo/train/", store),
+                            rank=role_rank, world_size=rollout_ranks if rollout else train_world, timeout=timeout)
+    channel = None
+    if rollout or info.rank == 0:
+        size = 1 + rollout_ranks
+        crank = 1 + role_rank if rollout else 0
+        channel = Channel(dist.ProcessGroupGloo(dist.PrefixStore("sppo/channel/", store), crank, size, timeout),
+                          crank, size)
+    _SPLIT = RoleSplit(info.rank, train_world, rollout_ranks, channel, store)
+
+
+def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30,
+                     rollout_ranks: int = 0) -> LaunchInfo:
     """Create the default process group and megatron's TP/PP/DP groups, then seed.
 
     NCCL on GPUs (one device per local rank), gloo plus the CPU compatibility layer otherwise.
     Idempotent for the process group; megatron's parallel state is rebuilt if the sizes differ.
+    `rollout_ranks` > 0 splits the job (module docstring): megatron's state exists on the training
+    ranks only.
     """
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -123,6 +253,12 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
         torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
     else:
         cpu_compat.enable()
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if not dist.is_initialized() and rollout_ranks:
+        _init_split(info, rollout_ranks, "nccl" if use_cuda else "gloo", timeout)
+    if is_rollout_rank():
+        seed_everything(seed)
+        return info
     if not dist.is_initialized():
         port = info.master_port or free_port()
         dist.init_process_group(
@@ -130,7 +266,7 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
             init_method=f"tcp://{info.master_addr}:{port}",
             rank=info.rank,
             world_size=info.world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=timeout,
         )
     if parallel_state.model_parallel_is_initialized():
         if (
@@ -156,9 +292,12 @@ def current_device() -> torch.device:
 
 def rank() -> int:
     """This process's global rank; before a process group exists, the launcher's (RANK or
-    SLURM_PROCID, 0 for a single process), so CLIs can pick the rank that talks to the user."""
+    SLURM_PROCID, 0 for a single process), so CLIs can pick the rank that talks to the user.
+    Rollout ranks of a split job keep their job rank (their default group is their own)."""
     import torch.distributed as dist
 
+    if _SPLIT is not None:
+        return _SPLIT.rank
     if dist.is_initialized():
         return dist.get_rank()
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
@@ -237,6 +376,8 @@ def destroy_distributed() -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    global _SPLIT
+    _SPLIT = None
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

@@ -154,14 +154,14 @@ def start_peer_monitor(timeout_s: float, prog: str) -> Optional[PeerMonitor]:
 
     from sppo_megatron.platform.distributed import detect_launch
 
-    if timeout_s <= 0 or not dist.is_initialized() or dist.get_world_size() == 1:
+    info = detect_launch()  # the job's ranks: with rollout ranks the default group spans only one role
+    if timeout_s <= 0 or not dist.is_initialized() or info.world_size == 1:
         return None
-    info = detect_launch()
     client = dist.TCPStore(info.master_addr, info.master_port, is_master=False,
                            timeout=datetime.timedelta(seconds=max(timeout_s, 5.0)), wait_for_workers=False)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun keeps its store across restarts
     store = dist.PrefixStore(f"sppo/liveness/{restart}/", client)
-    _current = PeerMonitor(store, dist.get_rank(), dist.get_world_size(), timeout_s, prog).start()
+    _current = PeerMonitor(store, info.rank, info.world_size, timeout_s, prog).start()
     return _current
 
 

@@ -98,9 +98,13 @@ def val_sampling(cfg: Config) -> SamplingParams:
 def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int) -> Rollout:
     """Sample n responses per prompt (collective)."""
     items = list(items)
-    samples = engine.generate([it.prompt_ids for it in items], sampling, n)
+    return decode(tokenizer, items, engine.generate([it.prompt_ids for it in items], sampling, n), n)
+
+
+def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSample], n: int) -> Rollout:
+    """The Rollout of `samples` (n per item, in order), their responses decoded."""
     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    return Rollout(items, n, samples, texts)
+    return Rollout(list(items), n, samples, texts)
 
 
 def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -164,8 +168,9 @@ def _merge_stats(rounds: Sequence[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]
     return merged
 
 
-def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
-    """The step's rollout half (collective): sync the weights, draw prompts, generate, score.
+def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
+    """The step's rollout half (collective): prompts generated where rollout.placement puts the
+    engine (`rollouts`, trainer/placement.py: Rollouts), then scored.
 
     Dynamic sampling (algorithm.filter_no_signal, on for rule rewards by default): prompts whose
     samples all tie are dropped, and up to rollout.max_extra_rounds more rounds draw
@@ -173,34 +178,33 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
     factor) until data.train_batch_size prompts with signal are kept, in draw order; the surplus
     of the last round is dropped. Every drawn prompt advances the sampler, so resuming is exact.
     When the bound is hit the step trains on what it kept (none: the loop skips the update), and
-    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). An
-    engine that drops its weights asleep (SGLang) is synced again before each extra round.
+    rank 0 says so (unless max_extra_rounds=0: filtering alone, short batches by choice). Extra
+    rounds use the weights that generated the step's batch; with rollout.off_policy_steps=1 there
+    are none (the next batch is already generating): it filters only.
 
-    `run` is the RunComponents. Returns the kept prompts' rollout, their rewards, and the sync,
-    `timing/gen_s` (all rounds), `reward/*` and `response/*` (all drawn samples) metrics, plus
-    `rollout/extra_rounds`, `rollout/drawn_prompts`, `sppo/kept_prompts` and, when filtering,
-    `sppo/no_signal_frac` over every drawn prompt.
+    Returns the kept prompts' rollout, their rewards, and the sync, `timing/gen_s` (all rounds),
+    `reward/*` and `response/*` (all drawn samples) metrics, plus `rollout/extra_rounds`,
+    `rollout/drawn_prompts`, `sppo/kept_prompts` and, when filtering, `sppo/no_signal_frac` over
+    every drawn prompt.
     """
     n, want, filtering = cfg.rollout.n, cfg.data.train_batch_size, filters_no_signal(cfg)
-    metrics: Dict[str, Any] = dict(run.sync_weights())
-    metrics["timing/gen_s"] = 0.0
+    max_extra = cfg.rollout.max_extra_rounds if filtering and not cfg.rollout.off_policy_steps else 0
+    metrics: Dict[str, Any] = {}
     drawn: List[Tuple[Rollout, torch.Tensor, Dict[str, Any]]] = []
     kept: List[Tuple[Rollout, torch.Tensor]] = []
     num_kept = num_signal = extra = 0
-    for extra in range(cfg.rollout.max_extra_rounds + 1 if filtering else 1):
-        if extra and not run.engine.weights_valid:
-            metrics["timing/sync_s"] += run.sync_weights()["timing/sync_s"]
+    for extra in range(max_extra + 1 if filtering else 1):
         size = math.ceil((want - num_kept) * cfg.data.oversample_factor - 1e-9)
-        items = [run.train_data[i] for i in run.sampler.next_batch(size)]
-        run.to_rollout()
-        start = time.perf_counter()
-        rollout = generate(run.engine, run.tokenizer, items, train_sampling(cfg, step, extra), n)
-        metrics["timing/gen_s"] += time.perf_counter() - start
-        run.to_training()
-        rewards, stats = _score(run.scorer, rollout)
+        rollout, round_metrics = rollouts.generate_round(step, extra, size)
+        if extra:  # a refill's generation and sync time add up; the other metrics are the first round's
+            metrics.update({key: metrics.get(key, 0.0) + round_metrics.get(key, 0.0)
+                            for key in ("timing/gen_s", "timing/sync_s")})
+        else:
+            metrics.update(round_metrics)
+        rewards, stats = _score(scorer, rollout)
         drawn.append((rollout, rewards, stats))
         signal = (prompts_with_signal(rewards, n, cfg.algorithm) if filtering
-                  else torch.ones(len(items), dtype=torch.bool))
+                  else torch.ones(len(rollout.items), dtype=torch.bool))
         num_signal += int(signal.sum())
         take = signal.nonzero().flatten()[: want - num_kept].tolist()
         samples = torch.tensor([p * n + j for p in take for j in range(n)], dtype=torch.long)
@@ -215,7 +219,7 @@ def collect_rollout(run: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Te
                     "sppo/kept_prompts": float(num_kept)})
     if filtering:
         metrics["sppo/no_signal_frac"] = 1.0 - num_signal / len(everything.items)
-        if num_kept < want and cfg.rollout.max_extra_rounds and is_rank0():  # 0: short batches are the choice
+        if num_kept < want and max_extra and is_rank0():  # 0: short batches are the choice
             print(f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
                   f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
                   f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}", flush=True)

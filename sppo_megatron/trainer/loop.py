@@ -1,9 +1,9 @@
 """The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
 
     for step:
-        rollout  = collect_rollout(run, cfg, step)           trainer/generation.py:
-                     sync weights Megatron -> rollout engine   sync/, rollout/
+        rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/placement.py:
                      prompts = sampler.next_batch()            data/
+                     sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
                      samples = rollout.generate(prompts, n=K)  rollout/
                      rewards = scorer.score(samples)           reward/ (failures: trainer/reward_health)
                      drop prompts whose samples tie; refill    (dynamic sampling, bounded)
@@ -18,30 +18,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import TrainingDiverged
-from sppo_megatron.platform.distributed import is_rank0, share_outcomes
+from sppo_megatron.platform.distributed import is_rank0, is_rollout_rank, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
 from sppo_megatron.trainer.generation import collect_rollout, sample_records, val_sampling
-from sppo_megatron.trainer.metrics import MetricsLogger
+from sppo_megatron.trainer.metrics import MetricsLogger, timed
+from sppo_megatron.trainer.placement import serve_rollouts
 from sppo_megatron.trainer.preemption import PreemptionFlag
 from sppo_megatron.trainer.reward_health import RewardGuard
 from sppo_megatron.trainer.run_lock import RunLock
 from sppo_megatron.trainer.setup import RunComponents, build_components
-
-
-@contextmanager
-def timed(metrics: Dict[str, Any], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    metrics[key] = time.perf_counter() - start
 
 
 def _say(message: str) -> None:
@@ -51,24 +44,24 @@ def _say(message: str) -> None:
 
 def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
-    sync_s = run.sync_weights()["timing/sync_s"]
-    run.to_rollout()
+    sync_s = run.rollouts.sync_weights()["timing/sync_s"]
+    run.rollouts.to_rollout()
     result, _, _ = evaluate(run.engine, run.tokenizer, run.val_scorer, run.val_data.items, val_sampling(cfg),
                             n=cfg.rollout.val_n, batch_size=cfg.data.val_batch_size)
-    run.to_training()
+    run.rollouts.to_training()
     return {"timing/val_sync_s": sync_s, **result}
 
 
 def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
-    rollout, rewards, metrics = collect_rollout(run, cfg, step)  # refills prompts dynamic sampling drops
+    rollout, rewards, metrics = collect_rollout(run.rollouts, run.scorer, cfg, step)  # refills what dynamic sampling drops
     reward_guard.check(step, metrics, int(metrics["rollout/drawn_prompts"]) * cfg.rollout.n)
     if not rollout.items:  # no prompt with a reward signal within rollout.max_extra_rounds: nothing to train
         return {**metrics, "train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
     targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
     with timed(metrics, "timing/old_logp_s"):
-        old_logp = run.actor.log_probs(batch, temperature=cfg.rollout.temperature)
+        old_logp = run.rollouts.old_log_probs(batch)  # under the weights that generated the batch
     with timed(metrics, "timing/update_s"):
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
@@ -87,13 +80,17 @@ def resume(run: RunComponents, ckpts: CheckpointManager, resume_from: Optional[s
     state = ckpts.read_state(resume_from)
     run.actor.load_checkpoint(resume_from)
     run.sampler.load_state_dict(state["sampler"])
+    run.rollouts.load_state_dict(state, resume_from)
     return int(state["step"]), int(state.get("bad_steps", 0)), int(state.get("bad_reward_steps", 0))
 
 
 def train(cfg: Config) -> Dict[str, Any]:
     """Run SPPO as configured; returns the last step's metrics. Collective: call on every rank.
 
-    The run holds output_dir's lock throughout: a second run there stops at once (UserError)."""
+    The run holds output_dir's lock throughout: a second run there stops at once (UserError).
+    Rollout ranks (rollout.placement=separate) serve the training ranks' generation instead."""
+    if is_rollout_rank():
+        return serve_rollouts(cfg)
     lock = RunLock(cfg.trainer.output_dir)
     try:
         notice = share_outcomes(lock.acquire if is_rank0() else None)[0]
@@ -143,7 +140,8 @@ def _train(cfg: Config) -> Dict[str, Any]:
             if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
                 with timed(metrics, "timing/save_s"):
                     ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps,
-                                      "bad_reward_steps": reward_guard.bad_steps}, run.actor.save_checkpoint)
+                                      "bad_reward_steps": reward_guard.bad_steps, **run.rollouts.state_dict()},
+                               run.save_checkpoint)
             metrics["timing/step_s"] = time.perf_counter() - step_start
             # rollout + training throughput: validation and checkpoint time left out
             busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)

@@ -8,9 +8,18 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 from sppo_megatron.platform.files import atomic_write_text
+
+
+@contextmanager
+def timed(metrics: Dict[str, Any], key: str) -> Iterator[None]:
+    """metrics[key] = the block's wall time in seconds."""
+    start = time.perf_counter()
+    yield
+    metrics[key] = time.perf_counter() - start
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
@@ -66,24 +66,14 @@ class RunComponents:
     sampler: PromptSampler
     engine: Any
     actor: Any
-    weight_sync: Any
+    rollouts: Any  # trainer.placement.Rollouts: weights -> engine, generation, the batch in flight
     scorer: Any
     val_scorer: Any
 
-    def sync_weights(self) -> Dict[str, float]:
-        """Push the actor's weights to the rollout engine. Every time: an engine may drop its
-        weights when put to sleep (SGLang's memory saver does)."""
-        return self.weight_sync.sync(self.actor.export_hf_weights())
-
-    def to_rollout(self) -> None:
-        """Hand the accelerator to the rollout engine (GPU colocation; no memory moves on CPU)."""
-        self.actor.offload()
-        self.engine.wake()
-
-    def to_training(self) -> None:
-        """Hand the accelerator back to the actor."""
-        self.engine.sleep()
-        self.actor.onload()
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """The actor's state and the policy behind an in-flight batch (collective)."""
+        self.actor.save_checkpoint(ckpt_dir)
+        self.rollouts.save(ckpt_dir)
 
     def export_hf(self, out_dir: str) -> None:
         """Write the policy as an HF checkpoint in the training dtype (collective; atomic: written
@@ -134,7 +124,9 @@ def build_components(cfg: Config, load_weights: bool = True,
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.reward.oracles import build_oracle
     from sppo_megatron.rollout import create_rollout_engine
+    from sppo_megatron.rollout.remote import RemoteRolloutEngine
     from sppo_megatron.sync import WeightSync
+    from sppo_megatron.trainer.placement import Rollouts
 
     hf_dir = str(cfg.model.path)  # config and tokenizer (weights come from the checkpoint or here)
     tokenizer = load_tokenizer(hf_dir)
@@ -142,10 +134,14 @@ def build_components(cfg: Config, load_weights: bool = True,
     # the largest draw: dynamic sampling's first round (trainer/generation.py: collect_rollout)
     sampler = PromptSampler(len(train), math.ceil(cfg.data.train_batch_size * cfg.data.oversample_factor - 1e-9),
                             cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
-    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
-                                   log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
-    engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
+    if cfg.rollout.placement == "separate":
+        engine = RemoteRolloutEngine(cfg.rollout.sync_bucket_mb)  # the engine itself is on the rollout ranks
+    else:
+        engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
+                                       log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+        engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
     actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
+    rollouts = Rollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer)
     val_scorer = RewardScorer(cfg.reward, interrupted)
     scorer = val_scorer if cfg.reward.source == "rule" else build_oracle(cfg.reward, cfg.algorithm.preference)
-    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, WeightSync(engine), scorer, val_scorer)
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, rollouts, scorer, val_scorer)
