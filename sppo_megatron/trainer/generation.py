@@ -11,7 +11,6 @@ same dynamic-sampling decisions (`collect_rollout`) without communicating.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Sequence, Tuple
