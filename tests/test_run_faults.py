@@ -19,7 +19,6 @@ import pytest
 from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command
 
 
-
 def _errors(res: subprocess.CompletedProcess, prog: str) -> list:
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
