@@ -21,6 +21,17 @@ def tiny_assets(tmp_path_factory):
     return build_assets(str(tmp_path_factory.mktemp("tiny_assets")))
 
 
+@pytest.fixture(scope="session")
+def two_step_run(tiny_assets, tmp_path_factory):
+    """A finished run of `tiny_run.TWO_STEP_RUN` (2 steps, no validation, checkpoints of steps 1
+    and 2, hf/ export), shared by the e2e and fault tests: read it, or copy it before changing it."""
+    from tests.tiny_run import TWO_STEP_RUN, base_overrides, train
+
+    out = tmp_path_factory.mktemp("two_step_run") / "run"
+    train(base_overrides(tiny_assets, str(out)) + TWO_STEP_RUN)
+    return out
+
+
 @pytest.fixture
 def run_files(tmp_path):
     """Overrides naming a model directory, a train file and an output dir that exist (for config tests)."""

@@ -10,9 +10,11 @@ from tests.multirank import run_ranks
 
 
 def _init():
+    """The group, once per process: one spawn runs several of the bodies below in turn."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
 
 
 def _generation_fails_on_rank1():
@@ -42,8 +44,20 @@ def _generation_fails_on_rank1():
     return "no error", []
 
 
-def test_generation_failure_on_one_rank_raises_on_all():
-    (m0, notes0), (m1, notes1) = run_ranks(_generation_fails_on_rank1, 2, timeout=120)
+def _two_rank_bodies():
+    return {"generation": _generation_fails_on_rank1(), "user_error": _user_error_on_rank1_exits_2(),
+            "unpicklable": _unpicklable_error()}
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    """The 2-rank bodies' results, rank order, from one spawn of 2 ranks (each body leaves the
+    group usable: what the trainer relies on after a shared failure)."""
+    return run_ranks(_two_rank_bodies, 2, timeout=120)
+
+
+def test_generation_failure_on_one_rank_raises_on_all(two_ranks):
+    (m0, notes0), (m1, notes1) = [r["generation"] for r in two_ranks]
     assert m0 == m1 == "engine fell over"
     assert notes0 == ["(raised on rank 1)"] and notes1 == []  # rank 1 raises its own, with its traceback
 
@@ -67,9 +81,14 @@ def _share_outcomes(raise_on):
         return str(e)
 
 
+def _share_outcomes_twice():
+    return _share_outcomes(-1), _share_outcomes(1)
+
+
 def test_share_outcomes_shares_results_or_the_exception():
-    assert run_ranks(_share_outcomes, 3, -1, timeout=120) == [[("from rank", 0), ("from rank", 1), None]] * 3
-    assert run_ranks(_share_outcomes, 3, 1, timeout=120) == ["bad reward input"] * 3
+    results = run_ranks(_share_outcomes_twice, 3, timeout=120)  # both cases in one spawn
+    assert [r[0] for r in results] == [[("from rank", 0), ("from rank", 1), None]] * 3
+    assert [r[1] for r in results] == ["bad reward input"] * 3
 
 
 def _user_error_on_rank1_exits_2():
@@ -97,8 +116,8 @@ def _user_error_on_rank1_exits_2():
     return "no exit"
 
 
-def test_user_error_on_rank1_exits_2_on_rank0():
-    assert run_ranks(_user_error_on_rank1_exits_2, 2, timeout=120) == [2, 2]
+def test_user_error_on_rank1_exits_2_on_rank0(two_ranks):
+    assert [r["user_error"] for r in two_ranks] == [2, 2]
 
 
 class _Unpicklable(Exception):
@@ -123,8 +142,8 @@ def _unpicklable_error():
         return type(e).__name__, str(e)
 
 
-def test_exception_that_does_not_pickle_arrives_as_runtime_error():
-    r0, r1 = run_ranks(_unpicklable_error, 2, timeout=120)
+def test_exception_that_does_not_pickle_arrives_as_runtime_error(two_ranks):
+    r0, r1 = [r["unpicklable"] for r in two_ranks]
     assert r0 == ("_Unpicklable", "7: cannot be rebuilt from its args")
     assert r1 == ("RuntimeError", "_Unpicklable: 7: cannot be rebuilt from its args")
 

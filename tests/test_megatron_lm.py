@@ -210,32 +210,38 @@ def _tp2_body(root, work):
 
 
 def _tp1_after_tp2_body(root, work):
+    """One rank: the tp2 checkpoints back to HF, then everything `_single_body` checks."""
     codes = {}
     for name in ("tp2-mlm", "tp2-export"):
         codes[name] = _run(["megatron-to-hf", "--ckpt", os.path.join(work, name), "--out", os.path.join(work, name + "-hf")])
-    return codes
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    root = tiny_models_root(tmp_path_factory)
-    work = str(tmp_path_factory.mktemp("mlm"))
-    make_tiny_hf_model("qwen2", os.path.join(work, "qwen2-5layers"), num_hidden_layers=5)
-    single = run_ranks(_single_body, 1, root, work, timeout=300)[0]
-    return root, work, single
-
-
-@pytest.fixture(scope="module")
-def tp2(done):
-    root, work, _ = done
-    run_ranks(_single_convert_body, 1, root, work, timeout=120)
-    multi = run_ranks(_tp2_body, 2, root, work, timeout=240)
-    after = run_ranks(_tp1_after_tp2_body, 1, root, work, timeout=120)[0]
-    return multi, after
+    return codes, _single_body(root, work)
 
 
 def _single_convert_body(root, work):
     return _run(["hf-to-megatron", "--hf", os.path.join(root, "qwen3"), "--out", os.path.join(work, "tp1-sppo")])
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """All of the module's conversions in three spawns (1 rank, 2 ranks, 1 rank), not one per
+    check: the single-rank checks run in the last, after the tp2 ones (other directories)."""
+    root = tiny_models_root(tmp_path_factory)
+    work = str(tmp_path_factory.mktemp("mlm"))
+    make_tiny_hf_model("qwen2", os.path.join(work, "qwen2-5layers"), num_hidden_layers=5)
+    run_ranks(_single_convert_body, 1, root, work, timeout=120)
+    multi = run_ranks(_tp2_body, 2, root, work, timeout=240)
+    after, single = run_ranks(_tp1_after_tp2_body, 1, root, work, timeout=400)[0]
+    return root, work, single, multi, after
+
+
+@pytest.fixture(scope="module")
+def done(spawned):
+    return spawned[:3]
+
+
+@pytest.fixture(scope="module")
+def tp2(spawned):
+    return spawned[3:]
 
 
 # ----------------------------------------------------------------- tests

@@ -7,6 +7,8 @@ schedule; the loss sequences must match the single-rank run.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tests.multirank import run_ranks
@@ -133,21 +135,47 @@ def _train(tp: int, pp: int, ckpt_dir: str, use_dist_opt: bool):
     return losses
 
 
+def _reference(ckpt_dir: str):
+    _save_reference(ckpt_dir)
+    return _train(1, 1, ckpt_dir, False)
+
+
+def _train_layouts(layouts, ckpt_dir: str):
+    """Several layouts of one world size, one after another in the same ranks (the groups are
+    rebuilt for each): one spawn per world size instead of one per layout."""
+    return {layout: _train(layout[0], layout[1], ckpt_dir, layout[3]) for layout in layouts}
+
+
+LAYOUTS = {"tp2": (2, 1, 1, False), "pp2": (1, 2, 1, False), "dp2-distopt": (1, 1, 2, True),
+           "tp2pp2-distopt": (2, 2, 1, True)}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     ckpt = str(tmp_path_factory.mktemp("ref") / "ckpt")
-    run_ranks(_save_reference, 1, ckpt)
-    return ckpt, run_ranks(_train, 1, 1, 1, ckpt, False)[0]
+    return ckpt, run_ranks(_reference, 1, ckpt)[0]
 
 
-@pytest.mark.parametrize(
-    "tp,pp,dp,dist_opt",
-    [(2, 1, 1, False), (1, 2, 1, False), (1, 1, 2, True), (2, 2, 1, True)],
-    ids=["tp2", "pp2", "dp2-distopt", "tp2pp2-distopt"],
-)
-def test_layout_matches_single_rank(reference, tp, pp, dp, dist_opt):
-    ckpt, ref_losses = reference
-    losses = run_ranks(_train, tp * pp * dp, tp, pp, ckpt, dist_opt)[0]
+@pytest.fixture(scope="module")
+def layout_losses(reference):
+    """name -> losses; the first layout asked for of each world size trains all of that size."""
+    ckpt, _ = reference
+    by_world = {}
+
+    def get(name):
+        world = math.prod(LAYOUTS[name][:3])
+        if world not in by_world:
+            layouts = [layout for layout in LAYOUTS.values() if math.prod(layout[:3]) == world]
+            by_world[world] = run_ranks(_train_layouts, world, layouts, ckpt, timeout=300)[0]
+        return by_world[world][LAYOUTS[name]]
+
+    return get
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layout_matches_single_rank(reference, layout_losses, layout):
+    _, ref_losses = reference
+    losses = layout_losses(layout)
     assert ref_losses[-1] < ref_losses[0], "the reference run did not train"
     for got, want in zip(losses, ref_losses):
         assert abs(got - want) <= 1e-4 * abs(want), (losses, ref_losses)

@@ -26,7 +26,13 @@ def _start(mode: str, victim: int, timeout_s: float):
 
 def _finish(procs, limit: float, survivor: int = 0):
     """(stdout, stderr) of each rank; the survivor may take `limit` s, then the rest are killed."""
-    outputs = {survivor: procs[survivor].communicate(timeout=limit)}
+    try:
+        outputs = {survivor: procs[survivor].communicate(timeout=limit)}
+    except BaseException:  # the communicate timeout or pytest-timeout's: a SIGSTOPped victim must not outlive the test
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+        raise
     for r, proc in enumerate(procs):
         if r != survivor:
             proc.kill()

@@ -16,9 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tiny_run import ENV, ROOT, base_overrides, by_step, train, train_command
-
-QUICK = ["trainer.test_freq=0", "trainer.val_before_train=false"]
+from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command
 
 
 def _errors(res: subprocess.CompletedProcess, prog: str) -> list:
@@ -32,23 +30,14 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **ENV}, cwd=ROOT)
 
 
-@pytest.fixture(scope="module")
-def two_checkpoints(tiny_assets, tmp_path_factory):
-    """A run directory with checkpoints of steps 1 and 2."""
-    out = tmp_path_factory.mktemp("ckpt_run") / "run"
-    train(base_overrides(tiny_assets, str(out)) + QUICK + ["trainer.total_steps=2", "trainer.save_freq=1",
-                                                            "trainer.keep_last=3"])
-    return out
-
-
 def _truncate(path) -> None:
     os.truncate(path, os.path.getsize(path) // 2)
 
 
 @pytest.mark.parametrize("fault", ["garbage_trainer_state", "truncated_shard"])
-def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(two_checkpoints, tiny_assets, tmp_path, fault):
+def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(two_step_run, tiny_assets, tmp_path, fault):
     out = tmp_path / "run"
-    shutil.copytree(two_checkpoints, out)
+    shutil.copytree(two_step_run, out)
     broken = out / "checkpoints" / "step_2"
     if fault == "garbage_trainer_state":
         (broken / "trainer_state.json").write_text("{\x00garbage")
@@ -74,9 +63,9 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(two_checkpoints,
     assert len(errors) == 1 and "step_4: __0_1.distcp is truncated" in errors[0], errors
 
 
-def test_checkpoint_of_another_model_shape_is_one_line_and_keeps_config_yaml(two_checkpoints, tiny_assets, tmp_path):
+def test_checkpoint_of_another_model_shape_is_one_line_and_keeps_config_yaml(two_step_run, tiny_assets, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(two_checkpoints, out)
+    shutil.copytree(two_step_run, out)
     config_before = (out / "config.yaml").read_text()
     wide = tmp_path / "wide_hf"
     shutil.copytree(tiny_assets["megatron"] + "/hf", wide)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_run import ENV, ROOT, base_overrides, by_step, latest, read_metrics, train, train_command
+from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, latest, read_metrics, train, train_command
 
 DESIGN_KEYS = ("train/loss", "train/grad_norm", "train/lr", "reward/mean", "sppo/win_rate_mean", "sppo/log_ratio_mean",
                "timing/gen_s", "timing/sync_s", "timing/update_s", "timing/step_s", "perf/tokens_per_s")
@@ -72,12 +73,12 @@ def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_pa
     assert bad.returncode == 2 and "no weights" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_tp2_pp2_matches_single_process(tiny_assets, tmp_path):
-    common = base_overrides(tiny_assets, "") + ["trainer.total_steps=2", "trainer.test_freq=0",
-                                                "trainer.val_before_train=false"]
-    train([*common, f"trainer.output_dir={tmp_path / 'single'}"])
-    train([*common, f"trainer.output_dir={tmp_path / 'tp2pp2'}", "parallel.tp=2", "parallel.pp=2"], nproc=4, timeout=400)
-    single, sharded = by_step(str(tmp_path / "single")), by_step(str(tmp_path / "tp2pp2"))
+def test_tp2_pp2_matches_single_process(tiny_assets, two_step_run, tmp_path):
+    # the single-process reference is the shared two_step_run (its checkpoints and export do not
+    # change the metrics)
+    train(base_overrides(tiny_assets, str(tmp_path / "tp2pp2")) + QUICK
+          + ["trainer.total_steps=2", "parallel.tp=2", "parallel.pp=2"], nproc=4, timeout=400)
+    single, sharded = by_step(str(two_step_run)), by_step(str(tmp_path / "tp2pp2"))
     assert all(single[step]["train/grad_norm"] > 0 for step in (1, 2)), "no learning signal: the comparison is vacuous"
     for step in (1, 2):
         assert sharded[step]["reward/mean"] == single[step]["reward/mean"]
@@ -92,12 +93,11 @@ def _weights(run_dir) -> dict:
     return load_file(os.path.join(run_dir, "hf", "model.safetensors"))
 
 
-def test_resumed_run_reproduces_uninterrupted_run(tiny_assets, tmp_path):
-    common = base_overrides(tiny_assets, "") + ["trainer.test_freq=0", "trainer.val_before_train=false",
-                                                "trainer.export_hf=true", "trainer.save_freq=2"]
+def test_resumed_run_reproduces_uninterrupted_run(tiny_assets, two_step_run, tmp_path):
+    common = base_overrides(tiny_assets, "") + QUICK + ["trainer.export_hf=true", "trainer.save_freq=2"]
     full, split = tmp_path / "full", tmp_path / "split"
     train([*common, f"trainer.output_dir={full}", "trainer.total_steps=4"])
-    train([*common, f"trainer.output_dir={split}", "trainer.total_steps=2"])
+    shutil.copytree(two_step_run, split)  # the same run's first 2 steps, stopped there
     resumed = train([*common, f"trainer.output_dir={split}", "trainer.total_steps=4"])
     assert "resumed from" in resumed.stdout
     a, b = by_step(str(full)), by_step(str(split))
@@ -197,7 +197,20 @@ def _bad_run(tiny_assets, tmp_path, *extra):
     return [line for line in res.stderr.splitlines() if line.startswith("sppo-train: error:")]
 
 
-def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path):
+def _refused_before_start(tiny_assets, tmp_path, capsys, *extra):
+    """sppo-train's main() in this process for what preflight refuses: it must exit 2 before any
+    process group exists (so the pytest process stays clean), saving a process start each."""
+    from sppo_megatron.cli.train import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(base_overrides(tiny_assets, str(tmp_path / "run")) + ["trainer.total_steps=1", *extra])
+    assert exited.value.code == 2
+    assert not torch.distributed.is_initialized()
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("sppo-train: error:")]
+
+
+def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path, capsys):
+    # found with the tokenizer and data, after the platform starts: real processes
     no_prompt = tmp_path / "no_prompt.parquet"
     _parquet(no_prompt, [{k: v for k, v in _row().items() if k != "prompt"}])
     errors = _bad_run(tiny_assets, tmp_path, f"data.train_files=[{no_prompt}]")
@@ -207,12 +220,13 @@ def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path):
     errors = _bad_run(tiny_assets, tmp_path, f"data.train_files=[{unknown}]")
     assert len(errors) == 1 and "mystery_source" in errors[0]
 
-    errors = _bad_run(tiny_assets, tmp_path, f"data.train_files=[{tmp_path / 'missing.parquet'}]")
+    # refused by preflight: in this process
+    errors = _refused_before_start(tiny_assets, tmp_path, capsys, f"data.train_files=[{tmp_path / 'missing.parquet'}]")
     assert len(errors) == 1 and "data.train_files" in errors[0] and "missing.parquet" in errors[0]
 
     not_hf = tmp_path / "not_hf"
     not_hf.mkdir()
-    errors = _bad_run(tiny_assets, tmp_path, f"model.path={not_hf}")
+    errors = _refused_before_start(tiny_assets, tmp_path, capsys, f"model.path={not_hf}")
     assert len(errors) == 1 and "model.path" in errors[0] and "config.json" in errors[0]
 
     # an output directory holding another run's checkpoints is not overwritten by resume=none
@@ -220,7 +234,7 @@ def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path):
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"step": 5}')
     (tmp_path / "run" / "config.yaml").write_text("the other run's config\n")
-    errors = _bad_run(tiny_assets, tmp_path, "trainer.resume=none")
+    errors = _refused_before_start(tiny_assets, tmp_path, capsys, "trainer.resume=none")
     assert len(errors) == 1 and "trainer.overwrite" in errors[0]
     assert (ckpt / "trainer_state.json").read_text() == '{"step": 5}'
     assert (tmp_path / "run" / "config.yaml").read_text() == "the other run's config\n"

@@ -40,6 +40,11 @@ def base_overrides(assets: Dict[str, str], output_dir: str) -> List[str]:
     ]
 
 
+QUICK = ["trainer.test_freq=0", "trainer.val_before_train=false"]
+# the conftest `two_step_run` fixture's run: base_overrides + these
+TWO_STEP_RUN = QUICK + ["trainer.total_steps=2", "trainer.save_freq=1", "trainer.keep_last=3", "trainer.export_hf=true"]
+
+
 def train_command(overrides: List[str], nproc: int = 1) -> List[str]:
     if nproc == 1:
         return [sys.executable, "-m", "sppo_megatron.train", *overrides]
