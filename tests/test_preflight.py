@@ -13,12 +13,13 @@ import time
 import pytest
 
 from sppo_megatron.config.loader import load_config
-from sppo_megatron.errors import ConfigError
+from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.models.converted import META_FILE, META_FORMAT
 from sppo_megatron.rollout.sglang import sglang_available
 from sppo_megatron.testing.tiny import make_tiny_hf_model
 from sppo_megatron.trainer import preflight as preflight_module
 from sppo_megatron.trainer.preflight import preflight
+from sppo_megatron.trainer.run_lock import RunLock
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,15 @@ def test_run_directory_states(tmp_path, hf_dir, make_cfg):
     problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=6"))
     assert problems[0].startswith(f"checkpoint {step}: trainer_state.json is unreadable")
     assert "found no intact checkpoint" in problems[0]
+    # a live run holds the directory: its half-written checkpoint is its business, the lock is the answer
+    lock = RunLock(str(tmp_path / "run"))
+    lock.acquire()
+    try:
+        with pytest.raises(UserError, match="in use by another run") as refused:
+            preflight(make_cfg(f"model.path={hf_dir}", "trainer.total_steps=6"))
+        assert "trainer_state.json" not in str(refused.value)
+    finally:
+        lock.release()
 
 
 @pytest.mark.skipif(sglang_available(), reason="needs a machine without sglang")

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles.checks import oracle_problems
+from sppo_megatron.trainer.run_lock import RunLock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -96,6 +97,9 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
     problems = _engine_problems(cfg.rollout.engine)
     notice = None
     if training:
+        busy = RunLock(cfg.trainer.output_dir).in_use()  # its checkpoints may be mid-write: say only this
+        if busy:
+            raise UserError(busy)
         problems += _logger_problems(list(cfg.trainer.logger))
         resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
         problems += resume_problems + _model_problems(cfg.model, need_weights=resume_from is None)

@@ -59,6 +59,20 @@ class RunLock:
         except (OSError, ValueError):
             return {}  # being written, or half written by a holder killed at that instant
 
+    def in_use(self) -> Optional[str]:
+        """The one-line reason another live run holds this lock, or None (free or stale). Preflight
+        asks first: that run's half-written checkpoint is no problem of this one."""
+        try:
+            age = time.time() - os.path.getmtime(self.path)
+        except FileNotFoundError:
+            return None
+        holder = self._read_holder()
+        if (not holder and age < _WRITE_GRACE_S) or (holder and _holder_alive(holder)):
+            return (f"trainer.output_dir {os.path.dirname(self.path)} is in use by another run (PID "
+                    f"{holder.get('pid')} on host {holder.get('host')}, lock file {self.path}); wait for it to "
+                    "end or use another trainer.output_dir (delete the lock file only if that run is gone)")
+        return None
+
     def acquire(self) -> Optional[str]:
         """Take the lock; returns a notice when a stale lock was taken over. UserError (exit 2)
         when another live run holds it."""
@@ -69,13 +83,9 @@ class RunLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
-                being_written = not holder and time.time() - os.path.getmtime(self.path) < _WRITE_GRACE_S
-                if being_written or (holder and _holder_alive(holder)):
-                    raise UserError(
-                        f"trainer.output_dir {os.path.dirname(self.path)} is in use by another run (PID "
-                        f"{holder.get('pid')} on host {holder.get('host')}, lock file {self.path}); wait for it to "
-                        "end or use another trainer.output_dir (delete the lock file only if that run is gone)"
-                    ) from None
+                busy = self.in_use()
+                if busy:
+                    raise UserError(busy) from None
                 os.unlink(self.path)
                 notice = (f"removed the stale lock {self.path} of a run that is gone "
                           f"(PID {holder.get('pid')} on host {holder.get('host')})")
