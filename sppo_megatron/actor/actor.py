@@ -88,11 +88,13 @@ class MegatronActor:
         from sppo_megatron.platform.distributed import init_distributed
 
         if not ps.model_parallel_is_initialized():
-            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes)
+            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes,
+                             ep=parallel.ep, etp=parallel.etp)
         self.layout = ParallelLayout.current()
-        if (self.layout.tp, self.layout.pp) != (parallel.tp, parallel.pp):
-            raise RuntimeError(f"megatron parallel state is TP={self.layout.tp} PP={self.layout.pp} but the config "
-                               f"asks for TP={parallel.tp} PP={parallel.pp}")
+        got = (self.layout.tp, self.layout.pp, self.layout.ep, self.layout.etp)
+        if got != (parallel.tp, parallel.pp, parallel.ep, parallel.etp):
+            raise RuntimeError(f"megatron parallel state is TP={got[0]} PP={got[1]} EP={got[2]} ETP={got[3]} but the config "
+                               f"asks for TP={parallel.tp} PP={parallel.pp} EP={parallel.ep} ETP={parallel.etp}")
         self.parallel = parallel
         self.train_cfg = train
         self.group_size = int(group_size)
@@ -105,7 +107,7 @@ class MegatronActor:
         self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
         self.device = current_device()
-        self.pad_multiple = setup.sequence_pad_multiple(model, parallel)
+        self.pad_multiple = setup.sequence_pad_multiple(model, self.config)
         self.default_temperature = float(temperature)
         self._offloaded = None
         self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update

@@ -25,16 +25,19 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
         raise RuntimeError("build_model needs megatron's parallel state: call init_distributed(tp, pp) first")
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    parallel = ParallelConfig(tp=tp, pp=pp) if parallel_cfg is None else parallel_cfg
-    if (parallel.tp, parallel.pp) != (tp, pp):
-        raise RuntimeError(f"parallel config tp={parallel.tp} pp={parallel.pp} but megatron is initialised with tp={tp} pp={pp}")
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    etp = parallel_state.get_expert_tensor_parallel_world_size()
+    parallel = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp) if parallel_cfg is None else parallel_cfg
+    if (parallel.tp, parallel.pp, parallel.ep, parallel.etp) != (tp, pp, ep, etp):
+        raise RuntimeError(f"parallel config tp={parallel.tp} pp={parallel.pp} ep={parallel.ep} etp={parallel.etp} but "
+                           f"megatron is initialised with tp={tp} pp={pp} ep={ep} etp={etp}")
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     config = bridge.transformer_config(model_cfg, parallel)
     config.perform_initialization = perform_initialization
     rope = bridge.rope
     model = GPTModel(
         config=config,
-        transformer_layer_spec=bridge.layer_spec(model_cfg),
+        transformer_layer_spec=bridge.layer_spec(model_cfg, config),
         vocab_size=padded_vocab_size or bridge.padded_vocab_size(tp),
         max_sequence_length=bridge.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

@@ -11,7 +11,9 @@ GPU we redirect all of that to the CPU:
 * ``torch.cuda`` functions megatron calls get CPU stand-ins (a dummy Stream *class*:
   transformers evaluates ``torch.cuda.Stream | None`` at import time);
 * the CUDA RNG state helpers map to the CPU generator, and ``torch.cuda.manual_seed`` seeds it,
-  so megatron's RNG tracker keeps distinct, seeded states per name (see notes).
+  so megatron's RNG tracker keeps distinct, seeded states per name (see notes);
+* backward passes run under the same redirection (a mode is off inside its own handler);
+* the MoE path: ``te_general_gemm`` defined without TE, all-to-all split sizes as numpy.
 
 `enable()` is a no-op when CUDA is available: nothing here may change GPU behaviour.
 `torch.cuda.is_available()` keeps returning False so every other library still sees a CPU.
@@ -68,6 +70,22 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1:
             args = (args[0], _fix(args[1])) + tuple(args[2:])
         return func(*args, **kwargs)
+
+
+def _patch_backward() -> None:
+    """Run the autograd engine under the mode. `Tensor.backward` / `autograd.backward` pass
+    through the mode's handler, where the mode is switched off, and the engine runs the whole
+    backward pass with the thread-local state of that moment: without this, backward code that
+    allocates on "cuda" (megatron's all-to-all, sequence-parallel gathers) fails."""
+    import torch.autograd as autograd
+
+    engine = autograd._engine_run_backward
+
+    def run_backward(*args: Any, **kwargs: Any) -> Any:
+        with _CudaToCpuMode():
+            return engine(*args, **kwargs)
+
+    autograd._engine_run_backward = run_backward
 
 
 class _DummyStream:
@@ -159,6 +177,24 @@ def _patch_megatron_rng() -> None:
     mrandom._set_cuda_rng_state = _cpu_set_rng_state
 
 
+def _cpu_tensor_to_cpu(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+    """moe_utils.maybe_move_tensor_to_cpu for CPU tensors: the token dispatcher expects the
+    all-to-all split sizes back as numpy (it only converts CUDA tensors; gloo's
+    all_to_all_single rejects tensor split sizes)."""
+    if as_numpy and torch.is_tensor(tensor):
+        return tensor.numpy()
+    return tensor
+
+
+def _patch_megatron_moe() -> None:
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    # 0.16.1 defines te_general_gemm only when Transformer Engine imports (0.19 sets it to None)
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    token_dispatcher.maybe_move_tensor_to_cpu = _cpu_tensor_to_cpu
+
+
 def enable() -> bool:
     """Install the CPU compatibility layer (idempotent). Returns True if it is active."""
     global _enabled
@@ -168,6 +204,8 @@ def enable() -> bool:
         if not _enabled:
             _patch_torch_cuda()
             _patch_megatron_rng()
+            _patch_megatron_moe()
+            _patch_backward()
             _CudaToCpuMode().__enter__()
             _enabled = True
     return True

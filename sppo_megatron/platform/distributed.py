@@ -106,8 +106,9 @@ def seed_everything(seed: int) -> None:
         model_parallel_cuda_manual_seed(seed)
 
 
-def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> LaunchInfo:
-    """Create the default process group and megatron's TP/PP/DP groups, then seed.
+def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30,
+                     ep: int = 1, etp: int = 1) -> LaunchInfo:
+    """Create the default process group and megatron's TP/PP/DP (and EP/ETP) groups, then seed.
 
     NCCL on GPUs (one device per local rank), gloo plus the CPU compatibility layer otherwise.
     Idempotent for the process group; megatron's parallel state is rebuilt if the sizes differ.
@@ -136,6 +137,8 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
         if (
             parallel_state.get_tensor_model_parallel_world_size() == tp
             and parallel_state.get_pipeline_model_parallel_world_size() == pp
+            and parallel_state.get_expert_model_parallel_world_size() == ep
+            and parallel_state.get_expert_tensor_parallel_world_size() == etp
         ):
             seed_everything(seed)
             return info
@@ -143,6 +146,8 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
+        expert_tensor_parallel_size=etp,
         distributed_timeout_minutes=timeout_minutes,
     )
     seed_everything(seed)
