@@ -65,6 +65,8 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
         model.to(config.params_dtype)
     if not perform_initialization:
         _set_tensor_parallel_attributes(model, config)
+    if config.num_moe_experts:
+        _mark_expert_parameters(model)
     _zero_vocab_padding(model, bridge.vocab_size)
     return model
 
@@ -81,6 +83,17 @@ def _zero_vocab_padding(model: Any, vocab_size: int) -> None:
                 start = r * p.shape[0]
                 keep = max(0, min(p.shape[0], vocab_size - start))
                 p[keep:].zero_()
+
+
+def _mark_expert_parameters(model: Any) -> None:
+    """Routed-expert weights are `allreduce=False` (reduced over the expert-data-parallel group,
+    optimised by their own optimizer) at every EP size. megatron-core marks them only when
+    EP > 1; at EP = 1 they would join the dense optimizer, the optimizer's checkpoint layout would
+    then depend on EP, and a checkpoint saved at EP = 2 would not resume at EP = 1. At EP = 1 the
+    expert-data-parallel group is the data-parallel group (x TP / ETP), so the math is unchanged."""
+    for name, param in model.named_parameters():
+        if ".mlp.experts." in name:
+            param.allreduce = False
 
 
 def _set_tensor_parallel_attributes(model: Any, config: Any) -> None:
