@@ -56,6 +56,10 @@ def test_every_problem_gets_its_own_line(run_files):
 
 def test_cross_field_rules(run_files, tmp_path):
     assert "does not divide the world size 2" in problems(run_files + ["parallel.tp=3"], world_size=2)[0]
+    (line,) = problems(run_files + ["parallel.ep=3"], world_size=4)
+    (line,) = problems(run_files + ["parallel.ep=2", "parallel.etp=2", "parallel.pp=2"], world_size=4)
+    assert line.startswith("parallel.ep=2 x parallel.etp=2 = 4 does not divide the 2 ranks of a pipeline stage"), line
+    load_config(None, run_files + ["parallel.ep=2", "parallel.tp=2"], world_size=4)
     assert "rollout.n=1" in problems(run_files + ["rollout.n=1"])[0]
     load_config(None, run_files + ["rollout.n=1", "algorithm.preference=batch_softmean"], world_size=1)
     (line,) = problems(run_files + ["data.train_batch_size=6", "train.mini_batch_size=4"])
