@@ -129,7 +129,7 @@ def test_generated_reference_files_match_schema():
 
 @pytest.mark.parametrize(
     "recipe,world_size",
-    [("qwen2.5-7b-math", 4), ("qwen2.5-0.5b-single-gpu", 1)],
+    [("qwen2.5-7b-math", 4), ("qwen2.5-0.5b-single-gpu", 1), ("qwen3-30b-a3b-math", 8)],
 )
 def test_gpu_recipes_are_valid_configs(recipe, world_size):
     path = os.path.join(os.path.dirname(__file__), "..", "examples", recipe, "config.yaml")

@@ -21,7 +21,7 @@ import torch
 
 from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.multirank import run_ranks
-from tests.test_sync_acceptance import _engine_logits, _megatron_logits
+from tests.sync_probe import engine_logits, megatron_logits
 from tests.tiny_models import hf_state_dict
 
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16]]
@@ -85,9 +85,9 @@ def _two_ranks(path, ckpt):
     cfg, actor = _actor(path, 1, 1, 2)
     engine = create_rollout_engine(cfg.rollout, path, seed=SEED, log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
     _update(actor)  # the engine still has the HF weights: the sync must move them
-    before = float((_engine_logits(engine, PROBE) - _megatron_logits(actor, PROBE)).abs().max())
+    before = float((engine_logits(engine, PROBE) - megatron_logits(actor, PROBE)).abs().max())
     checked = WeightSync(engine).sync(actor.export_hf_weights())["sync/checked"]
-    after = float((_engine_logits(engine, PROBE) - _megatron_logits(actor, PROBE)).abs().max())
+    after = float((engine_logits(engine, PROBE) - megatron_logits(actor, PROBE)).abs().max())
     out["sync"] = {"before": before, "after": after, "checked": checked}
     actor.save_checkpoint(ckpt)
     out["after_save"] = _update(actor)
