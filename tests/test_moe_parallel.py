@@ -4,7 +4,8 @@ optimizer, 1F1B), the HF engine sync and checkpoints.
 
 Three launches; each re-initialises megatron's parallel state per layout in the same processes:
 
-    L2 (2 ranks)  (TP, PP, EP) = (1, 1, 2): log-probs, one SPPO update; sync into the HF engine
+    L2 (2 ranks)  (TP, PP, EP) = (1, 1, 2): log-probs, one SPPO update (and one with the router's
+                  load-balancing and z-loss on: their logged values); sync into the HF engine
                   (engine logits = actor logits); 1 update, save, 1 more (the uninterrupted run)
     L4 (4 ranks)  (2, 1, 2) and (1, 2, 2): log-probs, one update; (2, 1, 2) with expert TP 2:
                   the export equals the HF checkpoint (experts gathered across EP and ETP)
@@ -31,14 +32,14 @@ PROBE = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 43, 44, 45]]
 SEED = 1234
 
 
-def _actor(path, tp, pp, ep, etp=1):
+def _actor(path, tp, pp, ep, etp=1, aux=0.0):
     from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
                                              TrainConfig, TrainerConfig)
     from sppo_megatron.platform.distributed import init_distributed
     from sppo_megatron.trainer.setup import build_actor
 
     cfg = Config(
-        model=ModelConfig(path=path, dtype="fp32"),
+        model=ModelConfig(path=path, dtype="fp32", moe_aux_loss_coeff=aux, moe_z_loss_coeff=aux),
         parallel=ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp),
         rollout=RolloutConfig(engine="hf", n=2, temperature=1.0),
         data=DataConfig(train_batch_size=2),
@@ -59,11 +60,17 @@ def _update(actor):
 
 
 def _layout(path, tp, pp, ep):
-    """log-probs, then one update's (loss, grad norm)."""
+    """log-probs, then one update's (loss, grad norm); with router losses on: their metrics."""
     from sppo_megatron.actor.batch import SequenceBatch
 
     _, actor = _actor(path, tp, pp, ep)
-    return {"logp": actor.log_probs(SequenceBatch(PROMPTS, RESPONSES)).logp, "steps": _update(actor)}
+    out = {"logp": actor.log_probs(SequenceBatch(PROMPTS, RESPONSES)).logp, "steps": _update(actor)}
+    out["no_router_metrics"] = not any(k.startswith("moe/") for k in actor.last_steps[0])
+    if (tp, pp) == (1, 1):
+        _, actor = _actor(path, tp, pp, ep, aux=1e-2)
+        _update(actor)
+        out["router"] = {k: v for k, v in actor.last_steps[0].items() if k.startswith("moe/")}
+    return out
 
 
 def _bytes(obj) -> bytes:
@@ -136,6 +143,16 @@ def test_logprobs_and_update_match_single_rank(runs, layout):
         assert (got["logp"] - ref["logp"]).abs().max() <= 1e-5
         _close_steps(got["steps"], ref["steps"])
     assert ref["steps"][0][1] > 0
+
+
+def test_router_losses_are_logged_when_on_and_match_across_ep(runs):
+    _, one, two, four = runs
+    ref = one["reference"]["router"]
+    assert set(ref) == {"moe/load_balancing_loss", "moe/z_loss"} and all(v > 0 for v in ref.values()), ref
+    for r in two:
+        for key, value in ref.items():
+            assert abs(r["layout"]["router"][key] - value) <= 1e-5 * value, (r["layout"]["router"], ref)
+    assert one["reference"]["no_router_metrics"] and all(r[(1, 2, 2)]["no_router_metrics"] for r in four)
 
 
 def test_hf_engine_logits_equal_actor_after_sync_from_ep2(runs):

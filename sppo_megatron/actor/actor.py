@@ -35,6 +35,7 @@ from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, colla
 from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from sppo_megatron.actor.moe_metrics import router_losses
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.platform.layout import ParallelLayout
 
@@ -288,6 +289,7 @@ class MegatronActor:
             "sppo/log_ratio_mean": sum_ratio / count if count else 0.0,
             "train/skipped": skipped,
             "train/num_selected": count,
+            **router_losses(len(micro), self.config),
         }
 
     def _grads_finite(self) -> bool:
@@ -315,6 +317,8 @@ class MegatronActor:
         out["train/num_optimizer_steps"] = float(len(steps) - out["train/skipped"])
         out["train/tokens"] = float(sum(s["train/tokens"] for s in steps))
         out["timing/train_step_s"] = seconds / len(steps)
+        for key in sorted({k for s in steps for k in s if k.startswith("moe/")}):  # router losses, when on
+            out[key] = sum(s[key] for s in steps) / len(steps)
         return out
 
     # ------------------------------------------------------------------ checkpoints, memory

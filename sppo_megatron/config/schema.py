@@ -36,8 +36,8 @@ class ModelConfig:
     fp8_recipe: str = opt("delayed", "Transformer Engine FP8 scaling recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))
     dtype: str = opt("auto", "training precision; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     recompute: str = opt("none", "activation recomputation", choices=("none", "selective", "full"))
-    moe_aux_loss_coeff: float = opt(0.0, "MoE load-balancing (aux) loss coefficient; 0 = off (the RL default)", min=0.0)
-    moe_z_loss_coeff: float = opt(0.0, "MoE router z-loss coefficient; 0 = off", min=0.0)
+    moe_aux_loss_coeff: float = opt(0.0, "MoE load-balancing (aux) loss coefficient; 0 = off (the RL default); logged as moe/load_balancing_loss", min=0.0)
+    moe_z_loss_coeff: float = opt(0.0, "MoE router z-loss coefficient; 0 = off; logged as moe/z_loss", min=0.0)
 
 
 @dataclass(frozen=True)
