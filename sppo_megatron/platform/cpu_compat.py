@@ -13,7 +13,8 @@ GPU we redirect all of that to the CPU:
 * the CUDA RNG state helpers map to the CPU generator, and ``torch.cuda.manual_seed`` seeds it,
   so megatron's RNG tracker keeps distinct, seeded states per name (see notes);
 * backward passes run under the same redirection (a mode is off inside its own handler);
-* the MoE path: ``te_general_gemm`` defined without TE, all-to-all split sizes as numpy.
+* the MoE path: ``te_general_gemm`` defined without TE, all-to-all split sizes as numpy, and
+  gloo stand-ins for the uneven all-gather / reduce-scatter of the expert-TP token dispatch.
 
 `enable()` is a no-op when CUDA is available: nothing here may change GPU behaviour.
 `torch.cuda.is_available()` keeps returning False so every other library still sees a CPU.
@@ -70,6 +71,39 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1:
             args = (args[0], _fix(args[1])) + tuple(args[2:])
         return func(*args, **kwargs)
+
+
+def _patch_uneven_collectives() -> None:
+    """gloo has no uneven all-gather (a list of differently sized tensors) and no reduce-scatter;
+    megatron's MoE dispatch under expert TP uses both (`_gather_along_first_dim` /
+    `_reduce_scatter_along_first_dim` with split sizes). Uneven all-gather: pad to the largest,
+    gather, cut. Reduce-scatter: all-reduce the concatenation, keep this rank's part (the same
+    sums; more traffic, irrelevant at CPU-test sizes). Even all-gathers are untouched."""
+    import torch.distributed as dist
+
+    all_gather = dist.all_gather
+
+    def uneven_all_gather(tensor_list, tensor, group=None, async_op=False):
+        if async_op or len({tuple(t.shape) for t in tensor_list} | {tuple(tensor.shape)}) == 1:
+            return all_gather(tensor_list, tensor, group=group, async_op=async_op)
+        rows = max(t.shape[0] for t in tensor_list)
+        padded = tensor.new_zeros((rows,) + tuple(tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = [torch.empty_like(padded) for _ in tensor_list]
+        all_gather(gathered, padded, group=group)
+        for out, got in zip(tensor_list, gathered):
+            out.copy_(got[: out.shape[0]])
+        return None
+
+    def reduce_scatter(output, input_list, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        full = torch.cat([t.reshape(t.shape[0], -1) if t.dim() else t.reshape(1, 1) for t in input_list])
+        dist.all_reduce(full, op=op, group=group)
+        mine = torch.split(full, [t.shape[0] if t.dim() else 1 for t in input_list])[dist.get_rank(group)]
+        output.copy_(mine.reshape(output.shape))
+        return None
+
+    dist.all_gather = uneven_all_gather
+    dist.reduce_scatter = reduce_scatter
 
 
 def _patch_backward() -> None:
@@ -206,6 +240,7 @@ def enable() -> bool:
             _patch_megatron_rng()
             _patch_megatron_moe()
             _patch_backward()
+            _patch_uneven_collectives()
             _CudaToCpuMode().__enter__()
             _enabled = True
     return True
