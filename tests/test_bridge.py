@@ -17,7 +17,7 @@ from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge, layouts
 from sppo_megatron.models import specs
 from sppo_megatron.models.rope import llama3_inv_freq, rope_settings
 from sppo_megatron.models.transformer_config import pipeline_split
-from sppo_megatron.testing.tiny import ARCHS, tiny_config
+from sppo_megatron.testing.tiny import ARCHS, MOE_ARCHS, tiny_config
 
 MCORE019 = "/work/wheels/mcore019/megatron/core"
 
@@ -31,7 +31,7 @@ def bridge_of(arch, **overrides):
 
 # ------------------------------------------------------------------------ architectures
 def test_supported_model_types():
-    assert set(SUPPORTED_MODEL_TYPES) == {"llama", "qwen2", "qwen3", "mistral"}
+    assert set(SUPPORTED_MODEL_TYPES) == {"llama", "qwen2", "qwen3", "mistral", "qwen3_moe", "qwen2_moe", "mixtral"}
 
 
 def test_unsupported_model_type_lists_the_supported_ones():
@@ -160,6 +160,36 @@ def test_transformer_config_builds_in_megatron():
     for arch in ARCHS:
         cfg = bridge_of(arch).transformer_config(ModelConfig(), ParallelConfig(tp=2, pp=2))
         assert cfg.num_query_groups == 2
+
+
+def test_transformer_config_moe_routing_and_layers():
+    q3 = bridge_of("qwen3-moe").transformer_config_kwargs(None, ParallelConfig(tp=2, ep=2))
+    assert q3["num_moe_experts"] == 4 and q3["moe_router_topk"] == 2 and q3["moe_ffn_hidden_size"] == 32
+    # norm_topk_prob=True: softmax over the top-k logits (= HF's renormalised top-k of the softmax)
+    assert q3["moe_router_pre_softmax"] is False and q3["moe_router_score_function"] == "softmax"
+    assert q3["moe_layer_freq"] == [1, 1, 1] and q3["expert_model_parallel_size"] == 2
+    assert q3["sequence_parallel"] is True  # MoE under TP trains only with sequence parallelism
+    assert q3["moe_router_load_balancing_type"] == "none" and q3["moe_aux_loss_coeff"] == 0.0
+    assert q3["moe_grouped_gemm"] is False and q3["moe_token_dispatcher_type"] == "alltoall"
+    q2 = bridge_of("qwen2-moe").transformer_config_kwargs(ModelConfig(moe_aux_loss_coeff=1e-3, moe_z_loss_coeff=1e-4))
+    assert q2["moe_router_pre_softmax"] is True  # norm_topk_prob=False: top-k of the full softmax
+    assert q2["moe_layer_freq"] == [1, 0, 1]  # mlp_only_layers=[1]
+    assert q2["moe_shared_expert_intermediate_size"] == 48 and q2["moe_shared_expert_gate"] is True
+    assert q2["moe_router_load_balancing_type"] == "aux_loss" and q2["moe_z_loss_coeff"] == 1e-4
+    assert bridge_of("qwen2-moe", decoder_sparse_step=2, mlp_only_layers=[]).moe_layers == [False, True, False]
+    assert bridge_of("mixtral").transformer_config_kwargs()["moe_router_pre_softmax"] is False
+    assert "num_moe_experts" not in bridge_of("qwen3").transformer_config_kwargs()
+
+
+@pytest.mark.parametrize(
+    "arch,parallel,needle",
+    [("qwen3-moe", ParallelConfig(ep=3), "parallel.ep=3 must divide the 4 experts"),
+     ("qwen3-moe", ParallelConfig(etp=3), "parallel.etp=3 must divide the expert width 32"),
+     ("qwen3", ParallelConfig(ep=2), "has no experts")],
+)
+def test_expert_parallel_sizes_must_fit_the_model(arch, parallel, needle):
+    with pytest.raises(UserError, match=needle):
+        bridge_of(arch).transformer_config_kwargs(None, parallel)
 
 
 def test_tp_must_divide_heads():
@@ -387,8 +417,9 @@ def test_megatron_apis_we_call_exist_with_these_keywords(root):
     fields = _dataclass_fields(f"{root}/transformer/transformer_config.py", "TransformerConfig")
     fields |= _dataclass_fields(f"{root}/model_parallel_config.py", "ModelParallelConfig")
     used = set()
-    for arch in ARCHS:
-        used |= set(bridge_of(arch).transformer_config_kwargs(ModelConfig(recompute="full"), ParallelConfig(pp=2)))
+    for arch in ARCHS + MOE_ARCHS:
+        parallel = ParallelConfig(pp=2, ep=2 if arch in MOE_ARCHS else 1)
+        used |= set(bridge_of(arch).transformer_config_kwargs(ModelConfig(recompute="full"), parallel))
     used |= {"fp8", "fp8_recipe", "perform_initialization"}
     assert used <= fields, used - fields
     gpt = _signature_params(f"{root}/models/gpt/gpt_model.py", "__init__", "GPTModel")
@@ -414,6 +445,12 @@ def test_megatron_apis_we_call_exist_with_these_keywords(root):
             break
     else:
         raise AssertionError("local spec keywords not found")
+    block = _signature_params(f"{root}/models/gpt/gpt_layer_specs.py", "get_gpt_decoder_block_spec")
+    assert {"config", "use_transformer_engine", "normalization"} <= set(block)
+    # the MoE names the CPU layer patches (cpu_compat._patch_megatron_moe)
+    dispatcher = open(f"{root}/transformer/moe/token_dispatcher.py", encoding="utf-8").read()
+    assert "maybe_move_tensor_to_cpu(" in dispatcher and "te_general_gemm" in open(
+        f"{root}/transformer/moe/moe_utils.py", encoding="utf-8").read()
     ser = f"{root}/dist_checkpointing/serialization.py"
     assert {"sharded_state_dict", "checkpoint_dir"} <= set(_signature_params(ser, "save"))
     assert {"sharded_state_dict", "checkpoint_dir"} <= set(_signature_params(ser, "load"))

@@ -56,6 +56,10 @@ def test_every_problem_gets_its_own_line(run_files):
 
 def test_cross_field_rules(run_files, tmp_path):
     assert "does not divide the world size 2" in problems(run_files + ["parallel.tp=3"], world_size=2)[0]
+    (line,) = problems(run_files + ["parallel.ep=3"], world_size=4)
+    (line,) = problems(run_files + ["parallel.ep=2", "parallel.etp=2", "parallel.pp=2"], world_size=4)
+    assert line.startswith("parallel.ep=2 x parallel.etp=2 = 4 does not divide the 2 ranks of a pipeline stage"), line
+    load_config(None, run_files + ["parallel.ep=2", "parallel.tp=2"], world_size=4)
     assert "rollout.n=1" in problems(run_files + ["rollout.n=1"])[0]
     load_config(None, run_files + ["rollout.n=1", "algorithm.preference=batch_softmean"], world_size=1)
     (line,) = problems(run_files + ["data.train_batch_size=6", "train.mini_batch_size=4"])
@@ -125,7 +129,7 @@ def test_generated_reference_files_match_schema():
 
 @pytest.mark.parametrize(
     "recipe,world_size",
-    [("qwen2.5-7b-math", 4), ("qwen2.5-0.5b-single-gpu", 1)],
+    [("qwen2.5-7b-math", 4), ("qwen2.5-0.5b-single-gpu", 1), ("qwen3-30b-a3b-math", 8)],
 )
 def test_gpu_recipes_are_valid_configs(recipe, world_size):
     path = os.path.join(os.path.dirname(__file__), "..", "examples", recipe, "config.yaml")

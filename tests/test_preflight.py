@@ -65,6 +65,18 @@ def test_a_usable_config_passes(tmp_path, hf_dir, make_cfg):
     assert preflight(make_cfg(f"model.path={hf_dir}")) is None
 
 
+def test_expert_parallel_size_must_fit_the_model(tmp_path, hf_dir, prompts):
+    def cfg(model, ep):
+        return load_config(None, [f"trainer.output_dir={tmp_path / 'run'}", "rollout.engine=hf", f"data.train_files=[{prompts}]",
+                                  f"model.path={model}", f"parallel.ep={ep}", "rollout.n=3", "train.micro_batch_size=1"],
+                           world_size=ep)
+
+    moe = make_tiny_hf_model("qwen3-moe", tmp_path / "qwen3-moe")  # 4 experts
+    assert _problems(cfg(moe, 3)) == ["parallel.ep=3 must divide the 4 experts of this qwen3_moe model"]
+    problems = _problems(cfg(hf_dir, 3))
+    assert len(problems) == 1 and "has no experts" in problems[0]
+
+
 def test_missing_logger_package_is_named(tmp_path, hf_dir, make_cfg, monkeypatch):
     monkeypatch.setitem(preflight_module.LOGGER_PACKAGES, "tensorboard", "no_such_package_sppo")
     problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.logger=[console,tensorboard]"))

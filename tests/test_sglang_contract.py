@@ -5,6 +5,9 @@ payload key and memory tag the adapter uses exists in the vendored API manifest
 tests/data/sglang_api_<version>.json, extracted from the sglang source by
 tools/extract_sglang_api.py.
 
+Per mixture-of-experts architecture: the bridge table's expert (and router / shared-expert)
+HF names are the ones SGLang's load_weights maps (the path update_weights_from_tensor takes).
+
 Against the real source (SPPO_SGLANG_SRC = a sglang wheel or a directory holding the sglang
 package, an installed sglang, or else the pinned wheel downloaded without dependencies into
 $XDG_CACHE_HOME/sppo-megatron/sglang, ~/.cache/sppo-megatron/sglang by default: outside the
@@ -109,6 +112,28 @@ def test_symbols_modules_payload_and_tags():
     assert ("sglang.srt.utils.patch_torch", "_rebuild_cuda_tensor_modified") in allowed
     assert ("torch", "Size") in allowed and ("torch", "bfloat16") in allowed
     assert all(m["result_keys_in_tokenizer_manager"].values())
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "qwen2_moe", "mixtral"])
+def test_sglang_loads_the_bridge_expert_names(model_type):
+    """update_weights_from_tensor hands the streamed names to the model's load_weights: the
+    bridge table's per-expert HF names must be the ones it maps into FusedMoE
+    (`experts.{e}.<name>.`), and every module on the path of the other MoE names must exist."""
+    from sppo_megatron.models.arch import ARCHITECTURES
+
+    arch, model = ARCHITECTURES[model_type], load_manifest()["moe_models"][model_type]
+    assert arch.hf_class in model["entry_classes"]
+    accepted = {model["expert_checkpoint_names"][f"ckpt_{p}_proj_name"] for p in ("gate", "up", "down")}
+    streamed = set()
+    for row in arch.params:
+        for name in row.hf:
+            parts = name.split(".")
+            if row.per_expert:
+                assert parts[-4:-2] == ["experts", "{expert}"], name
+                streamed.add(parts[-2])
+            elif row.mlp == "moe":  # router / shared expert: modules under the layer, or stacked
+                assert set(parts[3:-1]) <= set(model["attributes"]) | set(model["stacked_checkpoint_names"]), name
+    assert streamed == accepted, (streamed, accepted)
 
 
 def _download_wheel():

@@ -19,44 +19,12 @@ import pytest
 import torch
 
 from tests.multirank import run_ranks
+from tests.sync_probe import engine_logits, megatron_logits
 from tests.tiny_models import PEAKY_EOS, peaky_qwen2
 
 PROMPTS = [[5, 6, 7, 8], [10, 11, 12], [20, 21], [30, 31, 32, 33, 34]]
 PROBE = [[5, 6, 7, 8, 9, 10], [40, 41, 42, 43, 44, 45]]
 T = 0.8
-
-
-def _megatron_logits(actor, tokens):
-    """Full-vocabulary logits [b, s, vocab] of the Megatron policy (PP schedule, TP gather), on every rank."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    from sppo_megatron.actor.batch import MicroBatch
-
-    tokens = torch.tensor(tokens)
-    mb = MicroBatch(tokens=tokens, labels=tokens, response_mask=torch.ones_like(tokens, dtype=torch.bool), sample_index=[0, 1])
-    out = torch.zeros(tokens.shape[0], tokens.shape[1], actor.vocab_size)
-
-    def loss_func(logits):
-        full = gather_from_tensor_model_parallel_region(logits)
-        out.copy_(full[..., : actor.vocab_size].float())
-        return torch.zeros(()), torch.zeros((), dtype=torch.int), {}
-
-    def forward_step(data_iterator, model):
-        return actor._forward(model, next(data_iterator)), loss_func
-
-    actor.ddp.eval()
-    with torch.no_grad():
-        actor._run_schedule([mb], forward_step, forward_only=True)
-    actor.ddp.train()
-    dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
-    return out
-
-
-def _engine_logits(engine, tokens):
-    with torch.no_grad():
-        return engine.model(torch.tensor(tokens)).logits.float()
 
 
 def _acceptance(hf_dir, out_dir):
@@ -93,8 +61,8 @@ def _acceptance(hf_dir, out_dir):
     for step in range(2):
         metrics = sync.sync(actor.export_hf_weights())
         assert metrics["sync/checked"] == 1.0
-        ref = _megatron_logits(actor, PROBE)
-        got = _engine_logits(engine, PROBE)
+        ref = megatron_logits(actor, PROBE)
+        got = engine_logits(engine, PROBE)
         report["logit_diff"].append(float((ref - got).abs().max()))
         if before is not None:
             report["moved"] = float((got - before).abs().max())

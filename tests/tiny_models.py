@@ -1,6 +1,7 @@
 """Test-side helpers around the tiny models of `sppo_megatron.testing.tiny` (the one factory).
 
-`tiny_models_root(tmp_path_factory)` builds every ARCHS model once per pytest session;
+`tiny_models_root(tmp_path_factory)` builds every ARCHS model once per pytest session
+(`moe_models_root` the MOE_ARCHS ones);
 `peaky_qwen2(path)` is the small Qwen2 the rollout and weight-sync tests sample from;
 `hf_state_dict` / `hf_logits` read a model directory back as the reference.
 """
@@ -10,23 +11,28 @@ from __future__ import annotations
 import os
 from typing import Dict
 
-from sppo_megatron.testing.tiny import ARCHS, make_tiny_hf_model, tiny_config, tiny_model
+from sppo_megatron.testing.tiny import ARCHS, MOE_ARCHS, make_tiny_hf_model, tiny_config, tiny_model
 
 PEAKY_EOS = 3
 
 
-def tiny_models_root(tmp_path_factory) -> str:
-    """Build every ARCHS model once per pytest session (shared by the test modules); return the root."""
-    root = tmp_path_factory.getbasetemp() / "tiny_hf_models"
+def tiny_models_root(tmp_path_factory, archs=ARCHS, name: str = "tiny_hf_models") -> str:
+    """Build every `archs` model once per pytest session (shared by the test modules); return the root."""
+    root = tmp_path_factory.getbasetemp() / name
     done = root / ".complete"
     if not done.exists():
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        for arch in ARCHS:
+        for arch in archs:
             make_tiny_hf_model(arch, root / arch)
         done.write_text("ok")
     return str(root)
+
+
+def moe_models_root(tmp_path_factory) -> str:
+    """The MOE_ARCHS models, once per pytest session."""
+    return tiny_models_root(tmp_path_factory, MOE_ARCHS, "tiny_moe_models")
 
 
 def peaky_qwen2(path: str, tie: bool = True, seed: int = 0):

@@ -2,13 +2,13 @@
 """Weight-sync throughput: Megatron export -> rollout engine, against a plain copy of the same
 bytes on the same device (host memcpy on CPU, device-to-device copy on GPU).
 
-    python tools/bench_sync.py [--preset small|tiny | --hf DIR] [--tp 1] [--pp 1]
+    python tools/bench_sync.py [--preset small|tiny|moe-small | --hf DIR] [--tp 1] [--pp 1] [--ep 1]
                                [--engine hf|sglang] [--bucket-mb 512] [--iters 5]
                                [--source megatron|hf] [--rollout-tp 1] [--json OUT]
 
 --source megatron (default): a megatron-core GPTModel built by the bridge at (TP, PP) on
-TP*PP ranks (the script starts them itself with torch.distributed.run when not launched by
-torchrun) streams `bridge.export_hf_weights(model)` into the engine through `WeightSync`, as the
+PP*lcm(TP, EP) ranks (the script starts them itself with torch.distributed.run when not launched
+by torchrun; --ep splits a mixture-of-experts model's experts) streams `bridge.export_hf_weights(model)` into the engine through `WeightSync`, as the
 trainer does every step (gathers across TP and PP included). --source hf streams the state dict of
 the HF model (TP=PP=1): the engine-side cost alone.
 Each iteration is one full sync followed by one floor copy of the same tensors (each into a
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -38,19 +39,29 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PRESETS = {
-    # Qwen2-shaped; "small" is about 0.13 B parameters (0.5 GB in fp32)
-    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                  num_attention_heads=12, num_key_value_heads=4),
+    # (tiny-model variant, sizes). Qwen2-shaped; "small" is about 0.13 B parameters (0.5 GB in
+    # fp32); "moe-small" is Qwen3-MoE-shaped, 8 experts top 2, about 0.15 B parameters (0.6 GB)
+    "tiny": ("qwen2", dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2)),
+    "small": ("qwen2", dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                            num_attention_heads=12, num_key_value_heads=4)),
+    "moe-small": ("qwen3-moe", dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                                    num_attention_heads=12, num_key_value_heads=4, head_dim=64, num_experts=8,
+                                    num_experts_per_tok=2, moe_intermediate_size=384)),
 }
 
 
 def make_preset(name: str, out_dir: str) -> str:
     from sppo_megatron.testing.tiny import tiny_config, tiny_model
 
-    tiny_model(tiny_config("qwen2", **PRESETS[name], max_position_embeddings=2048)).save_pretrained(out_dir)
+    arch, sizes = PRESETS[name]
+    tiny_model(tiny_config(arch, **sizes, max_position_embeddings=2048)).save_pretrained(out_dir)
     return out_dir
+
+
+def world_size(tp: int, pp: int, ep: int) -> int:
+    """Ranks for a (TP, PP, EP) layout: EP must divide the TP x DP ranks of a stage."""
+    return pp * math.lcm(tp, ep)
 
 
 def _sync(device):
@@ -106,7 +117,7 @@ def run(args) -> dict:
     if distributed:
         from sppo_megatron.platform.distributed import init_distributed
 
-        init_distributed(args.tp, args.pp, seed=0)
+        init_distributed(args.tp, args.pp, seed=0, ep=args.ep)
         dist.barrier()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -114,7 +125,7 @@ def run(args) -> dict:
         from sppo_megatron.models.bridge import get_bridge
 
         bridge = get_bridge(hf_dir)
-        model = bridge.build_model(None, ParallelConfig(tp=args.tp, pp=args.pp))
+        model = bridge.build_model(None, ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep))
         model_dtype = next(model.parameters()).dtype
 
         def stream():
@@ -163,7 +174,7 @@ def run(args) -> dict:
     sync_s = statistics.median(times)
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
-        "engine": args.engine, "source": args.source, "tp": args.tp, "pp": args.pp,
+        "engine": args.engine, "source": args.source, "tp": args.tp, "pp": args.pp, "ep": args.ep,
         "model": args.hf or args.preset, "model_dtype": str(model_dtype).replace("torch.", ""),
         "engine_dtype": str(engine.dtype).replace("torch.", ""),
         "tensors": int(last["sync/tensors"]), "gb": nbytes / 1e9,
@@ -182,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--hf", help="HF model directory (overrides --preset)")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (mixture-of-experts models)")
     p.add_argument("--engine", choices=("hf", "sglang"), default="hf")
     p.add_argument("--source", choices=("megatron", "hf"), default="megatron")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"), help="rollout engine dtype")
@@ -192,9 +204,9 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
-    world = args.tp * args.pp if args.source == "megatron" else 1
-    if args.source == "hf" and (args.tp, args.pp) != (1, 1):
-        p.error("--source hf streams an HF state dict: TP=PP=1 only")
+    world = world_size(args.tp, args.pp, args.ep) if args.source == "megatron" else 1
+    if args.source == "hf" and (args.tp, args.pp, args.ep) != (1, 1, 1):
+        p.error("--source hf streams an HF state dict: TP=PP=EP=1 only")
     if "WORLD_SIZE" not in os.environ and world > 1:
         from sppo_megatron.platform.distributed import free_port
 

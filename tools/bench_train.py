@@ -6,7 +6,8 @@
 model     --hf-config DIR|config.json (any architecture the bridge supports), --preset llama3.2-1b
           (Llama-3.2-1B shape, tools/model_shapes.py), or a synthetic Qwen2-style model:
           --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 688 --vocab 32000
-layout    --tp 1 --pp 1 (DP = world / (TP x PP)) --no-dist-opt --dtype auto|bf16|fp32
+layout    --tp 1 --pp 1 (DP = world / (TP x PP)) --ep 1 --etp 1 (mixture-of-experts models)
+          --no-dist-opt --dtype auto|bf16|fp32
           --recompute none|selective|full --sequence-parallel
 workload  --seq 512 (tokens per sample: prompt + response) --prompt-len 128 --batch 16 (samples per
           optimizer step, all DP ranks together) --micro-batch-size 1 | --max-tokens 4096
@@ -99,6 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (mixture-of-experts models)")
+    p.add_argument("--etp", type=int, default=1, help="expert tensor-parallel size")
     p.add_argument("--no-dist-opt", action="store_true", help="plain (not distributed) optimizer")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
@@ -144,13 +147,18 @@ def hf_config_from_args(args):
 
 
 def matmul_params(hf) -> int:
-    """Parameters that take part in matmuls: attention, MLP (gated) and the LM head."""
+    """Parameters that take part in matmuls per token: attention, MLP (gated; mixture of experts:
+    the top-k routed experts and the shared expert, treating every layer as an expert layer) and
+    the LM head."""
     h = hf.hidden_size
     heads = hf.num_attention_heads
     kv = getattr(hf, "num_key_value_heads", None) or heads
     hd = getattr(hf, "head_dim", None) or h // heads
     attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h
     mlp = 3 * h * hf.intermediate_size
+    if getattr(hf, "num_experts_per_tok", None):
+        moe_ffn = getattr(hf, "moe_intermediate_size", None) or hf.intermediate_size
+        mlp = 3 * h * (moe_ffn * hf.num_experts_per_tok + (getattr(hf, "shared_expert_intermediate_size", None) or 0))
     return hf.num_hidden_layers * (attn + mlp) + hf.vocab_size * h
 
 
@@ -160,7 +168,7 @@ def build_config(args):
 
     return Config(
         model=ModelConfig(dtype=args.dtype, recompute=args.recompute),
-        parallel=ParallelConfig(tp=args.tp, pp=args.pp, use_distributed_optimizer=not args.no_dist_opt,
+        parallel=ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, use_distributed_optimizer=not args.no_dist_opt,
                                 sequence_parallel=args.sequence_parallel),
         rollout=RolloutConfig(n=1, temperature=1.0),
         data=DataConfig(train_batch_size=args.batch),
@@ -264,6 +272,7 @@ def main(argv=None) -> dict:
         "world": world,
         "tp": args.tp,
         "pp": args.pp,
+        "ep": args.ep,
         "dp": actor.layout.dp,
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,

@@ -13,8 +13,10 @@ ServerArgs itself, or dataclass fields in older layouts); SamplingParams fields;
 helper symbols are defined; FlattenedTensorBucket / FlattenedTensorMetadata /
 LocalSerializedTensor / MultiprocessingSerializer signatures; the keys the scheduler reads from a
 flattened-bucket payload; the safe unpickler's allowed globals; the memory tags; which names the
-engine module has at module level (shutdown patches `kill_process_tree` there); and whether the
-result-dict keys the adapter reads occur in the tokenizer manager.
+engine module has at module level (shutdown patches `kill_process_tree` there); whether the
+result-dict keys the adapter reads occur in the tokenizer manager; and, per mixture-of-experts
+model, the per-expert checkpoint names its load_weights maps (the path update_weights_from_tensor
+takes), its module attributes and EntryClass.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ SYMBOLS = (
     "SamplingParams",
 )
 RESULT_KEYS = ("output_ids", "meta_info", "finish_reason", "output_token_logprobs")
+#: SGLang model modules (sglang/srt/models/) of the mixture-of-experts architectures we sync into
+MOE_MODELS = ("qwen3_moe", "qwen2_moe", "mixtral")
 
 
 class Source:
@@ -259,6 +263,34 @@ def module_level_names(src: Source, module: str) -> List[str]:
     return sorted(names)
 
 
+def moe_weight_names(src: Source, model: str) -> Dict[str, object]:
+    """What one MoE model's load_weights (also update_weights_from_tensor's path) accepts: the
+    per-expert checkpoint names given to FusedMoE.make_expert_params_mapping, the checkpoint
+    names its stacked_params_mapping fuses (q/k/v, gate/up), the module attributes the model
+    defines (HF names resolve through them) and its EntryClass."""
+    tree = src.tree(f"sglang/srt/models/{model}.py")
+    if tree is None:
+        return {}
+    expert_names: Dict[str, str] = {}
+    attributes, stacked = set(), set()
+    entry: List[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "stacked_params_mapping" for t in node.targets):
+            for item in getattr(node.value, "elts", []):  # (param_name, checkpoint weight_name, shard_id)
+                if isinstance(item, ast.Tuple) and len(item.elts) == 3 and isinstance(item.elts[1], ast.Constant):
+                    stacked.add(item.elts[1].value)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "make_expert_params_mapping":
+            expert_names.update({k.arg: k.value.value for k in node.keywords
+                                 if k.arg and k.arg.startswith("ckpt_") and isinstance(k.value, ast.Constant)})
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and getattr(node.value, "id", None) == "self":
+            attributes.add(node.attr)
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EntryClass" for t in node.targets):
+            value = node.value
+            entry = [e.id for e in value.elts] if isinstance(value, (ast.List, ast.Tuple)) else [getattr(value, "id", "")]
+    return {"expert_checkpoint_names": expert_names, "attributes": sorted(attributes), "entry_classes": entry,
+            "stacked_checkpoint_names": sorted(stacked)}
+
+
 def version_of(src: Source) -> str:
     for fname, pattern in (("sglang/_version.py", r"__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)"),
                            ("sglang/version.py", r"__version__\s*=\s*['\"]([^'\"]+)")):
@@ -295,6 +327,7 @@ def extract(src_path: str) -> Dict[str, object]:
         "safe_unpickler_allowed_globals": allowed_globals(src),
         "memory_tags": memory_tags(src),
         "result_keys_in_tokenizer_manager": {k: (f'"{k}"' in tm_text or f"'{k}'" in tm_text) for k in RESULT_KEYS},
+        "moe_models": {m: moe_weight_names(src, m) for m in MOE_MODELS},
     }
 
 

@@ -36,6 +36,7 @@ from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, colla
 from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
+from sppo_megatron.actor.moe_metrics import router_losses
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.platform.layout import ParallelLayout
 
@@ -89,11 +90,13 @@ class MegatronActor:
         from sppo_megatron.platform.distributed import init_distributed
 
         if not ps.model_parallel_is_initialized():
-            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes)
+            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes,
+                             ep=parallel.ep, etp=parallel.etp)
         self.layout = ParallelLayout.current()
-        if (self.layout.tp, self.layout.pp) != (parallel.tp, parallel.pp):
-            raise RuntimeError(f"megatron parallel state is TP={self.layout.tp} PP={self.layout.pp} but the config "
-                               f"asks for TP={parallel.tp} PP={parallel.pp}")
+        got = (self.layout.tp, self.layout.pp, self.layout.ep, self.layout.etp)
+        if got != (parallel.tp, parallel.pp, parallel.ep, parallel.etp):
+            raise RuntimeError(f"megatron parallel state is TP={got[0]} PP={got[1]} EP={got[2]} ETP={got[3]} but the config "
+                               f"asks for TP={parallel.tp} PP={parallel.pp} EP={parallel.ep} ETP={parallel.etp}")
         self.parallel = parallel
         self.train_cfg = train
         self.group_size = int(group_size)
@@ -106,7 +109,7 @@ class MegatronActor:
         self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
         self.device = current_device()
-        self.pad_multiple = setup.sequence_pad_multiple(model, parallel)
+        self.pad_multiple = setup.sequence_pad_multiple(model, self.config)
         self.default_temperature = float(temperature)
         self._offloaded = None
         self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update
@@ -287,6 +290,7 @@ class MegatronActor:
             "sppo/log_ratio_mean": sum_ratio / count if count else 0.0,
             "train/skipped": skipped,
             "train/num_selected": count,
+            **router_losses(len(micro), self.config),
         }
 
     def _grads_finite(self) -> bool:
@@ -314,6 +318,8 @@ class MegatronActor:
         out["train/num_optimizer_steps"] = float(len(steps) - out["train/skipped"])
         out["train/tokens"] = float(sum(s["train/tokens"] for s in steps))
         out["timing/train_step_s"] = seconds / len(steps)
+        for key in sorted({k for s in steps for k in s if k.startswith("moe/")}):  # router losses, when on
+            out[key] = sum(s[key] for s in steps) / len(steps)
         return out
 
     # ------------------------------------------------------------------ checkpoints, memory

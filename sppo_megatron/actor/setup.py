@@ -36,11 +36,11 @@ def warmup_steps(optim: OptimConfig, total: int) -> int:
     return int(optim.lr_warmup_ratio * total)
 
 
-def sequence_pad_multiple(model: ModelConfig, parallel: ParallelConfig) -> int:
-    """Sequence lengths must be multiples of this: TP with sequence parallelism splits the
-    sequence across TP ranks, and Transformer Engine's FP8 GEMMs need token counts divisible by
-    16 (32 for MXFP8)."""
-    multiple = parallel.tp if (parallel.sequence_parallel and parallel.tp > 1) else 1
+def sequence_pad_multiple(model: ModelConfig, tconfig: Any) -> int:
+    """Sequence lengths must be multiples of this: TP with sequence parallelism (on by request,
+    and always for MoE models under TP: see transformer_config) splits the sequence across TP
+    ranks, and Transformer Engine's FP8 GEMMs need token counts divisible by 16 (32 for MXFP8)."""
+    multiple = tconfig.tensor_model_parallel_size if tconfig.sequence_parallel else 1
     if model.fp8:
         multiple = math.lcm(multiple, 32 if model.fp8_recipe == "mxfp8" else 16)
     return multiple

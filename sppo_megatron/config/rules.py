@@ -61,6 +61,11 @@ def parallel_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]
         problems.append(
             f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {_world_words(cfg, world_size)}"
         )
+    elif ParallelLayout.for_world(world_size, p.tp, p.pp, p.ep, p.etp) is None:
+        problems.append(
+            f"parallel.ep={p.ep} x parallel.etp={p.etp} = {p.ep * p.etp} does not divide the {world_size // p.pp} "
+            f"ranks of a pipeline stage (world size {world_size} / parallel.pp={p.pp})"
+        )
     if p.sequence_parallel and p.tp == 1:
         problems.append("parallel.sequence_parallel: needs parallel.tp > 1")
     return problems

@@ -36,12 +36,16 @@ class ModelConfig:
     fp8_recipe: str = opt("delayed", "Transformer Engine FP8 scaling recipe", choices=("delayed", "tensorwise", "mxfp8", "blockwise"))
     dtype: str = opt("auto", "training precision; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     recompute: str = opt("none", "activation recomputation", choices=("none", "selective", "full"))
+    moe_aux_loss_coeff: float = opt(0.0, "MoE load-balancing (aux) loss coefficient; 0 = off (the RL default); logged as moe/load_balancing_loss", min=0.0)
+    moe_z_loss_coeff: float = opt(0.0, "MoE router z-loss coefficient; 0 = off; logged as moe/z_loss", min=0.0)
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
     tp: int = opt(1, "tensor-parallel size", min=1)
     pp: int = opt(1, "pipeline-parallel size", min=1)
+    ep: int = opt(1, "expert-parallel size (mixture-of-experts models): experts split across this many ranks", min=1)
+    etp: int = opt(1, "expert tensor-parallel size: each expert's weights split across this many ranks", min=1)
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs tp > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
     distributed_timeout_minutes: int = opt(30, "collective timeout", min=1)

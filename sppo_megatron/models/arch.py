@@ -7,7 +7,14 @@ the HF export of a training run and the online weight sync to the rollout engine
 same table, so a name or a layout lives in exactly one place.
 
 Templates: ``{layer}`` in a megatron name is the LOCAL index of the layer in this pipeline
-stage's ``decoder.layers`` list; ``{layer}`` in an HF name is the GLOBAL layer index.
+stage's ``decoder.layers`` list; ``{layer}`` in an HF name is the GLOBAL layer index. Likewise
+``{expert}`` (per-expert rows of mixture-of-experts layers): the LOCAL expert index on this
+expert-parallel rank in a megatron name, the GLOBAL expert index in an HF name.
+
+Mixture-of-experts models mix two kinds of layers (HF ``mlp_only_layers`` /
+``decoder_sparse_step``): a row with ``mlp="dense"`` exists only in dense-MLP layers, one with
+``mlp="moe"`` only in expert layers. Expert rows are split across expert-tensor-parallel ranks
+(ETP) by their layout, and across expert-parallel ranks (EP) by expert.
 
 Layouts (how a row's tensors are split across tensor-parallel ranks) are objects in layouts.py.
 
@@ -36,13 +43,17 @@ class Param:
     per_layer: bool = False
     # Present only when this feature of the HF config is on ("untied": lm_head not tied).
     when: Optional[str] = None
+    # Layer kind the row belongs to: None = every layer, "dense" / "moe" = MLP / expert layers only.
+    mlp: Optional[str] = None
+    # One row per routed expert ({expert} in the names); split across ETP, distributed over EP.
+    per_expert: bool = False
 
     def __post_init__(self) -> None:
         assert isinstance(self.layout, Layout), self.layout
         assert len(self.hf) == self.layout.num_hf, (self.hf, self.layout)
 
 
-def _layer(megatron: Any, hf: Any, layout: Layout, when: Optional[str] = None) -> Param:
+def _layer(megatron: Any, hf: Any, layout: Layout, when: Optional[str] = None, mlp: Optional[str] = None) -> Param:
     megatron = (megatron,) if isinstance(megatron, str) else tuple(megatron)
     hf = (hf,) if isinstance(hf, str) else tuple(hf)
     return Param(
@@ -51,6 +62,8 @@ def _layer(megatron: Any, hf: Any, layout: Layout, when: Optional[str] = None) -
         layout=layout,
         per_layer=True,
         when=when,
+        mlp=mlp,
+        per_expert="{expert}" in hf[0],
     )
 
 
@@ -83,8 +96,33 @@ POST_ATTN_NORM = _layer(
 )
 GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP)
 DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", layouts.ROW)
+DENSE_GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP, mlp="dense")
+DENSE_DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", layouts.ROW, mlp="dense")
 FINAL_NORM = Param(("decoder.final_layernorm.weight",), ("model.norm.weight",), layouts.REPLICATED)
 LM_HEAD = Param(("output_layer.weight",), ("lm_head.weight",), layouts.OUTPUT, when="untied")
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture-of-experts rows. megatron-core's expert modules: SequentialMLP (local spec, CPU) holds
+# local_experts.{e}.linear_fc1/fc2; TE's grouped linear (GPU) holds linear_fc1.weight{e}; both
+# are listed, the one present is used, and dist checkpoints of either load into the other.
+# ---------------------------------------------------------------------------------------------
+def _experts(hf_prefix: str, gate: str, up: str, down: str) -> Tuple[Param, Param]:
+    fc1 = ("mlp.experts.local_experts.{expert}.linear_fc1.weight", "mlp.experts.linear_fc1.weight{expert}")
+    fc2 = ("mlp.experts.local_experts.{expert}.linear_fc2.weight", "mlp.experts.linear_fc2.weight{expert}")
+    expert = hf_prefix + ".experts.{expert}."
+    return (_layer(fc1, (expert + gate + ".weight", expert + up + ".weight"), layouts.GATE_UP, mlp="moe"),
+            _layer(fc2, expert + down + ".weight", layouts.ROW, mlp="moe"))
+
+
+ROUTER = _layer("mlp.router.weight", "mlp.gate.weight", layouts.REPLICATED, mlp="moe")
+EXPERT_GATE_UP, EXPERT_DOWN = _experts("mlp", "gate_proj", "up_proj", "down_proj")
+SHARED_GATE_UP = _layer("mlp.shared_experts.linear_fc1.weight",
+                        ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"), layouts.GATE_UP, mlp="moe")
+SHARED_DOWN = _layer("mlp.shared_experts.linear_fc2.weight", "mlp.shared_expert.down_proj.weight", layouts.ROW, mlp="moe")
+SHARED_GATE = _layer("mlp.shared_experts.gate_weight", "mlp.shared_expert_gate.weight", layouts.REPLICATED, mlp="moe")
+MIXTRAL_ROUTER = _layer("mlp.router.weight", "block_sparse_moe.gate.weight", layouts.REPLICATED, mlp="moe")
+MIXTRAL_GATE_UP, MIXTRAL_DOWN = _experts("block_sparse_moe", "w1", "w3", "w2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +159,29 @@ def _qwen3_checks(cfg: Any) -> List[str]:
     return problems
 
 
+def _moe_checks(cfg: Any) -> List[str]:
+    problems = _common_checks(cfg)
+    if getattr(cfg, "use_sliding_window", False):
+        problems.append("use_sliding_window=True (sliding-window layers are not supported)")
+    if float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0) > 0:
+        problems.append("router_jitter_noise > 0 (router jitter is not supported)")
+    return problems
+
+
+def _qwen3_moe_checks(cfg: Any) -> List[str]:
+    problems = _moe_checks(cfg)
+    if getattr(cfg, "attention_bias", False):
+        problems.append("attention_bias=True (Qwen3-MoE with q/k/v/o biases is not supported)")
+    return problems
+
+
+def _mixtral_checks(cfg: Any) -> List[str]:
+    problems = _moe_checks(cfg)
+    if getattr(cfg, "sliding_window", None):
+        problems.append("sliding_window set (Mixtral sliding-window attention is not supported)")
+    return problems
+
+
 def _no_extra(cfg: Any) -> Dict[str, Any]:
     return {}
 
@@ -153,6 +214,16 @@ class Architecture:
     def qk_norm(self) -> bool:
         """Per-head RMSNorm on q and k (megatron qk_layernorm)."""
         return Q_NORM in self.params
+
+    @property
+    def moe(self) -> bool:
+        """Mixture-of-experts layers (routed experts)."""
+        return any(p.per_expert for p in self.params)
+
+    @property
+    def shared_expert(self) -> bool:
+        """A shared expert next to the routed ones, with a sigmoid gate (Qwen2-MoE)."""
+        return SHARED_GATE in self.params
 
 
 LLAMA = Architecture(
@@ -188,7 +259,36 @@ MISTRAL = Architecture(
     notes="Mistral 7B v0.1-v0.3 (sliding_window honoured)",
 )
 
-ARCHITECTURES: Dict[str, Architecture] = {a.model_type: a for a in (LLAMA, QWEN2, QWEN3, MISTRAL)}
+QWEN3_MOE = Architecture(
+    model_type="qwen3_moe",
+    hf_class="Qwen3MoeForCausalLM",
+    params=(EMBED, INPUT_NORM, QKV, Q_NORM, K_NORM, O_PROJ, POST_ATTN_NORM, ROUTER, EXPERT_GATE_UP, EXPERT_DOWN,
+            DENSE_GATE_UP, DENSE_DOWN, FINAL_NORM, LM_HEAD),
+    checks=_qwen3_moe_checks,
+    notes="Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B): routed experts, softmax top-k router, norm_topk_prob",
+)
+
+QWEN2_MOE = Architecture(
+    model_type="qwen2_moe",
+    hf_class="Qwen2MoeForCausalLM",
+    params=(EMBED, INPUT_NORM, QKV, QKV_BIAS, O_PROJ, POST_ATTN_NORM, ROUTER, EXPERT_GATE_UP, EXPERT_DOWN,
+            SHARED_GATE_UP, SHARED_DOWN, SHARED_GATE, DENSE_GATE_UP, DENSE_DOWN, FINAL_NORM, LM_HEAD),
+    checks=_moe_checks,
+    notes="Qwen1.5-MoE / Qwen2-MoE: routed experts plus a shared expert behind a sigmoid gate",
+)
+
+MIXTRAL = Architecture(
+    model_type="mixtral",
+    hf_class="MixtralForCausalLM",
+    params=(EMBED, INPUT_NORM, QKV, O_PROJ, POST_ATTN_NORM, MIXTRAL_ROUTER, MIXTRAL_GATE_UP, MIXTRAL_DOWN,
+            FINAL_NORM, LM_HEAD),
+    checks=_mixtral_checks,
+    notes="Mixtral 8x7B / 8x22B: every layer routed, top-2 renormalised",
+)
+
+ARCHITECTURES: Dict[str, Architecture] = {
+    a.model_type: a for a in (LLAMA, QWEN2, QWEN3, MISTRAL, QWEN3_MOE, QWEN2_MOE, MIXTRAL)
+}
 SUPPORTED_MODEL_TYPES: Tuple[str, ...] = tuple(sorted(ARCHITECTURES))
 
 

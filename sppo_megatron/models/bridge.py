@@ -56,6 +56,8 @@ class Bridge:
         self.max_position_embeddings: int = int(getattr(cfg, "max_position_embeddings", 4096) or 4096)
         self.tied: bool = bool(getattr(cfg, "tie_word_embeddings", False))
         self.rope: Rope = rope_settings(cfg)
+        self.num_experts: int = int(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0) if self.arch.moe else 0
+        self.moe_layers: List[bool] = [self.arch.moe and _is_moe_layer(cfg, i) for i in range(self.num_layers)]
         if self.num_attention_heads % self.num_kv_heads:
             raise UserError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -67,6 +69,20 @@ class Bridge:
         """Vocab rounded up to a multiple of lcm(128, tp): TP-independent for power-of-two TP."""
         multiple = VOCAB_MULTIPLE * tp // math.gcd(VOCAB_MULTIPLE, tp)
         return -(-self.vocab_size // multiple) * multiple
+
+    def check_parallel(self, parallel: ParallelConfig) -> None:
+        """UserError unless the parallel layout fits this model (heads, widths, experts)."""
+        self.check_tp(parallel.tp)
+        if not self.arch.moe:
+            if parallel.ep > 1 or parallel.etp > 1:
+                raise UserError(f"parallel.ep={parallel.ep} parallel.etp={parallel.etp}: this {self.model_type} model "
+                                "has no experts (expert parallelism needs a mixture-of-experts model)")
+            return
+        if self.num_experts % parallel.ep:
+            raise UserError(f"parallel.ep={parallel.ep} must divide the {self.num_experts} experts of this {self.model_type} model")
+        moe_ffn = int(getattr(self.hf_config, "moe_intermediate_size", None) or self.ffn_hidden_size)
+        if moe_ffn % parallel.etp:
+            raise UserError(f"parallel.etp={parallel.etp} must divide the expert width {moe_ffn}")
 
     def check_tp(self, tp: int) -> None:
         """UserError unless `tp` divides the heads and the MLP width."""
@@ -92,11 +108,12 @@ class Bridge:
 
         return transformer_config_kwargs(self, model_cfg, parallel_cfg)
 
-    def layer_spec(self, model_cfg: Optional[ModelConfig] = None):
-        """TE layer spec (transformer_impl=transformer_engine, or auto with TE) or local + SDPA."""
+    def layer_spec(self, model_cfg: Optional[ModelConfig] = None, config: Any = None):
+        """TE layer spec (transformer_impl=transformer_engine, or auto with TE) or local + SDPA;
+        for MoE models the block spec of `config` (the TransformerConfig)."""
         from sppo_megatron.models.specs import layer_spec
 
-        return layer_spec(ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm)
+        return layer_spec(ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm, config=config)
 
     # ------------------------------------------------------------------ model
     def build_model(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
@@ -129,18 +146,22 @@ class Bridge:
 
     def hf_names(self) -> List[str]:
         """Every HF tensor name, in the order `export_hf_weights` yields them."""
-        names = []
-        for layer, row in self._plan():
-            names.extend(h.format(layer=layer) for h in row.hf)
-        return names
+        return [h.format(layer=layer, expert=expert) for layer, expert, row in self._plan() for h in row.hf]
 
-    def _plan(self) -> List[Tuple[Optional[int], Param]]:
-        """(global layer or None, row) in export order: embeddings, layers 0..L-1, final norm, head."""
+    def _in_layer(self, row: Param, layer: int) -> bool:
+        return row.mlp is None or (row.mlp == "moe") == self.moe_layers[layer]
+
+    def _plan(self) -> List[Tuple[Optional[int], Optional[int], Param]]:
+        """(global layer or None, global expert or None, row) in export order: embeddings,
+        layers 0..L-1 (each expert row once per expert), final norm, head."""
         rows = self._params()
-        plan: List[Tuple[Optional[int], Param]] = [(None, r) for r in rows if not r.per_layer and r.layout is layouts.EMBEDDING]
+        plan: List[Tuple[Optional[int], Optional[int], Param]] = [
+            (None, None, r) for r in rows if not r.per_layer and r.layout is layouts.EMBEDDING]
         for i in range(self.num_layers):
-            plan.extend((i, r) for r in rows if r.per_layer)
-        plan.extend((None, r) for r in rows if not r.per_layer and r.layout is not layouts.EMBEDDING)
+            for r in rows:
+                if r.per_layer and self._in_layer(r, i):
+                    plan.extend((i, e, r) for e in (range(self.num_experts) if r.per_expert else [None]))
+        plan.extend((None, None, r) for r in rows if not r.per_layer and r.layout is not layouts.EMBEDDING)
         return plan
 
     @staticmethod
@@ -151,16 +172,21 @@ class Bridge:
             return {}
         return {layer.layer_number - 1: j for j, layer in enumerate(decoder.layers)}
 
-    def _local_params(self, module: Any) -> List[Tuple[Optional[int], Param, str, torch.nn.Parameter, Tuple[str, ...]]]:
-        """(global layer, row, megatron name, parameter, HF names) for every table row on this rank."""
+    def _local_params(self, module: Any) -> List[Tuple[Optional[int], Optional[int], Param, str, torch.nn.Parameter, Tuple[str, ...]]]:
+        """(global layer, global expert, row, megatron name, parameter, HF names) for every table
+        row on this rank (expert rows: the experts of this expert-parallel rank)."""
         params = dict(module.named_parameters())
         local = self._local_layers(module)
+        first_expert, num_local = local_expert_range(self.num_experts)
         out = []
-        for layer, row in self._plan():
+        for layer, expert, row in self._plan():
             if row.per_layer:
                 if layer not in local:
                     continue
-                candidates = [m.format(layer=local[layer]) for m in row.megatron]
+                if expert is not None and not first_expert <= expert < first_expert + num_local:
+                    continue
+                local_expert = None if expert is None else expert - first_expert
+                candidates = [m.format(layer=local[layer], expert=local_expert) for m in row.megatron]
                 found = [c for c in candidates if c in params]
                 if not found:
                     raise RuntimeError(f"{self.model_type} table row {row.hf[0]} has no parameter in the model (tried {candidates})")
@@ -168,32 +194,34 @@ class Bridge:
                 found = [m for m in row.megatron if m in params]
                 if not found:
                     continue
-            out.append((layer, row, found[0], params[found[0]], tuple(h.format(layer=layer) for h in row.hf)))
+            hf = tuple(h.format(layer=layer, expert=expert) for h in row.hf)
+            out.append((layer, expert, row, found[0], params[found[0]], hf))
         if self.tied and "output_layer.weight" in params:
             # tied embeddings with PP > 1: the last stage keeps its own copy of the embedding
             embed = next(r for r in self.arch.params if r.layout is layouts.EMBEDDING)
-            out.append((None, Param(("output_layer.weight",), embed.hf, layouts.OUTPUT), "output_layer.weight", params["output_layer.weight"], embed.hf))
+            out.append((None, None, Param(("output_layer.weight",), embed.hf, layouts.OUTPUT), "output_layer.weight",
+                        params["output_layer.weight"], embed.hf))
         return out
 
     # ------------------------------------------------------------------ HF -> megatron
     def load_hf_weights(self, model: Any, hf_dir: str) -> None:
         """Fill this rank's shards from an HF safetensors directory, reading only what it needs.
 
-        Each tensor is read as the row/column slice this TP rank holds (safetensors
-        `get_slice`), so memory stays bounded by the largest local shard plus one HF tensor slice.
+        Each tensor is read as the row/column slice this TP rank (expert rows: this
+        expert-tensor-parallel rank, only this expert-parallel rank's experts) holds
+        (safetensors `get_slice`), so memory stays bounded by the largest local shard plus one
+        HF tensor slice.
         """
-        from megatron.core import parallel_state
-
         from sppo_megatron.models.hf_io import SafetensorsReader
 
         module = unwrap_model(model)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-        r = parallel_state.get_tensor_model_parallel_rank()
+        groups = _TensorGroups()
         reader = SafetensorsReader(hf_dir)
         loaded = set()
         try:
             with torch.no_grad():
-                for _, row, mname, param, hf_names in self._local_params(module):
+                for _, _, row, mname, param, hf_names in self._local_params(module):
+                    tp, r = groups.split(row)
                     tensor = row.layout.read_shard(reader, hf_names, tuple(param.shape), tp, r, self)
                     if tuple(tensor.shape) != tuple(param.shape):
                         raise UserError(
@@ -213,10 +241,11 @@ class Bridge:
         """Yield (HF name, full tensor) for the whole model, one parameter at a time.
 
         Collective: every rank of the model-parallel group must iterate it to the end, in step.
-        Every rank receives every tensor (gathered across TP, broadcast from the owning pipeline
+        Every rank receives every tensor (gathered across TP -- expert rows across expert TP --,
+        broadcast from the expert-parallel rank holding the expert and from the owning pipeline
         stage), in the deterministic order of `hf_names()`; padded vocabulary rows are stripped
         and `lm_head.weight` is omitted when embeddings are tied. Tensors have the model's
-        parameter dtype and may be views of the model's parameters (TP=PP=1 and replicated
+        parameter dtype and may be views of the model's parameters (TP=PP=EP=1 and replicated
         tensors: no copy where the layout allows, see `Layout.assemble`): they are valid while
         the model is unchanged, and a consumer that keeps one past that (or writes to it) must
         copy it. At most one parameter's full tensors are alive at a time inside the generator.
@@ -225,21 +254,23 @@ class Bridge:
         from megatron.core import parallel_state
 
         module = unwrap_model(model)
-        tp = parallel_state.get_tensor_model_parallel_world_size()
+        groups = _TensorGroups()
         pp = parallel_state.get_pipeline_model_parallel_world_size()
-        tp_group = parallel_state.get_tensor_model_parallel_group()
         pp_group = parallel_state.get_pipeline_model_parallel_group()
         stage = parallel_state.get_pipeline_model_parallel_rank()
+        _, num_local = local_expert_range(self.num_experts)
 
+        # expert rows are keyed without the expert: every expert of a layer has the same shape,
+        # and the pipeline peers of this rank (same EP rank) hold other experts than the owner's
         local = {}
         meta = {}
-        for layer, row, _, param, hf_names in self._local_params(module):
+        for layer, expert, row, _, param, _ in self._local_params(module):
             if row.layout is layouts.OUTPUT and self.tied:
                 continue  # last-stage copy of a tied embedding: exported once, as the embedding
-            key = (layer, row.hf)
-            local[key] = (row, param)
-            meta[key] = (row.layout.hf_shapes(tuple(param.shape), tp, self), param.dtype)
-        owners: Dict[Any, Tuple[int, Any]] = {}
+            local[(layer, expert, row.hf)] = param
+            tp, _ = groups.split(row)
+            meta[(layer, row.hf)] = (row.layout.hf_shapes(tuple(param.shape), tp, self), param.dtype)
+        owners: Dict[Any, Tuple[Optional[int], Any, int]] = {}
         if pp > 1:
             gathered: List[Any] = [None] * pp
             dist.all_gather_object(gathered, meta, group=pp_group)
@@ -250,30 +281,19 @@ class Bridge:
         else:
             owners = {key: (None, value, stage) for key, value in meta.items()}
 
-        for layer, row in self._plan():
-            key = (layer, row.hf)
-            names = [h.format(layer=layer) for h in row.hf]
-            if key not in owners:
+        for layer, expert, row in self._plan():
+            names = [h.format(layer=layer, expert=expert) for h in row.hf]
+            if (layer, row.hf) not in owners:
                 raise RuntimeError(f"no pipeline stage holds {names[0]}")
-            src, (shapes, dtype), owner_stage = owners[key]
+            src, (shapes, dtype), owner_stage = owners[(layer, row.hf)]
+            tensors = None
             if owner_stage == stage:
-                _, param = local[key]
-                data = param.detach()
-                if tp > 1 and row.layout.tp_sharded and row.layout.rows_sharded:
-                    data = data.contiguous()
-                    full = torch.empty((tp * data.shape[0],) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
-                    dist.all_gather_into_tensor(full, data, group=tp_group)
-                    shards = [full]  # one allocation and no join copy (the biggest tensors: embedding, qkv)
-                    del full
-                elif tp > 1 and row.layout.tp_sharded:
-                    data = data.contiguous()
-                    shards = [torch.empty_like(data) for _ in range(tp)]
-                    dist.all_gather(shards, data, group=tp_group)
-                else:
-                    shards = [data]
-                tensors = row.layout.assemble(shards, self)
-                del shards
-            else:
+                param = local.get((layer, expert, row.hf))
+                if param is not None:
+                    tensors = groups.assemble(row, param.detach(), self)
+                if expert is not None:
+                    tensors = groups.from_expert_owner(tensors, shapes, dtype, expert // num_local)
+            if tensors is None:
                 tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
             if pp > 1:
                 for t in tensors:
@@ -281,6 +301,81 @@ class Bridge:
             for name, t in zip(names, tensors):
                 yield name, t
             del tensors
+
+
+def local_expert_range(num_experts: int) -> Tuple[int, int]:
+    """(first global expert, number of experts) held by this expert-parallel rank."""
+    if not num_experts:
+        return 0, 0
+    from megatron.core import parallel_state
+
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    per_rank = num_experts // ep
+    return parallel_state.get_expert_model_parallel_rank() * per_rank, per_rank
+
+
+class _TensorGroups:
+    """The process groups one table row is split over: TP for dense rows, expert TP (ETP) for
+    expert rows, and EP for the experts themselves."""
+
+    def __init__(self) -> None:
+        from megatron.core import parallel_state as ps
+
+        self.tp = (ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank(),
+                   ps.get_tensor_model_parallel_group())
+        self.etp = (ps.get_expert_tensor_parallel_world_size(), ps.get_expert_tensor_parallel_rank(),
+                    ps.get_expert_tensor_parallel_group(check_initialized=False))
+        self.ep = (ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank(),
+                   ps.get_expert_model_parallel_group(check_initialized=False))
+
+    def split(self, row: Param) -> Tuple[int, int]:
+        """(size, rank) of the tensor-parallel split of `row` on this rank."""
+        size, rank, _ = self.etp if row.per_expert else self.tp
+        return size, rank
+
+    def assemble(self, row: Param, data: torch.Tensor, dims: Any) -> List[torch.Tensor]:
+        """The full HF tensor(s) of this rank's parameter of `row`, gathered over its TP split."""
+        import torch.distributed as dist
+
+        size, _, group = self.etp if row.per_expert else self.tp
+        if size > 1 and row.layout.tp_sharded and row.layout.rows_sharded:
+            data = data.contiguous()
+            full = torch.empty((size * data.shape[0],) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
+            dist.all_gather_into_tensor(full, data, group=group)
+            shards = [full]  # one allocation and no join copy (the biggest tensors: embedding, qkv)
+        elif size > 1 and row.layout.tp_sharded:
+            data = data.contiguous()
+            shards = [torch.empty_like(data) for _ in range(size)]
+            dist.all_gather(shards, data, group=group)
+        else:
+            shards = [data]
+        return row.layout.assemble(shards, dims)
+
+    def from_expert_owner(self, tensors: Optional[List[torch.Tensor]], shapes: List[Any], dtype: torch.dtype,
+                          owner: int) -> List[torch.Tensor]:
+        """Expert-parallel rank `owner`'s assembled tensors, on every EP rank."""
+        import torch.distributed as dist
+
+        size, rank, group = self.ep
+        if size == 1:
+            return tensors
+        if rank != owner:
+            tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
+        else:
+            tensors = [t.contiguous() for t in tensors]
+        src = dist.get_global_rank(group, owner)
+        for t in tensors:
+            dist.broadcast(t, src=src, group=group)
+        return tensors
+
+
+def _is_moe_layer(cfg: Any, layer: int) -> bool:
+    """HF's rule (Qwen2/3-MoE): experts unless listed in mlp_only_layers, every
+    decoder_sparse_step-th layer (1-based); Mixtral has neither key: every layer."""
+    if layer in (getattr(cfg, "mlp_only_layers", None) or []):
+        return False
+    step = int(getattr(cfg, "decoder_sparse_step", None) or 1)
+    return (layer + 1) % step == 0
 
 
 def get_bridge(hf_config: Any) -> Bridge:

@@ -25,16 +25,19 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
         raise RuntimeError("build_model needs megatron's parallel state: call init_distributed(tp, pp) first")
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    parallel = ParallelConfig(tp=tp, pp=pp) if parallel_cfg is None else parallel_cfg
-    if (parallel.tp, parallel.pp) != (tp, pp):
-        raise RuntimeError(f"parallel config tp={parallel.tp} pp={parallel.pp} but megatron is initialised with tp={tp} pp={pp}")
+    ep = parallel_state.get_expert_model_parallel_world_size()
+    etp = parallel_state.get_expert_tensor_parallel_world_size()
+    parallel = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp) if parallel_cfg is None else parallel_cfg
+    if (parallel.tp, parallel.pp, parallel.ep, parallel.etp) != (tp, pp, ep, etp):
+        raise RuntimeError(f"parallel config tp={parallel.tp} pp={parallel.pp} ep={parallel.ep} etp={parallel.etp} but "
+                           f"megatron is initialised with tp={tp} pp={pp} ep={ep} etp={etp}")
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     config = bridge.transformer_config(model_cfg, parallel)
     config.perform_initialization = perform_initialization
     rope = bridge.rope
     model = GPTModel(
         config=config,
-        transformer_layer_spec=bridge.layer_spec(model_cfg),
+        transformer_layer_spec=bridge.layer_spec(model_cfg, config),
         vocab_size=padded_vocab_size or bridge.padded_vocab_size(tp),
         max_sequence_length=bridge.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -62,6 +65,8 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
         model.to(config.params_dtype)
     if not perform_initialization:
         _set_tensor_parallel_attributes(model, config)
+    if config.num_moe_experts:
+        _mark_expert_parameters(model)
     _zero_vocab_padding(model, bridge.vocab_size)
     return model
 
@@ -78,6 +83,17 @@ def _zero_vocab_padding(model: Any, vocab_size: int) -> None:
                 start = r * p.shape[0]
                 keep = max(0, min(p.shape[0], vocab_size - start))
                 p[keep:].zero_()
+
+
+def _mark_expert_parameters(model: Any) -> None:
+    """Routed-expert weights are `allreduce=False` (reduced over the expert-data-parallel group,
+    optimised by their own optimizer) at every EP size. megatron-core marks them only when
+    EP > 1; at EP = 1 they would join the dense optimizer, the optimizer's checkpoint layout would
+    then depend on EP, and a checkpoint saved at EP = 2 would not resume at EP = 1. At EP = 1 the
+    expert-data-parallel group is the data-parallel group (x TP / ETP), so the math is unchanged."""
+    for name, param in model.named_parameters():
+        if ".mlp.experts." in name:
+            param.allreduce = False
 
 
 def _set_tensor_parallel_attributes(model: Any, config: Any) -> None:

@@ -81,8 +81,12 @@ def common_state(args: argparse.Namespace, iteration: Optional[int]) -> Dict[str
 def megatron_lm_args(bridge: Any, dtype: str, tp: int, pp: int, padded_vocab_size: int) -> argparse.Namespace:
     """Megatron-LM's `args` for `bridge`'s model (names as `arguments.py` spells them, both
     epsilon names: layernorm_epsilon since 0.16, norm_epsilon before). Refuses llama3 RoPE
-    factors Megatron-LM cannot express."""
+    factors Megatron-LM cannot express, and mixture-of-experts models (their args are not mapped)."""
     from sppo_megatron.config.schema import ModelConfig, ParallelConfig
+
+    if bridge.arch.moe:
+        raise UserError(f"--layout megatron-lm: {bridge.model_type} (mixture of experts) is not supported for "
+                        "Megatron-LM checkpoints yet; use the default layout")
 
     tc = bridge.transformer_config_kwargs(ModelConfig(dtype=dtype, transformer_impl="local"), ParallelConfig(tp=tp, pp=pp))
     rope = bridge.rope

@@ -7,7 +7,7 @@ machines without it. Tests monkeypatch `te_available` to exercise both branches 
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -108,12 +108,16 @@ def check_fp8_support(model_cfg: ModelConfig) -> None:
         raise UserError(f"model.fp8={fp8} fp8_recipe={recipe}: Transformer Engine reports: {verdict[1]}")
 
 
-def layer_spec(model_cfg: ModelConfig, qk_layernorm: bool = False):
+def layer_spec(model_cfg: ModelConfig, qk_layernorm: bool = False, config: Any = None):
     """The GPT layer ModuleSpec: TE spec, or the local spec with `SDPAttention` as core attention.
+    A mixture-of-experts model (`config` has experts) gets megatron's decoder block spec instead:
+    one spec per layer (expert or dense MLP per `config.moe_layer_freq`), this stage's layers.
 
     Layer-spec functions take keywords only (megatron-core 0.19 wraps them as *args/**kwargs).
     """
     impl = resolve_transformer_impl(model_cfg)
+    if config is not None and config.num_moe_experts:
+        return _moe_block_spec(model_cfg, config, impl)
     if impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -127,3 +131,27 @@ def layer_spec(model_cfg: ModelConfig, qk_layernorm: bool = False):
     spec = get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
+
+
+def _moe_block_spec(model_cfg: ModelConfig, config: Any, impl: str):
+    """megatron's block spec for MoE models; on the local spec with SDPA attention and norms that
+    work under sequence parallelism (MoE under TP needs it)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
+    if impl == "transformer_engine":
+        return get_gpt_decoder_block_spec(config=config, use_transformer_engine=True)
+    if model_cfg.fp8 is not None:
+        raise UserError("model.fp8 needs Transformer Engine layers; the local layer spec has no FP8")
+    from sppo_megatron.models.norms import SequenceParallelRMSNorm
+    from sppo_megatron.models.sdpa_attention import SDPAttention
+
+    block = get_gpt_decoder_block_spec(config=config, use_transformer_engine=False, normalization="RMSNorm")
+    for spec in block.layer_specs:
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        spec.submodules.input_layernorm = SequenceParallelRMSNorm
+        spec.submodules.pre_mlp_layernorm = SequenceParallelRMSNorm
+        attention = spec.submodules.self_attention.submodules
+        if config.qk_layernorm:  # torch's norm refuses a sequence-parallel config even here
+            attention.q_layernorm = attention.k_layernorm = SequenceParallelRMSNorm
+    block.layer_norm = SequenceParallelRMSNorm
+    return block

@@ -40,8 +40,9 @@ def transformer_config_kwargs(bridge: Any, model: Optional[ModelConfig] = None,
     model = ModelConfig() if model is None else model
     parallel = ParallelConfig() if parallel is None else parallel
     tp, pp = parallel.tp, parallel.pp
-    sequence_parallel = bool(parallel.sequence_parallel) and tp > 1
-    bridge.check_tp(tp)
+    # megatron-core trains MoE layers under TP only with sequence parallelism: on for them
+    sequence_parallel = (bool(parallel.sequence_parallel) or bridge.arch.moe) and tp > 1
+    bridge.check_parallel(parallel)
     dtype = resolve_dtype(model.dtype)
     if model.fp8 is not None:
         check_fp8_support(model)
@@ -84,5 +85,43 @@ def transformer_config_kwargs(bridge: Any, model: Optional[ModelConfig] = None,
         raise UserError(f"model.recompute={model.recompute!r}: expected none, selective or full")
     if model.fp8 is not None:
         kwargs.update(fp8=model.fp8, fp8_recipe=model.fp8_recipe)
+    if bridge.arch.moe:
+        kwargs.update(moe_kwargs(bridge, model, parallel))
     kwargs.update(bridge.arch.extra_transformer_kwargs(bridge.hf_config))
+    return kwargs
+
+
+def moe_kwargs(bridge: Any, model: ModelConfig, parallel: ParallelConfig) -> Dict[str, Any]:
+    """The mixture-of-experts fields: HF routing -> megatron's router, experts and dispatcher.
+
+    HF routers take a softmax over all experts, then the top k, renormalised when
+    `norm_topk_prob` (Mixtral: always). Megatron's softmax router does the same with
+    moe_router_pre_softmax=True (no renormalisation) or, with False, a softmax over the top-k
+    logits, which equals the renormalised form. Router logits in fp32 (megatron's advice for
+    stable routing; the same as HF in fp32). Experts: TE grouped GEMM with Transformer Engine,
+    SequentialMLP otherwise (the same checkpoint loads into either). The alltoall dispatcher
+    runs on NCCL and, with the CPU layer, on gloo."""
+    from sppo_megatron.models.specs import resolve_transformer_impl
+
+    cfg = bridge.hf_config
+    renormalise = bool(getattr(cfg, "norm_topk_prob", True)) if bridge.model_type != "mixtral" else True
+    kwargs: Dict[str, Any] = dict(
+        num_moe_experts=bridge.num_experts,
+        moe_router_topk=int(cfg.num_experts_per_tok),
+        moe_ffn_hidden_size=int(getattr(cfg, "moe_intermediate_size", None) or bridge.ffn_hidden_size),
+        moe_router_score_function="softmax",
+        moe_router_pre_softmax=not renormalise,
+        moe_router_dtype="fp32",
+        moe_grouped_gemm=resolve_transformer_impl(model) == "transformer_engine",
+        moe_token_dispatcher_type="alltoall",
+        moe_router_load_balancing_type="aux_loss" if model.moe_aux_loss_coeff > 0 else "none",
+        moe_aux_loss_coeff=float(model.moe_aux_loss_coeff),
+        moe_z_loss_coeff=float(model.moe_z_loss_coeff) or None,
+        moe_layer_freq=[int(moe) for moe in bridge.moe_layers],
+        expert_model_parallel_size=parallel.ep,
+        expert_tensor_parallel_size=parallel.etp,
+    )
+    if bridge.arch.shared_expert:
+        kwargs.update(moe_shared_expert_intermediate_size=int(cfg.shared_expert_intermediate_size),
+                      moe_shared_expert_gate=True)
     return kwargs

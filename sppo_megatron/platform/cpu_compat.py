@@ -18,6 +18,9 @@ GPU we redirect all of that to the CPU:
   itself: 2 x 77 MB per step on a 19 M-parameter model), and the no-apex fallback of
   `multi_tensor_scale` that gradient clipping calls with src = dst (`dst.copy_(src * scale)`
   allocates and page-faults a temporary per tensor; an in-place multiply gives the same bits).
+* backward passes run under the same redirection (a mode is off inside its own handler);
+* the MoE path: ``te_general_gemm`` defined without TE, all-to-all split sizes as numpy, and
+  gloo stand-ins for the uneven all-gather / reduce-scatter of the expert-TP token dispatch.
 
 `enable()` is a no-op when CUDA is available: nothing here may change GPU behaviour.
 `torch.cuda.is_available()` keeps returning False so every other library still sees a CPU.
@@ -74,6 +77,55 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1:
             args = (args[0], _fix(args[1])) + tuple(args[2:])
         return func(*args, **kwargs)
+
+
+def _patch_uneven_collectives() -> None:
+    """gloo has no uneven all-gather (a list of differently sized tensors) and no reduce-scatter;
+    megatron's MoE dispatch under expert TP uses both (`_gather_along_first_dim` /
+    `_reduce_scatter_along_first_dim` with split sizes). Uneven all-gather: pad to the largest,
+    gather, cut. Reduce-scatter: all-reduce the concatenation, keep this rank's part (the same
+    sums; more traffic, irrelevant at CPU-test sizes). Even all-gathers are untouched."""
+    import torch.distributed as dist
+
+    all_gather = dist.all_gather
+
+    def uneven_all_gather(tensor_list, tensor, group=None, async_op=False):
+        if async_op or len({tuple(t.shape) for t in tensor_list} | {tuple(tensor.shape)}) == 1:
+            return all_gather(tensor_list, tensor, group=group, async_op=async_op)
+        rows = max(t.shape[0] for t in tensor_list)
+        padded = tensor.new_zeros((rows,) + tuple(tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        gathered = [torch.empty_like(padded) for _ in tensor_list]
+        all_gather(gathered, padded, group=group)
+        for out, got in zip(tensor_list, gathered):
+            out.copy_(got[: out.shape[0]])
+        return None
+
+    def reduce_scatter(output, input_list, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        full = torch.cat([t.reshape(t.shape[0], -1) if t.dim() else t.reshape(1, 1) for t in input_list])
+        dist.all_reduce(full, op=op, group=group)
+        mine = torch.split(full, [t.shape[0] if t.dim() else 1 for t in input_list])[dist.get_rank(group)]
+        output.copy_(mine.reshape(output.shape))
+        return None
+
+    dist.all_gather = uneven_all_gather
+    dist.reduce_scatter = reduce_scatter
+
+
+def _patch_backward() -> None:
+    """Run the autograd engine under the mode. `Tensor.backward` / `autograd.backward` pass
+    through the mode's handler, where the mode is switched off, and the engine runs the whole
+    backward pass with the thread-local state of that moment: without this, backward code that
+    allocates on "cuda" (megatron's all-to-all, sequence-parallel gathers) fails."""
+    import torch.autograd as autograd
+
+    engine = autograd._engine_run_backward
+
+    def run_backward(*args: Any, **kwargs: Any) -> Any:
+        with _CudaToCpuMode():
+            return engine(*args, **kwargs)
+
+    autograd._engine_run_backward = run_backward
 
 
 class _DummyStream:
@@ -202,6 +254,22 @@ def _patch_megatron_copies() -> None:
     buffers.dist_all_gather_func = _single_rank_identity(buffers.dist_all_gather_func)
     if getattr(clip_grads, "multi_tensor_scale_impl", None) is getattr(clip_grads, "local_multi_tensor_scale", 0):
         clip_grads.multi_tensor_scale_impl = _scale_in_place
+def _cpu_tensor_to_cpu(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
+    """moe_utils.maybe_move_tensor_to_cpu for CPU tensors: the token dispatcher expects the
+    all-to-all split sizes back as numpy (it only converts CUDA tensors; gloo's
+    all_to_all_single rejects tensor split sizes)."""
+    if as_numpy and torch.is_tensor(tensor):
+        return tensor.numpy()
+    return tensor
+
+
+def _patch_megatron_moe() -> None:
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    # 0.16.1 defines te_general_gemm only when Transformer Engine imports (0.19 sets it to None)
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    token_dispatcher.maybe_move_tensor_to_cpu = _cpu_tensor_to_cpu
 
 
 def enable() -> bool:
@@ -214,6 +282,9 @@ def enable() -> bool:
             _patch_torch_cuda()
             _patch_megatron_rng()
             _patch_megatron_copies()
+            _patch_megatron_moe()
+            _patch_backward()
+            _patch_uneven_collectives()
             _CudaToCpuMode().__enter__()
             _enabled = True
     return True

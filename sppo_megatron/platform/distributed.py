@@ -234,8 +234,8 @@ def _init_split(info: LaunchInfo, rollout_ranks: int, backend: str, timeout: dat
 
 
 def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30,
-                     rollout_ranks: int = 0) -> LaunchInfo:
-    """Create the default process group and megatron's TP/PP/DP groups, then seed.
+                     rollout_ranks: int = 0, ep: int = 1, etp: int = 1) -> LaunchInfo:
+    """Create the default process group and megatron's TP/PP/DP (and EP/ETP) groups, then seed.
 
     NCCL on GPUs (one device per local rank), gloo plus the CPU compatibility layer otherwise.
     Idempotent for the process group; megatron's parallel state is rebuilt if the sizes differ.
@@ -272,6 +272,8 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
         if (
             parallel_state.get_tensor_model_parallel_world_size() == tp
             and parallel_state.get_pipeline_model_parallel_world_size() == pp
+            and parallel_state.get_expert_model_parallel_world_size() == ep
+            and parallel_state.get_expert_tensor_parallel_world_size() == etp
         ):
             seed_everything(seed)
             return info
@@ -279,6 +281,8 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
+        expert_tensor_parallel_size=etp,
         distributed_timeout_minutes=timeout_minutes,
     )
     seed_everything(seed)

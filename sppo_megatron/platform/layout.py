@@ -1,4 +1,8 @@
-"""`ParallelLayout`: how the world splits into tensor, pipeline and data parallel ranks.
+"""`ParallelLayout`: how the world splits into tensor, pipeline and data parallel ranks, and
+(mixture-of-experts layers) into expert-parallel and expert-tensor-parallel ranks.
+
+Expert layers use their own grid over the same ranks: world = etp x ep x edp x pp, where the
+expert-data-parallel size edp is what etp x ep leave of tp x dp.
 
 One value for the one fact: config validation builds it from the launcher's world size (before
 any process group exists), the actor reads it back from megatron's parallel state, and
@@ -18,17 +22,25 @@ class ParallelLayout:
     tp: int
     pp: int
     dp: int
+    ep: int = 1
+    etp: int = 1
 
     @property
     def world(self) -> int:
         return self.tp * self.pp * self.dp
 
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel size: replicas of each expert."""
+        return self.tp * self.dp // (self.ep * self.etp)
+
     @classmethod
-    def for_world(cls, world: int, tp: int, pp: int) -> Optional["ParallelLayout"]:
-        """The layout of `world` ranks at this TP and PP, or None when tp x pp does not divide it."""
-        if world % (tp * pp):
+    def for_world(cls, world: int, tp: int, pp: int, ep: int = 1, etp: int = 1) -> Optional["ParallelLayout"]:
+        """The layout of `world` ranks at this TP, PP, EP and ETP, or None when tp x pp does not
+        divide it or ep x etp does not divide tp x dp (the ranks of one pipeline stage)."""
+        if world % (tp * pp) or (world // pp) % (ep * etp):
             return None
-        return cls(tp, pp, world // (tp * pp))
+        return cls(tp, pp, world // (tp * pp), ep, etp)
 
     @classmethod
     def current(cls) -> "ParallelLayout":
@@ -39,11 +51,17 @@ class ParallelLayout:
             ps.get_tensor_model_parallel_world_size(),
             ps.get_pipeline_model_parallel_world_size(),
             ps.get_data_parallel_world_size(),
+            ps.get_expert_model_parallel_world_size(),
+            ps.get_expert_tensor_parallel_world_size(),
         )
 
     def sizes(self) -> Dict[str, int]:
-        """{"tp", "pp", "dp"}: the form recorded in checkpoint metadata."""
-        return {"tp": self.tp, "pp": self.pp, "dp": self.dp}
+        """{"tp", "pp", "dp"} (and "ep", "etp" when not 1): the form recorded in checkpoint metadata."""
+        sizes = {"tp": self.tp, "pp": self.pp, "dp": self.dp}
+        if (self.ep, self.etp) != (1, 1):
+            sizes.update(ep=self.ep, etp=self.etp)
+        return sizes
 
     def describe(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        experts = f" EP={self.ep} ETP={self.etp}" if (self.ep, self.etp) != (1, 1) else ""
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}{experts}"

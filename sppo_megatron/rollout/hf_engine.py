@@ -21,7 +21,8 @@ Placement on a multi-rank job: every rank hosts one HF engine (a full model copy
 contiguous share of the prompts (data-parallel rollouts); the samples are all-gathered in order.
 Weights: every rank receives the full HF tensors from the bridge's export stream and copies them
 in place (`param.copy_`); names are checked both ways (unknown name = error; parameter not
-received = error; lm_head may be absent when embeddings are tied).
+received = error; lm_head may be absent when embeddings are tied). Mixture-of-experts weights
+arrive per expert and fill transformers' fused expert tensors (hf_experts.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import torch
 
 from sppo_megatron.platform.distributed import current_device
+from sppo_megatron.rollout.hf_experts import ExpertSlots
 from sppo_megatron.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -203,18 +205,26 @@ class HFRolloutEngine(RolloutEngine):
         """In-place copies (into the CPU copy while asleep on a GPU), names checked both ways."""
         seen: Set[str] = set()
         unknown: List[str] = []
+        experts = ExpertSlots(self._params)
         for name, tensor in named_tensors:
             param = self._params.get(name)
+            fused = None
             if param is None:
-                unknown.append(name)
-                continue
+                slot = experts.resolve(name)
+                if slot is None:
+                    unknown.append(name)
+                    continue
+                fused, param = slot
             if tuple(param.shape) != tuple(tensor.shape):
                 raise RuntimeError(
                     f"weight sync: {name} has shape {tuple(tensor.shape)} in the stream but "
                     f"{tuple(param.shape)} in the rollout model"
                 )
             param.copy_(tensor)
-            seen.add(self._aliases.get(name, name))
+            if fused is None:
+                seen.add(self._aliases.get(name, name))
+            elif experts.complete(fused):
+                seen.add(fused)
         if unknown:
             raise RuntimeError(
                 f"weight sync: {len(unknown)} tensor name(s) unknown to the rollout model "

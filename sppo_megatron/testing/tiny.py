@@ -6,7 +6,8 @@ importable; the tests use the same functions, so the demo and the tests cannot d
 
 * `char_tokenizer(chars)`: one token per character and per role marker, `<role>content` chat
   template; `<pad>` = PAD_ID, `<eos>` = EOS_ID (the ids `tiny_config` puts in the model config).
-* `tiny_config(arch, **overrides)`: an HF config per supported architecture variant (ARCHS):
+* `tiny_config(arch, **overrides)`: an HF config per supported architecture variant (ARCHS,
+  and the mixture-of-experts MOE_ARCHS):
   hidden 64, 4 heads, 2 kv heads, vocab 100 (not a multiple of 128: the megatron side pads it),
   each variant with the rope / head_dim / tying / sliding-window quirk the bridge must map.
 * `tiny_model(config, seed, random_norms)`: the model, seeded; `random_norms` makes every
@@ -21,6 +22,8 @@ import os
 from typing import Any
 
 ARCHS = ("llama", "llama3.1", "llama3.2-tied", "qwen2", "qwen2-tied", "qwen3", "mistral")
+#: mixture-of-experts variants (4 experts, top 2), kept apart: the dense suites loop over ARCHS
+MOE_ARCHS = ("qwen3-moe", "qwen2-moe", "mixtral")
 VOCAB = 100
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<user>", "<assistant>", "<system>")
 PAD_ID, EOS_ID = SPECIAL_TOKENS.index("<pad>"), SPECIAL_TOKENS.index("<eos>")
@@ -48,7 +51,8 @@ def char_tokenizer(chars: str = TEXT_CHARS) -> Any:
 
 def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
     """The HF config of the tiny `arch` (see ARCHS); `overrides` (HF config keys) win over everything."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
+                              Qwen3MoeConfig)
 
     common = dict(
         vocab_size=VOCAB,
@@ -77,9 +81,18 @@ def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
         "qwen2-tied": (Qwen2Config, dict(rope_theta=1000000.0, use_sliding_window=False)),
         "qwen3": (Qwen3Config, dict(rope_theta=1000000.0, head_dim=24)),
         "mistral": (MistralConfig, dict(rope_theta=10000.0, sliding_window=8)),
+        # MoE: 4 experts, top 2; Qwen3-MoE renormalises the top-k weights, Qwen2-MoE does not and
+        # has a shared expert and a dense layer (mlp_only_layers); Mixtral routes every layer
+        "qwen3-moe": (Qwen3MoeConfig, dict(rope_theta=1000000.0, head_dim=24, num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=32, norm_topk_prob=True)),
+        "qwen2-moe": (Qwen2MoeConfig, dict(rope_theta=1000000.0, num_experts=4, num_experts_per_tok=2,
+                                           moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                                           norm_topk_prob=False, mlp_only_layers=[1], use_sliding_window=False)),
+        "mixtral": (MixtralConfig, dict(rope_theta=1000000.0, num_local_experts=4, num_experts_per_tok=2,
+                                        intermediate_size=32, sliding_window=None)),
     }
     if arch not in variants:
-        raise ValueError(f"unknown tiny arch {arch!r}; known: {ARCHS}")
+        raise ValueError(f"unknown tiny arch {arch!r}; known: {ARCHS + MOE_ARCHS}")
     config_class, extra = variants[arch]
     return config_class(**{**common, **extra, **overrides})
 

@@ -36,9 +36,10 @@ def _collect(problems: List[str], check: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-def _model_problems(model: Any, need_weights: bool) -> List[str]:
-    """model.path must be an HF directory of a supported architecture, model.megatron_ckpt a dist
-    checkpoint written for that model; without a checkpoint, model.path must hold the weights."""
+def _model_problems(model: Any, parallel: Any, need_weights: bool) -> List[str]:
+    """model.path must be an HF directory of a supported architecture whose sizes fit the parallel
+    layout (heads, widths, experts), model.megatron_ckpt a dist checkpoint written for that
+    model; without a checkpoint, model.path must hold the weights."""
     from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
     from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
     from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
@@ -48,6 +49,8 @@ def _model_problems(model: Any, need_weights: bool) -> List[str]:
     _collect(problems, resolve_transformer_impl, model)
     _collect(problems, check_fp8_support, model)
     bridge = _collect(problems, get_bridge, model.path) if model.path else None
+    if bridge is not None:
+        _collect(problems, bridge.check_parallel, parallel)
     if model.megatron_ckpt:
         before = len(problems)
         _collect(problems, check_checkpoint_dir, model.megatron_ckpt, "model.megatron_ckpt")
@@ -102,7 +105,7 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
             raise UserError(busy)
         problems += _logger_problems(list(cfg.trainer.logger))
         resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
-        problems += resume_problems + _model_problems(cfg.model, need_weights=resume_from is None)
+        problems += resume_problems + _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
         problems += oracle_problems(cfg.reward)
     if problems:
         raise ConfigError("\n".join(problems))
