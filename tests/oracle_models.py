@@ -1,8 +1,10 @@
 """Tiny random oracle models built on the fly (no hub): a Qwen2 reward model (one label), a
-DeBERTa-v2 PairRM ranker with its prefix tokens, and a tiny causal LM judge."""
+DeBERTa-v2 PairRM ranker with its prefix tokens (in PairRM-hf's layout, and rewritten in
+llm-blender's own), and a tiny causal LM judge."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -64,3 +66,40 @@ def make_pairrm(out_dir, seed: int = 0) -> str:
     model.save_pretrained(str(out_dir))
     fast.save_pretrained(str(out_dir))
     return str(out_dir)
+
+
+def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_config.json",
+                         weights: str = "pytorch_model.bin") -> str:
+    """The weights of a PairRM-hf-layout directory rewritten in llm-blender's own layout
+    (llm-blender/PairRM): a RankerConfig JSON (`config_name`, whose model_name is a DeBERTa-v2
+    backbone directory with the vocabulary before llm-blender's resize), the CrossCompareReranker
+    state dict (`pretrained_model.*`, `head_layer.*`, plus the position_ids buffer older
+    transformers saved) as `weights`, and the tokenizer."""
+    from transformers import AutoTokenizer, DebertaV2Config
+
+    from sppo_megatron.reward.oracles.pairwise import DebertaV2PairRM
+
+    out_dir = str(out_dir)
+    model = DebertaV2PairRM.from_pretrained(str(pairrm_hf_dir))
+    c = model.config
+    backbone = os.path.join(out_dir, "backbone")
+    DebertaV2Config(vocab_size=c.vocab_size - 4, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                    num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                    max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id).save_pretrained(backbone)
+    ranker = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": backbone, "cache_dir": None,
+              "load_checkpoint": None, "source_maxlength": 1224, "candidate_maxlength": 412, "n_tasks": c.n_tasks,
+              "num_pos": 5, "num_neg": 5, "sub_sampling_mode": "all_pair", "sub_sampling_ratio": 0.4,
+              "loss_type": "instructgpt", "reduce_type": "linear", "inference_mode": "bubble", "drop_out": c.drop_out,
+              "fp16": True, "device": None}
+    with open(os.path.join(out_dir, config_name), "w") as fh:
+        json.dump(ranker, fh, indent=4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if weights == "model.safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, os.path.join(out_dir, weights))
+    else:
+        state["pretrained_model.embeddings.position_ids"] = torch.arange(c.max_position_embeddings)[None]
+        torch.save(state, os.path.join(out_dir, weights))
+    AutoTokenizer.from_pretrained(str(pairrm_hf_dir)).save_pretrained(out_dir)
+    return out_dir

@@ -20,7 +20,7 @@ from sppo_megatron.config.schema import AlgorithmConfig, RewardConfig
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from tests.multirank import run_ranks
-from tests.oracle_models import make_judge, make_pairrm, make_reward_model
+from tests.oracle_models import make_judge, make_pairrm, make_reward_model, write_blender_layout
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]
@@ -94,6 +94,32 @@ def test_pairrm_matrix_equals_a_direct_forward(models):
                 want = 1 / (1 + math.exp(-(logit(source, a, b) - logit(source, b, a)) / 2))
                 assert abs(got - want) <= 1e-5
                 assert abs(got + rows[g * 4 + j][i] - 1) <= 1e-9
+
+
+@pytest.mark.parametrize("config_name,weights", [("ranker_config.json", "pytorch_model.bin"),
+                                                ("config.json", "model.safetensors")])
+def test_llm_blender_layout_scores_equal_the_pairrm_hf_layout(models, tmp_path, config_name, weights):
+    blender = write_blender_layout(models["pairwise"], tmp_path / "blender", config_name, weights)
+    assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == []
+    cfg = dict(source="pairwise", max_length=64)
+    want, _ = build_oracle(reward_cfg(model_path=models["pairwise"], **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    got, _ = build_oracle(reward_cfg(model_path=blender, **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    assert len({round(p, 6) for row in want for p in row}) > 4  # input-dependent preferences
+    assert max(abs(g - w) for gr, wr in zip(got, want) for g, w in zip(gr, wr)) <= 1e-5
+
+
+def test_llm_blender_layout_problems_are_one_line_each(models, tmp_path):
+    blender = write_blender_layout(models["pairwise"], tmp_path / "blender")
+    ranker_file = tmp_path / "blender" / "ranker_config.json"
+    ranker = json.loads(ranker_file.read_text())
+    ranker_file.write_text(json.dumps({**ranker, "ranker_type": "summareranker"}))
+    assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == [
+        f"reward.model_path: {blender} is an llm-blender ranker of ranker_type 'summareranker', model_type 'deberta'; "
+        "reward.source=pairwise loads ranker_type 'pairranker' on a 'deberta' model_type (PairRM)"]
+    ranker_file.write_text(json.dumps(ranker))
+    (tmp_path / "blender" / "pytorch_model.bin").unlink()
+    with pytest.raises(ConfigError, match="llm-blender layout.* has neither pytorch_model.bin nor model.safetensors"):
+        build_oracle(reward_cfg(source="pairwise", model_path=blender), "matrix")
 
 
 def test_judge_probabilities_are_order_averaged_and_match_a_direct_forward(models):
