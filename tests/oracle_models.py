@@ -1,11 +1,14 @@
 """Tiny random oracle models built on the fly (no hub): a Qwen2 reward model (one label), a
 DeBERTa-v2 PairRM ranker with its prefix tokens (in PairRM-hf's layout, and rewritten in
-llm-blender's own), and a tiny causal LM judge."""
+llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for reward.source=remote."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
+import time
 
 import torch
 
@@ -103,3 +106,49 @@ def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_conf
         torch.save(state, os.path.join(out_dir, weights))
     AutoTokenizer.from_pretrained(str(pairrm_hf_dir)).save_pretrained(out_dir)
     return out_dir
+
+
+def _longer_wins(responses):
+    return [[0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)]
+
+
+class ScoringServer:
+    """A local reward.source=remote scorer on 127.0.0.1 whose behaviour the test picks: ok (scores =
+    response lengths, matrices = longer wins), 500, malformed JSON, silence; `shutdown()` stops it."""
+
+    def __init__(self):
+        self.mode, self.requests = "ok", 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                outer.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.mode == "silent":
+                    time.sleep(2.0)
+                    return
+                if outer.mode == "500":
+                    self.send_error(500, "boom")
+                    return
+                if outer.mode == "malformed":
+                    payload = b"{not json"
+                elif body["kind"] == "scores":
+                    payload = json.dumps({"scores": [float(len(it["response"])) for it in body["items"]]}).encode()
+                else:
+                    payload = json.dumps({"matrices": [_longer_wins(g["responses"]) for g in body["groups"]]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -4,11 +4,8 @@ split across two real gloo ranks."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import math
-import threading
-import time
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from sppo_megatron.config.schema import AlgorithmConfig, RewardConfig
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from tests.multirank import run_ranks
-from tests.oracle_models import make_judge, make_pairrm, make_reward_model, write_blender_layout
+from tests.oracle_models import ScoringServer, make_judge, make_pairrm, make_reward_model, write_blender_layout
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]
@@ -175,52 +172,11 @@ def test_matrix_win_rates_follow_the_formula():
     assert torch.equal(sample_win_rates(rows, k, algo), p_hat)
 
 
-def _longer_wins(responses):
-    return [[0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)]
-
-
-class _Server:
-    """A local scorer on 127.0.0.1 whose behaviour the test picks: ok, 500, malformed JSON, silence."""
-
-    def __init__(self):
-        self.mode, self.requests = "ok", 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                outer.requests += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.mode == "silent":
-                    time.sleep(2.0)
-                    return
-                if outer.mode == "500":
-                    self.send_error(500, "boom")
-                    return
-                if outer.mode == "malformed":
-                    payload = b"{not json"
-                elif body["kind"] == "scores":
-                    payload = json.dumps({"scores": [float(len(it["response"])) for it in body["items"]]}).encode()
-                else:
-                    payload = json.dumps({"matrices": [_longer_wins(g["responses"]) for g in body["groups"]]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = ScoringServer()
     yield s
-    s.httpd.shutdown()
+    s.shutdown()
 
 
 def test_remote_scores_and_matrices(server):
