@@ -122,10 +122,10 @@ def main() -> None:
     parser.add_argument("--warm-batch", type=int, default=64)
     parser.add_argument("--warm-lr", type=float, default=3e-3)
     parser.add_argument("--reward-model", action="store_true", help="also train DIR/reward_model (see above)")
-    parser.add_argument("--rm-lm-steps", type=int, default=1000,
+    parser.add_argument("--rm-lm-steps", type=int, default=600,
                         help="further supervised steps of the policy copy the reward model is built on")
     parser.add_argument("--rm-layers", type=int, default=2, help="fresh layers stacked on it")
-    parser.add_argument("--rm-steps", type=int, default=1500, help="reward-model training steps (64 pairs each)")
+    parser.add_argument("--rm-steps", type=int, default=600, help="reward-model training steps (64 pairs each)")
     parser.add_argument("--rm-lr", type=float, default=1e-3)
     parser.add_argument("--rm-dense", type=float, default=1.0, help="weight of the per-position loss")
     args = parser.parse_args()

@@ -100,7 +100,7 @@ def stacked_classifier(lm, extra_layers: int, seed: int):
     from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
     config = lm.config.to_dict()
-    for key in ("architectures", "layer_types", "num_hidden_layers"):
+    for key in ("architectures", "layer_types", "num_hidden_layers", "id2label", "label2id"):
         config.pop(key, None)
     torch.manual_seed(seed)
     model = Qwen2ForSequenceClassification(Qwen2Config(**config, num_labels=1,
