@@ -1,9 +1,14 @@
 """Tiny random oracle models built on the fly (no hub): a Qwen2 reward model (one label), a
-DeBERTa-v2 PairRM ranker with its prefix tokens, and a tiny causal LM judge."""
+DeBERTa-v2 PairRM ranker with its prefix tokens (in PairRM-hf's layout, and rewritten in
+llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for reward.source=remote."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
+import time
 
 import torch
 
@@ -64,3 +69,86 @@ def make_pairrm(out_dir, seed: int = 0) -> str:
     model.save_pretrained(str(out_dir))
     fast.save_pretrained(str(out_dir))
     return str(out_dir)
+
+
+def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_config.json",
+                         weights: str = "pytorch_model.bin") -> str:
+    """The weights of a PairRM-hf-layout directory rewritten in llm-blender's own layout
+    (llm-blender/PairRM): a RankerConfig JSON (`config_name`, whose model_name is a DeBERTa-v2
+    backbone directory with the vocabulary before llm-blender's resize), the CrossCompareReranker
+    state dict (`pretrained_model.*`, `head_layer.*`, plus the position_ids buffer older
+    transformers saved) as `weights`, and the tokenizer."""
+    from transformers import AutoTokenizer, DebertaV2Config
+
+    from sppo_megatron.reward.oracles.pairwise import DebertaV2PairRM
+
+    out_dir = str(out_dir)
+    model = DebertaV2PairRM.from_pretrained(str(pairrm_hf_dir))
+    c = model.config
+    backbone = os.path.join(out_dir, "backbone")
+    DebertaV2Config(vocab_size=c.vocab_size - 4, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                    num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                    max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id).save_pretrained(backbone)
+    ranker = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": backbone, "cache_dir": None,
+              "load_checkpoint": None, "source_maxlength": 1224, "candidate_maxlength": 412, "n_tasks": c.n_tasks,
+              "num_pos": 5, "num_neg": 5, "sub_sampling_mode": "all_pair", "sub_sampling_ratio": 0.4,
+              "loss_type": "instructgpt", "reduce_type": "linear", "inference_mode": "bubble", "drop_out": c.drop_out,
+              "fp16": True, "device": None}
+    with open(os.path.join(out_dir, config_name), "w") as fh:
+        json.dump(ranker, fh, indent=4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if weights == "model.safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, os.path.join(out_dir, weights))
+    else:
+        state["pretrained_model.embeddings.position_ids"] = torch.arange(c.max_position_embeddings)[None]
+        torch.save(state, os.path.join(out_dir, weights))
+    AutoTokenizer.from_pretrained(str(pairrm_hf_dir)).save_pretrained(out_dir)
+    return out_dir
+
+
+def _longer_wins(responses):
+    return [[0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)]
+
+
+class ScoringServer:
+    """A local reward.source=remote scorer on 127.0.0.1 whose behaviour the test picks: ok (scores =
+    response lengths, matrices = longer wins), 500, malformed JSON, silence; `shutdown()` stops it."""
+
+    def __init__(self):
+        self.mode, self.requests = "ok", 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                outer.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.mode == "silent":
+                    time.sleep(2.0)
+                    return
+                if outer.mode == "500":
+                    self.send_error(500, "boom")
+                    return
+                if outer.mode == "malformed":
+                    payload = b"{not json"
+                elif body["kind"] == "scores":
+                    payload = json.dumps({"scores": [float(len(it["response"])) for it in body["items"]]}).encode()
+                else:
+                    payload = json.dumps({"matrices": [_longer_wins(g["responses"]) for g in body["groups"]]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -4,11 +4,8 @@ split across two real gloo ranks."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import math
-import threading
-import time
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from sppo_megatron.config.schema import AlgorithmConfig, RewardConfig
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from tests.multirank import run_ranks
-from tests.oracle_models import make_judge, make_pairrm, make_reward_model
+from tests.oracle_models import ScoringServer, make_judge, make_pairrm, make_reward_model, write_blender_layout
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]
@@ -96,6 +93,32 @@ def test_pairrm_matrix_equals_a_direct_forward(models):
                 assert abs(got + rows[g * 4 + j][i] - 1) <= 1e-9
 
 
+@pytest.mark.parametrize("config_name,weights", [("ranker_config.json", "pytorch_model.bin"),
+                                                ("config.json", "model.safetensors")])
+def test_llm_blender_layout_scores_equal_the_pairrm_hf_layout(models, tmp_path, config_name, weights):
+    blender = write_blender_layout(models["pairwise"], tmp_path / "blender", config_name, weights)
+    assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == []
+    cfg = dict(source="pairwise", max_length=64)
+    want, _ = build_oracle(reward_cfg(model_path=models["pairwise"], **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    got, _ = build_oracle(reward_cfg(model_path=blender, **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    assert len({round(p, 6) for row in want for p in row}) > 4  # input-dependent preferences
+    assert max(abs(g - w) for gr, wr in zip(got, want) for g, w in zip(gr, wr)) <= 1e-5
+
+
+def test_llm_blender_layout_problems_are_one_line_each(models, tmp_path):
+    blender = write_blender_layout(models["pairwise"], tmp_path / "blender")
+    ranker_file = tmp_path / "blender" / "ranker_config.json"
+    ranker = json.loads(ranker_file.read_text())
+    ranker_file.write_text(json.dumps({**ranker, "ranker_type": "summareranker"}))
+    assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == [
+        f"reward.model_path: {blender} is an llm-blender ranker of ranker_type 'summareranker', model_type 'deberta'; "
+        "reward.source=pairwise loads ranker_type 'pairranker' on a 'deberta' model_type (PairRM)"]
+    ranker_file.write_text(json.dumps(ranker))
+    (tmp_path / "blender" / "pytorch_model.bin").unlink()
+    with pytest.raises(ConfigError, match="llm-blender layout.* has neither pytorch_model.bin nor model.safetensors"):
+        build_oracle(reward_cfg(source="pairwise", model_path=blender), "matrix")
+
+
 def test_judge_probabilities_are_order_averaged_and_match_a_direct_forward(models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,52 +172,11 @@ def test_matrix_win_rates_follow_the_formula():
     assert torch.equal(sample_win_rates(rows, k, algo), p_hat)
 
 
-def _longer_wins(responses):
-    return [[0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)]
-
-
-class _Server:
-    """A local scorer on 127.0.0.1 whose behaviour the test picks: ok, 500, malformed JSON, silence."""
-
-    def __init__(self):
-        self.mode, self.requests = "ok", 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                outer.requests += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.mode == "silent":
-                    time.sleep(2.0)
-                    return
-                if outer.mode == "500":
-                    self.send_error(500, "boom")
-                    return
-                if outer.mode == "malformed":
-                    payload = b"{not json"
-                elif body["kind"] == "scores":
-                    payload = json.dumps({"scores": [float(len(it["response"])) for it in body["items"]]}).encode()
-                else:
-                    payload = json.dumps({"matrices": [_longer_wins(g["responses"]) for g in body["groups"]]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = ScoringServer()
     yield s
-    s.httpd.shutdown()
+    s.shutdown()
 
 
 def test_remote_scores_and_matrices(server):

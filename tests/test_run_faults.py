@@ -1,7 +1,8 @@
 """Faults really injected into real runs on the demo's tiny assets: broken checkpoints (garbage
 trainer_state.json, a truncated shard, another model's shape), two runs in one output_dir, a
 kill -9 leaving a stale lock, truncated safetensors, non-UTF-8 parquet strings, a full disk (a
-1 MB tmpfs). Every failure is one line naming the file, exit code 2; nothing is overwritten."""
+1 MB tmpfs), a remote scorer answering 500 or garbage JSON. Every failure is one line naming the
+file (or URL), exit code 2; nothing is overwritten."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.oracle_models import ScoringServer
 from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command
 
 
@@ -78,6 +80,30 @@ def test_checkpoint_of_another_model_shape_is_one_line_and_keeps_config_yaml(two
     assert len(errors) == 1 and f"checkpoint {out / 'checkpoints' / 'step_2'} does not fit the model" in errors[0], errors
     assert "linear_fc" in errors[0] and "another model shape" in errors[0]
     assert (out / "config.yaml").read_text() == config_before
+
+
+def _tree(path) -> dict:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON")])
+def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(two_checkpoints, tiny_assets, tmp_path,
+                                                                                 mode, message):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    before = _tree(out / "checkpoints")
+    server = ScoringServer()
+    server.mode = mode
+    try:
+        res = train(base_overrides(tiny_assets, str(out)) + QUICK + [
+            "trainer.total_steps=3", "trainer.save_freq=1", "reward.source=remote", f"reward.url={server.url}",
+            "reward.retries=1", "reward.backoff_s=0.01"], check=False)
+    finally:
+        server.shutdown()
+    errors = _errors(res, "sppo-train")
+    assert len(errors) == 1 and server.url in errors[0] and message in errors[0] and "after 2 attempts" in errors[0], errors
+    assert server.requests == 2 and f"resumed from {out / 'checkpoints' / 'step_2'}" in res.stdout
+    assert _tree(out / "checkpoints") == before and sorted(by_step(str(out))) == [1, 2]
 
 
 def _wait_for_step(out, step: int, proc, timeout: float = 240) -> None:

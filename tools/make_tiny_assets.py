@@ -8,10 +8,10 @@ writes
                            train problems so it answers some problems right (and has headroom)
     DIR/data/train.parquet synthetic "a+b" prompts in the verl schema (data_source "arith")
     DIR/data/test.parquet  held-out problems disjoint from train
-    DIR/reward_model/      with --reward-model: a Qwen2 sequence classifier (one label) trained
-                           Bradley-Terry style on the train problems to score a correct sum above
-                           a wrong one (near misses, other numbers, garbage), for
-                           reward.source=reward_model (examples/tiny_cpu_rm)
+    DIR/reward_model/      with --reward-model: a Qwen2 sequence classifier (one label) trained on
+                           the train problems to score a correct sum above wrong ones (near misses
+                           and the policy's own mistakes), for reward.source=reward_model
+                           (examples/tiny_cpu_rm; how and why: tools/tiny_reward_model.py)
 
 Everything is seeded: the same command gives the same files.
 """
@@ -96,99 +96,6 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
     return float(loss.detach())
 
 
-def wrong_answer(a: int, b: int, rng: random.Random) -> str:
-    """A response that is not the sum: the mistakes a small policy makes, roughly."""
-    right = a + b
-    kind = rng.randrange(5)
-    if kind == 0:
-        wrong = right + rng.choice([-10, -2, -1, 1, 2, 10])
-    elif kind == 1:
-        wrong = rng.randrange(0, 2 * MAX_OPERAND + 1)
-    elif kind == 2:
-        return str(right)[::-1] if right >= 10 and str(right)[::-1] != str(right) else str(right) + str(rng.randrange(10))
-    elif kind == 3:
-        return "".join(rng.choice(CHARS) for _ in range(rng.randrange(0, 5)))
-    else:
-        return str(right)[:-1] if right >= 10 else str(right + 1)
-    return str(wrong) if wrong != right and wrong >= 0 else str(right + 3)
-
-
-@torch.no_grad()
-def sampled_mistakes(model, tokenizer, pairs, samples: int, seed: int) -> dict:
-    """(a, b) -> the policy's wrong answers sampled at T=1: the mistakes SPPO will see first."""
-    torch.manual_seed(seed)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True,
-                                             tokenize=False) for a, b in pairs]
-    mistakes: dict = {}
-    for length in sorted({len(p) for p in prompts}):  # equal-length prompts batch without padding
-        rows = [i for i, p in enumerate(prompts) if len(p) == length]
-        batch = torch.tensor([tokenizer.encode(prompts[i], add_special_tokens=False) for i in rows])
-        out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=6, do_sample=True,
-                             temperature=1.0, top_k=0, num_return_sequences=samples,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for k, row in enumerate(out[:, batch.shape[1]:]):
-            a, b = pairs[rows[k // samples]]
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            if text != str(a + b):
-                mistakes.setdefault((a, b), []).append(text)
-    return mistakes
-
-
-def train_reward_model(tokenizer, policy, policy_dir: str, pairs, test_pairs, steps: int, batch_size: int, lr: float,
-                       seed: int):
-    """A one-label Qwen2 classifier, started from the warm-started policy's transformer (it already
-    knows some sums) with a fresh score head, trained on (correct, wrong) responses of the train
-    problems with the Bradley-Terry loss -log sigmoid(s_correct - s_wrong); half the wrong ones
-    are the policy's own sampled mistakes. Returns it and its pair accuracy on train and
-    held-out problems."""
-    from transformers import Qwen2ForSequenceClassification
-
-    rng = random.Random(seed)
-    mistakes = sampled_mistakes(policy, tokenizer, rng.sample(pairs, 800) + list(test_pairs), 4, seed)
-    model = Qwen2ForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
-
-    def encode(a: int, b: int, response: str) -> List[int]:  # as the oracle renders it (its chat template)
-        messages = [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": response}]
-        return tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
-
-    def scores(rows: List[List[int]]) -> torch.Tensor:
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        return model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits[:, 0]
-
-    def wrong_response(a: int, b: int) -> str:
-        own = mistakes.get((a, b))
-        return rng.choice(own) if own and rng.random() < 0.5 else wrong_answer(a, b, rng)
-
-    def batch(problems):
-        chosen = [rng.choice(problems) for _ in range(batch_size)]
-        return ([encode(a, b, str(a + b)) for a, b in chosen], [encode(a, b, wrong_response(a, b)) for a, b in chosen])
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
-        right, wrong = batch(pairs)
-        s = scores(right + wrong)
-        loss = -torch.nn.functional.logsigmoid(s[:batch_size] - s[batch_size:]).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = {}
-        sampled = [p for p in test_pairs if p in mistakes]  # the policy's own mistakes on held-out problems
-        for name, problems in (("train", pairs), ("held_out", test_pairs), ("held_out_sampled", sampled)):
-            wins = []
-            for _ in range(4):
-                right, wrong = batch(problems)
-                s = scores(right + wrong)
-                wins.append(float((s[:batch_size] > s[batch_size:]).float().mean()))
-            accuracy[name] = sum(wins) / len(wins)
-    return model, accuracy
-
-
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, pairs) -> float:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
@@ -215,8 +122,12 @@ def main() -> None:
     parser.add_argument("--warm-batch", type=int, default=64)
     parser.add_argument("--warm-lr", type=float, default=3e-3)
     parser.add_argument("--reward-model", action="store_true", help="also train DIR/reward_model (see above)")
-    parser.add_argument("--rm-steps", type=int, default=150, help="reward-model training steps (64 pairs each)")
+    parser.add_argument("--rm-lm-steps", type=int, default=600,
+                        help="further supervised steps of the policy copy the reward model is built on")
+    parser.add_argument("--rm-layers", type=int, default=2, help="fresh layers stacked on it")
+    parser.add_argument("--rm-steps", type=int, default=600, help="reward-model training steps (64 pairs each)")
     parser.add_argument("--rm-lr", type=float, default=1e-3)
+    parser.add_argument("--rm-dense", type=float, default=1.0, help="weight of the per-position loss")
     args = parser.parse_args()
 
     start = time.time()
@@ -235,11 +146,19 @@ def main() -> None:
     summary = {"train_problems": len(train), "test_problems": len(test), "warm_start_loss": round(loss, 4),
                "held_out_greedy_accuracy": round(acc, 4)}
     if args.reward_model:
-        rm, rm_accuracy = train_reward_model(tokenizer, model, model_dir, train, test, args.rm_steps, 64, args.rm_lr,
-                                             args.seed)
+        from tiny_reward_model import train_reward_model  # tools/, next to this script
+
+        def more_sums(lm, steps: int, seed: int) -> None:
+            warm_start(lm, tokenizer, train, steps, args.warm_batch, args.warm_lr, seed)
+
+        rm_start = time.time()
+        rm, rm_tokenizer, rm_accuracy = train_reward_model(model, tokenizer, more_sums, CHARS, train, test,
+                                                           args.rm_lm_steps, args.rm_layers, args.rm_steps, args.rm_lr,
+                                                           args.rm_dense, args.seed)
         rm.save_pretrained(os.path.join(args.out, "reward_model"))
-        tokenizer.save_pretrained(os.path.join(args.out, "reward_model"))
+        rm_tokenizer.save_pretrained(os.path.join(args.out, "reward_model"))
         summary.update({f"reward_model_{k}_pair_accuracy": round(v, 4) for k, v in rm_accuracy.items()})
+        summary["reward_model_seconds"] = round(time.time() - rm_start, 1)
     summary["seconds"] = round(time.time() - start, 1)
     with open(os.path.join(args.out, "assets.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
