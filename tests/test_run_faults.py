@@ -87,10 +87,10 @@ def _tree(path) -> dict:
 
 
 @pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON")])
-def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(two_checkpoints, tiny_assets, tmp_path,
+def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(two_step_run, tiny_assets, tmp_path,
                                                                                  mode, message):
     out = tmp_path / "run"
-    shutil.copytree(two_checkpoints, out)
+    shutil.copytree(two_step_run, out)
     before = _tree(out / "checkpoints")
     server = ScoringServer()
     server.mode = mode
