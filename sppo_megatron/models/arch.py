@@ -128,58 +128,46 @@ MIXTRAL_GATE_UP, MIXTRAL_DOWN = _experts("block_sparse_moe", "w1", "w3", "w2")
 # ---------------------------------------------------------------------------------------------
 # Architectures
 # ---------------------------------------------------------------------------------------------
+def _refused(cfg: Any, *rules: Tuple[str, str]) -> List[str]:
+    """The problems of `cfg`: one per (HF config attribute, message) whose attribute is set."""
+    return [message for attr, message in rules if float(getattr(cfg, attr, 0) or 0)]
+
+
 def _common_checks(cfg: Any) -> List[str]:
-    problems = []
     act = getattr(cfg, "hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        problems.append(f"hidden_act={act!r} (only silu/SwiGLU is supported)")
-    if getattr(cfg, "mlp_bias", False):
-        problems.append("mlp_bias=True (MLP biases are not supported)")
-    return problems
+    problems = [] if act in ("silu", "swish") else [f"hidden_act={act!r} (only silu/SwiGLU is supported)"]
+    return problems + _refused(cfg, ("mlp_bias", "mlp_bias=True (MLP biases are not supported)"))
 
 
 def _llama_checks(cfg: Any) -> List[str]:
-    problems = _common_checks(cfg)
-    if getattr(cfg, "attention_bias", False):
-        problems.append("attention_bias=True (q/k/v/o biases are not supported for this architecture)")
-    return problems
+    return _common_checks(cfg) + _refused(
+        cfg, ("attention_bias", "attention_bias=True (q/k/v/o biases are not supported for this architecture)"))
 
 
 def _qwen_checks(cfg: Any) -> List[str]:
-    problems = _common_checks(cfg)
-    if getattr(cfg, "use_sliding_window", False):
-        problems.append("use_sliding_window=True (Qwen sliding-window layers are not supported)")
-    return problems
+    return _common_checks(cfg) + _refused(
+        cfg, ("use_sliding_window", "use_sliding_window=True (Qwen sliding-window layers are not supported)"))
 
 
 def _qwen3_checks(cfg: Any) -> List[str]:
-    problems = _qwen_checks(cfg)
-    if getattr(cfg, "attention_bias", False):
-        problems.append("attention_bias=True (Qwen3 with q/k/v/o biases is not supported)")
-    return problems
+    return _qwen_checks(cfg) + _refused(
+        cfg, ("attention_bias", "attention_bias=True (Qwen3 with q/k/v/o biases is not supported)"))
 
 
 def _moe_checks(cfg: Any) -> List[str]:
-    problems = _common_checks(cfg)
-    if getattr(cfg, "use_sliding_window", False):
-        problems.append("use_sliding_window=True (sliding-window layers are not supported)")
-    if float(getattr(cfg, "router_jitter_noise", 0.0) or 0.0) > 0:
-        problems.append("router_jitter_noise > 0 (router jitter is not supported)")
-    return problems
+    return _common_checks(cfg) + _refused(
+        cfg, ("use_sliding_window", "use_sliding_window=True (sliding-window layers are not supported)"),
+        ("router_jitter_noise", "router_jitter_noise > 0 (router jitter is not supported)"))
 
 
 def _qwen3_moe_checks(cfg: Any) -> List[str]:
-    problems = _moe_checks(cfg)
-    if getattr(cfg, "attention_bias", False):
-        problems.append("attention_bias=True (Qwen3-MoE with q/k/v/o biases is not supported)")
-    return problems
+    return _moe_checks(cfg) + _refused(
+        cfg, ("attention_bias", "attention_bias=True (Qwen3-MoE with q/k/v/o biases is not supported)"))
 
 
 def _mixtral_checks(cfg: Any) -> List[str]:
-    problems = _moe_checks(cfg)
-    if getattr(cfg, "sliding_window", None):
-        problems.append("sliding_window set (Mixtral sliding-window attention is not supported)")
-    return problems
+    return _moe_checks(cfg) + _refused(
+        cfg, ("sliding_window", "sliding_window set (Mixtral sliding-window attention is not supported)"))
 
 
 def _no_extra(cfg: Any) -> Dict[str, Any]:
