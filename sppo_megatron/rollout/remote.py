@@ -37,7 +37,7 @@ def _flatten(bucket: List[Tuple[str, torch.Tensor]]) -> Tuple[List[Tuple[str, Tu
 
 
 def _receive_buckets(channel: Channel) -> Iterator[Tuple[str, torch.Tensor]]:
-    """The stream `_send_buckets` broadcasts, rebuilt bucket by bucket (None ends it)."""
+    """The stream `RemoteRolloutEngine._load_weights` broadcasts, rebuilt bucket by bucket (None ends it)."""
     while True:
         meta = channel.broadcast_object(None, src=0)
         if meta is None:
