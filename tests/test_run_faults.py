@@ -86,7 +86,8 @@ def _tree(path) -> dict:
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
-@pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON")])
+@pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON"),
+                                           ("silent", "no answer within 0.3s")])
 def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(two_step_run, tiny_assets, tmp_path,
                                                                                  mode, message):
     out = tmp_path / "run"
@@ -97,7 +98,7 @@ def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(
     try:
         res = train(base_overrides(tiny_assets, str(out)) + QUICK + [
             "trainer.total_steps=3", "trainer.save_freq=1", "reward.source=remote", f"reward.url={server.url}",
-            "reward.retries=1", "reward.backoff_s=0.01"], check=False)
+            "reward.retries=1", "reward.backoff_s=0.01", "reward.request_timeout_s=0.3"], check=False)
     finally:
         server.shutdown()
     errors = _errors(res, "sppo-train")
