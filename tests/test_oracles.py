@@ -315,3 +315,26 @@ def test_sample_records_carry_messages_score_and_win_rate():
     rows = torch.tensor([[0.5, 0.2], [0.8, 0.5]], dtype=torch.float64)
     matrix = sample_records(rollout, rows, AlgorithmConfig(preference="matrix"))
     assert [r["score"] for r in matrix] == [None, None] and [r["win_rate"] for r in matrix] == pytest.approx([0.2, 0.8])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("source, preference", [("reward_model", "bradley_terry"), ("pairwise", "matrix"),
+                                                ("judge", "matrix")])
+def test_oracles_score_on_the_gpu_and_leave_it_after_the_phase(models, monkeypatch, source, preference):
+    from sppo_megatron.reward.oracles import base
+
+    extra = {"judge_choices": ["a", "b"]} if source == "judge" else {}
+    cfg = reward_cfg(source=source, model_path=models[source], max_length=64, **extra)
+    with monkeypatch.context() as cpu_only:
+        cpu_only.setattr(base, "current_device", lambda: torch.device("cpu"))
+        on_host, _ = build_oracle(cfg, preference).score_groups(MESSAGES, RESPONSES, 4)
+    oracle = build_oracle(cfg, preference)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    on_gpu, _ = oracle.score_groups(MESSAGES, RESPONSES, 4)
+    model_bytes = sum(p.numel() * p.element_size() for p in oracle.model.parameters())
+    assert torch.cuda.max_memory_allocated() >= before + model_bytes  # it ran on the GPU
+    assert oracle.device.type == "cpu" and torch.cuda.memory_allocated() <= before + (1 << 20)  # and left it
+    assert torch.allclose(torch.tensor(on_gpu), torch.tensor(on_host), atol=1e-4)
