@@ -43,7 +43,7 @@ NOT_RUN = {
     "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json":
         "needs the 7B run (GPU)",
     "pip install torch": "installer (CUDA build)",
-    "bash examples/tiny_cpu_rm/run.sh": "minutes of compute (trains a reward model, then 40 SPPO steps)",
+    "bash examples/tiny_cpu_rm/run.sh": "minutes of compute (trains a reward model, then 100 SPPO steps)",
     "python tools/prepare_ultrafeedback.py --hub --out data/ultrafeedback --test-size 1000": "downloads from the hub",
     "bash examples/ultrafeedback-pairrm/run.sh": "needs 8 GPUs, Mistral-7B-Instruct and PairRM",
     "sppo-eval --model outputs/ultrafeedback-pairrm --data data/ultrafeedback/test.parquet --reference reference.jsonl "

@@ -63,3 +63,21 @@ def test_the_trained_model_scores_in_the_oracle_as_in_training(tmp_path):
         s = trainer.scores(model, rows)
     want = [float(s[i, len(r) - 1]) for i, r in enumerate(rows)]
     assert max(abs(x - y) for x, y in zip(scores, want)) <= 1e-5
+
+
+def test_echo_warm_start_trains_the_model_alone_and_saves_no_echo_head():
+    import make_tiny_assets as mta
+
+    tok = char_tokenizer(CHARS)
+    pairs = [(a, b) for a in range(10) for b in range(10)]
+    base = tiny_model(tiny_config("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=48,
+                                  num_hidden_layers=1, tie_word_embeddings=True), seed=0)
+    trained = {}
+    for echo in (0.0, 2.0):
+        model = tiny_model(base.config, seed=0)
+        model.load_state_dict(base.state_dict())
+        loss = mta.warm_start(model, tok, pairs, 5, 8, 3e-3, 0, echo=echo)
+        assert torch.isfinite(torch.tensor(loss))
+        assert model.state_dict().keys() == base.state_dict().keys()  # the echo head is dropped
+        trained[echo] = model.state_dict()
+    assert any(not torch.equal(trained[0.0][k], trained[2.0][k]) for k in trained[0.0])  # the echo loss trains it

@@ -64,8 +64,11 @@ def build_model(tokenizer, hidden: int, layers: int, seed: int):
     return tiny_model(config, seed)
 
 
-def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int) -> float:
-    """Supervised training on `prompt -> answer<eos>` (loss on the answer only)."""
+def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int, echo: float = 0.0) -> float:
+    """Supervised training on `prompt -> answer<eos>` (loss on the answer only). `echo` > 0 adds,
+    with that weight, a loss that each position's last hidden state still tells its own token
+    (through a linear head dropped afterwards): the reward model's backbone needs it (see
+    tools/tiny_reward_model.py), the policy does not."""
     gen = torch.Generator().manual_seed(seed)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
     seqs, masks = [], []
@@ -80,15 +83,22 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
     for i, (s, m) in enumerate(zip(seqs, masks)):
         ids[i, : len(s)] = torch.tensor(s)
         loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.float)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    echo_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size) if echo else None
+    params = list(model.parameters()) + (list(echo_head.parameters()) if echo else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     loss = torch.tensor(0.0)
     for _ in range(steps):
         idx = torch.randint(0, len(seqs), (batch_size,), generator=gen)
-        logits = model(input_ids=ids[idx]).logits[:, :-1]
+        hidden = model.model(input_ids=ids[idx]).last_hidden_state
+        logits = model.lm_head(hidden)[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[idx, 1:], reduction="none")
         mask = loss_mask[idx, 1:]
         loss = (nll * mask).sum() / mask.sum()
+        if echo:
+            real = (ids[idx] != tokenizer.pad_token_id).float()
+            own = torch.nn.functional.cross_entropy(echo_head(hidden).transpose(1, 2), ids[idx], reduction="none")
+            loss = loss + echo * (own * real).sum() / real.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,10 +132,13 @@ def main() -> None:
     parser.add_argument("--warm-batch", type=int, default=64)
     parser.add_argument("--warm-lr", type=float, default=3e-3)
     parser.add_argument("--reward-model", action="store_true", help="also train DIR/reward_model (see above)")
-    parser.add_argument("--rm-lm-steps", type=int, default=600,
+    parser.add_argument("--rm-lm-steps", type=int, default=1500,
                         help="further supervised steps of the policy copy the reward model is built on")
+    parser.add_argument("--rm-lm-lr", type=float, default=1.5e-3)
+    parser.add_argument("--rm-echo", type=float, default=2.0,
+                        help="weight of the loss that keeps each position's own token in that copy's last states")
     parser.add_argument("--rm-layers", type=int, default=2, help="fresh layers stacked on it")
-    parser.add_argument("--rm-steps", type=int, default=600, help="reward-model training steps (64 pairs each)")
+    parser.add_argument("--rm-steps", type=int, default=800, help="reward-model training steps (64 pairs each)")
     parser.add_argument("--rm-lr", type=float, default=1e-3)
     parser.add_argument("--rm-dense", type=float, default=1.0, help="weight of the per-position loss")
     args = parser.parse_args()
@@ -149,7 +162,7 @@ def main() -> None:
         from tiny_reward_model import train_reward_model  # tools/, next to this script
 
         def more_sums(lm, steps: int, seed: int) -> None:
-            warm_start(lm, tokenizer, train, steps, args.warm_batch, args.warm_lr, seed)
+            warm_start(lm, tokenizer, train, steps, args.warm_batch, args.rm_lm_lr, seed, echo=args.rm_echo)
 
         rm_start = time.time()
         rm, rm_tokenizer, rm_accuracy = train_reward_model(model, tokenizer, more_sums, CHARS, train, test,

@@ -2,18 +2,24 @@
 a one-label Qwen2 sequence classifier scoring `a+b=<assistant>c<eos>`, trained on the train
 problems only, never shown the held-out ones, and reading no ground truth at score time.
 
-Why this shape. To score c the classifier's last token must (1) know a+b and (2) compare it with c
-digit by digit. A classifier fine-tuned from the policy with the pair loss alone learns (2)
-slowly and judged carries wrong (SPPO then exploited it: docs/performance.md). So:
+Why this shape. To score c the classifier must, at each answer digit, (1) know what a+b has in
+that place (the prediction made at the previous position) and (2) compare it with the digit
+there. A classifier fine-tuned from the policy with the pair loss alone learns (2) slowly and
+judged carries wrong (SPPO then exploited it: docs/performance.md). So:
 (1) comes from a copy of the warm-started policy trained further on the train sums (a causal LM
-that adds well); (2) from fresh layers stacked on top of it, trained with the score head (and
-the LM below) with the Bradley-Terry loss -log sigmoid(s_correct - s_wrong) at the
-last token plus a dense binary cross-entropy at every response position ("is the answer right so
-far?"), which teaches the digit-wise check far faster than one bit per pair. Its chat template
-ends the assistant turn with <eos>, so the last token is always the end marker and a missing or
-extra digit is visible there. Negatives are near misses (carry errors, a digit off by one or
-replaced, a digit dropped or added, a neighbouring sum, garbage) and the policy's own wrong
-samples, the mistakes SPPO sees first.
+that adds well), with an "echo" loss: each position's last hidden state must still tell its own
+token. Without it the LM drops the digit wherever the next token does not depend on it (the
+last digit before <eos>), and no layer above can tell `51` from `52` (a linear probe reads that
+digit back from the plain backbone's last state 24% of the time, 98% with echo weight 2:
+docs/performance.md).
+(2) comes from fresh layers stacked on top of it, trained with the score head (and the LM below)
+with the Bradley-Terry loss -log sigmoid(s_correct - s_wrong) at the last token plus a dense
+binary cross-entropy at every response position ("is the answer right so far?"), which teaches
+the digit-wise check far faster than one bit per pair. Its chat template ends the assistant turn
+with <eos>, so the last token is always the end marker and a missing or extra digit is visible
+there. Negatives are near misses (carry errors, a digit off by one or replaced, a digit dropped
+or added, a neighbouring sum, garbage) and the policy's own wrong samples, the mistakes SPPO
+sees first.
 """
 
 from __future__ import annotations
@@ -138,8 +144,11 @@ class RewardModelTrainer:
         return model.score(hidden)[..., 0]
 
     def fit(self, model, steps: int, batch_size: int, lr: float, dense: float) -> float:
-        """Train it on (correct, wrong) pairs of the train problems; returns the last loss."""
+        """Train it on (correct, wrong) pairs of the train problems, the learning rate decaying
+        linearly to 0 (a constant one leaves the last checkpoint a few points of pair accuracy
+        up or down from the one before); returns the last loss."""
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)
         model.train()
         loss = torch.tensor(0.0)
         for _ in range(steps):
@@ -161,6 +170,7 @@ class RewardModelTrainer:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            decay.step()
         model.eval()
         return float(loss.detach())
 
@@ -180,7 +190,8 @@ class RewardModelTrainer:
 def train_reward_model(policy, tokenizer, warm_start, chars: str, train: Sequence[Problem], test: Sequence[Problem],
                        lm_steps: int, extra_layers: int, steps: int, lr: float, dense: float, seed: int):
     """(the reward model, its tokenizer, pair accuracies on the policy's sampled mistakes on train
-    and held-out problems). `warm_start(model, steps, seed)` is the policy's supervised trainer."""
+    and held-out problems). `warm_start(model, steps, seed)` trains the backbone on the sums (the
+    policy's supervised trainer with the echo loss)."""
     from sppo_megatron.testing.tiny import char_tokenizer
 
     rm_tokenizer = char_tokenizer(chars)
