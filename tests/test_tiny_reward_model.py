@@ -4,6 +4,7 @@ reward.source=reward_model oracle feeds the saved model."""
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import sys
@@ -74,8 +75,7 @@ def test_echo_warm_start_trains_the_model_alone_and_saves_no_echo_head():
                                   num_hidden_layers=1, tie_word_embeddings=True), seed=0)
     trained = {}
     for echo in (0.0, 2.0):
-        model = tiny_model(base.config, seed=0)
-        model.load_state_dict(base.state_dict())
+        model = copy.deepcopy(base)
         loss = mta.warm_start(model, tok, pairs, 5, 8, 3e-3, 0, echo=echo)
         assert torch.isfinite(torch.tensor(loss))
         assert model.state_dict().keys() == base.state_dict().keys()  # the echo head is dropped
