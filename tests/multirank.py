@@ -48,7 +48,9 @@ def _child(fn: Callable, rank: int, world: int, port: int, args: tuple, env: Dic
             pass
 
 
-def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0, env: Optional[Dict[str, str]] = None) -> List[Any]:
+def run_ranks(
+    fn: Callable, world_size: int, *args: Any, timeout: float = 180.0, env: Optional[Dict[str, str]] = None
+) -> List[Any]:
     """Run `fn(*args)` on `world_size` gloo ranks; return the list of per-rank results."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -72,7 +74,9 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = 180.0,
             except queue.Empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
                 if dead:
-                    raise AssertionError(f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} before reporting")
+                    raise AssertionError(
+                        f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} before reporting"
+                    )
                 continue
             if not ok:
                 raise AssertionError(f"rank {rank} of {world_size} failed:\n{value}")
@@ -95,7 +99,15 @@ def launch_rank_processes(argv: List[str], world_size: int, env: Optional[Dict[s
     port = free_port()
     procs = []
     for r in range(world_size):
-        rank_env = {**os.environ, **(env or {}), "RANK": str(r), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(r),
-                    "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        rank_env = {
+            **os.environ,
+            **(env or {}),
+            "RANK": str(r),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(r),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
         procs.append(subprocess.Popen(argv, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs

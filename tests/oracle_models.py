@@ -19,16 +19,27 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_((1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0)
-                    + 0.08 * torch.randn(p.shape, generator=gen))
+            p.copy_(
+                (1.0 if "norm" in name.lower() and name.endswith("weight") else 0.0)
+                + 0.08 * torch.randn(p.shape, generator=gen)
+            )
 
 
 def make_reward_model(out_dir, num_labels: int = 1, seed: int = 0) -> str:
     from transformers import AutoModelForSequenceClassification, Qwen2Config
 
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         num_labels=num_labels, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        num_labels=num_labels,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     _randomize(model, seed)
     model.save_pretrained(str(out_dir))
@@ -48,20 +59,50 @@ def make_pairrm(out_dir, seed: int = 0) -> str:
 
     from sppo_megatron.reward.oracles.pairwise import CAND1_PREFIX, CAND2_PREFIX, SOURCE_PREFIX, DebertaV2PairRM
 
-    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]", SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, "<|candidate|>"]
+    specials = [
+        "[PAD]",
+        "[CLS]",
+        "[SEP]",
+        "[UNK]",
+        "[MASK]",
+        SOURCE_PREFIX,
+        CAND1_PREFIX,
+        CAND2_PREFIX,
+        "<|candidate|>",
+    ]
     words = [str(i) for i in range(10)] + list("abcdefghijklmnopqrstuvwxyz") + ["+", "-", "=", "?", "."]
     vocab = {t: i for i, t in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                                   unk_token="[UNK]", mask_token="[MASK]",
-                                   additional_special_tokens=[SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX])
-    config = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=48, max_position_embeddings=512, pad_token_id=0,
-                             n_tasks=2, drop_out=0.05, sep_token_id=2, source_prefix_id=vocab[SOURCE_PREFIX],
-                             cand_prefix_id=vocab["<|candidate|>"], cand1_prefix_id=vocab[CAND1_PREFIX],
-                             cand2_prefix_id=vocab[CAND2_PREFIX], architectures=["DebertaV2PairRM"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        additional_special_tokens=[SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX],
+    )
+    config = DebertaV2Config(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        n_tasks=2,
+        drop_out=0.05,
+        sep_token_id=2,
+        source_prefix_id=vocab[SOURCE_PREFIX],
+        cand_prefix_id=vocab["<|candidate|>"],
+        cand1_prefix_id=vocab[CAND1_PREFIX],
+        cand2_prefix_id=vocab[CAND2_PREFIX],
+        architectures=["DebertaV2PairRM"],
+    )
     torch.manual_seed(seed)
     model = DebertaV2PairRM(config)
     _randomize(model, seed)
@@ -71,8 +112,9 @@ def make_pairrm(out_dir, seed: int = 0) -> str:
     return str(out_dir)
 
 
-def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_config.json",
-                         weights: str = "pytorch_model.bin") -> str:
+def write_blender_layout(
+    pairrm_hf_dir, out_dir, config_name: str = "ranker_config.json", weights: str = "pytorch_model.bin"
+) -> str:
     """The weights of a PairRM-hf-layout directory rewritten in llm-blender's own layout
     (llm-blender/PairRM): a RankerConfig JSON (`config_name`, whose model_name is a DeBERTa-v2
     backbone directory with the vocabulary before llm-blender's resize), the CrossCompareReranker
@@ -86,14 +128,35 @@ def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_conf
     model = DebertaV2PairRM.from_pretrained(str(pairrm_hf_dir))
     c = model.config
     backbone = os.path.join(out_dir, "backbone")
-    DebertaV2Config(vocab_size=c.vocab_size - 4, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-                    num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
-                    max_position_embeddings=c.max_position_embeddings, pad_token_id=c.pad_token_id).save_pretrained(backbone)
-    ranker = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": backbone, "cache_dir": None,
-              "load_checkpoint": None, "source_maxlength": 1224, "candidate_maxlength": 412, "n_tasks": c.n_tasks,
-              "num_pos": 5, "num_neg": 5, "sub_sampling_mode": "all_pair", "sub_sampling_ratio": 0.4,
-              "loss_type": "instructgpt", "reduce_type": "linear", "inference_mode": "bubble", "drop_out": c.drop_out,
-              "fp16": True, "device": None}
+    DebertaV2Config(
+        vocab_size=c.vocab_size - 4,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings,
+        pad_token_id=c.pad_token_id,
+    ).save_pretrained(backbone)
+    ranker = {
+        "ranker_type": "pairranker",
+        "model_type": "deberta",
+        "model_name": backbone,
+        "cache_dir": None,
+        "load_checkpoint": None,
+        "source_maxlength": 1224,
+        "candidate_maxlength": 412,
+        "n_tasks": c.n_tasks,
+        "num_pos": 5,
+        "num_neg": 5,
+        "sub_sampling_mode": "all_pair",
+        "sub_sampling_ratio": 0.4,
+        "loss_type": "instructgpt",
+        "reduce_type": "linear",
+        "inference_mode": "bubble",
+        "drop_out": c.drop_out,
+        "fp16": True,
+        "device": None,
+    }
     with open(os.path.join(out_dir, config_name), "w") as fh:
         json.dump(ranker, fh, indent=4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -109,7 +172,9 @@ def write_blender_layout(pairrm_hf_dir, out_dir, config_name: str = "ranker_conf
 
 
 def _longer_wins(responses):
-    return [[0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)]
+    return [
+        [0.5 if i == j else float(len(a) > len(b)) for j, b in enumerate(responses)] for i, a in enumerate(responses)
+    ]
 
 
 class ScoringServer:

@@ -35,8 +35,12 @@ def _fork_sleeper() -> None:
 def main() -> None:
     mode, victim, timeout_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rank = int(os.environ["RANK"])
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}", rank=rank,
-                            world_size=int(os.environ["WORLD_SIZE"]))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{os.environ['MASTER_PORT']}",
+        rank=rank,
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
     start_peer_monitor(timeout_s, "peer-rank")
     PreemptionFlag()
     print("ready", flush=True)

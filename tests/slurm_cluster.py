@@ -44,16 +44,33 @@ class SlurmCluster:
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         r = self.root
         lines = [
-            "ClusterName=sppotest", f"SlurmctldHost={self.host}", "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.munge_socket}",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
-            f"SlurmctldPidFile={r}/slurmctld.pid", f"SlurmdPidFile={r}/slurmd.pid",
-            f"SlurmctldLogFile={r}/slurmctld.log", f"SlurmdLogFile={r}/slurmd.log",
-            "ProctrackType=proctrack/pgid", "TaskPlugin=task/none", "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_CPU", "SchedulerType=sched/backfill", "MpiDefault=none", "ReturnToService=2",
-            "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
-            "JobAcctGatherType=jobacct_gather/none", "KillWait=5", "MinJobAge=600",
+            "ClusterName=sppotest",
+            f"SlurmctldHost={self.host}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            f"StateSaveLocation={r}/state",
+            f"SlurmdSpoolDir={r}/spool",
+            f"SlurmctldPidFile={r}/slurmctld.pid",
+            f"SlurmdPidFile={r}/slurmd.pid",
+            f"SlurmctldLogFile={r}/slurmctld.log",
+            f"SlurmdLogFile={r}/slurmd.log",
+            "ProctrackType=proctrack/pgid",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "SchedulerType=sched/backfill",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "JobCompType=jobcomp/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "KillWait=5",
+            "MinJobAge=600",
             f"NodeName={self.host} CPUs={os.cpu_count()} RealMemory=4000 State=UNKNOWN",
             f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4",
         ]
@@ -64,7 +81,9 @@ class SlurmCluster:
         self._pid_files.append(pid_file)
         out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=30)
         if out.returncode != 0:
-            raise ClusterUnavailable(f"{os.path.basename(argv[0])} did not start: {(out.stderr or out.stdout).strip()[-300:]}")
+            raise ClusterUnavailable(
+                f"{os.path.basename(argv[0])} did not start: {(out.stderr or out.stdout).strip()[-300:]}"
+            )
 
     def start(self) -> "SlurmCluster":
         missing = [d for d in DAEMONS if shutil.which(d) is None and not os.path.exists(f"/usr/sbin/{d}")]
@@ -77,9 +96,18 @@ class SlurmCluster:
             raise ClusterUnavailable(f"no munge key ({key}; create it with mungekey)")
         self._write_conf()
         m = os.path.join(self.root, "munge")
-        self._daemon(["/usr/sbin/munged", f"--socket={self.munge_socket}", f"--key-file={key}",
-                      f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed",
-                      "--force"], f"{m}/munged.pid")
+        self._daemon(
+            [
+                "/usr/sbin/munged",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={m}/munged.log",
+                f"--seed-file={m}/munged.seed",
+                "--force",
+            ],
+            f"{m}/munged.pid",
+        )
         self._daemon(["/usr/sbin/slurmctld"], f"{self.root}/slurmctld.pid")
         self._daemon(["/usr/sbin/slurmd"], f"{self.root}/slurmd.pid")
         deadline = time.time() + 60
@@ -91,8 +119,9 @@ class SlurmCluster:
         raise ClusterUnavailable(f"the node did not become idle (sinfo: {state!r}); see {self.root}/slurmd.log")
 
     def run(self, argv: List[str], check: bool = True, timeout: int = 60, **kw) -> subprocess.CompletedProcess:
-        out = subprocess.run(argv, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True,
-                             timeout=timeout, **kw)
+        out = subprocess.run(
+            argv, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True, timeout=timeout, **kw
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {out.returncode}: {out.stderr.strip()}")
         return out

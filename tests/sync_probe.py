@@ -15,7 +15,9 @@ def megatron_logits(actor, tokens):
     from sppo_megatron.actor.batch import MicroBatch
 
     tokens = torch.tensor(tokens)
-    mb = MicroBatch(tokens=tokens, labels=tokens, response_mask=torch.ones_like(tokens, dtype=torch.bool), sample_index=[0, 1])
+    mb = MicroBatch(
+        tokens=tokens, labels=tokens, response_mask=torch.ones_like(tokens, dtype=torch.bool), sample_index=[0, 1]
+    )
     out = torch.zeros(tokens.shape[0], tokens.shape[1], actor.vocab_size)
 
     def loss_func(logits):

@@ -28,7 +28,14 @@ from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.multirank import run_ranks
 
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16], [20, 21], [20, 21]]
-RESPONSES = [[30, 31, 32, 33], [40], [50, 51, 52, 53, 54, 55, 56, 57, 58], [60, 61], [70, 71, 72, 73, 74, 75], [80, 81, 82]]
+RESPONSES = [
+    [30, 31, 32, 33],
+    [40],
+    [50, 51, 52, 53, 54, 55, 56, 57, 58],
+    [60, 61],
+    [70, 71, 72, 73, 74, 75],
+    [80, 81, 82],
+]
 # The second mini-batch (samples 4, 5) starts from updated weights; its loss carries the fp32
 # rounding of the log-ratio (~1e-6 absolute), so its targets are large enough (loss ~0.5) for a
 # 1e-5 relative comparison to be meaningful rather than a comparison of rounding noise.
@@ -43,10 +50,30 @@ def _make_tiny(path: str, tied: bool = False) -> None:
     make_tiny_hf_model("qwen2-tied" if tied else "qwen2", path)
 
 
-def _cfg(path, tp, pp, *, lr=1e-4, mbs=1, max_tokens=None, recompute="none", clip=1.0, eps=1e-6, megatron_ckpt=None,
-         dist_opt=True):
-    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
-                                             TrainConfig, TrainerConfig)
+def _cfg(
+    path,
+    tp,
+    pp,
+    *,
+    lr=1e-4,
+    mbs=1,
+    max_tokens=None,
+    recompute="none",
+    clip=1.0,
+    eps=1e-6,
+    megatron_ckpt=None,
+    dist_opt=True,
+):
+    from sppo_megatron.config.schema import (
+        Config,
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        ParallelConfig,
+        RolloutConfig,
+        TrainConfig,
+        TrainerConfig,
+    )
 
     # Adam divides by sqrt(v) + eps: with eps = 1e-8 a gradient that is exactly zero in exact
     # arithmetic but ~1e-10 of rounding noise (e.g. Qwen2's k_proj bias: softmax ignores a
@@ -147,8 +174,12 @@ def _resume(path, tp, pp, ckpt, clip=1.0, dist_opt=True):
     actor = _actor(path, tp, pp, lr=3e-4, clip=clip, dist_opt=dist_opt)
     actor.load_checkpoint(ckpt)
     batch = _batch()
-    out = {"logp": actor.log_probs(batch).logp, "adam_steps": adam_steps(actor.optimizer),
-           "num_steps": actor.num_optimizer_steps, "after": []}
+    out = {
+        "logp": actor.log_probs(batch).logp,
+        "adam_steps": adam_steps(actor.optimizer),
+        "num_steps": actor.num_optimizer_steps,
+        "after": [],
+    }
     for _ in range(2):
         actor.update(batch, torch.tensor(TARGETS), actor.log_probs(batch), torch.tensor(SAMPLE_MASK))
         out["after"] += _steps(actor)
@@ -209,8 +240,11 @@ def _launch1(path, tied_path, ckpt_dir):
     before = _weights(actor)
     steps_before = adam_steps(actor.optimizer)
     m = actor.update(batch, torch.full((len(TARGETS),), float("nan")), old)
-    out["skip"] = {"metrics": m, "same": all(torch.equal(before[k], v) for k, v in _weights(actor).items()),
-                   "steps": (steps_before, adam_steps(actor.optimizer))}
+    out["skip"] = {
+        "metrics": m,
+        "same": all(torch.equal(before[k], v) for k, v in _weights(actor).items()),
+        "steps": (steps_before, adam_steps(actor.optimizer)),
+    }
     del actor
     out["resume_2x2_tp1"] = _resume(path, 1, 1, os.path.join(ckpt_dir, "tp2pp2"))
     out["resume_pp2_tp1"] = _resume(path, 1, 1, os.path.join(ckpt_dir, "pp2"), clip=0.0)
@@ -277,7 +311,7 @@ def _hf_first_step_grad_norm(model):
         lp = logs.gather(-1, torch.tensor(r)[:, None]).sum()
         total = total + (lp - lp.detach() - TARGETS[i]) ** 2
     (total / len(idx)).backward()
-    return math.sqrt(sum(float((q.grad ** 2).sum()) for q in model.parameters() if q.grad is not None))
+    return math.sqrt(sum(float((q.grad**2).sum()) for q in model.parameters() if q.grad is not None))
 
 
 LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1)]
@@ -413,8 +447,9 @@ def test_resume_in_another_layout_reproduces_the_run(runs):
         assert _rel(l1, l0) <= 1e-6 and _rel(g1, g0) <= 1e-6, (resumed["after"], saved["after"])
 
 
-@pytest.mark.parametrize("source,target", [("save_2x2", "resume_2x2_tp1"), ("save_2x2", "resume_2x2_dp2"),
-                                           ("save_plain", "resume_plain")])
+@pytest.mark.parametrize(
+    "source,target", [("save_2x2", "resume_2x2_tp1"), ("save_2x2", "resume_2x2_dp2"), ("save_plain", "resume_plain")]
+)
 def test_checkpoint_resumes_under_another_tp(runs, source, target):
     """(2,2,1) -> (1,1,1) and (1,1,2); plain optimizer (2,1,1) -> (1,2,1): same log-probs and continuation."""
     _, results = runs

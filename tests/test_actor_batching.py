@@ -57,7 +57,9 @@ def test_sequence_batch_validation_and_logprob_sums():
         SequenceBatch([[1]], [])
     with pytest.raises(ValueError):
         SequenceBatch([[]], [[1]])
-    lp = LogProbs(torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]]), torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool))
+    lp = LogProbs(
+        torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]]), torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    )
     assert lp.sequence_logp().tolist() == [-3.0, -0.5]
 
 

@@ -18,8 +18,30 @@ def _bench(argv):
 
 
 def test_bench_train_reports_throughput():
-    argv = ["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab", "300",
-            "--seq", "32", "--prompt-len", "8", "--batch", "4", "--steps", "1", "--warmup", "1", "--tp", "2"]
+    argv = [
+        "--hidden",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab",
+        "300",
+        "--seq",
+        "32",
+        "--prompt-len",
+        "8",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--tp",
+        "2",
+    ]
     result = run_ranks(_bench, 2, argv)[0]
     assert result["tp"] == 2 and result["dp"] == 1 and result["tokens_per_step"] == 4 * 31
     assert result["update_tokens_per_s"] > 0 and result["update_step_s"] > 0
@@ -37,8 +59,28 @@ def _profile(argv):
 def test_update_at_dp1_copies_no_whole_buffer():
     """The distributed optimizer at DP=1 (one rank): no copy of the 1.1 M-element gradient or
     parameter buffer, nor of the embedding-sized tensors, in an update (op counts, not times)."""
-    argv = ["--hidden", "128", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--vocab", "4000",
-            "--seq", "16", "--prompt-len", "8", "--batch", "2", "--dtype", "fp32", "--updates", "1"]
+    argv = [
+        "--hidden",
+        "128",
+        "--layers",
+        "1",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab",
+        "4000",
+        "--seq",
+        "16",
+        "--prompt-len",
+        "8",
+        "--batch",
+        "2",
+        "--dtype",
+        "fp32",
+        "--updates",
+        "1",
+    ]
     result = run_ranks(_profile, 1, argv)[0]
     assert result["distributed_optimizer"] and result["copy_calls_per_update"] > 0
     assert result["big_copies_per_update"] == 0, result["big_copy_shapes"]
@@ -56,7 +98,13 @@ def test_peak_table_and_flop_count():
     assert bench_train.peak_tflops("Some GPU") is None
     from transformers import Qwen2Config
 
-    cfg = Qwen2Config(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1)
+    cfg = Qwen2Config(
+        vocab_size=10,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     # per layer: q 8x8 + k,v 2 x 8x4 + o 8x8 + mlp 3 x 8x16; plus the LM head 10x8
     assert bench_train.matmul_params(cfg) == 2 * (64 + 64 + 64 + 384) + 80

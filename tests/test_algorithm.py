@@ -22,6 +22,7 @@ def close(a, b, tol=1e-6):
 
 # ---------------------------------------------------------------- win_rates
 
+
 def test_pairwise_excluding_self_with_ties():
     # one prompt, K=4: rewards 1, 0, 1, 0.5
     p = win_rates(torch.tensor([1.0, 0.0, 1.0, 0.5]), 4)
@@ -92,6 +93,7 @@ def test_win_rates_errors():
 
 # ---------------------------------------------------------------- batch softmean
 
+
 def test_softmean_hand_value_and_bounds():
     r = torch.tensor([0.0, 1.0, 1.0, 0.0])
     assert close(softmean(r, 1.0), math.log((2 + 2 * math.e) / 4))
@@ -135,6 +137,7 @@ def test_batch_softmean_needs_soft_loss():
 
 # ---------------------------------------------------------------- compute_targets
 
+
 def test_soft_targets_and_metrics():
     cfg = AlgorithmConfig(preference="pairwise", eta=2.0, loss="soft")
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # K=3: [1,0,0] and [0,1,1]
@@ -142,9 +145,15 @@ def test_soft_targets_and_metrics():
     # P_hat: [1, .25, .25] and [0, .75, .75]; targets 2 * (P - .5)
     assert close(targets, [1.0, -0.5, -0.5, -1.0, 0.5, 0.5])
     assert mask.all() and mask.dtype == torch.bool
-    assert m == pytest.approx({"sppo/win_rate_mean": 0.5, "sppo/target_mean": 0.0,
-                               "sppo/target_std": math.sqrt((1 + 0.25 * 2) * 2 / 6),
-                               "sppo/no_signal_frac": 0.0, "sppo/selected_frac": 1.0})
+    assert m == pytest.approx(
+        {
+            "sppo/win_rate_mean": 0.5,
+            "sppo/target_mean": 0.0,
+            "sppo/target_std": math.sqrt((1 + 0.25 * 2) * 2 / 6),
+            "sppo/no_signal_frac": 0.0,
+            "sppo/selected_frac": 1.0,
+        }
+    )
     assert all(isinstance(v, float) for v in m.values())
 
 
@@ -204,6 +213,7 @@ def test_compute_targets_errors():
 
 # ---------------------------------------------------------------- sppo_loss
 
+
 def test_sppo_loss_value_and_metrics():
     logp = torch.tensor([-3.0, -5.0, -2.0], requires_grad=True)
     old = torch.tensor([-4.0, -5.0, -2.5])
@@ -261,7 +271,7 @@ def test_sppo_loss_denominator_for_accumulation():
     logp = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
     old, targets = torch.zeros(4), torch.zeros(4)
     full, _ = sppo_loss(logp, old, targets)
-    halves = [sppo_loss(logp[i:i + 2], old[i:i + 2], targets[i:i + 2], denominator=4)[0] for i in (0, 2)]
+    halves = [sppo_loss(logp[i : i + 2], old[i : i + 2], targets[i : i + 2], denominator=4)[0] for i in (0, 2)]
     assert math.isclose(sum(halves).item(), full.item(), rel_tol=1e-6)
 
 

@@ -145,7 +145,9 @@ def test_transformer_config_arch_features():
 
 def test_transformer_config_dtype_recompute_parallel():
     b = bridge_of("llama")
-    kw = b.transformer_config_kwargs(ModelConfig(dtype="bf16", recompute="selective"), ParallelConfig(tp=2, pp=2, sequence_parallel=True))
+    kw = b.transformer_config_kwargs(
+        ModelConfig(dtype="bf16", recompute="selective"), ParallelConfig(tp=2, pp=2, sequence_parallel=True)
+    )
     assert kw["params_dtype"] == torch.bfloat16 and kw["bf16"] and kw["pipeline_dtype"] == torch.bfloat16
     assert kw["recompute_granularity"] == "selective"
     assert kw["tensor_model_parallel_size"] == 2 and kw["pipeline_model_parallel_size"] == 2
@@ -183,9 +185,11 @@ def test_transformer_config_moe_routing_and_layers():
 
 @pytest.mark.parametrize(
     "arch,parallel,needle",
-    [("qwen3-moe", ParallelConfig(ep=3), "parallel.ep=3 must divide the 4 experts"),
-     ("qwen3-moe", ParallelConfig(etp=3), "parallel.etp=3 must divide the expert width 32"),
-     ("qwen3", ParallelConfig(ep=2), "has no experts")],
+    [
+        ("qwen3-moe", ParallelConfig(ep=3), "parallel.ep=3 must divide the 4 experts"),
+        ("qwen3-moe", ParallelConfig(etp=3), "parallel.etp=3 must divide the expert width 32"),
+        ("qwen3", ParallelConfig(ep=2), "has no experts"),
+    ],
 )
 def test_expert_parallel_sizes_must_fit_the_model(arch, parallel, needle):
     with pytest.raises(UserError, match=needle):
@@ -328,13 +332,24 @@ def _attention(np_=4, ng=2, hd=8, window=None):
     from sppo_megatron.models.sdpa_attention import SDPAttention
 
     cfg = TransformerConfig(
-        num_layers=1, hidden_size=np_ * hd, num_attention_heads=np_, num_query_groups=ng, kv_channels=hd,
-        use_cpu_initialization=True, window_size=window, attention_dropout=0.0,
+        num_layers=1,
+        hidden_size=np_ * hd,
+        num_attention_heads=np_,
+        num_query_groups=ng,
+        kv_channels=hd,
+        use_cpu_initialization=True,
+        window_size=window,
+        attention_dropout=0.0,
     )
     pg = types.SimpleNamespace(tp=types.SimpleNamespace(size=lambda: 1))
     return SDPAttention(
-        config=cfg, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self",
-        softmax_scale=None, cp_comm_type=None, pg_collection=pg,
+        config=cfg,
+        layer_number=1,
+        attn_mask_type=AttnMaskType.causal,
+        attention_type="self",
+        softmax_scale=None,
+        cp_comm_type=None,
+        pg_collection=pg,
     ), AttnMaskType
 
 
@@ -369,7 +384,9 @@ def test_sdpa_attention_matches_reference_causal_gqa_mask_window():
     torch.testing.assert_close(watt(q, k, v, None), _reference(q, k, v, causal | band), atol=1e-5, rtol=1e-5)
     # no_mask type: full attention
     full = att(q, k, v, None, attn_mask_type=AMT.no_mask)
-    torch.testing.assert_close(full, _reference(q, k, v, torch.zeros(1, 1, s, s, dtype=torch.bool)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        full, _reference(q, k, v, torch.zeros(1, 1, s, s, dtype=torch.bool)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_sdpa_attention_refuses_packed_sequences_and_bias():
@@ -423,9 +440,22 @@ def test_megatron_apis_we_call_exist_with_these_keywords(root):
     used |= {"fp8", "fp8_recipe", "perform_initialization"}
     assert used <= fields, used - fields
     gpt = _signature_params(f"{root}/models/gpt/gpt_model.py", "__init__", "GPTModel")
-    assert {"config", "transformer_layer_spec", "vocab_size", "max_sequence_length", "pre_process", "post_process",
-            "parallel_output", "share_embeddings_and_output_weights", "position_embedding_type", "rotary_percent",
-            "rotary_base", "rope_scaling", "rope_scaling_factor", "seq_len_interpolation_factor"} <= set(gpt)
+    assert {
+        "config",
+        "transformer_layer_spec",
+        "vocab_size",
+        "max_sequence_length",
+        "pre_process",
+        "post_process",
+        "parallel_output",
+        "share_embeddings_and_output_weights",
+        "position_embedding_type",
+        "rotary_percent",
+        "rotary_base",
+        "rope_scaling",
+        "rope_scaling_factor",
+        "seq_len_interpolation_factor",
+    } <= set(gpt)
     # core attention: same constructor / forward as DotProductAttention
     from sppo_megatron.models import sdpa_attention
 
@@ -449,15 +479,19 @@ def test_megatron_apis_we_call_exist_with_these_keywords(root):
     assert {"config", "use_transformer_engine", "normalization"} <= set(block)
     # the MoE names the CPU layer patches (cpu_compat._patch_megatron_moe)
     dispatcher = open(f"{root}/transformer/moe/token_dispatcher.py", encoding="utf-8").read()
-    assert "maybe_move_tensor_to_cpu(" in dispatcher and "te_general_gemm" in open(
-        f"{root}/transformer/moe/moe_utils.py", encoding="utf-8").read()
+    assert (
+        "maybe_move_tensor_to_cpu(" in dispatcher
+        and "te_general_gemm" in open(f"{root}/transformer/moe/moe_utils.py", encoding="utf-8").read()
+    )
     ser = f"{root}/dist_checkpointing/serialization.py"
     assert {"sharded_state_dict", "checkpoint_dir"} <= set(_signature_params(ser, "save"))
     assert {"sharded_state_dict", "checkpoint_dir"} <= set(_signature_params(ser, "load"))
     src = open(f"{root}/dist_checkpointing/strategies/filesystem_async.py", encoding="utf-8").read()
     assert "_results_queue = None" in src  # the global the fork-context queue is installed into
-    assert "self.layer_number = layer_number + get_transformer_layer_offset(" in open(
-        f"{root}/transformer/transformer_layer.py", encoding="utf-8").read()
+    assert (
+        "self.layer_number = layer_number + get_transformer_layer_offset("
+        in open(f"{root}/transformer/transformer_layer.py", encoding="utf-8").read()
+    )
 
 
 # ------------------------------------------------------------------------ HF file IO
@@ -521,7 +555,13 @@ def test_assemble_is_zero_copy_where_the_layout_allows(layout):
     bridge = bridge_of("qwen2")
     hd, groups = bridge.head_dim, bridge.num_kv_heads
     per_group = (bridge.num_attention_heads // groups + 2) * hd
-    rows = {"replicated": 8, "embedding": bridge.padded_vocab_size(2), "row": 6, "qkv": groups * per_group, "gate_up": 12}[layout]
+    rows = {
+        "replicated": 8,
+        "embedding": bridge.padded_vocab_size(2),
+        "row": 6,
+        "qkv": groups * per_group,
+        "gate_up": 12,
+    }[layout]
     full = torch.randn(rows, 8)
     before = full.clone()
     if layout == "row":

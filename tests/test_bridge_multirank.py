@@ -104,13 +104,21 @@ def _body(root: str, ckpt_root: str):
                 save_model_checkpoint(model, os.path.join(ckpt_root, arch))
                 # perform_initialization=False must leave megatron's TP attributes as its init sets them
                 bare = bridge.build_model(model_cfg, par, perform_initialization=False)
-                attrs = lambda m: {n: (getattr(p, "tensor_model_parallel", False), getattr(p, "partition_dim", -1),
-                                       getattr(p, "partition_stride", 1)) for n, p in m.named_parameters()}
+                attrs = lambda m: {
+                    n: (
+                        getattr(p, "tensor_model_parallel", False),
+                        getattr(p, "partition_dim", -1),
+                        getattr(p, "partition_stride", 1),
+                    )
+                    for n, p in m.named_parameters()
+                }
                 problems[("tp-attributes", arch)] = [] if attrs(bare) == attrs(model) else [attrs(bare), attrs(model)]
             else:
                 fresh = bridge.build_model(model_cfg, par)
                 load_model_checkpoint(fresh, os.path.join(ckpt_root, arch))
-                problems[(f"ckpt-tp2pp2->tp{tp}pp{pp}", arch)] = _compare_export(dict(bridge.export_hf_weights(fresh)), ref)
+                problems[(f"ckpt-tp2pp2->tp{tp}pp{pp}", arch)] = _compare_export(
+                    dict(bridge.export_hf_weights(fresh)), ref
+                )
             assert parallel_state.get_tensor_model_parallel_world_size() == tp
         if (tp, pp) == (1, 1):
             # bf16 on CPU: every parameter (the local spec's torch RMSNorm included) is bf16

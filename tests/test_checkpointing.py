@@ -99,9 +99,11 @@ def test_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path, break_it):
     for step in (1, 2, 3):
         _save(mgr, step)
     newest = os.path.join(mgr.root, "step_3")
-    name, text = {"garbage_state": ("trainer_state.json", "{not json"),
-                  "state_without_step": ("trainer_state.json", '{"sampler": {}}'),
-                  "broken_actor": ("actor.bin", "")}[break_it]
+    name, text = {
+        "garbage_state": ("trainer_state.json", "{not json"),
+        "state_without_step": ("trainer_state.json", '{"sampler": {}}'),
+        "broken_actor": ("actor.bin", ""),
+    }[break_it]
     with open(os.path.join(newest, name), "w") as fh:
         fh.write(text)
     start = mgr.decide_start("auto", overwrite=False)

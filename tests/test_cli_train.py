@@ -30,8 +30,21 @@ def test_missing_config_file_exits_2(tmp_path):
 
 
 def test_tp_not_dividing_world_size_under_torchrun(tmp_path):
-    out = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-               "-m", "sppo_megatron.train", "parallel.tp=3", f"trainer.output_dir={tmp_path}"])
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "0",
+            "-m",
+            "sppo_megatron.train",
+            "parallel.tp=3",
+            f"trainer.output_dir={tmp_path}",
+        ]
+    )
     assert out.returncode != 0
     assert "sppo-train: error: parallel.tp=3" in out.stderr and "world size 2" in out.stderr
     assert "sppo_megatron/" not in out.stderr, "a config error must not print a traceback of ours"

@@ -45,8 +45,11 @@ def _generation_fails_on_rank1():
 
 
 def _two_rank_bodies():
-    return {"generation": _generation_fails_on_rank1(), "user_error": _user_error_on_rank1_exits_2(),
-            "unpicklable": _unpicklable_error()}
+    return {
+        "generation": _generation_fails_on_rank1(),
+        "user_error": _user_error_on_rank1_exits_2(),
+        "unpicklable": _unpicklable_error(),
+    }
 
 
 @pytest.fixture(scope="module")

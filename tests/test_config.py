@@ -82,10 +82,25 @@ def test_cross_field_rules(run_files, tmp_path):
 
 
 def test_cross_field_problems_of_every_group_are_reported_together(run_files):
-    lines = problems(run_files + ["parallel.tp=3", "model.dtype=fp16", "rollout.temperature=0", "optim.min_lr=1",
-                                  "algorithm.preference=batch_softmean", "algorithm.loss=pair"], world_size=2)
+    lines = problems(
+        run_files
+        + [
+            "parallel.tp=3",
+            "model.dtype=fp16",
+            "rollout.temperature=0",
+            "optim.min_lr=1",
+            "algorithm.preference=batch_softmean",
+            "algorithm.loss=pair",
+        ],
+        world_size=2,
+    )
     assert [line.split(":")[0].split("=")[0] for line in lines] == [
-        "model.dtype", "parallel.tp", "rollout.temperature", "algorithm.loss", "optim.min_lr"]
+        "model.dtype",
+        "parallel.tp",
+        "rollout.temperature",
+        "algorithm.loss",
+        "optim.min_lr",
+    ]
 
 
 def test_model_dir_without_config_json(tmp_path, run_files):

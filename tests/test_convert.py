@@ -37,10 +37,20 @@ def _single_rank_body(root, work):
     # bf16 checkpoint -> fp32 HF export (the checkpoint dtype differs from the model dtype)
     bf16 = os.path.join(work, "bf16")
     codes["h2m-bf16"] = _run(["hf-to-megatron", "--hf", os.path.join(root, "qwen3"), "--out", bf16, "--dtype", "bf16"])
-    codes["m2h-bf16"] = _run(["megatron-to-hf", "--ckpt", bf16, "--out", os.path.join(work, "bf16-hf"), "--dtype", "fp32"])
+    codes["m2h-bf16"] = _run(
+        ["megatron-to-hf", "--ckpt", bf16, "--out", os.path.join(work, "bf16-hf"), "--dtype", "fp32"]
+    )
     # --overwrite replaces a non-empty output
-    codes["overwrite"] = _run(["hf-to-megatron", "--hf", os.path.join(root, "llama"), "--out",
-                               os.path.join(work, "llama", "mg"), "--overwrite"])
+    codes["overwrite"] = _run(
+        [
+            "hf-to-megatron",
+            "--hf",
+            os.path.join(root, "llama"),
+            "--out",
+            os.path.join(work, "llama", "mg"),
+            "--overwrite",
+        ]
+    )
     return codes
 
 
@@ -188,13 +198,17 @@ def test_output_exists_and_is_not_empty(tmp_path_factory, tmp_path, capsys):
 
 def test_tp_without_torchrun(tmp_path_factory, tmp_path, capsys):
     root = tiny_models_root(tmp_path_factory)
-    line = _error(["hf-to-megatron", "--hf", os.path.join(root, "llama"), "--out", str(tmp_path / "o"), "--tp", "2"], capsys)
+    line = _error(
+        ["hf-to-megatron", "--hf", os.path.join(root, "llama"), "--out", str(tmp_path / "o"), "--tp", "2"], capsys
+    )
     assert "torchrun" in line and not (tmp_path / "o").exists()
 
 
 def test_output_inside_input(tmp_path_factory, capsys):
     root = tiny_models_root(tmp_path_factory)
-    line = _error(["hf-to-megatron", "--hf", os.path.join(root, "llama"), "--out", os.path.join(root, "llama", "sub")], capsys)
+    line = _error(
+        ["hf-to-megatron", "--hf", os.path.join(root, "llama"), "--out", os.path.join(root, "llama", "sub")], capsys
+    )
     assert "must not" in line
 
 
@@ -210,8 +224,18 @@ def test_missing_and_non_checkpoint_dirs(tmp_path, capsys):
 def test_checkpoint_of_another_architecture(converted, tmp_path, capsys):
     root, work, _, _ = converted
     qwen_ckpt = os.path.join(work, "qwen2", "mg")
-    line = _error(["megatron-to-hf", "--ckpt", qwen_ckpt, "--hf-config", os.path.join(root, "llama"),
-                   "--out", str(tmp_path / "o")], capsys)
+    line = _error(
+        [
+            "megatron-to-hf",
+            "--ckpt",
+            qwen_ckpt,
+            "--hf-config",
+            os.path.join(root, "llama"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert "model_type" in line and "another" in line and not (tmp_path / "o").exists()
     line = _error(["verify", "--hf", os.path.join(root, "mistral"), "--ckpt", qwen_ckpt], capsys)
     assert "model_type" in line
@@ -230,6 +254,16 @@ def test_checkpoint_without_hf_config(converted, tmp_path, capsys):
 
 def test_bad_shard_size(converted, tmp_path, capsys):
     _, work, _, _ = converted
-    line = _error(["megatron-to-hf", "--ckpt", os.path.join(work, "qwen2", "mg"), "--out", str(tmp_path / "o"),
-                   "--max-shard-size", "lots"], capsys)
+    line = _error(
+        [
+            "megatron-to-hf",
+            "--ckpt",
+            os.path.join(work, "qwen2", "mg"),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-shard-size",
+            "lots",
+        ],
+        capsys,
+    )
     assert "max-shard-size" in line

@@ -38,6 +38,7 @@ def cfg(**kw):
 
 # ---------------------------------------------------------------- loading
 
+
 def test_load_renders_chat_template_and_fields(tmp_path, tokenizer):
     f = write(tmp_path / "train.parquet", [row("1+3=?", "4", extra={"index": 7}), row("2+2=?", "4", "gsm8k")])
     ds = load_prompt_dataset(f, tokenizer, cfg())
@@ -127,6 +128,7 @@ def test_all_filtered_is_an_error(tmp_path, tokenizer):
 
 # ---------------------------------------------------------------- errors
 
+
 def test_missing_file(tmp_path, tokenizer):
     missing = str(tmp_path / "nope.parquet")
     with pytest.raises(DataError, match=f"{missing}: prompt file not found"):
@@ -188,6 +190,7 @@ def test_empty_file_list(tokenizer):
 
 
 # ---------------------------------------------------------------- sampler
+
 
 def take(sampler, n):
     return [sampler.next_batch() for _ in range(n)]

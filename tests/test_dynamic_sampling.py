@@ -35,17 +35,26 @@ def test_filter_no_signal_auto_is_on_for_rule_rewards_only():
     assert filters_no_signal(Config())
     assert not filters_no_signal(Config(reward=RewardConfig(source="reward_model")))
     assert not filters_no_signal(Config(algorithm=AlgorithmConfig(preference="batch_softmean")))
-    assert filters_no_signal(Config(reward=RewardConfig(source="reward_model"), algorithm=AlgorithmConfig(filter_no_signal=True)))
+    assert filters_no_signal(
+        Config(reward=RewardConfig(source="reward_model"), algorithm=AlgorithmConfig(filter_no_signal=True))
+    )
     assert not filters_no_signal(Config(algorithm=AlgorithmConfig(filter_no_signal=False)))
 
 
 def test_config_errors_name_the_key(run_files):
     assert problems(run_files + ["algorithm.filter_no_signal=maybe"]) == [
-        "algorithm.filter_no_signal: invalid value 'maybe'; allowed: auto, true, false"]
-    assert problems(run_files + ["rollout.max_extra_rounds=-1"]) == ["rollout.max_extra_rounds: -1 is below the minimum 0"]
-    assert problems(run_files + ["data.oversample_factor=0.5"]) == ["data.oversample_factor: 0.5 is below the minimum 1.0"]
+        "algorithm.filter_no_signal: invalid value 'maybe'; allowed: auto, true, false"
+    ]
+    assert problems(run_files + ["rollout.max_extra_rounds=-1"]) == [
+        "rollout.max_extra_rounds: -1 is below the minimum 0"
+    ]
+    assert problems(run_files + ["data.oversample_factor=0.5"]) == [
+        "data.oversample_factor: 0.5 is below the minimum 1.0"
+    ]
     (line,) = problems(run_files + ["data.oversample_factor=1.5", "algorithm.filter_no_signal=false"])
-    assert line.startswith("data.oversample_factor=1.5: oversampling refills prompts dropped by algorithm.filter_no_signal")
+    assert line.startswith(
+        "data.oversample_factor=1.5: oversampling refills prompts dropped by algorithm.filter_no_signal"
+    )
     (line,) = problems(run_files + ["algorithm.preference=batch_softmean", "algorithm.filter_no_signal=true"])
     assert line.startswith("algorithm.filter_no_signal=true: batch_softmean compares each sample with the whole batch")
     cfg = load_config(None, run_files + ["algorithm.filter_no_signal=true", "data.oversample_factor=2"], world_size=1)
@@ -68,6 +77,7 @@ def test_sampler_draws_of_any_size_resume_exactly():
 
 
 # ------------------------------------------------------------- the refill loop, scripted
+
 
 class ScriptedEngine:
     """Sample j of every prompt is the token j; records the seeds it was called with."""
@@ -104,11 +114,15 @@ def _run(ties, batch_size=4, factor=1.0):
     items = [PromptItem([1, 2, i + 3], f"p{i}", "arith", "tie" if i in ties else "mixed", index=i) for i in range(12)]
     syncs = []
     return SimpleNamespace(
-        train_data=items, sampler=PromptSampler(12, int(batch_size * factor), seed=0, shuffle=False),
-        engine=ScriptedEngine(), scorer=ScriptedScorer(),
+        train_data=items,
+        sampler=PromptSampler(12, int(batch_size * factor), seed=0, shuffle=False),
+        engine=ScriptedEngine(),
+        scorer=ScriptedScorer(),
         tokenizer=SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [" ".join(map(str, i)) for i in ids]),
         actor=SimpleNamespace(export_hf_weights=lambda: iter(()), offload=lambda: None, onload=lambda: None),
-        weight_sync=SimpleNamespace(sync=lambda weights: syncs.append(1) or {"timing/sync_s": 0.5}), syncs=syncs)
+        weight_sync=SimpleNamespace(sync=lambda weights: syncs.append(1) or {"timing/sync_s": 0.5}),
+        syncs=syncs,
+    )
 
 
 def collect(run, cfg, step):
@@ -118,8 +132,11 @@ def collect(run, cfg, step):
 
 
 def _cfg(rounds=3, filtering="auto", factor=1.0):
-    return Config(data=DataConfig(train_batch_size=4, oversample_factor=factor),
-                  rollout=RolloutConfig(n=2, max_extra_rounds=rounds), algorithm=AlgorithmConfig(filter_no_signal=filtering))
+    return Config(
+        data=DataConfig(train_batch_size=4, oversample_factor=factor),
+        rollout=RolloutConfig(n=2, max_extra_rounds=rounds),
+        algorithm=AlgorithmConfig(filter_no_signal=filtering),
+    )
 
 
 def _kept_rows(rollout):
@@ -156,8 +173,10 @@ def test_bound_hit_trains_on_what_it_has_and_says_why(capsys):
     assert _kept_rows(rollout) == [1, 3]
     assert metrics["sppo/kept_prompts"] == 2 and run.sampler.position == 6
     (line,) = capsys.readouterr().out.splitlines()
-    assert line == ("sppo-train: step 3: 2 of data.train_batch_size=4 prompts have a reward signal after 1 extra "
-                    "generation rounds (rollout.max_extra_rounds=1); training on those 2")
+    assert line == (
+        "sppo-train: step 3: 2 of data.train_batch_size=4 prompts have a reward signal after 1 extra "
+        "generation rounds (rollout.max_extra_rounds=1); training on those 2"
+    )
     collect(_run(ties={0, 2}), _cfg(rounds=0), step=4)  # filtering alone: short batches by choice
     assert capsys.readouterr().out == ""
     run = _run(ties=set(range(12)))
@@ -182,8 +201,12 @@ def test_an_engine_that_drops_its_weights_is_resynced_each_extra_round():
 
 # ------------------------------------------------------------- sppo-train end to end
 
-ON = ["algorithm.filter_no_signal=true", "rollout.max_extra_rounds=3", "trainer.test_freq=0",
-      "trainer.val_before_train=false"]
+ON = [
+    "algorithm.filter_no_signal=true",
+    "rollout.max_extra_rounds=3",
+    "trainer.test_freq=0",
+    "trainer.val_before_train=false",
+]
 
 
 def test_resume_and_tp2_take_the_uninterrupted_single_process_decisions(tiny_assets, tmp_path):
@@ -212,10 +235,15 @@ def test_a_step_without_any_signal_skips_the_update_and_says_so(tiny_assets, tmp
     reward = tmp_path / "constant.py"
     reward.write_text("def score(solution_str, ground_truth):\n    return 1.0\n")
     out = tmp_path / "run"
-    res = train(base_overrides(tiny_assets, str(out)) + ON + ["trainer.total_steps=1", "rollout.max_extra_rounds=1",
-                                                              f"reward.custom_fn={reward}:score"])
-    assert ("sppo-train: step 1: 0 of data.train_batch_size=4 prompts have a reward signal after 1 extra generation "
-            "rounds (rollout.max_extra_rounds=1); training on those 0") in res.stdout
+    res = train(
+        base_overrides(tiny_assets, str(out))
+        + ON
+        + ["trainer.total_steps=1", "rollout.max_extra_rounds=1", f"reward.custom_fn={reward}:score"]
+    )
+    assert (
+        "sppo-train: step 1: 0 of data.train_batch_size=4 prompts have a reward signal after 1 extra generation "
+        "rounds (rollout.max_extra_rounds=1); training on those 0"
+    ) in res.stdout
     row = by_step(str(out))[1]
     assert row["sppo/kept_prompts"] == 0 and row["rollout/drawn_prompts"] == 8 and row["sppo/no_signal_frac"] == 1.0
     assert row["train/num_optimizer_steps"] == 0 and "train/loss" not in row

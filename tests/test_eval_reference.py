@@ -22,19 +22,45 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_ref")
     policy = make_tiny_hf_model("qwen2", root / "policy", num_hidden_layers=2)
     rm = make_reward_model(root / "rm", seed=3)
-    rows = [{"prompt": [{"role": "user", "content": q}], "data_source": "ultrafeedback", "ability": "chat",
-             "reward_model": {"style": "model", "ground_truth": None}, "extra_info": {"i": 0}} for q in QUESTIONS]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "data_source": "ultrafeedback",
+            "ability": "chat",
+            "reward_model": {"style": "model", "ground_truth": None},
+            "extra_info": {"i": 0},
+        }
+        for q in QUESTIONS
+    ]
     pq.write_table(pa.Table.from_pylist(rows), root / "prompts.parquet")
     refs = root / "refs.jsonl"
-    refs.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "response": r}) + "\n"
-                            for q, r in zip(QUESTIONS[::-1], ["hi", "red is a color", "5"])))
+    refs.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}], "response": r}) + "\n"
+            for q, r in zip(QUESTIONS[::-1], ["hi", "red is a color", "5"])
+        )
+    )
     return root, policy, rm
 
 
 def args(root, policy, rm, *extra):
-    return ["--model", policy, "--data", str(root / "prompts.parquet"), "--reference", str(root / "refs.jsonl"),
-            "--out", str(root / "out.json"), "--max-new-tokens", "5", "rollout.engine=hf", "reward.source=reward_model",
-            f"reward.model_path={rm}", "algorithm.preference=bradley_terry", *extra]
+    return [
+        "--model",
+        policy,
+        "--data",
+        str(root / "prompts.parquet"),
+        "--reference",
+        str(root / "refs.jsonl"),
+        "--out",
+        str(root / "out.json"),
+        "--max-new-tokens",
+        "5",
+        "rollout.engine=hf",
+        "reward.source=reward_model",
+        f"reward.model_path={rm}",
+        "algorithm.preference=bradley_terry",
+        *extra,
+    ]
 
 
 def test_win_rate_against_references_matches_the_reward_model(setup, capsys):
@@ -63,7 +89,9 @@ def test_reference_errors_exit_2(setup, capsys):
     with pytest.raises(SystemExit) as info:
         main(args(root, policy, rm, "reward.source=rule"))
     assert info.value.code == 2 and "--reference: set reward.source to a preference oracle" in capsys.readouterr().err
-    (root / "short.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "say hi ."}], "response": "x"}) + "\n")
+    (root / "short.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "say hi ."}], "response": "x"}) + "\n"
+    )
     bad = args(root, policy, rm)
     bad[bad.index("--reference") + 1] = str(root / "short.jsonl")
     with pytest.raises(SystemExit) as info:

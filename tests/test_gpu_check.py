@@ -32,16 +32,32 @@ def gc():
 
 @pytest.fixture
 def ctx(gc, tmp_path):
-    return gc.Ctx(python=sys.executable, wheels=str(tmp_path / "wheels"), work=str(tmp_path / "work"),
-                  env={**os.environ, "PYTHONPATH": ROOT})
+    return gc.Ctx(
+        python=sys.executable,
+        wheels=str(tmp_path / "wheels"),
+        work=str(tmp_path / "work"),
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
 
 
 def test_dry_run_reaches_every_step_and_skips_each_for_lack_of_cuda(tmp_path):
     out = tmp_path / "out"
     start = time.monotonic()
-    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh"), "--dry-run", "--out", str(out),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=280,
-                          env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            "bash",
+            os.path.join(ROOT, "tools", "gpu_check.sh"),
+            "--dry-run",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert [e["step"] for e in report["steps"]] == STEPS
@@ -73,8 +89,10 @@ def test_dry_run_fails_when_a_step_command_has_rotted(gc, ctx, monkeypatch, tmp_
 
 def test_time_limit_kills_the_whole_process_group(gc, tmp_path):
     pid_file = tmp_path / "grandchild.pid"
-    code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(120)")
+    code = (
+        "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(120)"
+    )
     with open(tmp_path / "log", "w") as log:
         status, seconds, tail = gc.run_bounded([[sys.executable, "-c", code], ["true"]], 3, dict(os.environ), log)
     assert status == "timeout" and 3 <= seconds < 20 and "started" in tail
@@ -109,7 +127,9 @@ def test_failure_dependency_budget_and_output_checks(gc, ctx, tmp_path):
 
     ran = gc.run_step(gc.Step("d", 30, lambda c: [["true"]], bad_output, needs=None), ctx, None, 100, log)
     assert (ran["status"], ran["reason"]) == ("failed", "no figures")
-    missing = gc.run_step(gc.Step("e", 30, lambda c: [["true"]], gc.bench_train_figures, needs=None), ctx, None, 100, log)
+    missing = gc.run_step(
+        gc.Step("e", 30, lambda c: [["true"]], gc.bench_train_figures, needs=None), ctx, None, 100, log
+    )
     assert missing["status"] == "failed" and "bench_train.json was not written" in missing["reason"]
 
 
@@ -122,8 +142,12 @@ def test_install_is_offline_into_the_target_folder(gc, ctx, tmp_path):
         status, _, tail = gc.run_bounded(gc.install_commands(ctx), 120, {**os.environ, "PIP_NO_INDEX": "1"}, log)
     assert status == "ok", tail
     site = os.path.join(ctx.work, "site")
-    probe = subprocess.run([sys.executable, "-c", "import gpucheckdemo, torch; print(gpucheckdemo.X, torch.__file__)"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": site})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gpucheckdemo, torch; print(gpucheckdemo.X, torch.__file__)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": site},
+    )
     x, torch_file = probe.stdout.split()
     assert x == "42" and not torch_file.startswith(site)
     assert gc.install_figures(ctx) == {"wheels": ["gpucheckdemo-0.1-py3-none-any.whl"]}
@@ -131,9 +155,11 @@ def test_install_is_offline_into_the_target_folder(gc, ctx, tmp_path):
 
 def _write_wheel(path: str) -> None:
     info = "gpucheckdemo-0.1.dist-info"
-    files = {"gpucheckdemo/__init__.py": "X = 42\n",
-             f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpucheckdemo\nVersion: 0.1\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        "gpucheckdemo/__init__.py": "X = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: gpucheckdemo\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
         for name, text in files.items():
@@ -144,9 +170,19 @@ def test_training_figures_and_logp_bound(gc, ctx):
     run = os.path.join(ctx.work, "tiny", "run")
     os.makedirs(run)
     rows = [{"step": 0, "val/accuracy": 0.5}]
-    rows += [{"step": s, "train/loss": 0.1, "timing/step_s": 0.5, "timing/sync_s": 0.01, "timing/gen_s": 0.2,
-              "timing/update_s": 0.1, "perf/tokens_per_s": 1000.0, "rollout/logp_abs_diff": 0.01}
-             for s in range(1, gc.TRAIN_STEPS + 1)]
+    rows += [
+        {
+            "step": s,
+            "train/loss": 0.1,
+            "timing/step_s": 0.5,
+            "timing/sync_s": 0.01,
+            "timing/gen_s": 0.2,
+            "timing/update_s": 0.1,
+            "perf/tokens_per_s": 1000.0,
+            "rollout/logp_abs_diff": 0.01,
+        }
+        for s in range(1, gc.TRAIN_STEPS + 1)
+    ]
     rows.append({"step": gc.TRAIN_STEPS, "val/accuracy": 0.6})
 
     def write(rs):
@@ -173,19 +209,26 @@ def test_real_run_report_only_and_exit_code(gc, monkeypatch, tmp_path):
     work = tmp_path / "work"
     (work / "site").mkdir(parents=True)
     (work / "stale.json").write_text("{}")
-    steps = [gc.Step("install", 30, lambda c: [["true"]], needs=None),
-             gc.Step("ok", 30, lambda c: [[sys.executable, "-c", "print('hi')"]], lambda c: {"x": 1}),
-             gc.Step("broken", 30, lambda c: [["false"]]),
-             gc.Step("after", 30, lambda c: [["true"]], needs="broken"),
-             gc.Step("unasked", 30, lambda c: [["true"]])]
+    steps = [
+        gc.Step("install", 30, lambda c: [["true"]], needs=None),
+        gc.Step("ok", 30, lambda c: [[sys.executable, "-c", "print('hi')"]], lambda c: {"x": 1}),
+        gc.Step("broken", 30, lambda c: [["false"]]),
+        gc.Step("after", 30, lambda c: [["true"]], needs="broken"),
+        gc.Step("unasked", 30, lambda c: [["true"]]),
+    ]
     monkeypatch.setattr(gc, "STEPS", steps)
     out = tmp_path / "out"
     code = gc.main(["--out", str(out), "--work", str(work), "--only", "install,ok,broken,after"])
     report = json.loads((out / "gpu_check.json").read_text())
     status = {e["step"]: (e["status"], e.get("reason")) for e in report["steps"]}
     assert code == 1 and not report["ok"] and report["device"] == "FakeGPU"
-    assert status == {"install": ("ok", None), "ok": ("ok", None), "broken": ("failed", "exit 1"),
-                      "after": ("skipped", "needs broken, which failed"), "unasked": ("skipped", "not in --only")}
+    assert status == {
+        "install": ("ok", None),
+        "ok": ("ok", None),
+        "broken": ("failed", "exit 1"),
+        "after": ("skipped", "needs broken, which failed"),
+        "unasked": ("skipped", "not in --only"),
+    }
     assert "| ok | ok |" in (out / "gpu_check.md").read_text() and "x 1" in (out / "gpu_check.md").read_text()
     assert not (work / "stale.json").exists() and (work / "site").is_dir()
     with pytest.raises(SystemExit):

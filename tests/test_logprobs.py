@@ -40,7 +40,10 @@ def _body():
     from sppo_megatron.actor import logprobs
     from sppo_megatron.platform.distributed import init_distributed
 
-    logprobs.CHUNK_ELEMENTS = {**logprobs.CHUNK_ELEMENTS, "cpu": 2 * PADDED}  # at most a few rows per chunk: many chunks per pass
+    logprobs.CHUNK_ELEMENTS = {
+        **logprobs.CHUNK_ELEMENTS,
+        "cpu": 2 * PADDED,
+    }  # at most a few rows per chunk: many chunks per pass
     gen = torch.Generator().manual_seed(7)
     full = torch.randn(ROWS, SEQ, PADDED, generator=gen) * 4
     labels = torch.randint(0, VOCAB, (ROWS, SEQ), generator=gen)
@@ -61,7 +64,9 @@ def _body():
                 new = logprobs.token_log_probs(new_in * 1, labels, temperature, VOCAB)  # a non-leaf, as model logits
                 (new * upstream).sum().backward()
                 lp, ent = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB)
-                lp_only, none = logprobs.token_log_probs_and_entropy(local, labels, temperature, VOCAB, with_entropy=False)
+                lp_only, none = logprobs.token_log_probs_and_entropy(
+                    local, labels, temperature, VOCAB, with_entropy=False
+                )
                 real = full[..., :VOCAB].to(dtype).double() / temperature
                 p = torch.softmax(real, dim=-1)
                 ent_ref = -(p * torch.log_softmax(real, dim=-1)).sum(-1)
@@ -70,12 +75,16 @@ def _body():
                     "lp": _rel(new.detach(), ref.detach()),
                     "lp_no_grad": _rel(lp, ref.detach()),
                     # relative to the gradient's scale (|upstream| / T): the softmax may round differently
-                    "grad": ((new_in.grad.float() - ref_in.grad.float()).abs().max()
-                             / ref_in.grad.float().abs().max().clamp(min=1.0)).item(),
+                    "grad": (
+                        (new_in.grad.float() - ref_in.grad.float()).abs().max()
+                        / ref_in.grad.float().abs().max().clamp(min=1.0)
+                    ).item(),
                     "entropy": (ent.double() - ent_ref).abs().max().item(),
                     "same_without_entropy": none is None and bool(torch.equal(lp_only, lp)),
                     "unchanged_input": bool(torch.equal(local, full[..., r * width : (r + 1) * width].to(dtype))),
-                    "padded_grad_zero": bool((new_in.grad.reshape(-1, width)[:, max(0, VOCAB - r * width):] == 0).all()),
+                    "padded_grad_zero": bool(
+                        (new_in.grad.reshape(-1, width)[:, max(0, VOCAB - r * width) :] == 0).all()
+                    ),
                 }
         dist.barrier()
     return report

@@ -48,20 +48,36 @@ def _model_from_args(a):
     from megatron.core.transformer import TransformerConfig
 
     cfg = TransformerConfig(
-        num_layers=a.num_layers, hidden_size=a.hidden_size, ffn_hidden_size=a.ffn_hidden_size,
-        num_attention_heads=a.num_attention_heads, kv_channels=a.kv_channels,
+        num_layers=a.num_layers,
+        hidden_size=a.hidden_size,
+        ffn_hidden_size=a.ffn_hidden_size,
+        num_attention_heads=a.num_attention_heads,
+        kv_channels=a.kv_channels,
         num_query_groups=a.num_query_groups if a.group_query_attention else None,
-        layernorm_epsilon=a.layernorm_epsilon, normalization=a.normalization,
-        gated_linear_unit=a.swiglu, activation_func=torch.nn.functional.silu,
-        add_bias_linear=a.add_bias_linear, add_qkv_bias=a.add_qkv_bias, qk_layernorm=a.qk_layernorm,
-        hidden_dropout=a.hidden_dropout, attention_dropout=a.attention_dropout,
-        params_dtype=a.params_dtype, bf16=a.bf16, fp16=a.fp16, use_cpu_initialization=True,
+        layernorm_epsilon=a.layernorm_epsilon,
+        normalization=a.normalization,
+        gated_linear_unit=a.swiglu,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=a.add_bias_linear,
+        add_qkv_bias=a.add_qkv_bias,
+        qk_layernorm=a.qk_layernorm,
+        hidden_dropout=a.hidden_dropout,
+        attention_dropout=a.attention_dropout,
+        params_dtype=a.params_dtype,
+        bf16=a.bf16,
+        fp16=a.fp16,
+        use_cpu_initialization=True,
     )
     spec = get_gpt_layer_local_spec(qk_layernorm=a.qk_layernorm, normalization=a.normalization)
     model = GPTModel(
-        config=cfg, transformer_layer_spec=spec, vocab_size=a.padded_vocab_size,
-        max_sequence_length=a.max_position_embeddings, position_embedding_type=a.position_embedding_type,
-        rotary_percent=a.rotary_percent, rotary_base=a.rotary_base, rope_scaling=a.use_rope_scaling,
+        config=cfg,
+        transformer_layer_spec=spec,
+        vocab_size=a.padded_vocab_size,
+        max_sequence_length=a.max_position_embeddings,
+        position_embedding_type=a.position_embedding_type,
+        rotary_percent=a.rotary_percent,
+        rotary_base=a.rotary_base,
+        rope_scaling=a.use_rope_scaling,
         rope_scaling_factor=a.rope_scaling_factor,
         share_embeddings_and_output_weights=not a.untie_embeddings_and_output_weights,
     )
@@ -82,8 +98,9 @@ def _megatron_lm_load(load_dir):
     model = _model_from_args(args)
     metadata = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
     metadata["dp_cp_group"] = ps.get_data_parallel_group(with_context_parallel=True)
-    state = dist_checkpointing.load({"model": model.sharded_state_dict(metadata=metadata)}, ckpt_dir,
-                                    strict=StrictHandling.ASSUME_OK_UNEXPECTED)
+    state = dist_checkpointing.load(
+        {"model": model.sharded_state_dict(metadata=metadata)}, ckpt_dir, strict=StrictHandling.ASSUME_OK_UNEXPECTED
+    )
     model.load_state_dict(state["model"], strict=True)
     return args, (0 if release else common["iteration"]), model
 
@@ -116,46 +133,88 @@ def _single_body(root, work):
         # a tiny model built here, written in the megatron-lm layout, reloaded as Megatron-LM does
         bridge = get_bridge(os.path.join(root, arch))
         dtype = "bf16" if arch == "qwen3" else "fp32"
-        model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(), perform_initialization=False,
-                                   padded_vocab_size=megatron_lm_padded_vocab(bridge.vocab_size, 1))
+        model = bridge.build_model(
+            conversion_model_config(dtype),
+            ParallelConfig(),
+            perform_initialization=False,
+            padded_vocab_size=megatron_lm_padded_vocab(bridge.vocab_size, 1),
+        )
         bridge.load_hf_weights(model, os.path.join(root, arch))
         load_dir = os.path.join(work, "api-" + arch)
-        write_converted_checkpoint(model, load_dir, bridge, dtype, os.path.join(root, arch), 1, 1, "megatron-lm", iteration=12)
+        write_converted_checkpoint(
+            model, load_dir, bridge, dtype, os.path.join(root, arch), 1, 1, "megatron-lm", iteration=12
+        )
         args, iteration, reloaded = _megatron_lm_load(load_dir)
         want, got = _tensors(model), _tensors(reloaded)
-        out["equal"][arch] = (sorted(want) == sorted(got)
-                              and all(want[k].dtype == got[k].dtype and torch.equal(want[k], got[k]) for k in want))
+        out["equal"][arch] = sorted(want) == sorted(got) and all(
+            want[k].dtype == got[k].dtype and torch.equal(want[k], got[k]) for k in want
+        )
         tc = bridge.transformer_config_kwargs(ModelConfig(dtype=dtype), ParallelConfig())
-        out["args"][arch] = {"args": vars(args), "iteration": iteration, "tc": {
-            k: tc[k] for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                               "kv_channels", "add_qkv_bias", "qk_layernorm", "layernorm_epsilon", "params_dtype")},
-            "tied": bridge.tied, "theta": bridge.rope.theta, "vocab": bridge.vocab_size,
-            "window": tc.get("window_size"), "max_pos": bridge.max_position_embeddings}
+        out["args"][arch] = {
+            "args": vars(args),
+            "iteration": iteration,
+            "tc": {
+                k: tc[k]
+                for k in (
+                    "num_layers",
+                    "hidden_size",
+                    "ffn_hidden_size",
+                    "num_attention_heads",
+                    "num_query_groups",
+                    "kv_channels",
+                    "add_qkv_bias",
+                    "qk_layernorm",
+                    "layernorm_epsilon",
+                    "params_dtype",
+                )
+            },
+            "tied": bridge.tied,
+            "theta": bridge.rope.theta,
+            "vocab": bridge.vocab_size,
+            "window": tc.get("window_size"),
+            "max_pos": bridge.max_position_embeddings,
+        }
         del model, reloaded
 
     # CLI: conversions in both layouts and exports back to HF
     qwen2 = os.path.join(root, "qwen2")
     codes = out["codes"]
-    codes["h2m-mlm"] = _run(["hf-to-megatron", "--hf", qwen2, "--out", os.path.join(work, "mlm"), "--layout", "megatron-lm"])
+    codes["h2m-mlm"] = _run(
+        ["hf-to-megatron", "--hf", qwen2, "--out", os.path.join(work, "mlm"), "--layout", "megatron-lm"]
+    )
     codes["h2m-sppo"] = _run(["hf-to-megatron", "--hf", qwen2, "--out", os.path.join(work, "sppo")])
-    codes["m2h-mlm"] = _run(["megatron-to-hf", "--ckpt", os.path.join(work, "mlm"), "--out", os.path.join(work, "mlm-hf")])
+    codes["m2h-mlm"] = _run(
+        ["megatron-to-hf", "--ckpt", os.path.join(work, "mlm"), "--out", os.path.join(work, "mlm-hf")]
+    )
     codes["verify-mlm"] = _run(["verify", "--hf", qwen2, "--ckpt", os.path.join(work, "mlm")])
-    codes["h2m-llama3.1-mlm"] = _run(["hf-to-megatron", "--hf", os.path.join(root, "llama3.1"), "--out",
-                                      os.path.join(work, "llama3.1-mlm"), "--layout", "megatron-lm"])
+    codes["h2m-llama3.1-mlm"] = _run(
+        [
+            "hf-to-megatron",
+            "--hf",
+            os.path.join(root, "llama3.1"),
+            "--out",
+            os.path.join(work, "llama3.1-mlm"),
+            "--layout",
+            "megatron-lm",
+        ]
+    )
     # a bare Megatron-LM load directory (no sppo description, no hf/): needs --hf-config
     bare = os.path.join(work, "bare")
     shutil.copytree(os.path.join(work, "mlm"), bare)
     shutil.rmtree(os.path.join(bare, "release", "hf"))
     os.remove(os.path.join(bare, "release", "sppo_checkpoint.json"))
-    codes["m2h-bare"] = _run(["megatron-to-hf", "--ckpt", bare, "--out", os.path.join(work, "bare-hf"), "--hf-config", qwen2])
+    codes["m2h-bare"] = _run(
+        ["megatron-to-hf", "--ckpt", bare, "--out", os.path.join(work, "bare-hf"), "--hf-config", qwen2]
+    )
     # a training-style checkpoint (trainer_state.json) exported as iter_<step>
     step = os.path.join(work, "run", "checkpoints", "step_5")
     shutil.copytree(os.path.join(work, "sppo"), step)
     with open(os.path.join(step, "trainer_state.json"), "w") as f:
         json.dump({"step": 5, "sampler": {}}, f)
     codes["m2l-step"] = _run(["megatron-to-megatron-lm", "--ckpt", step, "--out", os.path.join(work, "step-mlm")])
-    codes["m2h-step-mlm"] = _run(["megatron-to-hf", "--ckpt", os.path.join(work, "step-mlm"),
-                                  "--out", os.path.join(work, "step-mlm-hf")])
+    codes["m2h-step-mlm"] = _run(
+        ["megatron-to-hf", "--ckpt", os.path.join(work, "step-mlm"), "--out", os.path.join(work, "step-mlm-hf")]
+    )
     _, iteration, _ = _megatron_lm_load(os.path.join(work, "step-mlm"))
     out["step_iteration"] = iteration
 
@@ -165,16 +224,23 @@ def _single_body(root, work):
 
     init_distributed(tp=1, pp=1, seed=0)
     bridge = get_bridge(qwen2)
-    ours = bridge.build_model(conversion_model_config("fp32"), ParallelConfig(), perform_initialization=False,
-                              padded_vocab_size=256)
+    ours = bridge.build_model(
+        conversion_model_config("fp32"), ParallelConfig(), perform_initialization=False, padded_vocab_size=256
+    )
     out["errors"]["vocab"] = _error_line(load_model_checkpoint, ours, os.path.join(work, "mlm"), "model.megatron_ckpt")
-    out["errors"]["trainer-vocab"] = _error_line(load_initial_weights, _with_ckpt(os.path.join(work, "mlm")), ours, bridge)
+    out["errors"]["trainer-vocab"] = _error_line(
+        load_initial_weights, _with_ckpt(os.path.join(work, "mlm")), ours, bridge
+    )
     # the trainer's load from a bare Megatron-LM directory, and from one of another model
     from sppo_megatron.actor.setup import initial_padded_vocab
 
     cfg = _with_ckpt(bare)
-    policy = bridge.build_model(conversion_model_config("fp32"), ParallelConfig(), perform_initialization=False,
-                                padded_vocab_size=initial_padded_vocab(cfg, ParallelConfig()))
+    policy = bridge.build_model(
+        conversion_model_config("fp32"),
+        ParallelConfig(),
+        perform_initialization=False,
+        padded_vocab_size=initial_padded_vocab(cfg, ParallelConfig()),
+    )
     load_initial_weights(cfg, policy, bridge)
     want = hf_state_dict(qwen2)
     out["trainer_load_equal"] = all(torch.equal(t, want[n]) for n, t in bridge.export_hf_weights(policy))
@@ -202,10 +268,32 @@ def _tp2_body(root, work):
     128-row checkpoint re-padded to 256 by megatron-to-megatron-lm."""
     qwen3 = os.path.join(root, "qwen3")
     codes = {}
-    codes["h2m"] = _run(["hf-to-megatron", "--hf", qwen3, "--out", os.path.join(work, "tp2-mlm"),
-                         "--layout", "megatron-lm", "--tp", "2"])
-    codes["m2l"] = _run(["megatron-to-megatron-lm", "--ckpt", os.path.join(work, "tp1-sppo"), "--out",
-                         os.path.join(work, "tp2-export"), "--tp", "2", "--iteration", "7"])
+    codes["h2m"] = _run(
+        [
+            "hf-to-megatron",
+            "--hf",
+            qwen3,
+            "--out",
+            os.path.join(work, "tp2-mlm"),
+            "--layout",
+            "megatron-lm",
+            "--tp",
+            "2",
+        ]
+    )
+    codes["m2l"] = _run(
+        [
+            "megatron-to-megatron-lm",
+            "--ckpt",
+            os.path.join(work, "tp1-sppo"),
+            "--out",
+            os.path.join(work, "tp2-export"),
+            "--tp",
+            "2",
+            "--iteration",
+            "7",
+        ]
+    )
     return codes
 
 
@@ -213,7 +301,9 @@ def _tp1_after_tp2_body(root, work):
     """One rank: the tp2 checkpoints back to HF, then everything `_single_body` checks."""
     codes = {}
     for name in ("tp2-mlm", "tp2-export"):
-        codes[name] = _run(["megatron-to-hf", "--ckpt", os.path.join(work, name), "--out", os.path.join(work, name + "-hf")])
+        codes[name] = _run(
+            ["megatron-to-hf", "--ckpt", os.path.join(work, name), "--out", os.path.join(work, name + "-hf")]
+        )
     return codes, _single_body(root, work)
 
 
@@ -257,8 +347,18 @@ def test_args_match_the_model_config(done, arch):
     rec = single["args"][arch]
     a, tc = rec["args"], rec["tc"]
     assert rec["iteration"] == 12
-    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                "kv_channels", "add_qkv_bias", "qk_layernorm", "layernorm_epsilon", "params_dtype"):
+    for key in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "kv_channels",
+        "add_qkv_bias",
+        "qk_layernorm",
+        "layernorm_epsilon",
+        "params_dtype",
+    ):
         assert a[key] == tc[key], key
     assert a["norm_epsilon"] == tc["layernorm_epsilon"]
     assert a["group_query_attention"] is True  # 4 heads, 2 kv heads
@@ -396,8 +496,17 @@ def test_bare_megatron_lm_dir_without_hf_config_is_one_line(done, capsys):
 
 def test_args_mismatch_in_megatron_to_hf_is_one_line(done, capsys):
     _, work, _ = done
-    code = _run(["megatron-to-hf", "--ckpt", os.path.join(work, "bare"), "--out", os.path.join(work, "y"),
-                 "--hf-config", os.path.join(work, "qwen2-5layers")])
+    code = _run(
+        [
+            "megatron-to-hf",
+            "--ckpt",
+            os.path.join(work, "bare"),
+            "--out",
+            os.path.join(work, "y"),
+            "--hf-config",
+            os.path.join(work, "qwen2-5layers"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "num_layers=3" in err[0] and "num_layers=5" in err[0], err
     assert not os.path.exists(os.path.join(work, "y"))
@@ -409,6 +518,16 @@ def test_checkpoint_without_common_pt_is_one_line(done, tmp_path, capsys):
     ckpt = tmp_path / "no-common"
     shutil.copytree(os.path.join(work, "bare"), ckpt)
     os.remove(ckpt / "release" / "common.pt")
-    code = _run(["megatron-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "o"), "--hf-config", os.path.join(root, "qwen2")])
+    code = _run(
+        [
+            "megatron-to-hf",
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--hf-config",
+            os.path.join(root, "qwen2"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "common state" in err[0], err

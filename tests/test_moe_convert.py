@@ -28,8 +28,9 @@ def _body(root, work):
     # a checkpoint verified against other weights (same family, another seed) must fail
     other = os.path.join(work, "qwen3-moe-seed1")
     codes["h2m-other"] = _run(["hf-to-megatron", "--hf", os.path.join(other, "hf"), "--out", os.path.join(other, "mg")])
-    codes["verify-other"] = _run(["verify", "--hf", os.path.join(root, "qwen3-moe"), "--ckpt", os.path.join(other, "mg"),
-                                  "--atol", "1e-5"])
+    codes["verify-other"] = _run(
+        ["verify", "--hf", os.path.join(root, "qwen3-moe"), "--ckpt", os.path.join(other, "mg"), "--atol", "1e-5"]
+    )
     return codes
 
 

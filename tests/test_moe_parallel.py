@@ -35,8 +35,16 @@ SEED = 1234
 
 
 def _actor(path, tp, pp, ep, etp=1, aux=0.0):
-    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
-                                             TrainConfig, TrainerConfig)
+    from sppo_megatron.config.schema import (
+        Config,
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        ParallelConfig,
+        RolloutConfig,
+        TrainConfig,
+        TrainerConfig,
+    )
     from sppo_megatron.platform.distributed import init_distributed
     from sppo_megatron.trainer.setup import build_actor
 
@@ -118,13 +126,19 @@ def _families(paths):
         model = bridge.build_model(ModelConfig(dtype="fp32"), ParallelConfig(tp=2, ep=2, etp=2))
         bridge.load_hf_weights(model, path)
         ids = torch.tensor(PROBE)
-        out[arch] = {"logits": forward_logits(model, ids, bridge.vocab_size),
-                     "export": {name: t.clone() for name, t in bridge.export_hf_weights(model)}}
+        out[arch] = {
+            "logits": forward_logits(model, ids, bridge.vocab_size),
+            "export": {name: t.clone() for name, t in bridge.export_hf_weights(model)},
+        }
     return out
 
 
 def _four_ranks(path, families):
-    out = {(2, 1, 2): _layout(path, 2, 1, 2), (1, 2, 2): _layout(path, 1, 2, 2), (2, 1, 2, 2): _layout(path, 2, 1, 2, 2)}
+    out = {
+        (2, 1, 2): _layout(path, 2, 1, 2),
+        (1, 2, 2): _layout(path, 1, 2, 2),
+        (2, 1, 2, 2): _layout(path, 2, 1, 2, 2),
+    }
     _, actor = _actor(path, 2, 1, 2, etp=2)
     out["export_etp2"] = {name: t.clone() for name, t in actor.export_hf_weights()}
     out["families"] = _families(families)
@@ -158,12 +172,13 @@ def _close_steps(got, want, rel=1e-4):
         assert abs(gnorm - gnorm_ref) <= rel * abs(gnorm_ref), (got, want)
 
 
-@pytest.mark.parametrize("layout", [(1, 1, 2), (2, 1, 2), (1, 2, 2), (2, 1, 2, 2)],
-                         ids=["tp1-ep2", "tp2-ep2", "pp2-ep2", "tp2-ep2-etp2"])
+@pytest.mark.parametrize(
+    "layout", [(1, 1, 2), (2, 1, 2), (1, 2, 2), (2, 1, 2, 2)], ids=["tp1-ep2", "tp2-ep2", "pp2-ep2", "tp2-ep2-etp2"]
+)
 def test_logprobs_and_update_match_single_rank(runs, layout):
     _, one, two, four, _ = runs
     ref = one["reference"]
-    for rank_result in (two if layout == (1, 1, 2) else four):
+    for rank_result in two if layout == (1, 1, 2) else four:
         got = rank_result["layout"] if layout == (1, 1, 2) else rank_result[layout]
         assert (got["logp"] - ref["logp"]).abs().max() <= 1e-5
         _close_steps(got["steps"], ref["steps"])

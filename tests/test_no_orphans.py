@@ -45,7 +45,7 @@ def test_sigkilled_trainer_leaves_no_process_behind(tiny_assets, tmp_path):
     assert not left, [p.cmdline() for p in left]
 
 
-SAVE_HELPER = '''
+SAVE_HELPER = """
 import os, signal, sys
 from sppo_megatron.models.dist_ckpt import _SaveHelper
 from sppo_megatron.platform.process import install_fork_hygiene
@@ -60,12 +60,18 @@ _SaveHelper.ensure()
 from megatron.core.dist_checkpointing.strategies import filesystem_async as fsa
 fsa._results_queue.put("ok")
 print("replaced", _SaveHelper.manager._process.pid != first.pid, fsa._results_queue.get(), flush=True)
-'''
+"""
 
 
 def test_save_helper_takes_sigterm_and_a_dead_one_is_replaced():
-    res = subprocess.run([sys.executable, "-c", SAVE_HELPER], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                         env={**os.environ, **ENV, "PYTHONPATH": ROOT})
+    res = subprocess.run(
+        [sys.executable, "-c", SAVE_HELPER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **ENV, "PYTHONPATH": ROOT},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"exitcode -{int(signal.SIGTERM)}" in res.stdout
     assert "replaced True ok" in res.stdout

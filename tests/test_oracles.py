@@ -27,8 +27,12 @@ MESSAGES = [PROMPTS[i // 4] for i in range(8)]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("oracles")
-    return {"reward_model": make_reward_model(root / "rm"), "pairwise": make_pairrm(root / "pairrm"),
-            "judge": make_judge(root / "judge"), "rm3": make_reward_model(root / "rm3", num_labels=3)}
+    return {
+        "reward_model": make_reward_model(root / "rm"),
+        "pairwise": make_pairrm(root / "pairrm"),
+        "judge": make_judge(root / "judge"),
+        "rm3": make_reward_model(root / "rm3", num_labels=3),
+    }
 
 
 def reward_cfg(**kw) -> RewardConfig:
@@ -69,8 +73,11 @@ def test_pairrm_matrix_equals_a_direct_forward(models):
     def logit(source, a, b):  # the model card's tokenize_pair, then the head by hand
         src = tok.encode("<|source|>" + source, max_length=64 - 2 * int(64 * 412 / 2048), truncation=True)
         budget = (64 - len(src)) // 2
-        ids = src + tok.encode("<|candidate1|>" + a, max_length=budget, truncation=True) \
+        ids = (
+            src
+            + tok.encode("<|candidate1|>" + a, max_length=budget, truncation=True)
             + tok.encode("<|candidate2|>" + b, max_length=budget, truncation=True)
+        )
         ids = torch.tensor([ids])
         with torch.no_grad():
             h = model.pretrained_model(input_ids=ids).last_hidden_state[0]
@@ -93,13 +100,16 @@ def test_pairrm_matrix_equals_a_direct_forward(models):
                 assert abs(got + rows[g * 4 + j][i] - 1) <= 1e-9
 
 
-@pytest.mark.parametrize("config_name,weights", [("ranker_config.json", "pytorch_model.bin"),
-                                                ("config.json", "model.safetensors")])
+@pytest.mark.parametrize(
+    "config_name,weights", [("ranker_config.json", "pytorch_model.bin"), ("config.json", "model.safetensors")]
+)
 def test_llm_blender_layout_scores_equal_the_pairrm_hf_layout(models, tmp_path, config_name, weights):
     blender = write_blender_layout(models["pairwise"], tmp_path / "blender", config_name, weights)
     assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == []
     cfg = dict(source="pairwise", max_length=64)
-    want, _ = build_oracle(reward_cfg(model_path=models["pairwise"], **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    want, _ = build_oracle(reward_cfg(model_path=models["pairwise"], **cfg), "matrix").score_groups(
+        MESSAGES, RESPONSES, 4
+    )
     got, _ = build_oracle(reward_cfg(model_path=blender, **cfg), "matrix").score_groups(MESSAGES, RESPONSES, 4)
     assert len({round(p, 6) for row in want for p in row}) > 4  # input-dependent preferences
     assert max(abs(g - w) for gr, wr in zip(got, want) for g, w in zip(gr, wr)) <= 1e-5
@@ -112,7 +122,8 @@ def test_llm_blender_layout_problems_are_one_line_each(models, tmp_path):
     ranker_file.write_text(json.dumps({**ranker, "ranker_type": "summareranker"}))
     assert oracle_problems(reward_cfg(source="pairwise", model_path=blender)) == [
         f"reward.model_path: {blender} is an llm-blender ranker of ranker_type 'summareranker', model_type 'deberta'; "
-        "reward.source=pairwise loads ranker_type 'pairranker' on a 'deberta' model_type (PairRM)"]
+        "reward.source=pairwise loads ranker_type 'pairranker' on a 'deberta' model_type (PairRM)"
+    ]
     ranker_file.write_text(json.dumps(ranker))
     (tmp_path / "blender" / "pytorch_model.bin").unlink()
     with pytest.raises(ConfigError, match="llm-blender layout.* has neither pytorch_model.bin nor model.safetensors"):
@@ -122,18 +133,28 @@ def test_llm_blender_layout_problems_are_one_line_each(models, tmp_path):
 def test_judge_probabilities_are_order_averaged_and_match_a_direct_forward(models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    oracle = build_oracle(reward_cfg(source="judge", model_path=models["judge"], judge_choices=["a", "b"],
-                                     judge_template="{prompt} . {response_a} ? {response_b} = "), "matrix")
+    oracle = build_oracle(
+        reward_cfg(
+            source="judge",
+            model_path=models["judge"],
+            judge_choices=["a", "b"],
+            judge_template="{prompt} . {response_a} ? {response_b} = ",
+        ),
+        "matrix",
+    )
     rows, _ = oracle.score_groups(MESSAGES, RESPONSES, 4)
     model = AutoModelForCausalLM.from_pretrained(models["judge"]).eval()
     tok = AutoTokenizer.from_pretrained(models["judge"])
     ids_ab = [tok.encode(w, add_special_tokens=False)[0] for w in ("a", "b")]
 
     def p_first(source, a, b):
-        text = tok.apply_chat_template([{"role": "user", "content": f"{source} . {a} ? {b} = "}], tokenize=False,
-                                       add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": f"{source} . {a} ? {b} = "}], tokenize=False, add_generation_prompt=True
+        )
         with torch.no_grad():
-            logits = model(input_ids=tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits[0, -1]
+            logits = model(input_ids=tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]).logits[
+                0, -1
+            ]
         return float(torch.softmax(logits[ids_ab], dim=-1)[0])
 
     for g in range(2):
@@ -165,10 +186,10 @@ def test_matrix_win_rates_follow_the_formula():
     targets, mask, metrics = compute_targets(rows, k, algo)
     p_hat = matrix_win_rates(rows, k)
     for b in range(2):
-        chosen = mask[b * k:(b + 1) * k].nonzero().flatten().tolist()
-        group = p_hat[b * k:(b + 1) * k]
+        chosen = mask[b * k : (b + 1) * k].nonzero().flatten().tolist()
+        group = p_hat[b * k : (b + 1) * k]
         assert chosen == sorted([int(group.argmax()), int(group.argmin())])
-        assert torch.allclose(targets[b * k:(b + 1) * k][chosen], 2.0 * (group[chosen] - 0.5))
+        assert torch.allclose(targets[b * k : (b + 1) * k][chosen], 2.0 * (group[chosen] - 0.5))
     assert torch.equal(sample_win_rates(rows, k, algo), p_hat)
 
 
@@ -180,19 +201,24 @@ def server():
 
 
 def test_remote_scores_and_matrices(server):
-    scores, _ = build_oracle(reward_cfg(source="remote", url=server.url), "pairwise").score_groups(MESSAGES, RESPONSES, 4)
+    scores, _ = build_oracle(reward_cfg(source="remote", url=server.url), "pairwise").score_groups(
+        MESSAGES, RESPONSES, 4
+    )
     assert scores == [float(len(r)) for r in RESPONSES]
     assert server.requests == 3  # batch_size 3: 8 samples in 3 requests
     rows, _ = build_oracle(reward_cfg(source="remote", url=server.url), "matrix").score_groups(MESSAGES, RESPONSES, 4)
     assert rows[0] == [0.5, 0.0, 0.0, 0.0] and rows[3] == [1.0, 1.0, 1.0, 0.5]
 
 
-@pytest.mark.parametrize("mode, timeout, message", [("500", 30, "HTTP status 500"), ("malformed", 30, "malformed JSON"),
-                                                    ("silent", 0.3, "no answer within 0.3s")])
+@pytest.mark.parametrize(
+    "mode, timeout, message",
+    [("500", 30, "HTTP status 500"), ("malformed", 30, "malformed JSON"), ("silent", 0.3, "no answer within 0.3s")],
+)
 def test_remote_failures_are_one_line_after_the_retries(server, mode, timeout, message):
     server.mode = mode
-    oracle = build_oracle(reward_cfg(source="remote", url=server.url, retries=2, backoff_s=0.01,
-                                     request_timeout_s=timeout), "pairwise")
+    oracle = build_oracle(
+        reward_cfg(source="remote", url=server.url, retries=2, backoff_s=0.01, request_timeout_s=timeout), "pairwise"
+    )
     with pytest.raises(UserError) as info:
         oracle.score_groups(MESSAGES[:2], RESPONSES[:2], 2)
     text = str(info.value)
@@ -203,12 +229,19 @@ def test_remote_failures_are_one_line_after_the_retries(server, mode, timeout, m
 def test_model_path_problems_are_one_line_each(models):
     assert oracle_problems(reward_cfg(source="reward_model", model_path=models["judge"])) == [
         f"reward.model_path: {models['judge']} is Qwen2ForCausalLM, not a sequence classifier (reward.source="
-        "reward_model needs an AutoModelForSequenceClassification checkpoint with one label)"]
+        "reward_model needs an AutoModelForSequenceClassification checkpoint with one label)"
+    ]
     assert oracle_problems(reward_cfg(source="reward_model", model_path=models["rm3"])) == [
-        f"reward.model_path: {models['rm3']} is a classifier with 3 labels; a reward model has exactly one (a scalar score)"]
-    assert "not a PairRM checkpoint" in oracle_problems(reward_cfg(source="pairwise", model_path=models["reward_model"]))[0]
+        f"reward.model_path: {models['rm3']} is a classifier with 3 labels; a reward model has exactly one (a scalar score)"
+    ]
+    assert (
+        "not a PairRM checkpoint"
+        in oracle_problems(reward_cfg(source="pairwise", model_path=models["reward_model"]))[0]
+    )
     assert "not a causal LM" in oracle_problems(reward_cfg(source="judge", model_path=models["pairwise"]))[0]
-    assert all(oracle_problems(reward_cfg(source=s, model_path=models[s])) == [] for s in ("reward_model", "pairwise", "judge"))
+    assert all(
+        oracle_problems(reward_cfg(source=s, model_path=models[s])) == [] for s in ("reward_model", "pairwise", "judge")
+    )
     with pytest.raises(ConfigError, match="3 labels"):
         build_oracle(reward_cfg(source="reward_model", model_path=models["rm3"]), "pairwise")
 
@@ -220,30 +253,47 @@ def config_problems(overrides):
 
 
 def test_config_rules_for_sources(run_files, models):
-    valid = ("valid combinations: rule -> pairwise | bradley_terry | batch_softmean; reward_model -> pairwise | "
-             "bradley_terry | batch_softmean; pairwise -> matrix; judge -> matrix; remote -> pairwise | bradley_terry "
-             "| batch_softmean | matrix")
+    valid = (
+        "valid combinations: rule -> pairwise | bradley_terry | batch_softmean; reward_model -> pairwise | "
+        "bradley_terry | batch_softmean; pairwise -> matrix; judge -> matrix; remote -> pairwise | bradley_terry "
+        "| batch_softmean | matrix"
+    )
     assert config_problems(run_files + ["reward.source=pairwise", f"reward.model_path={models['pairwise']}"]) == [
-        f"algorithm.preference=pairwise does not fit reward.source=pairwise; {valid}"]
+        f"algorithm.preference=pairwise does not fit reward.source=pairwise; {valid}"
+    ]
     assert config_problems(run_files + ["algorithm.preference=matrix"]) == [
-        f"algorithm.preference=matrix does not fit reward.source=rule; {valid}"]
+        f"algorithm.preference=matrix does not fit reward.source=rule; {valid}"
+    ]
     assert "reward.source" in config_problems(run_files + ["reward.source=oracle"])[0]
     assert config_problems(run_files + ["reward.source=judge", "algorithm.preference=matrix"]) == [
-        "reward.model_path: required for reward.source=judge (a Hugging Face model directory)"]
+        "reward.model_path: required for reward.source=judge (a Hugging Face model directory)"
+    ]
     assert config_problems(run_files + ["reward.source=remote"]) == [
-        "reward.url: required for reward.source=remote (an http:// or https:// endpoint)"]
+        "reward.url: required for reward.source=remote (an http:// or https:// endpoint)"
+    ]
     assert config_problems(run_files + ["reward.source=remote", "reward.url=ftp://x", "reward.custom_fn=f.py:g"]) == [
         "reward.url=ftp://x: must start with http:// or https://",
-        "reward.custom_fn: applies to reward.source=rule only (reward.source=remote)"]
-    cfg = load_config(None, run_files + ["reward.source=reward_model", f"reward.model_path={models['reward_model']}",
-                                         "algorithm.preference=bradley_terry"], world_size=1)
+        "reward.custom_fn: applies to reward.source=rule only (reward.source=remote)",
+    ]
+    cfg = load_config(
+        None,
+        run_files
+        + [
+            "reward.source=reward_model",
+            f"reward.model_path={models['reward_model']}",
+            "algorithm.preference=bradley_terry",
+        ],
+        world_size=1,
+    )
     assert cfg.reward.source == "reward_model"
 
 
 def test_preflight_rejects_a_multi_label_reward_model(run_files, models):
     from sppo_megatron.trainer.preflight import preflight
 
-    cfg = load_config(None, run_files + ["reward.source=reward_model", f"reward.model_path={models['rm3']}"], world_size=1)
+    cfg = load_config(
+        None, run_files + ["reward.source=reward_model", f"reward.model_path={models['rm3']}"], world_size=1
+    )
     with pytest.raises(ConfigError, match="classifier with 3 labels"):
         preflight(cfg)
 
@@ -261,8 +311,9 @@ def _score_on_two_ranks(path):
 
 
 def test_scoring_is_split_across_two_ranks_and_gathered_in_order(models):
-    single, _ = build_oracle(reward_cfg(source="pairwise", model_path=models["pairwise"], max_length=64),
-                             "matrix").score_groups(MESSAGES, RESPONSES, 4)
+    single, _ = build_oracle(
+        reward_cfg(source="pairwise", model_path=models["pairwise"], max_length=64), "matrix"
+    ).score_groups(MESSAGES, RESPONSES, 4)
     (rows0, seen0), (rows1, seen1) = run_ranks(_score_on_two_ranks, 2, models["pairwise"], timeout=240)
     assert seen0 == [12] and seen1 == [12]  # 2 prompts x 4 x 3 ordered pairs, half each
     for rows in (rows0, rows1):
@@ -280,12 +331,29 @@ def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule
     from sppo_megatron.testing.tiny import char_tokenizer
 
     records = tmp_path / "uf_train.jsonl"
-    records.write_text("\n".join(json.dumps({"instruction": q, "source": "evol", "completions": []})
-                                 for q in ("name a color", "what is 2 + 3 ?", "say hi")) + "\n")
+    records.write_text(
+        "\n".join(
+            json.dumps({"instruction": q, "source": "evol", "completions": []})
+            for q in ("name a color", "what is 2 + 3 ?", "say hi")
+        )
+        + "\n"
+    )
     (tmp_path / "uf_test.jsonl").write_text(json.dumps({"prompt": "a b c", "prompt_id": "x"}) + "\n")
     out = tmp_path / "uf"
-    done = subprocess.run([sys.executable, "tools/prepare_ultrafeedback.py", "--input", str(records),
-                           "--input", str(tmp_path / "uf_test.jsonl"), "--out", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "tools/prepare_ultrafeedback.py",
+            "--input",
+            str(records),
+            "--input",
+            str(tmp_path / "uf_test.jsonl"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     char_tokenizer().save_pretrained(str(tmp_path / "tok"))
     from transformers import AutoTokenizer
@@ -309,7 +377,9 @@ def test_sample_records_carry_messages_score_and_win_rate():
     items = [PromptItem([1], "p", "arith", "5", messages=PROMPTS[0])]
     samples = [RolloutSample(prompt_index=0, sample_index=i, response_ids=[3], finish_reason="stop") for i in range(2)]
     rollout = Rollout(items, 2, samples, ["5", "6"])
-    scalar = sample_records(rollout, torch.tensor([0.3, 1.2], dtype=torch.float64), AlgorithmConfig(preference="bradley_terry"))
+    scalar = sample_records(
+        rollout, torch.tensor([0.3, 1.2], dtype=torch.float64), AlgorithmConfig(preference="bradley_terry")
+    )
     assert [r["score"] for r in scalar] == [0.3, 1.2] and scalar[0]["messages"] == PROMPTS[0]
     assert scalar[0]["win_rate"] == pytest.approx(1 / (1 + math.exp(0.9)))
     rows = torch.tensor([[0.5, 0.2], [0.8, 0.5]], dtype=torch.float64)
@@ -319,8 +389,9 @@ def test_sample_records_carry_messages_score_and_win_rate():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("source, preference", [("reward_model", "bradley_terry"), ("pairwise", "matrix"),
-                                                ("judge", "matrix")])
+@pytest.mark.parametrize(
+    "source, preference", [("reward_model", "bradley_terry"), ("pairwise", "matrix"), ("judge", "matrix")]
+)
 def test_oracles_score_on_the_gpu_and_leave_it_after_the_phase(models, monkeypatch, source, preference):
     from sppo_megatron.reward.oracles import base
 

@@ -89,7 +89,14 @@ def _train(tp: int, pp: int, ckpt_dir: str, use_dist_opt: bool):
     config, model, ddp = _build(tp, pp, seed=11, load_dir=ckpt_dir, use_dist_opt=use_dist_opt)
     config.finalize_model_grads_func = finalize_model_grads
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, use_distributed_optimizer=use_dist_opt, params_dtype=torch.float32, clip_grad=1.0),
+        OptimizerConfig(
+            optimizer="adam",
+            lr=3e-3,
+            weight_decay=0.0,
+            use_distributed_optimizer=use_dist_opt,
+            params_dtype=torch.float32,
+            clip_grad=1.0,
+        ),
         [ddp],
     )
     dp = parallel_state.get_data_parallel_world_size()
@@ -146,8 +153,12 @@ def _train_layouts(layouts, ckpt_dir: str):
     return {layout: _train(layout[0], layout[1], ckpt_dir, layout[3]) for layout in layouts}
 
 
-LAYOUTS = {"tp2": (2, 1, 1, False), "pp2": (1, 2, 1, False), "dp2-distopt": (1, 1, 2, True),
-           "tp2pp2-distopt": (2, 2, 1, True)}
+LAYOUTS = {
+    "tp2": (2, 1, 1, False),
+    "pp2": (1, 2, 1, False),
+    "dp2-distopt": (1, 1, 2, True),
+    "tp2pp2-distopt": (2, 2, 1, True),
+}
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _start(mode: str, victim: int, timeout_s: float):
-    procs = launch_rank_processes([sys.executable, "-m", "tests.peer_rank", mode, str(victim), str(timeout_s)], 2,
-                                  env={**ENV, "PYTHONPATH": ROOT})
+    procs = launch_rank_processes(
+        [sys.executable, "-m", "tests.peer_rank", mode, str(victim), str(timeout_s)], 2, env={**ENV, "PYTHONPATH": ROOT}
+    )
     return procs
 
 

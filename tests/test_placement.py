@@ -29,12 +29,15 @@ def test_placement_rules_count_training_and_rollout_ranks():
     base = ["model.path=m", "data.train_files=[t.parquet]"]
     assert "rollout.num_ranks: placement=separate needs >= 1" in _problems(base + ["rollout.placement=separate"], 4)
     assert "only with rollout.placement=separate" in _problems(base + ["rollout.num_ranks=2"], 4)
-    assert "rollout.off_policy_steps=1: needs rollout.placement=separate" in _problems(base + ["rollout.off_policy_steps=1"], 4)
+    assert "rollout.off_policy_steps=1: needs rollout.placement=separate" in _problems(
+        base + ["rollout.off_policy_steps=1"], 4
+    )
     assert "leaves no training rank" in _problems(base + SEPARATE, 2)
     line = _problems(base + SEPARATE + ["parallel.tp=2"], 5)
     assert "does not divide the 3 training ranks (world size 5 - rollout.num_ranks=2)" in line
-    cfg = load_config(None, base + SEPARATE + ["parallel.tp=2", "rollout.off_policy_steps=1"], world_size=4,
-                      check_paths=False)
+    cfg = load_config(
+        None, base + SEPARATE + ["parallel.tp=2", "rollout.off_policy_steps=1"], world_size=4, check_paths=False
+    )
     assert (cfg.rollout.placement, cfg.rollout.num_ranks, cfg.rollout.off_policy_steps) == ("separate", 2, 1)
 
 
@@ -83,8 +86,12 @@ def _split_job():
 
 def test_split_job_trains_on_its_own_ranks_and_carries_rollout_failures():
     results = run_ranks(_split_job, 4, timeout=180)
-    assert results == [(0, "no samples for 1 prompts", 2), (1, "no samples for 1 prompts", 2),
-                       (2, None, False), (3, None, False)]
+    assert results == [
+        (0, "no samples for 1 prompts", 2),
+        (1, "no samples for 1 prompts", 2),
+        (2, None, False),
+        (3, None, False),
+    ]
 
 
 def _samples(out):
@@ -114,9 +121,17 @@ def test_separate_placement_reproduces_colocated_run(tiny_assets, tmp_path):
 
 
 def test_off_policy_overlaps_generation_with_training_and_resumes_exactly(tiny_assets, tmp_path):
-    common = base_overrides(tiny_assets, "") + SEPARATE + [
-        "rollout.off_policy_steps=1", "trainer.total_steps=4", "trainer.save_freq=2", "trainer.test_freq=2",
-        "trainer.val_before_train=false"]  # validation at step 2 runs while batch 3 is in flight
+    common = (
+        base_overrides(tiny_assets, "")
+        + SEPARATE
+        + [
+            "rollout.off_policy_steps=1",
+            "trainer.total_steps=4",
+            "trainer.save_freq=2",
+            "trainer.test_freq=2",
+            "trainer.val_before_train=false",
+        ]
+    )  # validation at step 2 runs while batch 3 is in flight
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     train([*common, f"trainer.output_dir={full}"], nproc=4, timeout=400)
     a = by_step(full)
@@ -150,7 +165,9 @@ def test_off_policy_overlaps_generation_with_training_and_resumes_exactly(tiny_a
     shutil.rmtree(os.path.join(split, "checkpoints", "step_4"))
     with open(os.path.join(split, "checkpoints", "latest"), "w", encoding="utf-8") as fh:
         fh.write("step_2\n")
-    colocated = [o for o in common if not o.startswith(("rollout.placement", "rollout.num_ranks", "rollout.off_policy"))]
+    colocated = [
+        o for o in common if not o.startswith(("rollout.placement", "rollout.num_ranks", "rollout.off_policy"))
+    ]
     refused = train([*colocated, f"trainer.output_dir={split}"], check=False)
     assert refused.returncode == 2
     assert "holds the batch of step 3 in flight" in refused.stderr and "rollout.placement=separate" in refused.stderr

@@ -12,16 +12,36 @@ from tests.multirank import run_ranks
 
 
 def test_torchrun_variables_win():
-    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "n1",
-           "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "n1",
+        "MASTER_PORT": "1234",
+        "SLURM_PROCID": "0",
+        "SLURM_STEP_NUM_TASKS": "4",
+    }
     info = detect_launch(env)
     assert (info.launcher, info.rank, info.world_size, info.local_rank, info.master_addr, info.master_port) == (
-        "torchrun", 3, 8, 1, "n1", 1234)
+        "torchrun",
+        3,
+        8,
+        1,
+        "n1",
+        1234,
+    )
 
 
 def test_srun_step_without_torchrun():
-    env = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "5",
-           "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_JOB_ID": "4242"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "16",
+        "SLURM_LOCALID": "5",
+        "SLURM_STEP_NODELIST": "gpu[007-008]",
+        "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
+        "SLURM_JOB_ID": "4242",
+    }
     info = detect_launch(env)
     assert (info.launcher, info.rank, info.world_size, info.local_rank, info.local_world_size) == ("slurm", 5, 16, 5, 8)
     assert info.master_addr == "gpu007" and info.master_port == 20000 + 4242
@@ -32,8 +52,10 @@ def test_slurm_batch_script_is_a_single_process():
     assert (info.launcher, info.world_size) == ("single", 1)
 
 
-@pytest.mark.parametrize("nodelist,first", [("node1", "node1"), ("gpu[003-005,9]", "gpu003"),
-                                            ("a[10,12],b[1-2]", "a10"), ("host-01,host-02", "host-01")])
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [("node1", "node1"), ("gpu[003-005,9]", "gpu003"), ("a[10,12],b[1-2]", "a10"), ("host-01,host-02", "host-01")],
+)
 def test_first_slurm_host(nodelist, first):
     assert first_slurm_host(nodelist) == first
 
@@ -132,7 +154,10 @@ def test_reward_workers_do_not_import_torch():
     import sys
 
     code = "import sys, sppo_megatron.reward.worker_main; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_single_rank_collective_is_skipped_only_when_it_is_an_identity(monkeypatch):

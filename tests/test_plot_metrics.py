@@ -13,21 +13,54 @@ TOOL = os.path.join(ROOT, "tools", "plot_metrics.py")
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import plot_metrics  # noqa: E402
 
-TITLES = ["Held-out accuracy (greedy)", "Training reward", "SPPO loss", "Gradient norm", "SPPO targets vs log-ratios",
-          "Prompts without signal / clipped responses", "Time per step, by phase", "Throughput (rollout + training)"]
+TITLES = [
+    "Held-out accuracy (greedy)",
+    "Training reward",
+    "SPPO loss",
+    "Gradient norm",
+    "SPPO targets vs log-ratios",
+    "Prompts without signal / clipped responses",
+    "Time per step, by phase",
+    "Throughput (rollout + training)",
+]
 
 
 def _records(steps=60):
-    rows = [{"step": 0, "val/accuracy": 0.5, "val/accuracy/arith": 0.5, "val/accuracy/gsm8k": 0.25, "timing/val_s": 0.3}]
+    rows = [
+        {"step": 0, "val/accuracy": 0.5, "val/accuracy/arith": 0.5, "val/accuracy/gsm8k": 0.25, "timing/val_s": 0.3}
+    ]
     for step in range(1, steps + 1):
-        row = {"step": step, "reward/mean": 0.5 + 0.005 * step + 0.05 * math.sin(step), "train/loss": 0.04 / (1 + 0.01 * step),
-               "train/grad_norm": 20.0 + step % 7, "sppo/win_rate_mean": 0.5, "sppo/target_std": 0.2, "sppo/log_ratio_mean": 0.001,
-               "sppo/no_signal_frac": 0.2 + 0.005 * step, "response/clip_frac": 0.0, "timing/sync_s": 0.01,
-               "timing/gen_s": 0.05, "timing/reward_s": 0.001, "timing/old_logp_s": 0.1, "timing/update_s": 0.2,
-               "timing/step_s": 0.5, "perf/tokens_per_s": 6000.0 + step, "val/accuracy": None}
+        row = {
+            "step": step,
+            "reward/mean": 0.5 + 0.005 * step + 0.05 * math.sin(step),
+            "train/loss": 0.04 / (1 + 0.01 * step),
+            "train/grad_norm": 20.0 + step % 7,
+            "sppo/win_rate_mean": 0.5,
+            "sppo/target_std": 0.2,
+            "sppo/log_ratio_mean": 0.001,
+            "sppo/no_signal_frac": 0.2 + 0.005 * step,
+            "response/clip_frac": 0.0,
+            "timing/sync_s": 0.01,
+            "timing/gen_s": 0.05,
+            "timing/reward_s": 0.001,
+            "timing/old_logp_s": 0.1,
+            "timing/update_s": 0.2,
+            "timing/step_s": 0.5,
+            "perf/tokens_per_s": 6000.0 + step,
+            "val/accuracy": None,
+        }
         if step % 20 == 0:
-            row.update({"val/accuracy": 0.5 + step / 200, "val/accuracy/arith": 0.6, "val/accuracy/gsm8k": 0.3,
-                        "timing/val_sync_s": 0.01, "timing/val_s": 0.05, "timing/save_s": 0.4, "timing/step_s": 0.96})
+            row.update(
+                {
+                    "val/accuracy": 0.5 + step / 200,
+                    "val/accuracy/arith": 0.6,
+                    "val/accuracy/gsm8k": 0.3,
+                    "timing/val_sync_s": 0.01,
+                    "timing/val_s": 0.05,
+                    "timing/save_s": 0.4,
+                    "timing/step_s": 0.96,
+                }
+            )
         rows.append(row)
     return rows
 
@@ -88,8 +121,16 @@ def test_what_moves_instead_of_the_win_rate(dashboard):
 def test_phase_times_are_stacked_per_step_with_old_logprobs(dashboard):
     fig, panels = dashboard
     phases = panels["Time per step, by phase"].drawn
-    assert list(phases) == ["weight sync", "generation", "reward", "old log-probs", "update", "validation",
-                            "checkpoint", "other"]
+    assert list(phases) == [
+        "weight sync",
+        "generation",
+        "reward",
+        "old log-probs",
+        "update",
+        "validation",
+        "checkpoint",
+        "other",
+    ]
     assert phases["old log-probs"][1][0] == 0.1
     assert phases["validation"][1][19] == pytest.approx(0.06) and phases["checkpoint"][1][19] == 0.4
     totals = [sum(values[i] for _, values in phases.values()) for i in range(60)]

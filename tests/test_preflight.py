@@ -42,16 +42,32 @@ def prompts(tmp_path_factory):
     import pandas as pd
 
     path = tmp_path_factory.mktemp("prompts") / "train.parquet"
-    pd.DataFrame({"prompt": [[{"role": "user", "content": "1+1="}]], "data_source": ["arith"], "ability": ["math"],
-                  "reward_model": [{"style": "rule", "ground_truth": "2"}], "extra_info": [{"index": 0}]}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "prompt": [[{"role": "user", "content": "1+1="}]],
+            "data_source": ["arith"],
+            "ability": ["math"],
+            "reward_model": [{"style": "rule", "ground_truth": "2"}],
+            "extra_info": [{"index": 0}],
+        }
+    ).to_parquet(path)
     return path
 
 
 @pytest.fixture
 def make_cfg(tmp_path, prompts):
     def make(*overrides):
-        return load_config(None, [f"trainer.output_dir={tmp_path / 'run'}", "rollout.engine=hf",
-                                  f"data.train_files=[{prompts}]", *overrides], world_size=1)
+        return load_config(
+            None,
+            [
+                f"trainer.output_dir={tmp_path / 'run'}",
+                "rollout.engine=hf",
+                f"data.train_files=[{prompts}]",
+                *overrides,
+            ],
+            world_size=1,
+        )
+
     return make
 
 
@@ -67,9 +83,19 @@ def test_a_usable_config_passes(tmp_path, hf_dir, make_cfg):
 
 def test_expert_parallel_size_must_fit_the_model(tmp_path, hf_dir, prompts):
     def cfg(model, ep):
-        return load_config(None, [f"trainer.output_dir={tmp_path / 'run'}", "rollout.engine=hf", f"data.train_files=[{prompts}]",
-                                  f"model.path={model}", f"parallel.ep={ep}", "rollout.n=3", "train.micro_batch_size=1"],
-                           world_size=ep)
+        return load_config(
+            None,
+            [
+                f"trainer.output_dir={tmp_path / 'run'}",
+                "rollout.engine=hf",
+                f"data.train_files=[{prompts}]",
+                f"model.path={model}",
+                f"parallel.ep={ep}",
+                "rollout.n=3",
+                "train.micro_batch_size=1",
+            ],
+            world_size=ep,
+        )
 
     moe = make_tiny_hf_model("qwen3-moe", tmp_path / "qwen3-moe")  # 4 experts
     assert _problems(cfg(moe, 3)) == ["parallel.ep=3 must divide the 4 experts of this qwen3_moe model"]
@@ -80,13 +106,17 @@ def test_expert_parallel_size_must_fit_the_model(tmp_path, hf_dir, prompts):
 def test_missing_logger_package_is_named(tmp_path, hf_dir, make_cfg, monkeypatch):
     monkeypatch.setitem(preflight_module.LOGGER_PACKAGES, "tensorboard", "no_such_package_sppo")
     problems = _problems(make_cfg(f"model.path={hf_dir}", "trainer.logger=[console,tensorboard]"))
-    assert problems == ["trainer.logger=tensorboard: the no_such_package_sppo package is not installed "
-                        "(pip install no_such_package_sppo, or pip install -e '.[logging]'; or drop it from trainer.logger)"]
+    assert problems == [
+        "trainer.logger=tensorboard: the no_such_package_sppo package is not installed "
+        "(pip install no_such_package_sppo, or pip install -e '.[logging]'; or drop it from trainer.logger)"
+    ]
 
 
 def test_checkpoint_kinds(tmp_path, hf_dir, make_cfg):
     problems = _problems(make_cfg(f"model.path={hf_dir}", f"model.megatron_ckpt={hf_dir}"))
-    assert problems == [f"model.megatron_ckpt: {hf_dir} is not a megatron-core dist checkpoint (no metadata.json / .metadata)"]
+    assert problems == [
+        f"model.megatron_ckpt: {hf_dir} is not a megatron-core dist checkpoint (no metadata.json / .metadata)"
+    ]
     other = _fake_dist_ckpt(tmp_path / "other", model_type="qwen2", hidden_size=4096)
     problems = _problems(make_cfg(f"model.path={hf_dir}", f"model.megatron_ckpt={other}"))
     assert len(problems) == 1 and "was written for hidden_size=4096" in problems[0]
@@ -152,12 +182,27 @@ def test_sppo_train_reports_before_building_anything(tmp_path, hf_dir, prompts):
     """Under torchrun, every problem at once, exit 2, nothing written: no model or engine was built."""
     out = tmp_path / "run"
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "sppo_megatron.train", f"model.path={hf_dir}", f"trainer.output_dir={out}",
-                          f"data.train_files=[{prompts}]",
-                          "rollout.engine=sglang", "model.megatron_ckpt=" + str(hf_dir)],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sppo_megatron.train",
+            f"model.path={hf_dir}",
+            f"trainer.output_dir={out}",
+            f"data.train_files=[{prompts}]",
+            "rollout.engine=sglang",
+            "model.megatron_ckpt=" + str(hf_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("sppo-train: error:")]
-    assert [e.split(":")[2].strip() for e in errors] == ["rollout.engine=sglang but sglang is not installed", "model.megatron_ckpt"], errors
+    assert [e.split(":")[2].strip() for e in errors] == [
+        "rollout.engine=sglang but sglang is not installed",
+        "model.megatron_ckpt",
+    ], errors
     assert "Traceback" not in res.stderr and not out.exists()
     assert time.monotonic() - start < 60

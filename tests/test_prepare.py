@@ -23,30 +23,37 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ---------------------------------------------------------------- boxed answers
 
-@pytest.mark.parametrize("text, boxed", [
-    ("so $\\boxed{\\frac{1}{\\sqrt{2}}}$.", "\\boxed{\\frac{1}{\\sqrt{2}}}"),
-    ("first \\boxed{1} then \\boxed{2}", "\\boxed{2}"),
-    ("\\boxed{a} and \\fbox{b}", "\\boxed{a}"),
-    ("only \\fbox{x^{2}} here", "\\fbox{x^{2}}"),
-    ("answer $\\boxed 5$ done", "\\boxed 5"),
-    ("spaced \\boxed {7}", "\\boxed {7}"),
-    ("unclosed \\boxed{1 + {2}", None),
-    ("\\boxed{1} and unclosed \\boxed{2", None),
-    ("no box at all", None),
-    ("\\boxed", None),
-    ("trailing \\boxed ", None),
-])
+
+@pytest.mark.parametrize(
+    "text, boxed",
+    [
+        ("so $\\boxed{\\frac{1}{\\sqrt{2}}}$.", "\\boxed{\\frac{1}{\\sqrt{2}}}"),
+        ("first \\boxed{1} then \\boxed{2}", "\\boxed{2}"),
+        ("\\boxed{a} and \\fbox{b}", "\\boxed{a}"),
+        ("only \\fbox{x^{2}} here", "\\fbox{x^{2}}"),
+        ("answer $\\boxed 5$ done", "\\boxed 5"),
+        ("spaced \\boxed {7}", "\\boxed {7}"),
+        ("unclosed \\boxed{1 + {2}", None),
+        ("\\boxed{1} and unclosed \\boxed{2", None),
+        ("no box at all", None),
+        ("\\boxed", None),
+        ("trailing \\boxed ", None),
+    ],
+)
 def test_last_boxed_only_string(text, boxed):
     assert last_boxed_only_string(text) == boxed
 
 
-@pytest.mark.parametrize("boxed, content", [
-    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-    ("\\fbox{x^{2}}", "x^{2}"),
-    ("\\boxed 5", "5"),
-    ("\\boxed {7}", "7"),
-    ("\\boxed{}", ""),
-])
+@pytest.mark.parametrize(
+    "boxed, content",
+    [
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\fbox{x^{2}}", "x^{2}"),
+        ("\\boxed 5", "5"),
+        ("\\boxed {7}", "7"),
+        ("\\boxed{}", ""),
+    ],
+)
 def test_remove_boxed(boxed, content):
     assert remove_boxed(boxed) == content
 
@@ -57,8 +64,10 @@ def test_remove_boxed_rejects_other_strings():
 
 
 def test_ground_truths():
-    assert math_ground_truth("We get $x = \\boxed{\\{1, 2\\}}$ and $\\boxed{\\dfrac{3}{\\sqrt{4}}}$.") \
+    assert (
+        math_ground_truth("We get $x = \\boxed{\\{1, 2\\}}$ and $\\boxed{\\dfrac{3}{\\sqrt{4}}}$.")
         == "\\dfrac{3}{\\sqrt{4}}"
+    )
     assert math_ground_truth("no answer") is None
     assert gsm8k_ground_truth("She pays 1,000 + 234.\n#### 1,234") == "1234"
     assert gsm8k_ground_truth("no marker 5") is None
@@ -67,9 +76,14 @@ def test_ground_truths():
 
 # ---------------------------------------------------------------- files
 
+
 def math_record(i, answer="\\frac{1}{2}"):
-    return {"problem": f"Problem {i}?", "solution": f"Work. So \\boxed{{{answer}}}.", "level": "Level 2",
-            "type": "Algebra"}
+    return {
+        "problem": f"Problem {i}?",
+        "solution": f"Work. So \\boxed{{{answer}}}.",
+        "level": "Level 2",
+        "type": "Algebra",
+    }
 
 
 def write_jsonl(path, records):
@@ -84,8 +98,10 @@ def read(path):
 
 
 def test_math_named_splits_schema_and_nested_braces(tmp_path):
-    train = write_jsonl(tmp_path / "math_train.jsonl",
-                        [math_record(0, "x^{2}+\\frac{a}{b}"), math_record(1), {**math_record(2), "solution": "none"}])
+    train = write_jsonl(
+        tmp_path / "math_train.jsonl",
+        [math_record(0, "x^{2}+\\frac{a}{b}"), math_record(1), {**math_record(2), "solution": "none"}],
+    )
     test = write_jsonl(tmp_path / "math_test.jsonl", [math_record(3, "\\sqrt{\\frac{1}{3}}")])
     counts = prepare(RECIPES["math"], [train, test], str(tmp_path / "out"))
     assert counts == {"train": 2, "test": 1}
@@ -111,8 +127,11 @@ def test_math_directory_layout_of_single_json_objects(tmp_path):
             d.mkdir(parents=True, exist_ok=True)
             (d / f"{i}.json").write_text(json.dumps(math_record(i, f"{split}{i}")))
     prepare(RECIPES["math"], [str(root / "train"), str(root / "test")], str(tmp_path / "out"))
-    assert [r["reward_model"]["ground_truth"] for r in read(tmp_path / "out" / "train.parquet")] \
-        == ["train0", "train1", "train2"]
+    assert [r["reward_model"]["ground_truth"] for r in read(tmp_path / "out" / "train.parquet")] == [
+        "train0",
+        "train1",
+        "train2",
+    ]
     assert len(read(tmp_path / "out" / "test.parquet")) == 2
 
 
@@ -171,12 +190,27 @@ def test_record_errors_name_the_file_and_record(tmp_path):
 def test_cli(tmp_path):
     src = write_jsonl(tmp_path / "src" / "train.jsonl", [{"question": "Q?", "answer": "#### 3"}] * 4)
     tool = os.path.join(REPO, "tools", "prepare_gsm8k.py")
-    ok = subprocess.run([sys.executable, tool, "--input", src, "--out", str(tmp_path / "out"), "--test-size", "1"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, tool, "--input", src, "--out", str(tmp_path / "out"), "--test-size", "1"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "train.parquet: 3 rows" in ok.stdout
-    bad = subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_math.py"), "--input", src,
-                          "--out", str(tmp_path / "out2"), "--test-size", "1"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "prepare_math.py"),
+            "--input",
+            src,
+            "--out",
+            str(tmp_path / "out2"),
+            "--test-size",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.startswith("prepare_math.py: error: ") and "record 0: missing text field 'problem'" in bad.stderr
 
@@ -204,8 +238,11 @@ def test_hub_tries_ids_in_order(tmp_path, monkeypatch):
     assert calls == [("DigitalLearningGmbH/MATH-lighteval", None), ("hendrycks/competition_math", None)]
     assert read(tmp_path / "m" / "test.parquet")[0]["reward_model"]["ground_truth"] == "7"
     calls.clear()
-    monkeypatch.setattr(datasets, "load_dataset", lambda h, c=None: calls.append((h, c)) or
-                        {"train": FakeSplit([{"question": "Q", "answer": "#### 5"}] * 3)})
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda h, c=None: calls.append((h, c)) or {"train": FakeSplit([{"question": "Q", "answer": "#### 5"}] * 3)},
+    )
     prepare(RECIPES["gsm8k"], [], str(tmp_path / "g"), test_size=1, hub="openai/gsm8k")
     assert calls == [("openai/gsm8k", "main")]
     assert len(read(tmp_path / "g" / "train.parquet")) == 2

@@ -30,18 +30,16 @@ from sppo_megatron.config.loader import all_keys, load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIVATE = "source .venv/bin/activate"
 DEMO = "bash examples/tiny_cpu/run.sh trainer.total_steps=3"
-EVAL = ("sppo-eval --model outputs/tiny_cpu/hf --data outputs/tiny_cpu/assets/data/test.parquet "
-        "data.max_response_length=6")
+EVAL = (
+    "sppo-eval --model outputs/tiny_cpu/hf --data outputs/tiny_cpu/assets/data/test.parquet data.max_response_length=6"
+)
 PLOT = "python tools/plot_metrics.py outputs/tiny_cpu"
 RUN = [ACTIVATE, DEMO, EVAL, PLOT]
 
 NOT_RUN = {
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh":
-        "installs packages; the demo script runs above with 3 steps instead of 150",
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && .venv/bin/python -m pytest -q":
-        "installs packages and runs this suite",
-    "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json":
-        "needs the 7B run (GPU)",
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh": "installs packages; the demo script runs above with 3 steps instead of 150",
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
+    "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json": "needs the 7B run (GPU)",
     "pip install torch": "installer (CUDA build)",
     "bash examples/tiny_cpu_rm/run.sh": "minutes of compute (trains a reward model, then 100 SPPO steps)",
     "python tools/prepare_ultrafeedback.py --hub --out data/ultrafeedback --test-size 1000": "downloads from the hub",
@@ -68,8 +66,11 @@ NOT_RUN = {
     ".venv/bin/python -m sppo_megatron.config.reference": "rewrites tracked files (test_config checks they are current)",
 }
 
-CLI_MODULES = {"sppo-train": "sppo_megatron.cli.train", "sppo-eval": "sppo_megatron.cli.eval",
-               "sppo-convert": "sppo_megatron.cli.convert"}
+CLI_MODULES = {
+    "sppo-train": "sppo_megatron.cli.train",
+    "sppo-eval": "sppo_megatron.cli.eval",
+    "sppo-convert": "sppo_megatron.cli.convert",
+}
 
 
 def readme_commands() -> List[str]:
@@ -90,6 +91,7 @@ def test_every_readme_command_is_covered():
 
 
 # --- commands run as written --------------------------------------------------------------
+
 
 def _venv_bin(bin_dir: str) -> None:
     """.venv/bin of the scratch checkout: python and the console scripts run this interpreter
@@ -119,8 +121,9 @@ def checkout(tmp_path_factory):
 
 
 def _shell(root, env: Dict[str, str], command: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f"{ACTIVATE} && {command}"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", f"{ACTIVATE} && {command}"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_demo_command(checkout):
@@ -161,10 +164,16 @@ def test_plot_command(checkout):
 
 # --- commands checked without running ------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def _help_text(argv: Tuple[str, ...]) -> str:
-    res = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [*argv, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, f"{' '.join(argv)} --help: {res.stderr[-2000:]}"
     return res.stdout
 
@@ -188,18 +197,19 @@ def _check_part(tokens: List[str]) -> None:
     prog, args = tokens[0], tokens[1:]
     if prog in CLI_MODULES:
         sub = [args[0]] if prog == "sppo-convert" else []
-        _check_args([sys.executable, "-m", CLI_MODULES[prog], *sub], args[len(sub):])
+        _check_args([sys.executable, "-m", CLI_MODULES[prog], *sub], args[len(sub) :])
     elif prog == "torchrun":
         split = args.index("-m")
         _check_args([sys.executable, "-m", "torch.distributed.run"], args[:split])
         assert args[split + 1] == "sppo_megatron.train"
-        _check_args([sys.executable, "-m", CLI_MODULES["sppo-train"]], args[split + 2:])
+        _check_args([sys.executable, "-m", CLI_MODULES["sppo-train"]], args[split + 2 :])
     elif prog == "bash":
         script = os.path.join(ROOT, args[0])
         assert subprocess.run(["bash", "-n", script]).returncode == 0, script
         if args[0] == "examples/qwen2.5-7b-math/run.sh":  # the recipe's config is valid (paths aside)
-            load_config(os.path.join(ROOT, "examples/qwen2.5-7b-math/config.yaml"), args[1:], world_size=4,
-                        check_paths=False)
+            load_config(
+                os.path.join(ROOT, "examples/qwen2.5-7b-math/config.yaml"), args[1:], world_size=4, check_paths=False
+            )
     elif prog.endswith("pip"):
         assert args[0] == "install"
         if args[1] == "-r":

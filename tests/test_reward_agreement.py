@@ -44,9 +44,11 @@ def test_fast_path_has_no_false_positives_against_math_verify():
     fast, reference, undecided = _verdicts(items)
     false_pos = [pair for pair, v in fast.items() if v == 1.0 and reference[pair] == 0.0]
     false_neg = [pair for pair, v in fast.items() if v == 0.0 and reference[pair] == 1.0]
-    print(f"\n{len(items)} pairs ({len(fast) + undecided} distinct): {len(fast)} decided by the fast "
-          f"path, {undecided} left to math-verify; fast 1 / math-verify 0: {len(false_pos)}, "
-          f"fast 0 / math-verify 1: {len(false_neg)}")
+    print(
+        f"\n{len(items)} pairs ({len(fast) + undecided} distinct): {len(fast)} decided by the fast "
+        f"path, {undecided} left to math-verify; fast 1 / math-verify 0: {len(false_pos)}, "
+        f"fast 0 / math-verify 1: {len(false_neg)}"
+    )
     for answer, gold in false_neg[:20]:
         print(f"  fast 0, math-verify 1: answer {answer!r}, gold {gold!r}")
     assert not false_pos, false_pos[:20]

@@ -58,17 +58,21 @@ def test_fewer_keywords_in_any_order(reward_file):
 def test_verl_signature_through_the_worker_pool(reward_file):
     cfg = SimpleNamespace(custom_fn=f"{reward_file}:compute_score", timeout_s=10.0, num_workers=1)
     with RewardScorer(cfg) as scorer:
-        scores, stats = scorer.score(["math", "double", "math"], ["4", "4", "3"], ["4", "4", "4"],
-                                     [None, {"bonus": 1}, None])
+        scores, stats = scorer.score(
+            ["math", "double", "math"], ["4", "4", "3"], ["4", "4", "4"], [None, {"bonus": 1}, None]
+        )
     assert stats["errors"] == 0, stats.get("first_error")
     assert scores == [1.0, 3.0, 0.0]
 
 
-@pytest.mark.parametrize("name,message", [
-    ("positional", "'solution_str' is positional-only"),
-    ("foreign", "'response' is not one of verl's compute_score keywords"),
-    ("no_response", "takes no solution_str"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("positional", "'solution_str' is positional-only"),
+        ("foreign", "'response' is not one of verl's compute_score keywords"),
+        ("no_response", "takes no solution_str"),
+    ],
+)
 def test_signatures_verl_cannot_fill_are_refused_when_loading(reward_file, name, message):
     with pytest.raises(UserError, match=message) as info:
         load_custom_fn(f"{reward_file}:{name}")

@@ -17,7 +17,7 @@ from tests.tiny_run import base_overrides, read_metrics, train
 
 pytestmark = pytest.mark.timeout(900)  # includes building the tiny assets when first
 
-REWARDS = '''
+REWARDS = """
 import os, time
 def boom(solution_str, ground_truth):
     raise ValueError("boom\\nsecond line")
@@ -27,7 +27,7 @@ def exits(solution_str, ground_truth):
     os._exit(3)
 def hangs(solution_str, ground_truth):
     time.sleep(3600)
-'''
+"""
 
 
 @pytest.fixture
@@ -38,8 +38,11 @@ def rewards(tmp_path):
 
 
 def test_each_kind_of_failure_is_counted_with_its_message(rewards):
-    expected = {"boom": "ValueError: boom", "not_a_number": "could not convert string to float: 'many'",
-                "exits": "reward worker exited unexpectedly (exit code 3)"}
+    expected = {
+        "boom": "ValueError: boom",
+        "not_a_number": "could not convert string to float: 'many'",
+        "exits": "reward worker exited unexpectedly (exit code 3)",
+    }
     for name, message in expected.items():
         with RewardScorer(RewardConfig(custom_fn=f"{rewards}:{name}", timeout_s=30, num_workers=1)) as scorer:
             scores, stats = scorer.score(["x"], ["a"], ["1"])
@@ -51,8 +54,9 @@ def test_a_scorer_without_time_limit_is_cut_short_by_preemption(rewards):
     signalled = threading.Event()
     threading.Timer(1.0, signalled.set).start()
     start = time.monotonic()
-    with RewardScorer(RewardConfig(custom_fn=f"{rewards}:hangs", timeout_s=0, num_workers=2),
-                      interrupted=signalled.is_set) as scorer:
+    with RewardScorer(
+        RewardConfig(custom_fn=f"{rewards}:hangs", timeout_s=0, num_workers=2), interrupted=signalled.is_set
+    ) as scorer:
         scores, stats = scorer.score(["x"] * 3, ["a"] * 3, ["1"] * 3)
     assert time.monotonic() - start < 30
     assert scores == [0.0] * 3 and stats["timeouts"] == 3
@@ -72,9 +76,17 @@ def test_guard_warns_then_stops_and_a_good_step_resets_it(capsys):
 
 
 def test_a_raising_reward_stops_the_run_with_exit_1(tiny_assets, tmp_path, rewards):
-    res = train(base_overrides(tiny_assets, str(tmp_path / "run"))
-                + ["trainer.total_steps=5", "trainer.val_before_train=false", "trainer.test_freq=0",
-                   "reward.max_bad_steps=2", f"reward.custom_fn={rewards}:boom"], check=False)
+    res = train(
+        base_overrides(tiny_assets, str(tmp_path / "run"))
+        + [
+            "trainer.total_steps=5",
+            "trainer.val_before_train=false",
+            "trainer.test_freq=0",
+            "reward.max_bad_steps=2",
+            f"reward.custom_fn={rewards}:boom",
+        ],
+        check=False,
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     warnings = [line for line in res.stderr.splitlines() if "WARNING" in line]

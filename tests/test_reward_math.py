@@ -119,18 +119,46 @@ def test_fast_path_decides_common_forms_without_math_verify():
 # Each of these was accepted by an earlier fast path although math-verify (rightly) rejects it
 # (issue 13): letters after a number are variables, not units; "10, 200" is a list.
 NOT_EQUAL_ANY_MORE = [
-    ("5", "5 x"), ("5 x", "5"), ("5", "5 x^2"), ("3", "3 n"), ("x+2", "x + 2 y"), ("10200", "10, 200"),
-    ("32349", "32, 349"), ("12", "1{,}2"), ("2852", "2852."), ("12", "\\frac612"), ("389\\text{ mg}", "389\\ mg"),
-    ("61 \\text{cm^2}", "61cm^2"), ("\\{1,2\\}", "\\lbrace 1, 2 \\rbrace"), ("4\\,n", "4~n"),
-    ("x = 3", "y = 3"), ("512", "2^3^2"), ("1", "0.9999999999"), ("1", "0.99999999999999999"), ("x\\%", "x"),
-    ("12.5\\%", "12.5"), ("\\sin 2x", "x\\sin 2"), ("\\ln 3x", "x\\ln 3"), ("\\sin x y", "y \\sin x"),
-    ("\\sin \\pi x", "x\\sin\\pi"), ("\\log_{2} 3x", "x\\log_2 3"),
+    ("5", "5 x"),
+    ("5 x", "5"),
+    ("5", "5 x^2"),
+    ("3", "3 n"),
+    ("x+2", "x + 2 y"),
+    ("10200", "10, 200"),
+    ("32349", "32, 349"),
+    ("12", "1{,}2"),
+    ("2852", "2852."),
+    ("12", "\\frac612"),
+    ("389\\text{ mg}", "389\\ mg"),
+    ("61 \\text{cm^2}", "61cm^2"),
+    ("\\{1,2\\}", "\\lbrace 1, 2 \\rbrace"),
+    ("4\\,n", "4~n"),
+    ("x = 3", "y = 3"),
+    ("512", "2^3^2"),
+    ("1", "0.9999999999"),
+    ("1", "0.99999999999999999"),
+    ("x\\%", "x"),
+    ("12.5\\%", "12.5"),
+    ("\\sin 2x", "x\\sin 2"),
+    ("\\ln 3x", "x\\ln 3"),
+    ("\\sin x y", "y \\sin x"),
+    ("\\sin \\pi x", "x\\sin\\pi"),
+    ("\\log_{2} 3x", "x\\log_2 3"),
 ]
 # ... and these were rejected although they are equal (math-verify agrees).
 EQUAL_NOW = [
-    ("2 x", "2x"), ("2 x", "2\\,x"), ("5 x^2", "5x^2"), ("0,111", "0.111"), ("0.111", "0,111"), ("5x", "5 \\cdot x"),
-    ("1000", "1{,}000"), ("3, 17", "3 \\text{ or } 17"), ("\\sin 2x", "\\sin(2x)"), ("1", "\\cos 2\\pi"),
-    ("3", "\\log_2 8"), ("\\log_{10} 1000", "3"),
+    ("2 x", "2x"),
+    ("2 x", "2\\,x"),
+    ("5 x^2", "5x^2"),
+    ("0,111", "0.111"),
+    ("0.111", "0,111"),
+    ("5x", "5 \\cdot x"),
+    ("1000", "1{,}000"),
+    ("3, 17", "3 \\text{ or } 17"),
+    ("\\sin 2x", "\\sin(2x)"),
+    ("1", "\\cos 2\\pi"),
+    ("3", "\\log_2 8"),
+    ("\\log_{10} 1000", "3"),
 ]
 
 
@@ -145,15 +173,16 @@ def test_equal_forms_of_issue_13(gold, answer):
     assert compute_score(f"\\boxed{{{answer}}}", gold) == 1.0
 
 
-@pytest.mark.parametrize("answer", ["5 cm", "5 meters", "5\\text{ apples}", "5 \\mbox{kg}", "5 square units",
-                                    "5 \\text{ cm}^2", "5 inches"])
+@pytest.mark.parametrize(
+    "answer", ["5 cm", "5 meters", "5\\text{ apples}", "5 \\mbox{kg}", "5 square units", "5 \\text{ cm}^2", "5 inches"]
+)
 def test_unit_words_are_dropped(answer):
     assert fast_score(answer, "5") == 1.0
 
 
 @pytest.mark.parametrize("answer", ["5 m", "5 s", "5 t", "1\\,000", "1 000", "-0,111", "5 dollars"])
 def test_spellings_math_verify_reads_its_own_way_are_left_to_it(answer):
-    """"5 m": math-verify strips one-letter units; digits split by spaces; a negative decimal comma."""
+    """ "5 m": math-verify strips one-letter units; digits split by spaces; a negative decimal comma."""
     gold = "1000" if "0" in answer else "5"
     assert fast_score(answer, gold) is None
 
@@ -207,11 +236,13 @@ def test_math_verify_exceptions_count_in_reward_errors(tmp_path, monkeypatch):
     fake.mkdir()
     (fake / "__init__.py").write_text(
         "def parse(s, **kwargs):\n    return [s]\n\n\n"
-        "def verify(gold, pred, **kwargs):\n    if 'boom' in pred:\n        raise RuntimeError('boom')\n    return True\n")
+        "def verify(gold, pred, **kwargs):\n    if 'boom' in pred:\n        raise RuntimeError('boom')\n    return True\n"
+    )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with RewardScorer(SimpleNamespace(custom_fn=None, timeout_s=30.0, num_workers=1)) as scorer:
-        scores, stats = scorer.score(["math"] * 3, ["\\boxed{\\boom}", "\\boxed{\\sin^2 x}", "\\boxed{4}"],
-                                     ["1", "1 - \\cos^2 x", "4"])
+        scores, stats = scorer.score(
+            ["math"] * 3, ["\\boxed{\\boom}", "\\boxed{\\sin^2 x}", "\\boxed{4}"], ["1", "1 - \\cos^2 x", "4"]
+        )
     assert scores == [0.0, 1.0, 1.0]
     assert stats["errors"] == 1 and stats["slow_path"] == 2
     assert stats["first_error"] == "math-verify: RuntimeError: boom"

@@ -92,8 +92,9 @@ def test_timeouts_are_counted_and_workers_replaced():
             assert time.monotonic() - start < timeout_s + 30.0
             assert scores == [0.0, 0.0] and stats["timeouts"] == 1
             pids.append(scorer.pool._workers[0].proc.pid)
-        scores, stats = scorer.score(["math"] * 2, ["\\boxed{\\frac{\\ln 3}{\\ln 2}}", "\\boxed{\\log_3 2}"],
-                                     ["\\log_2 3", "\\log_2 3"])
+        scores, stats = scorer.score(
+            ["math"] * 2, ["\\boxed{\\frac{\\ln 3}{\\ln 2}}", "\\boxed{\\log_3 2}"], ["\\log_2 3", "\\log_2 3"]
+        )
         assert scores == [1.0, 0.0] and stats["timeouts"] == 0
         assert pids[0] != pids[1], "the worker that timed out was replaced"
         assert _alive(pids) == [pids[1]]
@@ -102,7 +103,8 @@ def test_timeouts_are_counted_and_workers_replaced():
 
 def test_hanging_and_noisy_custom_function(tmp_path, capfd):
     path = tmp_path / "reward_fn.py"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         import os, sys, time
 
         def score(solution_str, ground_truth):
@@ -116,7 +118,8 @@ def test_hanging_and_noisy_custom_function(tmp_path, capfd):
             if solution_str == "raise":
                 raise KeyError("boom")
             return float(solution_str.strip() == ground_truth)
-    """))
+    """)
+    )
     with RewardScorer(_cfg(timeout_s=0.5, num_workers=2, custom_fn=f"{path}:score")) as scorer:
         procs = scorer.pool._workers
         start = time.monotonic()

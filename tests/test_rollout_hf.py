@@ -40,7 +40,7 @@ def engine(tiny):
 def _full_logprobs(model, prompt, response, temperature):
     ids = torch.tensor([prompt + response])
     with torch.no_grad():
-        logits = model(ids).logits[0, len(prompt) - 1:-1].float()
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
     t = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits / t, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
 
@@ -66,8 +66,10 @@ def test_greedy_equals_transformers_generate(engine, tiny):
     samples = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=1)
     assert [s.prompt_index for s in samples] == list(range(len(PROMPTS)))
     for p, s in zip(PROMPTS, samples):
-        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16, eos_token_id=PEAKY_EOS, pad_token_id=0)
-        assert s.response_ids == ref[0, len(p):].tolist()
+        ref = model.generate(
+            torch.tensor([p]), do_sample=False, max_new_tokens=16, eos_token_id=PEAKY_EOS, pad_token_id=0
+        )
+        assert s.response_ids == ref[0, len(p) :].tolist()
         if s.response_ids[-1] == PEAKY_EOS:
             assert s.finish_reason == "stop"  # stop token kept, like verl
         else:
@@ -105,7 +107,9 @@ def test_logprobs_are_temperature_scaled_full_distribution(engine, tiny, tempera
 def test_stop_ids_and_truncation(engine):
     greedy = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=16), n=1)[0].response_ids
     k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i] and greedy[i] != PEAKY_EOS)
-    stopped = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=(greedy[k],)), n=1)[0]
+    stopped = engine.generate(
+        [PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=16, stop_token_ids=(greedy[k],)), n=1
+    )[0]
     assert stopped.response_ids == greedy[: k + 1] and stopped.finish_reason == "stop"
     short = engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=2), n=1)[0]
     assert short.response_ids == greedy[:2] and short.finish_reason == ("stop" if greedy[1] == PEAKY_EOS else "length")
@@ -114,8 +118,10 @@ def test_stop_ids_and_truncation(engine):
 
 def test_topk1_and_tiny_top_p_are_greedy(engine):
     greedy = [s.response_ids for s in engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=8), n=1)]
-    for sp in (SamplingParams(temperature=1.3, top_k=1, max_new_tokens=8, seed=3),
-               SamplingParams(temperature=1.3, top_p=1e-6, max_new_tokens=8, seed=3)):
+    for sp in (
+        SamplingParams(temperature=1.3, top_k=1, max_new_tokens=8, seed=3),
+        SamplingParams(temperature=1.3, top_p=1e-6, max_new_tokens=8, seed=3),
+    ):
         assert [s.response_ids for s in engine.generate(PROMPTS, sp, n=1)] == greedy
 
 
@@ -162,8 +168,14 @@ def test_config_only_dir_builds_and_fills_from_sync(tmp_path, tiny):
 
 
 def test_bucketize():
-    ts = [("a", torch.zeros(10)), ("b", torch.zeros(10, dtype=torch.bfloat16)), ("c", torch.zeros(20)),
-          ("d", torch.zeros(100)), ("e", torch.zeros(5, dtype=torch.bfloat16)), ("f", torch.zeros(1))]
+    ts = [
+        ("a", torch.zeros(10)),
+        ("b", torch.zeros(10, dtype=torch.bfloat16)),
+        ("c", torch.zeros(20)),
+        ("d", torch.zeros(100)),
+        ("e", torch.zeros(5, dtype=torch.bfloat16)),
+        ("f", torch.zeros(1)),
+    ]
     buckets = list(bucketize(iter(ts), bucket_bytes=128))
     names = [[n for n, _ in b] for b in buckets]
     assert sorted(n for b in names for n in b) == list("abcdef")

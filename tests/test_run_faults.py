@@ -28,8 +28,14 @@ def _errors(res: subprocess.CompletedProcess, prog: str) -> list:
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **ENV}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+    )
 
 
 def _truncate(path) -> None:
@@ -54,13 +60,19 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(two_step_run, ti
     if fault != "truncated_shard":
         return
     # an explicit trainer.resume path gets no fallback: one line naming the directory and the file
-    res = train(base_overrides(tiny_assets, str(out)) + QUICK + ["trainer.total_steps=4",
-                                                                 f"trainer.resume={out / 'checkpoints' / 'step_3'}"])
+    res = train(
+        base_overrides(tiny_assets, str(out))
+        + QUICK
+        + ["trainer.total_steps=4", f"trainer.resume={out / 'checkpoints' / 'step_3'}"]
+    )
     assert res.returncode == 0
     _truncate(out / "checkpoints" / "step_4" / "__0_1.distcp")
-    res = train(base_overrides(tiny_assets, str(out)) + QUICK + ["trainer.total_steps=5",
-                                                                 f"trainer.resume={out / 'checkpoints' / 'step_4'}"],
-                check=False)
+    res = train(
+        base_overrides(tiny_assets, str(out))
+        + QUICK
+        + ["trainer.total_steps=5", f"trainer.resume={out / 'checkpoints' / 'step_4'}"],
+        check=False,
+    )
     errors = _errors(res, "sppo-train")
     assert len(errors) == 1 and "step_4: __0_1.distcp is truncated" in errors[0], errors
 
@@ -77,7 +89,9 @@ def test_checkpoint_of_another_model_shape_is_one_line_and_keeps_config_yaml(two
     overrides = [o for o in base_overrides(tiny_assets, str(out)) if not o.startswith(("model.path", "model.megatron"))]
     res = train(overrides + QUICK + [f"model.path={wide}", "trainer.total_steps=3"], check=False)
     errors = _errors(res, "sppo-train")
-    assert len(errors) == 1 and f"checkpoint {out / 'checkpoints' / 'step_2'} does not fit the model" in errors[0], errors
+    assert len(errors) == 1 and f"checkpoint {out / 'checkpoints' / 'step_2'} does not fit the model" in errors[0], (
+        errors
+    )
     assert "linear_fc" in errors[0] and "another model shape" in errors[0]
     assert (out / "config.yaml").read_text() == config_before
 
@@ -86,23 +100,38 @@ def _tree(path) -> dict:
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
-@pytest.mark.parametrize("mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON"),
-                                           ("silent", "no answer within 0.3s")])
-def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(two_step_run, tiny_assets, tmp_path,
-                                                                                 mode, message):
+@pytest.mark.parametrize(
+    "mode, message", [("500", "HTTP status 500"), ("malformed", "malformed JSON"), ("silent", "no answer within 0.3s")]
+)
+def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(
+    two_step_run, tiny_assets, tmp_path, mode, message
+):
     out = tmp_path / "run"
     shutil.copytree(two_step_run, out)
     before = _tree(out / "checkpoints")
     server = ScoringServer()
     server.mode = mode
     try:
-        res = train(base_overrides(tiny_assets, str(out)) + QUICK + [
-            "trainer.total_steps=3", "trainer.save_freq=1", "reward.source=remote", f"reward.url={server.url}",
-            "reward.retries=1", "reward.backoff_s=0.01", "reward.request_timeout_s=0.3"], check=False)
+        res = train(
+            base_overrides(tiny_assets, str(out))
+            + QUICK
+            + [
+                "trainer.total_steps=3",
+                "trainer.save_freq=1",
+                "reward.source=remote",
+                f"reward.url={server.url}",
+                "reward.retries=1",
+                "reward.backoff_s=0.01",
+                "reward.request_timeout_s=0.3",
+            ],
+            check=False,
+        )
     finally:
         server.shutdown()
     errors = _errors(res, "sppo-train")
-    assert len(errors) == 1 and server.url in errors[0] and message in errors[0] and "after 2 attempts" in errors[0], errors
+    assert len(errors) == 1 and server.url in errors[0] and message in errors[0] and "after 2 attempts" in errors[0], (
+        errors
+    )
     assert server.requests == 2 and f"resumed from {out / 'checkpoints' / 'step_2'}" in res.stdout
     assert _tree(out / "checkpoints") == before and sorted(by_step(str(out))) == [1, 2]
 
@@ -121,8 +150,14 @@ def _wait_for_step(out, step: int, proc, timeout: float = 240) -> None:
 def test_second_run_in_one_output_dir_is_refused_and_a_killed_runs_lock_is_stale(tiny_assets, tmp_path):
     out = tmp_path / "run"
     overrides = base_overrides(tiny_assets, str(out)) + QUICK + ["trainer.save_freq=1"]
-    first = subprocess.Popen(train_command([*overrides, "trainer.total_steps=200"]), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV}, cwd=ROOT)
+    first = subprocess.Popen(
+        train_command([*overrides, "trainer.total_steps=200"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+    )
     try:
         _wait_for_step(out, 1, first)
         lock = json.loads((out / ".sppo-train.lock").read_text())
@@ -142,8 +177,15 @@ def test_second_run_in_one_output_dir_is_refused_and_a_killed_runs_lock_is_stale
 def _bad_utf8_parquet(path) -> str:
     """A verl-schema prompt file whose data_source strings are not UTF-8."""
     good = pq.read_table(path).slice(0, 4)
-    raw = pa.Array.from_buffers(pa.string(), 4, [None, pa.py_buffer(b"".join(i.to_bytes(4, "little") for i in (0, 2, 4, 6, 8))),
-                                                 pa.py_buffer(b"\xff\xfe\xff\xfe\xff\xfe\xff\xfe")])
+    raw = pa.Array.from_buffers(
+        pa.string(),
+        4,
+        [
+            None,
+            pa.py_buffer(b"".join(i.to_bytes(4, "little") for i in (0, 2, 4, 6, 8))),
+            pa.py_buffer(b"\xff\xfe\xff\xfe\xff\xfe\xff\xfe"),
+        ],
+    )
     table = good.set_column(good.column_names.index("data_source"), "data_source", raw)
     out = os.path.join(os.path.dirname(path), "..", "bad_utf8.parquet")
     pq.write_table(table, out)
@@ -162,25 +204,44 @@ def broken_inputs(tiny_assets, tmp_path):
 
 
 def test_train_truncated_safetensors_and_bad_utf8_parquet(tiny_assets, broken_inputs, tmp_path):
-    fresh = [o for o in base_overrides(tiny_assets, str(tmp_path / "run")) if not o.startswith(("model.path", "model.meg"))]
+    fresh = [
+        o for o in base_overrides(tiny_assets, str(tmp_path / "run")) if not o.startswith(("model.path", "model.meg"))
+    ]
     errors = _errors(train(fresh + [f"model.path={broken_inputs['hf']}"], check=False), "sppo-train")
     assert len(errors) == 1 and "model.safetensors: truncated or corrupt safetensors file" in errors[0], errors
-    res = train(base_overrides(tiny_assets, str(tmp_path / "run2")) + [f"data.train_files=[{broken_inputs['parquet']}]"],
-                check=False)
+    res = train(
+        base_overrides(tiny_assets, str(tmp_path / "run2")) + [f"data.train_files=[{broken_inputs['parquet']}]"],
+        check=False,
+    )
     errors = _errors(res, "sppo-train")
     assert len(errors) == 1 and "bad_utf8.parquet: column 'data_source'" in errors[0] and "UTF-8" in errors[0], errors
 
 
 def test_convert_and_eval_truncated_safetensors_and_bad_utf8_parquet(tiny_assets, broken_inputs, tmp_path):
-    for argv in (["hf-to-megatron", "--hf", broken_inputs["hf"], "--out", str(tmp_path / "out")],
-                 ["verify", "--hf", broken_inputs["hf"], "--ckpt", tiny_assets["megatron"]]):
+    for argv in (
+        ["hf-to-megatron", "--hf", broken_inputs["hf"], "--out", str(tmp_path / "out")],
+        ["verify", "--hf", broken_inputs["hf"], "--ckpt", tiny_assets["megatron"]],
+    ):
         errors = _errors(_cli("sppo_megatron.cli.convert", *argv), "sppo-convert")
         assert len(errors) == 1 and "model.safetensors: truncated or corrupt" in errors[0], (argv, errors)
-    errors = _errors(_cli("sppo_megatron.cli.eval", "--model", broken_inputs["hf"], "--data", tiny_assets["test"],
-                          "rollout.engine=hf"), "sppo-eval")
+    errors = _errors(
+        _cli(
+            "sppo_megatron.cli.eval", "--model", broken_inputs["hf"], "--data", tiny_assets["test"], "rollout.engine=hf"
+        ),
+        "sppo-eval",
+    )
     assert len(errors) == 1 and "model.safetensors: truncated or corrupt" in errors[0], errors
-    errors = _errors(_cli("sppo_megatron.cli.eval", "--model", tiny_assets["hf"], "--data", broken_inputs["parquet"],
-                          "rollout.engine=hf"), "sppo-eval")
+    errors = _errors(
+        _cli(
+            "sppo_megatron.cli.eval",
+            "--model",
+            tiny_assets["hf"],
+            "--data",
+            broken_inputs["parquet"],
+            "rollout.engine=hf",
+        ),
+        "sppo-eval",
+    )
     assert len(errors) == 1 and "not valid UTF-8" in errors[0], errors
 
 
@@ -197,8 +258,12 @@ def small_tmpfs(tmp_path):
 
 
 def test_full_disk_is_one_line_naming_the_file(tiny_assets, small_tmpfs, tmp_path):
-    errors = _errors(_cli("sppo_megatron.cli.convert", "hf-to-megatron", "--hf", tiny_assets["hf"], "--out",
-                          str(small_tmpfs / "conv")), "sppo-convert")
+    errors = _errors(
+        _cli(
+            "sppo_megatron.cli.convert", "hf-to-megatron", "--hf", tiny_assets["hf"], "--out", str(small_tmpfs / "conv")
+        ),
+        "sppo-convert",
+    )
     assert len(errors) == 1 and f"cannot write {small_tmpfs / 'conv'}: no space left on device" in errors[0], errors
     assert os.listdir(small_tmpfs) == [], "the temporary output must be removed"
 
@@ -212,6 +277,21 @@ def test_full_disk_is_one_line_naming_the_file(tiny_assets, small_tmpfs, tmp_pat
     with pytest.raises(OSError):
         with open(filler, "wb") as fh:
             fh.write(b"\0" * 4 * 1024**2)
-    errors = _errors(_cli("sppo_megatron.cli.eval", "--model", tiny_assets["hf"], "--data", tiny_assets["test"],
-                          "--limit", "4", "--out", str(small_tmpfs / "eval.json"), "rollout.engine=hf"), "sppo-eval")
-    assert len(errors) == 1 and f"cannot write {small_tmpfs / 'eval.json'}: no space left on device" in errors[0], errors
+    errors = _errors(
+        _cli(
+            "sppo_megatron.cli.eval",
+            "--model",
+            tiny_assets["hf"],
+            "--data",
+            tiny_assets["test"],
+            "--limit",
+            "4",
+            "--out",
+            str(small_tmpfs / "eval.json"),
+            "rollout.engine=hf",
+        ),
+        "sppo-eval",
+    )
+    assert len(errors) == 1 and f"cannot write {small_tmpfs / 'eval.json'}: no space left on device" in errors[0], (
+        errors
+    )

@@ -35,10 +35,12 @@ def test_stale_lock_is_taken_over(tmp_path, holder):
     import os
     import socket
 
-    content = {"dead_pid": json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "started": "1"}),
-               # a live PID that started at another time is another process: the holder is gone
-               "reused_pid": json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "-1"}),
-               "garbage": "{half written"}[holder]
+    content = {
+        "dead_pid": json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "started": "1"}),
+        # a live PID that started at another time is another process: the holder is gone
+        "reused_pid": json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "-1"}),
+        "garbage": "{half written",
+    }[holder]
     (tmp_path / LOCK_FILE).write_text(content)
     if holder == "garbage":
         with pytest.raises(UserError, match="in use"):  # maybe a run writing it right now

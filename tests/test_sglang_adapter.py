@@ -80,7 +80,10 @@ class FakeBucket:
         return self.metadata
 
     def reconstruct_tensors(self):
-        return [(m.name, self.flattened_tensor[m.start_idx:m.end_idx].view(m.dtype).reshape(m.shape)) for m in self.metadata]
+        return [
+            (m.name, self.flattened_tensor[m.start_idx : m.end_idx].view(m.dtype).reshape(m.shape))
+            for m in self.metadata
+        ]
 
 
 @dataclass
@@ -147,12 +150,16 @@ class FakeEngine:
             for rank, payload in enumerate(named_tensors):
                 data = FakeSerializer.deserialize(payload)
                 assert set(data) == set(FLATTENED_PAYLOAD_KEYS)
-                for name, t in FakeBucket(flattened_tensor=data["flattened_tensor"], metadata=data["metadata"]).reconstruct_tensors():
+                for name, t in FakeBucket(
+                    flattened_tensor=data["flattened_tensor"], metadata=data["metadata"]
+                ).reconstruct_tensors():
                     self.weights.setdefault(name, [None] * self.tp)[rank] = t.cpu().clone()
         else:
             for name, lst in named_tensors:
                 for rank in range(self.tp):
-                    self.weights.setdefault(name, [None] * self.tp)[rank] = FakeSerializer.deserialize(lst.values[rank]).cpu().clone()
+                    self.weights.setdefault(name, [None] * self.tp)[rank] = (
+                        FakeSerializer.deserialize(lst.values[rank]).cpu().clone()
+                    )
         return True, "Success"
 
     def release_memory_occupation(self, tags=None):
@@ -173,13 +180,17 @@ class FakeEngine:
                 ids = [(p[-1] + j + k) % 50 + 3 for k in range(sampling_params["max_new_tokens"] - 1)] + [EOS]
                 stop = EOS in sampling_params["stop_token_ids"]
                 ids = ids if stop else ids[:-1]
-                out.append({
-                    "output_ids": ids,
-                    "meta_info": {
-                        "finish_reason": {"type": "stop", "matched": EOS} if stop else {"type": "length", "length": len(ids)},
-                        "output_token_logprobs": [(-0.5, t, None) for t in ids],
-                    },
-                })
+                out.append(
+                    {
+                        "output_ids": ids,
+                        "meta_info": {
+                            "finish_reason": {"type": "stop", "matched": EOS}
+                            if stop
+                            else {"type": "length", "length": len(ids)},
+                            "output_token_logprobs": [(-0.5, t, None) for t in ids],
+                        },
+                    }
+                )
         return out
 
     def get_weights_by_name(self, name, truncate_size=100):
@@ -225,8 +236,16 @@ def _stream(seed=0):
 
 
 def _engine(placement=None, tp=1, **kw):
-    return SglangRolloutEngine("/nonexistent-hf-dir", tp=tp, dtype=torch.bfloat16, bucket_mb=0.0005,
-                               placement=placement, eos_token_ids=(EOS,), api=FakeAPI, **kw)
+    return SglangRolloutEngine(
+        "/nonexistent-hf-dir",
+        tp=tp,
+        dtype=torch.bfloat16,
+        bucket_mb=0.0005,
+        placement=placement,
+        eos_token_ids=(EOS,),
+        api=FakeAPI,
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- single process ----------
@@ -234,7 +253,9 @@ def _engine(placement=None, tp=1, **kw):
 def _restore_process_state():
     """The adapter installs a SIGQUIT handler and may touch env vars: leave pytest as found."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT)}
-    env = {k: os.environ.get(k) for k in ("CUDA_DEVICE_MAX_CONNECTIONS", "NCCL_CUMEM_ENABLE", "PYTORCH_CUDA_ALLOC_CONF")}
+    env = {
+        k: os.environ.get(k) for k in ("CUDA_DEVICE_MAX_CONNECTIONS", "NCCL_CUMEM_ENABLE", "PYTORCH_CUDA_ALLOC_CONF")
+    }
     yield
     for sig, handler in handlers.items():
         signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -395,9 +416,24 @@ def test_helpers():
     for bad in ("0.5.22", "0.5.24", "0.4.9", "1.0.0"):
         with pytest.raises(UserError, match=r"not supported.*pip install -e \.\[sglang\]"):
             check_sglang_version(bad)
-    out = parse_output({"output_ids": [7, 2], "meta_info": {"finish_reason": {"type": "stop", "matched": 2},
-                                                            "output_token_logprobs": [(-1.0, 7, None), (-2.0, 2, None)]}}, 3, 1)
-    assert (out.prompt_index, out.sample_index, out.response_ids, out.finish_reason, out.logprobs) == (3, 1, [7, 2], "stop", [-1.0, -2.0])
+    out = parse_output(
+        {
+            "output_ids": [7, 2],
+            "meta_info": {
+                "finish_reason": {"type": "stop", "matched": 2},
+                "output_token_logprobs": [(-1.0, 7, None), (-2.0, 2, None)],
+            },
+        },
+        3,
+        1,
+    )
+    assert (out.prompt_index, out.sample_index, out.response_ids, out.finish_reason, out.logprobs) == (
+        3,
+        1,
+        [7, 2],
+        "stop",
+        [-1.0, -2.0],
+    )
     with pytest.raises(RuntimeError, match="aborted"):
         parse_output({"output_ids": [], "meta_info": {"finish_reason": {"type": "abort", "message": "oom"}}}, 0, 0)
     assert ENGINE_MODULE_PATCHED == "kill_process_tree"

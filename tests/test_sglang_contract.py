@@ -62,7 +62,11 @@ def test_adapter_calls_only_declared_engine_methods():
     tree = ast.parse(inspect.getsource(adapter_engine))
     seen = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("_call", "_checked"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("_call", "_checked")
+        ):
             if not (node.args and isinstance(node.args[0], ast.Constant)):
                 continue  # the generic dispatch inside _checked itself
             method = node.args[0].value
@@ -70,16 +74,29 @@ def test_adapter_calls_only_declared_engine_methods():
             assert method in adapter.ENGINE_CALLS, method
             assert kws <= set(adapter.ENGINE_CALLS[method]), (method, kws)
             seen.add(method)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "engine" \
-                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self":
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "engine"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
             assert node.attr in ("shutdown", "tokenizer_manager"), f"direct use of self.engine.{node.attr}"
     assert seen >= set(adapter.ENGINE_CALLS) - {"shutdown"}
 
 
 def test_server_args_fields_exist():
     fields = set(load_manifest()["server_args_fields"])
-    args = adapter.server_args("/m", tp=2, base_gpu_id=2, mem_fraction=0.5, dtype=torch.bfloat16, seed=1,
-                               nccl_port=12345, sigquit_handler=engine_died_handler)
+    args = adapter.server_args(
+        "/m",
+        tp=2,
+        base_gpu_id=2,
+        mem_fraction=0.5,
+        dtype=torch.bfloat16,
+        seed=1,
+        nccl_port=12345,
+        sigquit_handler=engine_died_handler,
+    )
     missing = sorted(set(args) - fields)
     assert not missing, f"ServerArgs of sglang {PINNED} has no field(s) {missing}"
     import pickle
@@ -148,8 +165,23 @@ def _download_wheel():
     found = glob.glob(os.path.join(cache, f"sglang-{PINNED}-*.whl"))
     if not found:
         try:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                            f"sglang=={PINNED}", "-d", cache], check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-q",
+                    f"sglang=={PINNED}",
+                    "-d",
+                    cache,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
         except (subprocess.SubprocessError, OSError):
             return None
         found = glob.glob(os.path.join(cache, f"sglang-{PINNED}-*.whl"))
@@ -169,8 +201,10 @@ def _real_source():
 def test_manifest_matches_real_source():
     src = _real_source()
     if src is None:
-        pytest.skip("sglang source not available (pip download failed): set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
-                    "(pip download --no-deps sglang==0.5.23) or install sglang to check the vendored manifest")
+        pytest.skip(
+            "sglang source not available (pip download failed): set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
+            "(pip download --no-deps sglang==0.5.23) or install sglang to check the vendored manifest"
+        )
     import sys
 
     sys.path.insert(0, os.path.join(ROOT, "tools"))

@@ -30,8 +30,16 @@ EOS = 2
 
 
 def make_tiny_llama(path: str, seed: int = 0):
-    config = tiny_config("llama", vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         max_position_embeddings=1024, initializer_range=0.3, eos_token_id=EOS)
+    config = tiny_config(
+        "llama",
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        max_position_embeddings=1024,
+        initializer_range=0.3,
+        eos_token_id=EOS,
+    )
     model = tiny_model(config, seed).to(torch.bfloat16)
     model.save_pretrained(path)  # config.json records bfloat16
     return model
@@ -49,8 +57,14 @@ def engine(llama, tmp_path_factory):
     from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
     before = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
-    eng = SglangRolloutEngine(llama[0], tp=1, mem_fraction=0.3, dtype=torch.bfloat16, bucket_mb=1,
-                              log_dir=str(tmp_path_factory.mktemp("sglang_logs")))
+    eng = SglangRolloutEngine(
+        llama[0],
+        tp=1,
+        mem_fraction=0.3,
+        dtype=torch.bfloat16,
+        bucket_mb=1,
+        log_dir=str(tmp_path_factory.mktemp("sglang_logs")),
+    )
     assert os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS") == before
     yield eng
     eng.shutdown()
@@ -81,8 +95,9 @@ def test_sync_and_greedy_matches_transformers(engine, llama):
     assert metrics["sync/checked"] == 1.0, "get_weights_by_name read-back should work for Llama"
     samples = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=16), n=1)
     for p, s in zip(PROMPTS, samples):
-        ref = model.generate(torch.tensor([p], device="cuda"), do_sample=False, max_new_tokens=16,
-                             eos_token_id=EOS, pad_token_id=0)[0, len(p):].tolist()
+        ref = model.generate(
+            torch.tensor([p], device="cuda"), do_sample=False, max_new_tokens=16, eos_token_id=EOS, pad_token_id=0
+        )[0, len(p) :].tolist()
         # bf16 kernels differ between SGLang and transformers: the first tokens must agree
         assert s.response_ids[:8] == ref[:8], (s.response_ids, ref)
 
@@ -100,7 +115,7 @@ def test_logprobs_match_recomputed(engine, llama):
         p = PROMPTS[s.prompt_index]
         ids = torch.tensor([p + s.response_ids], device="cuda")
         with torch.no_grad():
-            logits = model(ids).logits[0, len(p) - 1:-1].float()
+            logits = model(ids).logits[0, len(p) - 1 : -1].float()
         ref = torch.log_softmax(logits / t, -1).gather(-1, torch.tensor(s.response_ids, device="cuda")[:, None])[:, 0]
         diffs.append((torch.tensor(s.logprobs, device="cuda") - ref).abs().mean().item())
     assert sum(diffs) / len(diffs) < 0.05, diffs  # bf16
@@ -163,8 +178,9 @@ def test_logp_parity_with_megatron_actor(llama, tmp_path):
     actor = build_actor(cfg)
     engine = None
     try:
-        engine = create_rollout_engine(cfg.rollout, llama[0], seed=cfg.trainer.seed,
-                                       log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+        engine = create_rollout_engine(
+            cfg.rollout, llama[0], seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
+        )
         sync = WeightSync(engine)
         for step in range(2):
             sync.sync(actor.export_hf_weights())

@@ -28,11 +28,20 @@ def _wait_for_line(proc, text: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"never printed {text!r}: {proc.stderr.read()[-2000:]}")
 
 
-@pytest.mark.parametrize("first,second", [(signal.SIGINT, signal.SIGINT), (signal.SIGUSR1, signal.SIGTERM)],
-                         ids=["ctrl-c-twice", "usr1-then-term"])
+@pytest.mark.parametrize(
+    "first,second",
+    [(signal.SIGINT, signal.SIGINT), (signal.SIGUSR1, signal.SIGTERM)],
+    ids=["ctrl-c-twice", "usr1-then-term"],
+)
 def test_first_signal_asks_second_exits_at_once(first, second):
-    proc = subprocess.Popen([sys.executable, "-m", "tests.signal_target"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **ENV})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.signal_target"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+    )
     _wait_for_line(proc, "ready")
     os.kill(proc.pid, first)
     _wait_for_line(proc, "requested", timeout=10)

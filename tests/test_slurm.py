@@ -35,25 +35,48 @@ def cluster(tmp_path_factory):
 
 
 def _overrides(assets, out) -> list:
-    return base_overrides(assets, str(out)) + ["parallel.tp=2", f"trainer.total_steps={STEPS}", "trainer.test_freq=0",
-                                               "trainer.val_before_train=false", "trainer.save_freq=0",
-                                               "trainer.export_hf=false"]
+    return base_overrides(assets, str(out)) + [
+        "parallel.tp=2",
+        f"trainer.total_steps={STEPS}",
+        "trainer.test_freq=0",
+        "trainer.val_before_train=false",
+        "trainer.save_freq=0",
+        "trainer.export_hf=false",
+    ]
 
 
 @pytest.fixture(scope="module")
 def srun_run(cluster, tiny_assets, tmp_path_factory):
     """`srun -N1 -n2 python -m sppo_megatron.train` (rank, world size, master from SLURM_*)."""
     out = tmp_path_factory.mktemp("srun") / "run"
-    proc = cluster.run(["srun", "-N1", "-n2", "--cpus-per-task=1", "--overcommit", sys.executable,
-                        "-m", "sppo_megatron.train", "--config", CONFIG, *_overrides(tiny_assets, out)],
-                       check=False, timeout=300, cwd=ROOT, env=ENV)
+    proc = cluster.run(
+        [
+            "srun",
+            "-N1",
+            "-n2",
+            "--cpus-per-task=1",
+            "--overcommit",
+            sys.executable,
+            "-m",
+            "sppo_megatron.train",
+            "--config",
+            CONFIG,
+            *_overrides(tiny_assets, out),
+        ],
+        check=False,
+        timeout=300,
+        cwd=ROOT,
+        env=ENV,
+    )
     return proc, out
 
 
 def _comparable(rows: dict) -> dict:
     """Metrics without the clock: times and rates."""
-    return {step: {k: v for k, v in row.items() if not (k.startswith(("timing/", "perf/")) or k.endswith("_per_s"))}
-            for step, row in rows.items()}
+    return {
+        step: {k: v for k, v in row.items() if not (k.startswith(("timing/", "perf/")) or k.endswith("_per_s"))}
+        for step, row in rows.items()
+    }
 
 
 def test_srun_two_tasks_detect_slurm_and_train(srun_run):
@@ -77,10 +100,27 @@ def test_sbatch_preempted_with_usr1_is_requeued_and_resumes_exactly(cluster, sru
     assert proc.returncode == 0, proc.stderr[-3000:]
     out, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()  # the operator's `mkdir -p logs`: --output is opened before the script runs
-    submit = cluster.run(["sbatch", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--overcommit",
-                          f"--output={logs}/%x-%j.out", SBATCH, *_overrides(tiny_assets, out)],
-                         cwd=ROOT, env={**ENV, "CONFIG": CONFIG, "NPROC_PER_NODE": "2", "LOG_DIR": str(logs),
-                                        "RDZV_PORT": str(free_port()), "PYTHON": sys.executable})
+    submit = cluster.run(
+        [
+            "sbatch",
+            "--nodes=1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=2",
+            "--overcommit",
+            f"--output={logs}/%x-%j.out",
+            SBATCH,
+            *_overrides(tiny_assets, out),
+        ],
+        cwd=ROOT,
+        env={
+            **ENV,
+            "CONFIG": CONFIG,
+            "NPROC_PER_NODE": "2",
+            "LOG_DIR": str(logs),
+            "RDZV_PORT": str(free_port()),
+            "PYTHON": sys.executable,
+        },
+    )
     job = re.search(r"Submitted batch job (\d+)", submit.stdout).group(1)
     log = logs / f"sppo-{job}.out"
     metrics = out / "metrics.jsonl"

@@ -31,8 +31,16 @@ def _acceptance(hf_dir, out_dir):
     import sppo_megatron.actor.actor  # noqa: F401 - imports megatron before init_distributed
     import torch.distributed as dist
 
-    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
-                                             TrainConfig, TrainerConfig)
+    from sppo_megatron.config.schema import (
+        Config,
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        ParallelConfig,
+        RolloutConfig,
+        TrainConfig,
+        TrainerConfig,
+    )
     from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.trainer.setup import build_actor
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
@@ -49,8 +57,9 @@ def _acceptance(hf_dir, out_dir):
     )
     actor = build_actor(cfg)
     rank = dist.get_rank()
-    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
-                                   log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+    engine = create_rollout_engine(
+        cfg.rollout, hf_dir, seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
+    )
     with torch.no_grad():  # make the engine's weights differ, so the first sync must do work
         for p in engine.model.parameters():
             p.add_(0.05)
@@ -113,8 +122,10 @@ def test_sync_from_tp2_pp2_megatron_into_hf_engine(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     for p, g in zip(PROMPTS, reports[0]["greedy"]):
-        ref = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, eos_token_id=PEAKY_EOS, pad_token_id=0)
-        assert g == ref[0, len(p):].tolist()
+        ref = model.generate(
+            torch.tensor([p]), do_sample=False, max_new_tokens=8, eos_token_id=PEAKY_EOS, pad_token_id=0
+        )
+        assert g == ref[0, len(p) :].tolist()
     # one engine on the exported weights (synced in, as sppo-eval does) samples exactly what the
     # 4 data-parallel engines did
     from sppo_megatron.models.hf_io import iter_hf_weights

@@ -41,18 +41,40 @@ def test_prefix_labels_mark_the_right_prefix_and_the_end():
 
 def test_the_trained_model_scores_in_the_oracle_as_in_training(tmp_path):
     tok = char_tokenizer(CHARS)
-    policy = tiny_model(tiny_config("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                    num_hidden_layers=1, tie_word_embeddings=True), seed=0)
+    policy = tiny_model(
+        tiny_config(
+            "qwen2",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            tie_word_embeddings=True,
+        ),
+        seed=0,
+    )
     train = [(a, b) for a in range(10) for b in range(10)]
     steps = []
-    model, rm_tok, accuracy = trm.train_reward_model(policy, tok, lambda lm, n, seed: steps.append(n), CHARS, train,
-                                                     train[:8], lm_steps=3, extra_layers=1, steps=2, lr=1e-3,
-                                                     dense=1.0, seed=0)
+    model, rm_tok, accuracy = trm.train_reward_model(
+        policy,
+        tok,
+        lambda lm, n, seed: steps.append(n),
+        CHARS,
+        train,
+        train[:8],
+        lm_steps=3,
+        extra_layers=1,
+        steps=2,
+        lr=1e-3,
+        dense=1.0,
+        seed=0,
+    )
     assert steps == [3] and model.config.num_hidden_layers == 2 and model.config.num_labels == 1
     assert set(accuracy) == {"train_sampled", "held_out_sampled"}
     model.save_pretrained(tmp_path / "rm")
     rm_tok.save_pretrained(tmp_path / "rm")
-    cfg = RewardConfig(source="reward_model", model_path=str(tmp_path / "rm"), batch_size=4, max_length=32, dtype="fp32")
+    cfg = RewardConfig(
+        source="reward_model", model_path=str(tmp_path / "rm"), batch_size=4, max_length=32, dtype="fp32"
+    )
     assert oracle_problems(cfg) == []
     messages = [[{"role": "user", "content": f"{a}+{b}="}] for a, b in train[:3] for _ in range(2)]
     responses = [r for a, b in train[:3] for r in (str(a + b), "9+")]
@@ -71,8 +93,17 @@ def test_echo_warm_start_trains_the_model_alone_and_saves_no_echo_head():
 
     tok = char_tokenizer(CHARS)
     pairs = [(a, b) for a in range(10) for b in range(10)]
-    base = tiny_model(tiny_config("qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                  num_hidden_layers=1, tie_word_embeddings=True), seed=0)
+    base = tiny_model(
+        tiny_config(
+            "qwen2",
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            tie_word_embeddings=True,
+        ),
+        seed=0,
+    )
     trained = {}
     for echo in (0.0, 2.0):
         model = copy.deepcopy(base)

@@ -17,19 +17,38 @@ from safetensors.torch import load_file
 
 from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, latest, read_metrics, train, train_command
 
-DESIGN_KEYS = ("train/loss", "train/grad_norm", "train/lr", "reward/mean", "sppo/win_rate_mean", "sppo/log_ratio_mean",
-               "timing/gen_s", "timing/sync_s", "timing/update_s", "timing/step_s", "perf/tokens_per_s")
+DESIGN_KEYS = (
+    "train/loss",
+    "train/grad_norm",
+    "train/lr",
+    "reward/mean",
+    "sppo/win_rate_mean",
+    "sppo/log_ratio_mean",
+    "timing/gen_s",
+    "timing/sync_s",
+    "timing/update_s",
+    "timing/step_s",
+    "perf/tokens_per_s",
+)
 
 
 def _eval(args):
-    return subprocess.run([sys.executable, "-m", "sppo_megatron.cli.eval", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **ENV}, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "sppo_megatron.cli.eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+    )
 
 
 def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_path):
     out = tmp_path / "run"
-    train(base_overrides(tiny_assets, str(out)) + ["trainer.total_steps=2", "trainer.log_samples_freq=1",
-                                                   "trainer.export_hf=true"])
+    train(
+        base_overrides(tiny_assets, str(out))
+        + ["trainer.total_steps=2", "trainer.log_samples_freq=1", "trainer.export_hf=true"]
+    )
     rows = read_metrics(str(out))
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert 0.0 <= rows[0]["val/accuracy"] <= 1.0 and "val/accuracy/arith" in rows[0]
@@ -59,8 +78,18 @@ def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_pa
     # trainer's own greedy validation at the last step
     for model_arg in (out / "hf", out):
         result_file = tmp_path / f"eval_{model_arg.name}.json"
-        res = _eval(["--model", str(model_arg), "--data", tiny_assets["test"], "--out", str(result_file),
-                     "data.max_response_length=6", "trainer.seed=3"])
+        res = _eval(
+            [
+                "--model",
+                str(model_arg),
+                "--data",
+                tiny_assets["test"],
+                "--out",
+                str(result_file),
+                "data.max_response_length=6",
+                "trainer.seed=3",
+            ]
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert "arith" in res.stdout
 
@@ -76,8 +105,13 @@ def test_run_directory_metrics_samples_checkpoint_and_export(tiny_assets, tmp_pa
 def test_tp2_pp2_matches_single_process(tiny_assets, two_step_run, tmp_path):
     # the single-process reference is the shared two_step_run (its checkpoints and export do not
     # change the metrics)
-    train(base_overrides(tiny_assets, str(tmp_path / "tp2pp2")) + QUICK
-          + ["trainer.total_steps=2", "parallel.tp=2", "parallel.pp=2"], nproc=4, timeout=400)
+    train(
+        base_overrides(tiny_assets, str(tmp_path / "tp2pp2"))
+        + QUICK
+        + ["trainer.total_steps=2", "parallel.tp=2", "parallel.pp=2"],
+        nproc=4,
+        timeout=400,
+    )
     single, sharded = by_step(str(two_step_run)), by_step(str(tmp_path / "tp2pp2"))
     assert all(single[step]["train/grad_norm"] > 0 for step in (1, 2)), "no learning signal: the comparison is vacuous"
     for step in (1, 2):
@@ -132,8 +166,12 @@ def _children(pid: int) -> list:
 @pytest.mark.parametrize("nproc,sig", [(1, signal.SIGTERM), (2, signal.SIGUSR1)])
 def test_preemption_signal_checkpoints_and_exits_0(tiny_assets, tmp_path, nproc, sig):
     out = tmp_path / "run"
-    cmd = train_command(base_overrides(tiny_assets, str(out)) + ["trainer.total_steps=200", "trainer.test_freq=0"], nproc)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV}, cwd=ROOT)
+    cmd = train_command(
+        base_overrides(tiny_assets, str(out)) + ["trainer.total_steps=200", "trainer.test_freq=0"], nproc
+    )
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV}, cwd=ROOT
+    )
     _wait_for_step(str(out), 1, proc)
     # one rank is enough (Slurm signals every task, but not necessarily at the same moment)
     target = proc.pid if nproc == 1 else _children(proc.pid)[-1]
@@ -149,10 +187,20 @@ def test_preemption_signal_checkpoints_and_exits_0(tiny_assets, tmp_path, nproc,
 def test_kill_9_during_checkpoint_leaves_a_resumable_run(tiny_assets, tmp_path):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
-    overrides = base_overrides(tiny_assets, str(out)) + ["trainer.test_freq=0", "trainer.val_before_train=false",
-                                                         "trainer.save_freq=1", "trainer.keep_last=2"]
-    proc = subprocess.Popen(train_command([*overrides, "trainer.total_steps=200"]), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV}, cwd=ROOT)
+    overrides = base_overrides(tiny_assets, str(out)) + [
+        "trainer.test_freq=0",
+        "trainer.val_before_train=false",
+        "trainer.save_freq=1",
+        "trainer.keep_last=2",
+    ]
+    proc = subprocess.Popen(
+        train_command([*overrides, "trainer.total_steps=200"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+    )
     deadline = time.time() + 240
     seen_tmp = False
     while time.time() < deadline and proc.poll() is None:
@@ -186,8 +234,13 @@ def _parquet(path, rows) -> str:
 
 
 def _row(source="arith"):
-    return {"data_source": source, "prompt": [{"role": "user", "content": "1+2="}], "ability": "arithmetic",
-            "reward_model": {"style": "rule", "ground_truth": "3"}, "extra_info": {"index": 0}}
+    return {
+        "data_source": source,
+        "prompt": [{"role": "user", "content": "1+2="}],
+        "ability": "arithmetic",
+        "reward_model": {"style": "rule", "ground_truth": "3"},
+        "extra_info": {"index": 0},
+    }
 
 
 def _bad_run(tiny_assets, tmp_path, *extra):
@@ -242,9 +295,17 @@ def test_bad_inputs_exit_2_with_one_clear_line(tiny_assets, tmp_path, capsys):
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tiny_assets, tmp_path):
     # an absurd learning rate overflows the weights after the first optimizer step
-    res = train(base_overrides(tiny_assets, str(tmp_path / "run"))
-                + ["trainer.total_steps=10", "trainer.max_bad_steps=2", "trainer.val_before_train=false",
-                   "optim.lr=1e30", "optim.clip_grad=0"], check=False)
+    res = train(
+        base_overrides(tiny_assets, str(tmp_path / "run"))
+        + [
+            "trainer.total_steps=10",
+            "trainer.max_bad_steps=2",
+            "trainer.val_before_train=false",
+            "optim.lr=1e30",
+            "optim.clip_grad=0",
+        ],
+        check=False,
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     assert "2 steps in a row had a non-finite loss" in res.stderr and "Traceback" not in res.stderr
     rows = read_metrics(str(tmp_path / "run"))

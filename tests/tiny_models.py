@@ -38,8 +38,17 @@ def moe_models_root(tmp_path_factory) -> str:
 def peaky_qwen2(path: str, tie: bool = True, seed: int = 0):
     """A tiny Qwen2 saved to `path` (no tokenizer), returned; init std 0.3: peaky logits, greedy has
     no near-ties and hits PEAKY_EOS."""
-    config = tiny_config("qwen2", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         tie_word_embeddings=tie, initializer_range=0.3, eos_token_id=PEAKY_EOS, rope_theta=10000.0)
+    config = tiny_config(
+        "qwen2",
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        tie_word_embeddings=tie,
+        initializer_range=0.3,
+        eos_token_id=PEAKY_EOS,
+        rope_theta=10000.0,
+    )
     model = tiny_model(config, seed)
     model.save_pretrained(path)
     return model

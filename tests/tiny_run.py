@@ -19,23 +19,64 @@ ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 def build_assets(out: str, warm_steps: int = 200) -> Dict[str, str]:
     """tools/make_tiny_assets.py + sppo-convert hf-to-megatron; returns the paths a config needs."""
     env = {**os.environ, **ENV}
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_tiny_assets.py"), "--out", out,
-                    "--warm-steps", str(warm_steps), "--num-test", "64"], check=True, capture_output=True, env=env)
-    subprocess.run([sys.executable, "-m", "sppo_megatron.cli.convert", "hf-to-megatron", "--hf", f"{out}/model",
-                    "--out", f"{out}/megatron"], check=True, capture_output=True, env=env)
-    return {"hf": f"{out}/model", "megatron": f"{out}/megatron", "train": f"{out}/data/train.parquet",
-            "test": f"{out}/data/test.parquet"}
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "make_tiny_assets.py"),
+            "--out",
+            out,
+            "--warm-steps",
+            str(warm_steps),
+            "--num-test",
+            "64",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sppo_megatron.cli.convert",
+            "hf-to-megatron",
+            "--hf",
+            f"{out}/model",
+            "--out",
+            f"{out}/megatron",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    return {
+        "hf": f"{out}/model",
+        "megatron": f"{out}/megatron",
+        "train": f"{out}/data/train.parquet",
+        "test": f"{out}/data/test.parquet",
+    }
 
 
 def base_overrides(assets: Dict[str, str], output_dir: str) -> List[str]:
     """A small, fast SPPO run on the tiny assets: exactly 4 prompts x 4 samples per step (dynamic
     sampling off, so that tests may count samples and prompts; tests/test_dynamic_sampling.py has it on)."""
     return [
-        f"model.path={assets['megatron']}/hf", f"model.megatron_ckpt={assets['megatron']}",
-        f"data.train_files=[{assets['train']}]", f"data.val_files=[{assets['test']}]",
-        "data.train_batch_size=4", "data.max_prompt_length=16", "data.max_response_length=6",
-        "rollout.engine=hf", "rollout.n=4", "algorithm.filter_no_signal=false", "train.mini_batch_size=2", "train.micro_batch_size=2",
-        "optim.lr=1e-3", "optim.weight_decay=0", "trainer.test_freq=2", "trainer.seed=3",
+        f"model.path={assets['megatron']}/hf",
+        f"model.megatron_ckpt={assets['megatron']}",
+        f"data.train_files=[{assets['train']}]",
+        f"data.val_files=[{assets['test']}]",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=16",
+        "data.max_response_length=6",
+        "rollout.engine=hf",
+        "rollout.n=4",
+        "algorithm.filter_no_signal=false",
+        "train.mini_batch_size=2",
+        "train.micro_batch_size=2",
+        "optim.lr=1e-3",
+        "optim.weight_decay=0",
+        "trainer.test_freq=2",
+        "trainer.seed=3",
         f"trainer.output_dir={output_dir}",
     ]
 
@@ -48,13 +89,31 @@ TWO_STEP_RUN = QUICK + ["trainer.total_steps=2", "trainer.save_freq=1", "trainer
 def train_command(overrides: List[str], nproc: int = 1) -> List[str]:
     if nproc == 1:
         return [sys.executable, "-m", "sppo_megatron.train", *overrides]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "sppo_megatron.train", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "sppo_megatron.train",
+        *overrides,
+    ]
 
 
 def train(overrides: List[str], nproc: int = 1, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(train_command(overrides, nproc), capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **ENV}, cwd=ROOT)
+    out = subprocess.run(
+        train_command(overrides, nproc),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **ENV},
+        cwd=ROOT,
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"sppo-train exited {out.returncode}\n{out.stderr[-4000:]}")
     return out
@@ -77,7 +136,7 @@ def latest(output_dir: str) -> Optional[str]:
         return fh.read().strip()
 
 
-HANG_FROM_STEP_2 = '''
+HANG_FROM_STEP_2 = """
 import os, time
 def score(solution_str, ground_truth):
     with open(os.path.join(os.path.dirname(__file__), "calls"), "a") as fh:
@@ -86,7 +145,7 @@ def score(solution_str, ground_truth):
         open(os.path.join(os.path.dirname(__file__), "hanging"), "w").close()
         time.sleep(3600)
     return 1.0 if ground_truth in solution_str else 0.0
-'''
+"""
 
 
 def start_hanging_run(tiny_assets: Dict[str, str], tmp_path) -> Tuple[subprocess.Popen, str]:
@@ -95,11 +154,20 @@ def start_hanging_run(tiny_assets: Dict[str, str], tmp_path) -> Tuple[subprocess
     reward.parent.mkdir()
     reward.write_text(HANG_FROM_STEP_2)
     out = tmp_path / "run"
-    cmd = train_command(base_overrides(tiny_assets, str(out))
-                        + ["trainer.total_steps=50", "trainer.val_before_train=false", "trainer.test_freq=0",
-                           "trainer.save_freq=1", f"reward.custom_fn={reward}:score", "reward.timeout_s=0"])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, **ENV})
+    cmd = train_command(
+        base_overrides(tiny_assets, str(out))
+        + [
+            "trainer.total_steps=50",
+            "trainer.val_before_train=false",
+            "trainer.test_freq=0",
+            "trainer.save_freq=1",
+            f"reward.custom_fn={reward}:score",
+            "reward.timeout_s=0",
+        ]
+    )
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **ENV}
+    )
     deadline = time.monotonic() + 180
     while not (reward.parent / "hanging").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]

@@ -55,10 +55,16 @@ def build_random_hf(path: str, dtype: str, layers: int, seed: int = 0) -> int:
     bridge = get_bridge(cfg)
     h, f, q, kv = cfg.hidden_size, cfg.intermediate_size, 32 * 64, 8 * 64
     shapes = {
-        "model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-        "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
+        "model.embed_tokens.weight": (cfg.vocab_size, h),
+        "model.norm.weight": (h,),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (f, h),
+        "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
     }
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +81,9 @@ def build_random_hf(path: str, dtype: str, layers: int, seed: int = 0) -> int:
 
 def run_child(args, log_dir: str, tag: str) -> dict:
     stats = os.path.join(log_dir, f"{tag}.json")
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count())))
+    env = dict(
+        os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
+    )
     t = time.time()
     proc = subprocess.run([sys.executable, "-c", CHILD, stats] + args, env=env, capture_output=True, text=True)
     total = time.time() - t
@@ -142,14 +150,21 @@ def main() -> int:
         except Exception:  # noqa: BLE001
             mcore = "?"
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, no GPU" if not torch.cuda.is_available()
-              else f"machine: {os.cpu_count()} cores, GPU {torch.cuda.get_device_name()}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, no GPU"
+            if not torch.cuda.is_available()
+            else f"machine: {os.cpu_count()} cores, GPU {torch.cuda.get_device_name()}"
+        )
         print(f"versions: python {platform.python_version()}, torch {torch.__version__}, megatron-core {mcore}")
-        print(f"model: random Llama-3.2-1B shape, {args.layers} layers, {n / 1e9:.3f}B parameters, {args.dtype}, "
-              f"HF checkpoint {dir_bytes(src) / 2**30:.2f} GiB (built in {t_build:.1f}s)")
+        print(
+            f"model: random Llama-3.2-1B shape, {args.layers} layers, {n / 1e9:.3f}B parameters, {args.dtype}, "
+            f"HF checkpoint {dir_bytes(src) / 2**30:.2f} GiB (built in {t_build:.1f}s)"
+        )
         for tag, r, size_dir in (("hf-to-megatron", h2m, mg), ("megatron-to-hf", m2h, back)):
-            print(f"{tag:15s} wall {r['wall_s']:6.1f}s (process incl. imports {r['process_s']:6.1f}s)  "
-                  f"peak RSS {r['peak_rss_kb'] / 2**20:5.2f} GiB  output {dir_bytes(size_dir) / 2**30:.2f} GiB")
+            print(
+                f"{tag:15s} wall {r['wall_s']:6.1f}s (process incl. imports {r['process_s']:6.1f}s)  "
+                f"peak RSS {r['peak_rss_kb'] / 2**20:5.2f} GiB  output {dir_bytes(size_dir) / 2**30:.2f} GiB"
+            )
         print(f"round trip bit-exact: {tensors} tensors compared in {t_cmp:.1f}s")
     finally:
         if not args.keep and not args.workdir:

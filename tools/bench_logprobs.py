@@ -42,10 +42,14 @@ def main() -> None:
     labels = torch.randint(0, args.vocab, shape, generator=gen)
     upstream = torch.randn(*shape, generator=gen)
     sides = {
-        "megatron": (lambda z: -vocab_parallel_cross_entropy(vocab_parallel_logits=z, target=labels),
-                     lambda z: -vocab_parallel_cross_entropy(vocab_parallel_logits=z, target=labels)),
-        "fused": (lambda z: token_log_probs(z, labels),
-                  lambda z: token_log_probs_and_entropy(z, labels, with_entropy=False)[0]),
+        "megatron": (
+            lambda z: -vocab_parallel_cross_entropy(vocab_parallel_logits=z, target=labels),
+            lambda z: -vocab_parallel_cross_entropy(vocab_parallel_logits=z, target=labels),
+        ),
+        "fused": (
+            lambda z: token_log_probs(z, labels),
+            lambda z: token_log_probs_and_entropy(z, labels, with_entropy=False)[0],
+        ),
     }
     times = {f"{s}_{k}": [] for s in sides for k in ("fwd", "bwd", "nograd")}
     for r in range(args.rounds):
@@ -66,7 +70,9 @@ def main() -> None:
                 times[f"{side}_bwd"].append(t2 - t1)
                 times[f"{side}_nograd"].append(t4 - t3)
     out = {k: round(statistics.median(v) * 1000, 1) for k, v in times.items()}
-    out.update(shape=[args.batch * args.rows_per_sample, args.vocab], load_average=[round(x, 1) for x in os.getloadavg()])
+    out.update(
+        shape=[args.batch * args.rows_per_sample, args.vocab], load_average=[round(x, 1) for x in os.getloadavg()]
+    )
     print(json.dumps(out), flush=True)
     destroy_distributed()
 

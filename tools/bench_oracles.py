@@ -55,11 +55,16 @@ def main() -> None:
         "remote": (dict(url=f"http://127.0.0.1:{server.server_address[1]}/"), "bradley_terry"),
     }
     words = "the quick brown fox jumps over a lazy dog and then some more words follow here".split()
-    messages = [[{"role": "user", "content": " ".join(words[g % 5:g % 5 + 6])}] for g in range(args.prompts)
-                for _ in range(args.n)]
-    responses = [" ".join(words[(i * 7) % 9:(i * 7) % 9 + 3 + i % 5]) for i in range(args.prompts * args.n)]
-    print(f"{args.prompts} prompts x K={args.n} = {len(responses)} samples, batch_size {args.batch_size}, "
-          f"best of {args.repeats}")
+    messages = [
+        [{"role": "user", "content": " ".join(words[g % 5 : g % 5 + 6])}]
+        for g in range(args.prompts)
+        for _ in range(args.n)
+    ]
+    responses = [" ".join(words[(i * 7) % 9 : (i * 7) % 9 + 3 + i % 5]) for i in range(args.prompts * args.n)]
+    print(
+        f"{args.prompts} prompts x K={args.n} = {len(responses)} samples, batch_size {args.batch_size}, "
+        f"best of {args.repeats}"
+    )
     print(f"{'oracle':<14}{'forwards':>9}{'seconds':>9}{'samples/s':>11}")
     for kind, (keys, preference) in kinds.items():
         oracle = build_oracle(RewardConfig(source=kind, batch_size=args.batch_size, max_length=256, **keys), preference)

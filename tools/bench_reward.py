@@ -33,7 +33,11 @@ SCIENTIFIC = re.compile(r"\d[eE][-+]?\d")
 
 def _integer(r: random.Random):
     n = r.randint(2, 2000)
-    return str(n), [str(n), f"{n}.0", f"\\${n}", f"{n} \\text{{ dollars}}", f"x = {n}", f"{n:,}"], [str(n + 1), str(-n), str(10 * n)]
+    return (
+        str(n),
+        [str(n), f"{n}.0", f"\\${n}", f"{n} \\text{{ dollars}}", f"x = {n}", f"{n:,}"],
+        [str(n + 1), str(-n), str(10 * n)],
+    )
 
 
 def _fraction(r: random.Random):
@@ -57,7 +61,11 @@ def _pi(r: random.Random):
 
 def _negative(r: random.Random):
     b = r.choice([2, 4, 5, 8])
-    return f"-\\frac{{1}}{{{b}}}", [f"{-1 / b:g}", f"-\\dfrac1{b}", f"\\frac{{-1}}{{{b}}}"], [f"\\frac{{1}}{{{b}}}", f"-{b}"]
+    return (
+        f"-\\frac{{1}}{{{b}}}",
+        [f"{-1 / b:g}", f"-\\dfrac1{b}", f"\\frac{{-1}}{{{b}}}"],
+        [f"\\frac{{1}}{{{b}}}", f"-{b}"],
+    )
 
 
 def _tuple(r: random.Random):
@@ -67,7 +75,11 @@ def _tuple(r: random.Random):
 
 def _interval(r: random.Random):
     a = r.randint(-20, 20)
-    return f"(-\\infty,{a}]", [f"(-\\infty, {a}]", f"\\left(-\\infty, {a}\\right]"], [f"(-\\infty, {a})", f"[{a}, \\infty)"]
+    return (
+        f"(-\\infty,{a}]",
+        [f"(-\\infty, {a}]", f"\\left(-\\infty, {a}\\right]"],
+        [f"(-\\infty, {a})", f"[{a}, \\infty)"],
+    )
 
 
 def _solutions(r: random.Random):
@@ -93,7 +105,11 @@ def _degrees(r: random.Random):
 
 def _scientific(r: random.Random):
     m = r.randint(11, 99)
-    return str(m * 100), [f"{m / 10:g} \\times 10^3", f"{m / 10:g}e3", f"{m * 100:,}".replace(",", "{,}")], [str(m * 10), str(m * 1000)]
+    return (
+        str(m * 100),
+        [f"{m / 10:g} \\times 10^3", f"{m / 10:g}e3", f"{m * 100:,}".replace(",", "{,}")],
+        [str(m * 10), str(m * 1000)],
+    )
 
 
 def _units(r: random.Random):
@@ -137,9 +153,28 @@ def _percent(r: random.Random):
     return f"{p}\\%", [str(p), f"{p / 100:g}", f"{p}\\%"], [f"{p + 1}"]
 
 
-PROBLEMS = [_integer, _fraction, _radical, _pi, _negative, _tuple, _interval, _solutions, _polynomial,
-            _radical_fraction, _degrees, _scientific, _units, _choice, _word, _line, _matrix, _logarithm,
-            _mixed_number, _percent]
+PROBLEMS = [
+    _integer,
+    _fraction,
+    _radical,
+    _pi,
+    _negative,
+    _tuple,
+    _interval,
+    _solutions,
+    _polynomial,
+    _radical_fraction,
+    _degrees,
+    _scientific,
+    _units,
+    _choice,
+    _word,
+    _line,
+    _matrix,
+    _logarithm,
+    _mixed_number,
+    _percent,
+]
 
 REASONING = [
     "We need to find the value asked for. Let $x$ be the unknown quantity. ",
@@ -185,7 +220,9 @@ def build_mix(n: int, hostile: float, bombs: float, seed: int) -> list[tuple[str
         elif roll < hostile + 0.03:
             items.append(("no box", rng.choice(REASONING) + " The answer is " + right[0] + ".", gold, 0.0))
         elif roll < hostile + 0.06:
-            items.append(("two boxes", f"First \\boxed{{{rng.choice(wrong)}}}. " + _response(rng, rng.choice(right)), gold, 1.0))
+            items.append(
+                ("two boxes", f"First \\boxed{{{rng.choice(wrong)}}}. " + _response(rng, rng.choice(right)), gold, 1.0)
+            )
         elif rng.random() < 0.6:
             items.append(("equivalent", _response(rng, rng.choice(right)), gold, 1.0))
         else:
@@ -258,8 +295,10 @@ def main() -> int:
         checked, false_pos, false_neg = _agreement(items, args.agreement)
         scientific = sum(1 for _, answer in false_pos if SCIENTIFIC.search(answer))
         print(f"fast path vs math-verify: {checked - len(false_pos) - len(false_neg)}/{checked} decided verdicts agree")
-        print(f"  false positives (fast 1, math-verify 0): {len(false_pos)}, of them scientific notation: {scientific}; "
-              f"others: {[c for c in false_pos if not SCIENTIFIC.search(c[1])][:10]}")
+        print(
+            f"  false positives (fast 1, math-verify 0): {len(false_pos)}, of them scientific notation: {scientific}; "
+            f"others: {[c for c in false_pos if not SCIENTIFIC.search(c[1])][:10]}"
+        )
         print(f"  false negatives (fast 0, math-verify 1): {len(false_neg)}: {false_neg[:10]}")
     return 0
 

@@ -32,25 +32,59 @@ from sppo_megatron.platform.distributed import free_port  # noqa: E402
 def build_assets(out: str) -> str:
     if not os.path.exists(os.path.join(out, "megatron", "sppo_checkpoint.json")):
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_tiny_assets.py"), "--out", out], check=True)
-        subprocess.run([sys.executable, "-m", "sppo_megatron.cli.convert", "hf-to-megatron", "--hf", f"{out}/model",
-                        "--out", f"{out}/megatron"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sppo_megatron.cli.convert",
+                "hf-to-megatron",
+                "--hf",
+                f"{out}/model",
+                "--out",
+                f"{out}/megatron",
+            ],
+            check=True,
+        )
     return out
 
 
 def tiny_overrides(assets: str) -> list:
-    return [f"model.path={assets}/megatron/hf", f"model.megatron_ckpt={assets}/megatron",
-            f"data.train_files=[{assets}/data/train.parquet]", "data.train_batch_size=8",
-            "data.max_prompt_length=32", "data.max_response_length=16", "rollout.engine=hf", "rollout.n=4",
-            "train.mini_batch_size=4", "train.micro_batch_size=4", "optim.lr=1e-4"]
+    return [
+        f"model.path={assets}/megatron/hf",
+        f"model.megatron_ckpt={assets}/megatron",
+        f"data.train_files=[{assets}/data/train.parquet]",
+        "data.train_batch_size=8",
+        "data.max_prompt_length=32",
+        "data.max_response_length=16",
+        "rollout.engine=hf",
+        "rollout.n=4",
+        "train.mini_batch_size=4",
+        "train.micro_batch_size=4",
+        "optim.lr=1e-4",
+    ]
 
 
 def run(mode: str, nproc: int, overrides: list, out: str) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "sppo_megatron.train", *overrides,
-           f"trainer.output_dir={out}", "trainer.resume=none", "trainer.overwrite=true", "trainer.val_before_train=false",
-           "trainer.test_freq=0"]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                   stdout=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "sppo_megatron.train",
+        *overrides,
+        f"trainer.output_dir={out}",
+        "trainer.resume=none",
+        "trainer.overwrite=true",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=0",
+    ]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as fh:
         steps = [m for m in map(json.loads, fh) if m["step"] > 1]
     row = {"mode": mode}
@@ -87,7 +121,9 @@ def main() -> None:
     parser.add_argument("--train-ranks", type=int, default=2)
     parser.add_argument("--rollout-ranks", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--assets", help="tiny assets directory (tools/make_tiny_assets.py); omit with a model in key=value")
+    parser.add_argument(
+        "--assets", help="tiny assets directory (tools/make_tiny_assets.py); omit with a model in key=value"
+    )
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
@@ -98,14 +134,22 @@ def main() -> None:
     base.append(f"trainer.total_steps={args.steps}")
     world = args.train_ranks + args.rollout_ranks
     separate = ["rollout.placement=separate", f"rollout.num_ranks={args.rollout_ranks}"]
-    modes = [("colocated", []), ("separate", separate), ("separate+off_policy_1", separate + ["rollout.off_policy_steps=1"])]
+    modes = [
+        ("colocated", []),
+        ("separate", separate),
+        ("separate+off_policy_1", separate + ["rollout.off_policy_steps=1"]),
+    ]
     rows = [run(name, world, base + extra, os.path.join(out, name)) for name, extra in modes]
-    print(f"{world} ranks ({args.train_ranks} train + {args.rollout_ranks} rollout when separate), "
-          f"{args.steps} steps, medians over steps 2..{args.steps}")
+    print(
+        f"{world} ranks ({args.train_ranks} train + {args.rollout_ranks} rollout when separate), "
+        f"{args.steps} steps, medians over steps 2..{args.steps}"
+    )
     print(f"{'mode':<24}{'step_s':>9}{'tokens/s':>10}{'wait_gen_s':>12}{'gen_busy_s':>12}{'overlap':>9}")
     for r in rows:
-        print(f"{r['mode']:<24}{r['timing/step_s']:>9.3f}{r['perf/tokens_per_s']:>10.1f}{r['timing/gen_s']:>12.3f}"
-              f"{r['timing/gen_busy_s']:>12.3f}{r['overlap']:>9.0%}")
+        print(
+            f"{r['mode']:<24}{r['timing/step_s']:>9.3f}{r['perf/tokens_per_s']:>10.1f}{r['timing/gen_s']:>12.3f}"
+            f"{r['timing/gen_busy_s']:>12.3f}{r['overlap']:>9.0%}"
+        )
 
 
 if __name__ == "__main__":

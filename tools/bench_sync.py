@@ -41,13 +41,43 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRESETS = {
     # (tiny-model variant, sizes). Qwen2-shaped; "small" is about 0.13 B parameters (0.5 GB in
     # fp32); "moe-small" is Qwen3-MoE-shaped, 8 experts top 2, about 0.15 B parameters (0.6 GB)
-    "tiny": ("qwen2", dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2)),
-    "small": ("qwen2", dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                            num_attention_heads=12, num_key_value_heads=4)),
-    "moe-small": ("qwen3-moe", dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                                    num_attention_heads=12, num_key_value_heads=4, head_dim=64, num_experts=8,
-                                    num_experts_per_tok=2, moe_intermediate_size=384)),
+    "tiny": (
+        "qwen2",
+        dict(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+    ),
+    "small": (
+        "qwen2",
+        dict(
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+        ),
+    ),
+    "moe-small": (
+        "qwen3-moe",
+        dict(
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            head_dim=64,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=384,
+        ),
+    ),
 }
 
 
@@ -137,18 +167,30 @@ def run(args) -> dict:
         model_dtype = torch.float32
 
         def stream():
-            return ((k, v.detach()) for k, v in model.state_dict().items() if k != "lm_head.weight" or not model.config.tie_word_embeddings)
+            return (
+                (k, v.detach())
+                for k, v in model.state_dict().items()
+                if k != "lm_head.weight" or not model.config.tie_word_embeddings
+            )
 
     if args.engine == "hf":
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
-        engine = HFRolloutEngine(hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_placement(1))
+        engine = HFRolloutEngine(
+            hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_placement(1)
+        )
     else:
         from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
-        engine = SglangRolloutEngine(hf_dir, tp=args.rollout_tp, mem_fraction=args.mem_fraction,
-                                     dtype=resolve_dtype(args.dtype, device), bucket_mb=args.bucket_mb,
-                                     placement=make_placement(args.rollout_tp), sync_mode=args.sync_mode)
+        engine = SglangRolloutEngine(
+            hf_dir,
+            tp=args.rollout_tp,
+            mem_fraction=args.mem_fraction,
+            dtype=resolve_dtype(args.dtype, device),
+            bucket_mb=args.bucket_mb,
+            placement=make_placement(args.rollout_tp),
+            sync_mode=args.sync_mode,
+        )
     sync = WeightSync(engine)
     tensors = [t.detach().clone() for _, t in stream()]
     dst = [torch.empty_like(t) for t in tensors]
@@ -174,15 +216,27 @@ def run(args) -> dict:
     sync_s = statistics.median(times)
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
-        "engine": args.engine, "source": args.source, "tp": args.tp, "pp": args.pp, "ep": args.ep,
-        "model": args.hf or args.preset, "model_dtype": str(model_dtype).replace("torch.", ""),
+        "engine": args.engine,
+        "source": args.source,
+        "tp": args.tp,
+        "pp": args.pp,
+        "ep": args.ep,
+        "model": args.hf or args.preset,
+        "model_dtype": str(model_dtype).replace("torch.", ""),
         "engine_dtype": str(engine.dtype).replace("torch.", ""),
-        "tensors": int(last["sync/tensors"]), "gb": nbytes / 1e9,
-        "sync_s_median": sync_s, "sync_s_min": min(times), "sync_s_all": times,
-        "sync_gb_per_s": nbytes / sync_s / 1e9, "sync_gb_per_s_best": nbytes / min(times) / 1e9,
-        "floor_s": floor, "floor_gb_per_s": nbytes / floor / 1e9, "sync_over_floor": sync_s / floor,
+        "tensors": int(last["sync/tensors"]),
+        "gb": nbytes / 1e9,
+        "sync_s_median": sync_s,
+        "sync_s_min": min(times),
+        "sync_s_all": times,
+        "sync_gb_per_s": nbytes / sync_s / 1e9,
+        "sync_gb_per_s_best": nbytes / min(times) / 1e9,
+        "floor_s": floor,
+        "floor_gb_per_s": nbytes / floor / 1e9,
+        "sync_over_floor": sync_s / floor,
         "sync_over_floor_paired_median": statistics.median(t / f for t, f in zip(times, floors)),
-        "export_alone_s_median": statistics.median(exports), "page_faults_per_sync": faults,
+        "export_alone_s_median": statistics.median(exports),
+        "page_faults_per_sync": faults,
         "checked": bool(last["sync/checked"]),
     }
 
@@ -214,8 +268,14 @@ def main(argv=None) -> int:
             path = os.path.join(tempfile.gettempdir(), f"sppo_bench_sync_{args.preset}")
             if not os.path.isfile(os.path.join(path, "config.json")):
                 make_preset(args.preset, path)
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world}",
-               f"--master-port={free_port()}", os.path.abspath(__file__)] + (argv if argv is not None else sys.argv[1:])
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={world}",
+            f"--master-port={free_port()}",
+            os.path.abspath(__file__),
+        ] + (argv if argv is not None else sys.argv[1:])
         return subprocess.call(cmd)
     result = run(args)
     if int(os.environ.get("RANK", "0")) == 0:

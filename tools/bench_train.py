@@ -68,8 +68,12 @@ PEAK_BF16_TFLOPS = [
 
 
 PRESETS = {"llama3.2-1b": LLAMA_3_2_1B}
-SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                 "math": "MATH"}
+SDPA_BACKENDS = {
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "math": "MATH",
+}
 
 
 def sdpa_kernels(name: str):
@@ -163,17 +167,34 @@ def matmul_params(hf) -> int:
 
 
 def build_config(args):
-    from sppo_megatron.config.schema import (Config, DataConfig, ModelConfig, OptimConfig, ParallelConfig, RolloutConfig,
-                                             TrainConfig, TrainerConfig)
+    from sppo_megatron.config.schema import (
+        Config,
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        ParallelConfig,
+        RolloutConfig,
+        TrainConfig,
+        TrainerConfig,
+    )
 
     return Config(
         model=ModelConfig(dtype=args.dtype, recompute=args.recompute),
-        parallel=ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, use_distributed_optimizer=not args.no_dist_opt,
-                                sequence_parallel=args.sequence_parallel),
+        parallel=ParallelConfig(
+            tp=args.tp,
+            pp=args.pp,
+            ep=args.ep,
+            etp=args.etp,
+            use_distributed_optimizer=not args.no_dist_opt,
+            sequence_parallel=args.sequence_parallel,
+        ),
         rollout=RolloutConfig(n=1, temperature=1.0),
         data=DataConfig(train_batch_size=args.batch),
-        train=TrainConfig(mini_batch_size=args.batch,  # one optimizer step per update
-                          micro_batch_size=args.micro_batch_size, max_tokens_per_micro_batch=args.max_tokens),
+        train=TrainConfig(
+            mini_batch_size=args.batch,  # one optimizer step per update
+            micro_batch_size=args.micro_batch_size,
+            max_tokens_per_micro_batch=args.max_tokens,
+        ),
         optim=OptimConfig(lr=1e-6),
         trainer=TrainerConfig(total_steps=args.steps + args.warmup, seed=args.seed),
     )
@@ -225,8 +246,10 @@ def measure_offload(actor, batch) -> dict:
     _sync()
     t2 = time.perf_counter()
     return {
-        "offload_s": round(t1 - t0, 4), "onload_s": round(t2 - t1, 4),
-        "gpu_mem_gib_before_offload": before, "gpu_mem_gib_offloaded": offloaded,
+        "offload_s": round(t1 - t0, 4),
+        "onload_s": round(t2 - t1, 4),
+        "gpu_mem_gib_before_offload": before,
+        "gpu_mem_gib_offloaded": offloaded,
         "gpu_mem_gib_after_onload": allocated(),
         "offload_logp_identical": bool(torch.equal(actor.log_probs(batch).logp, before_logp)),
     }
@@ -276,12 +299,16 @@ def main(argv=None) -> dict:
         "dp": actor.layout.dp,
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,
-        "model": args.preset or args.hf_config or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
+        "model": args.preset
+        or args.hf_config
+        or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
         "matmul_params": n_mm,
         "batch": args.batch,
         "seq": args.seq,
         "sdpa_backend": args.sdpa_backend,
-        "micro_batching": f"max_tokens={args.max_tokens}" if args.max_tokens else f"micro_batch_size={args.micro_batch_size}",
+        "micro_batching": f"max_tokens={args.max_tokens}"
+        if args.max_tokens
+        else f"micro_batch_size={args.micro_batch_size}",
         "tokens_per_step": tokens,
         "update_step_s": round(step, 4),
         "update_tokens_per_s": round(tokens / step, 1),

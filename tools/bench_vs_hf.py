@@ -47,8 +47,13 @@ class PlainLoop:
         if unexpected or [m for m in missing if "rotary" not in m]:
             raise RuntimeError(f"HF model does not take the actor's export: missing {missing}, unexpected {unexpected}")
         self.clip = float(optim.clip_grad)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
-                                     eps=optim.adam_eps, weight_decay=optim.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=optim.lr,
+            betas=(optim.adam_beta1, optim.adam_beta2),
+            eps=optim.adam_eps,
+            weight_decay=optim.weight_decay,
+        )
         self.micro = micro_batch_size
 
     def _micro_batches(self, batch):
@@ -108,14 +113,18 @@ def main(argv=None) -> dict:
     actor = build_actor(cfg, hf, load_weights=False)
     if actor.dtype != torch.float32:
         raise SystemExit("bench_vs_hf compares fp32 runs (--dtype fp32, or auto on CPU)")
-    plain = PlainLoop(hf, {n: t.detach().clone() for n, t in actor.export_hf_weights()}, cfg.optim, args.micro_batch_size)
+    plain = PlainLoop(
+        hf, {n: t.detach().clone() for n, t in actor.export_hf_weights()}, cfg.optim, args.micro_batch_size
+    )
     batch = bench_train.make_batch(args, hf.vocab_size)
     targets = torch.randn(len(batch), generator=torch.Generator().manual_seed(args.seed)) * 0.1
     tokens = sum(batch.input_lengths)
     check = (actor.log_probs(batch).sequence_logp() - plain.log_probs(batch)).abs().max().item()
 
-    sides = {"actor": [actor.log_probs, lambda old: actor.update(batch, targets, old)],
-             "plain": [plain.log_probs, lambda old: plain.update(batch, targets, old)]}
+    sides = {
+        "actor": [actor.log_probs, lambda old: actor.update(batch, targets, old)],
+        "plain": [plain.log_probs, lambda old: plain.update(batch, targets, old)],
+    }
     times = {side: ([], []) for side in sides}  # (log-prob seconds, update seconds) per round
     for r in range(args.warmup + rounds):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
@@ -131,14 +140,23 @@ def main(argv=None) -> dict:
     med = {side: [statistics.median(times[side][k]) for k in (0, 1)] for side in sides}
     paired = [statistics.median(p / a for a, p in zip(times["actor"][k], times["plain"][k])) for k in (0, 1)]
     result = {
-        "model": f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} V{hf.vocab_size}" if not (args.preset or args.hf_config) else (args.preset or args.hf_config),
-        "batch": args.batch, "seq": args.seq, "vary_lengths": args.vary_lengths,
-        "micro_batch_size": args.micro_batch_size, "tokens_per_step": tokens, "rounds": rounds,
+        "model": f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} V{hf.vocab_size}"
+        if not (args.preset or args.hf_config)
+        else (args.preset or args.hf_config),
+        "batch": args.batch,
+        "seq": args.seq,
+        "vary_lengths": args.vary_lengths,
+        "micro_batch_size": args.micro_batch_size,
+        "tokens_per_step": tokens,
+        "rounds": rounds,
         "distributed_optimizer": not args.no_dist_opt,
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
         "logp_max_abs_diff_seq": check,
-        "actor_log_probs_s": round(med["actor"][0], 4), "plain_log_probs_s": round(med["plain"][0], 4),
-        "actor_update_s": round(med["actor"][1], 4), "plain_update_s": round(med["plain"][1], 4),
+        "actor_log_probs_s": round(med["actor"][0], 4),
+        "plain_log_probs_s": round(med["plain"][0], 4),
+        "actor_update_s": round(med["actor"][1], 4),
+        "plain_update_s": round(med["plain"][1], 4),
         "actor_log_probs_tokens_per_s": round(tokens / med["actor"][0], 1),
         "plain_log_probs_tokens_per_s": round(tokens / med["plain"][0], 1),
         "actor_update_tokens_per_s": round(tokens / med["actor"][1], 1),

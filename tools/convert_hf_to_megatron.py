@@ -1,4 +1,5 @@
 """Thin wrapper: `python tools/convert_hf_to_megatron.py ARGS` == `sppo-convert hf-to-megatron ARGS`."""
+
 import sys
 
 from sppo_megatron.cli.convert import main

@@ -1,4 +1,5 @@
 """Thin wrapper: `python tools/convert_megatron_to_hf.py ARGS` == `sppo-convert megatron-to-hf ARGS`."""
+
 import sys
 
 from sppo_megatron.cli.convert import main

@@ -219,7 +219,11 @@ def flattened_payload_keys(src: Source, module: str) -> List[str]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "flattened_bucket" in node.name:
                 for sub in ast.walk(node):
-                    if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.Constant) and isinstance(sub.slice.value, str):
+                    if (
+                        isinstance(sub, ast.Subscript)
+                        and isinstance(sub.slice, ast.Constant)
+                        and isinstance(sub.slice.value, str)
+                    ):
                         if sub.slice.value not in keys:
                             keys.append(sub.slice.value)
     return keys
@@ -232,7 +236,9 @@ def allowed_globals(src: Source) -> List[List[str]]:
         if cls.name != "SafeUnpickler":
             continue
         for node in cls.body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ALLOWED_GLOBALS" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "ALLOWED_GLOBALS" for t in node.targets
+            ):
                 for elt in getattr(node.value, "elts", []):
                     if isinstance(elt, ast.Tuple) and all(isinstance(e, ast.Constant) for e in elt.elts):
                         out.append([e.value for e in elt.elts])
@@ -275,25 +281,44 @@ def moe_weight_names(src: Source, model: str) -> Dict[str, object]:
     attributes, stacked = set(), set()
     entry: List[str] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "stacked_params_mapping" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "stacked_params_mapping" for t in node.targets
+        ):
             for item in getattr(node.value, "elts", []):  # (param_name, checkpoint weight_name, shard_id)
                 if isinstance(item, ast.Tuple) and len(item.elts) == 3 and isinstance(item.elts[1], ast.Constant):
                     stacked.add(item.elts[1].value)
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "make_expert_params_mapping":
-            expert_names.update({k.arg: k.value.value for k in node.keywords
-                                 if k.arg and k.arg.startswith("ckpt_") and isinstance(k.value, ast.Constant)})
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and getattr(node.value, "id", None) == "self":
+            expert_names.update(
+                {
+                    k.arg: k.value.value
+                    for k in node.keywords
+                    if k.arg and k.arg.startswith("ckpt_") and isinstance(k.value, ast.Constant)
+                }
+            )
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and getattr(node.value, "id", None) == "self"
+        ):
             attributes.add(node.attr)
         elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EntryClass" for t in node.targets):
             value = node.value
-            entry = [e.id for e in value.elts] if isinstance(value, (ast.List, ast.Tuple)) else [getattr(value, "id", "")]
-    return {"expert_checkpoint_names": expert_names, "attributes": sorted(attributes), "entry_classes": entry,
-            "stacked_checkpoint_names": sorted(stacked)}
+            entry = (
+                [e.id for e in value.elts] if isinstance(value, (ast.List, ast.Tuple)) else [getattr(value, "id", "")]
+            )
+    return {
+        "expert_checkpoint_names": expert_names,
+        "attributes": sorted(attributes),
+        "entry_classes": entry,
+        "stacked_checkpoint_names": sorted(stacked),
+    }
 
 
 def version_of(src: Source) -> str:
-    for fname, pattern in (("sglang/_version.py", r"__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)"),
-                           ("sglang/version.py", r"__version__\s*=\s*['\"]([^'\"]+)")):
+    for fname, pattern in (
+        ("sglang/_version.py", r"__version__\s*=\s*(?:version\s*=\s*)?['\"]([^'\"]+)"),
+        ("sglang/version.py", r"__version__\s*=\s*['\"]([^'\"]+)"),
+    ):
         text = src.read(fname) or ""
         m = re.search(pattern, text)
         if m:
@@ -322,8 +347,18 @@ def extract(src_path: str) -> Dict[str, object]:
         "server_args_fields": server_args_fields(src),
         "sampling_params_fields": sampling_fields(src),
         "symbols": {s: where[s] for s in SYMBOLS},
-        "classes": {s: cls_info(s) for s in ("FlattenedTensorBucket", "FlattenedTensorMetadata", "LocalSerializedTensor", "MultiprocessingSerializer")},
-        "flattened_bucket_payload_keys": flattened_payload_keys(src, "sglang.srt.model_executor.model_runner_components.weight_updater"),
+        "classes": {
+            s: cls_info(s)
+            for s in (
+                "FlattenedTensorBucket",
+                "FlattenedTensorMetadata",
+                "LocalSerializedTensor",
+                "MultiprocessingSerializer",
+            )
+        },
+        "flattened_bucket_payload_keys": flattened_payload_keys(
+            src, "sglang.srt.model_executor.model_runner_components.weight_updater"
+        ),
         "safe_unpickler_allowed_globals": allowed_globals(src),
         "memory_tags": memory_tags(src),
         "result_keys_in_tokenizer_manager": {k: (f'"{k}"' in tm_text or f"'{k}'" in tm_text) for k in RESULT_KEYS},
@@ -337,13 +372,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", help="output JSON (default: tests/data/sglang_api_<version>.json)")
     args = parser.parse_args(argv)
     manifest = extract(args.src)
-    out = args.out or os.path.join(os.path.dirname(__file__), "..", "tests", "data", f"sglang_api_{manifest['sglang_version']}.json")
+    out = args.out or os.path.join(
+        os.path.dirname(__file__), "..", "tests", "data", f"sglang_api_{manifest['sglang_version']}.json"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
-    print(f"wrote {os.path.normpath(out)} (sglang {manifest['sglang_version']}: {len(manifest['engine']['methods'])} "
-          f"Engine methods, {len(manifest['server_args_fields'])} ServerArgs fields)")
+    print(
+        f"wrote {os.path.normpath(out)} (sglang {manifest['sglang_version']}: {len(manifest['engine']['methods'])} "
+        f"Engine methods, {len(manifest['server_args_fields'])} ServerArgs fields)"
+    )
     return 0
 
 

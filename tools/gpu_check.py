@@ -50,15 +50,56 @@ LOGP_BOUND = 0.05  # bf16 HF engine vs bf16 Megatron actor, mean |delta log-prob
 MIN_STEP_S = 20  # a step is not started with less of the budget left
 LOG_TAIL = 4000
 
-BENCH_TRAIN = ["--preset", "llama3.2-1b", "--dtype", "bf16", "--seq", "4096", "--prompt-len", "1024",
-               "--batch", "16", "--micro-batch-size", "1", "--steps", "3", "--warmup", "1", "--sdpa-backend", "flash"]
-OFFLOAD = ["--preset", "llama3.2-1b", "--dtype", "bf16", "--seq", "1024", "--prompt-len", "256", "--batch", "4",
-           "--steps", "1", "--warmup", "0", "--measure-offload"]
+BENCH_TRAIN = [
+    "--preset",
+    "llama3.2-1b",
+    "--dtype",
+    "bf16",
+    "--seq",
+    "4096",
+    "--prompt-len",
+    "1024",
+    "--batch",
+    "16",
+    "--micro-batch-size",
+    "1",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+    "--sdpa-backend",
+    "flash",
+]
+OFFLOAD = [
+    "--preset",
+    "llama3.2-1b",
+    "--dtype",
+    "bf16",
+    "--seq",
+    "1024",
+    "--prompt-len",
+    "256",
+    "--batch",
+    "4",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--measure-offload",
+]
 BENCH_SYNC = ["--preset", "small", "--source", "megatron", "--engine", "hf", "--dtype", "bf16", "--iters", "5"]
 TRAIN_STEPS = 20
-TRAIN_OVERRIDES = ["parallel.tp=1", "model.dtype=bf16", "rollout.dtype=bf16", "rollout.engine=hf",
-                   f"trainer.total_steps={TRAIN_STEPS}", "trainer.test_freq=10", "trainer.save_freq=0",
-                   "trainer.export_hf=false", "trainer.log_samples_freq=0"]
+TRAIN_OVERRIDES = [
+    "parallel.tp=1",
+    "model.dtype=bf16",
+    "rollout.dtype=bf16",
+    "rollout.engine=hf",
+    f"trainer.total_steps={TRAIN_STEPS}",
+    "trainer.test_freq=10",
+    "trainer.save_freq=0",
+    "trainer.export_hf=false",
+    "trainer.log_samples_freq=0",
+]
 
 
 class CheckFailed(Exception):
@@ -100,13 +141,31 @@ def read_json_lines(path: str) -> List[Dict[str, Any]]:
 
 # ---- install / env ---------------------------------------------------------------------------
 
+
 def install_commands(ctx: Ctx) -> List[List[str]]:
     wheels = sorted(glob.glob(os.path.join(ctx.wheels, "*.whl")))
     if not wheels:
         raise CheckFailed(f"--wheels {ctx.wheels}: no *.whl (build it with tools/gpu_check_wheels.sh)")
-    return [[ctx.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
-             "--disable-pip-version-check", "--upgrade", "--find-links", ctx.wheels, "--target", ctx.path("site"),
-             *wheels]]
+    return [
+        [
+            ctx.python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--upgrade",
+            "--find-links",
+            ctx.wheels,
+            "--target",
+            ctx.path("site"),
+            *wheels,
+        ]
+    ]
 
 
 def install_figures(ctx: Ctx) -> Dict[str, Any]:
@@ -130,8 +189,17 @@ def probe(out: str, site: str) -> None:
 
     import torch
 
-    names = ["torch", "megatron-core", "transformers", "tokenizers", "huggingface-hub", "omegaconf", "math-verify",
-             "numpy", "pytest"]
+    names = [
+        "torch",
+        "megatron-core",
+        "transformers",
+        "tokenizers",
+        "huggingface-hub",
+        "omegaconf",
+        "math-verify",
+        "numpy",
+        "pytest",
+    ]
     versions = {}
     for name in names:
         try:
@@ -140,13 +208,22 @@ def probe(out: str, site: str) -> None:
             versions[name] = None
     import megatron.core  # noqa: F401  (fails here, not in a later step, when the install is broken)
 
-    info: Dict[str, Any] = {"python": sys.version.split()[0], "versions": versions, "torch_file": torch.__file__,
-                            "torch_from_image": not os.path.abspath(torch.__file__).startswith(os.path.abspath(site)),
-                            "cuda": torch.cuda.is_available()}
+    info: Dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "torch_file": torch.__file__,
+        "torch_from_image": not os.path.abspath(torch.__file__).startswith(os.path.abspath(site)),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
-                    memory_gib=round(props.total_memory / 2**30, 1), cuda_runtime=torch.version.cuda)
+        info.update(
+            device=props.name,
+            capability=f"{props.major}.{props.minor}",
+            sms=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda_runtime=torch.version.cuda,
+        )
         info.update(measure_ceilings(torch), sdpa_flash_gqa=flash_gqa_works(torch))
     with open(out, "w", encoding="utf-8") as f:
         f.write(json.dumps(info) + "\n")
@@ -161,7 +238,9 @@ def flash_gqa_works(torch: Any) -> bool:
     kv = torch.randn(1, 8, 4096, 64, device="cuda", dtype=torch.bfloat16)
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True).sum().backward()
+            torch.nn.functional.scaled_dot_product_attention(
+                q, kv, kv, is_causal=True, enable_gqa=True
+            ).sum().backward()
         torch.cuda.synchronize()
         return True
     except RuntimeError:
@@ -170,6 +249,7 @@ def flash_gqa_works(torch: Any) -> bool:
 
 def measure_ceilings(torch: Any) -> Dict[str, float]:
     """Median of 10 timed runs after 3 warm-ups, random data (zeros run faster than real data)."""
+
     def median_ms(fn) -> float:
         for _ in range(3):
             fn()
@@ -184,20 +264,39 @@ def measure_ceilings(torch: Any) -> Dict[str, float]:
         return statistics.median(times)
 
     n = 8192
-    x, y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    x, y = (
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+    )
     mm = median_ms(lambda: torch.mm(x, y))
     src = torch.randn(2**29, device="cuda")  # 2 GiB of fp32
     dst = torch.empty_like(src)
     cp = median_ms(lambda: dst.copy_(src))
-    return {"matmul_bf16_tflops": round(2 * n**3 / mm / 1e9, 1),
-            "copy_gb_per_s": round(2 * src.numel() * 4 / cp / 1e6, 1)}
+    return {
+        "matmul_bf16_tflops": round(2 * n**3 / mm / 1e9, 1),
+        "copy_gb_per_s": round(2 * src.numel() * 4 / cp / 1e6, 1),
+    }
 
 
 # ---- the GPU steps ---------------------------------------------------------------------------
 
+
 def gpu_tests_commands(ctx: Ctx) -> List[List[str]]:
-    return [[ctx.python, "-m", "pytest", "-q", "-m", "gpu", "--timeout", "120", "--junitxml",
-             ctx.path("gpu_tests.xml"), os.path.join(ROOT, "tests")]]
+    return [
+        [
+            ctx.python,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "gpu",
+            "--timeout",
+            "120",
+            "--junitxml",
+            ctx.path("gpu_tests.xml"),
+            os.path.join(ROOT, "tests"),
+        ]
+    ]
 
 
 def gpu_tests_figures(ctx: Ctx) -> Dict[str, Any]:
@@ -219,8 +318,18 @@ def bench_train_commands(argv: List[str], out: str) -> Callable[[Ctx], List[List
 
 def bench_train_figures(ctx: Ctx) -> Dict[str, Any]:
     r = read_json_lines(ctx.path("bench_train.json"))[-1]
-    keys = ("model", "matmul_params", "tokens_per_step", "update_step_s", "update_tokens_per_s",
-            "log_probs_tokens_per_s", "model_tflops_per_gpu", "mfu", "peak_mem_gib_per_rank", "sdpa_backend")
+    keys = (
+        "model",
+        "matmul_params",
+        "tokens_per_step",
+        "update_step_s",
+        "update_tokens_per_s",
+        "log_probs_tokens_per_s",
+        "model_tflops_per_gpu",
+        "mfu",
+        "peak_mem_gib_per_rank",
+        "sdpa_backend",
+    )
     figures = {k: r.get(k) for k in keys}
     ceiling = ctx.results.get("env", {}).get("figures", {}).get("matmul_bf16_tflops")
     if ceiling and r.get("model_tflops_per_gpu"):
@@ -247,36 +356,75 @@ def bench_sync_figures(ctx: Ctx) -> Dict[str, Any]:
         r = json.load(f)
     if not r["checked"]:
         raise CheckFailed("the post-sync read-back check did not run")
-    return {k: r[k] for k in ("model", "model_dtype", "engine_dtype", "tensors", "gb", "sync_s_median", "sync_s_min",
-                              "floor_s", "floor_gb_per_s", "sync_over_floor")}
+    return {
+        k: r[k]
+        for k in (
+            "model",
+            "model_dtype",
+            "engine_dtype",
+            "tensors",
+            "gb",
+            "sync_s_median",
+            "sync_s_min",
+            "floor_s",
+            "floor_gb_per_s",
+            "sync_over_floor",
+        )
+    }
 
 
 def assets(ctx: Ctx) -> Dict[str, str]:
     a = ctx.path("tiny", "assets")
-    return {"dir": a, "hf": f"{a}/megatron/hf", "megatron": f"{a}/megatron", "train": f"{a}/data/train.parquet",
-            "test": f"{a}/data/test.parquet"}
+    return {
+        "dir": a,
+        "hf": f"{a}/megatron/hf",
+        "megatron": f"{a}/megatron",
+        "train": f"{a}/data/train.parquet",
+        "test": f"{a}/data/test.parquet",
+    }
 
 
 def train_argv(ctx: Ctx) -> List[str]:
     a = assets(ctx)
-    return ["--config", os.path.join(ROOT, "examples", "tiny_cpu", "config.yaml"), f"model.path={a['hf']}",
-            f"model.megatron_ckpt={a['megatron']}", f"data.train_files=[{a['train']}]", f"data.val_files=[{a['test']}]",
-            f"trainer.output_dir={ctx.path('tiny', 'run')}", *TRAIN_OVERRIDES]
+    return [
+        "--config",
+        os.path.join(ROOT, "examples", "tiny_cpu", "config.yaml"),
+        f"model.path={a['hf']}",
+        f"model.megatron_ckpt={a['megatron']}",
+        f"data.train_files=[{a['train']}]",
+        f"data.val_files=[{a['test']}]",
+        f"trainer.output_dir={ctx.path('tiny', 'run')}",
+        *TRAIN_OVERRIDES,
+    ]
 
 
 def sppo_train_commands(ctx: Ctx) -> List[List[str]]:
     a = assets(ctx)
-    return [[ctx.python, os.path.join(TOOLS, "make_tiny_assets.py"), "--out", a["dir"]],
-            [ctx.python, "-m", "sppo_megatron.cli.convert", "hf-to-megatron", "--hf", f"{a['dir']}/model",
-             "--out", a["megatron"]],
-            [ctx.python, "-m", "sppo_megatron.train", *train_argv(ctx)]]
+    return [
+        [ctx.python, os.path.join(TOOLS, "make_tiny_assets.py"), "--out", a["dir"]],
+        [
+            ctx.python,
+            "-m",
+            "sppo_megatron.cli.convert",
+            "hf-to-megatron",
+            "--hf",
+            f"{a['dir']}/model",
+            "--out",
+            a["megatron"],
+        ],
+        [ctx.python, "-m", "sppo_megatron.train", *train_argv(ctx)],
+    ]
 
 
 def sppo_train_checks(ctx: Ctx) -> List[List[str]]:
-    validate = ("import sys; from sppo_megatron.config.loader import load_config; "
-                "load_config(sys.argv[2], sys.argv[3:], world_size=1, check_paths=False)")
-    return [flag_check(ctx, "make_tiny_assets.py", ["--out", assets(ctx)["dir"]]),
-            [ctx.python, "-c", validate, *train_argv(ctx)]]
+    validate = (
+        "import sys; from sppo_megatron.config.loader import load_config; "
+        "load_config(sys.argv[2], sys.argv[3:], world_size=1, check_paths=False)"
+    )
+    return [
+        flag_check(ctx, "make_tiny_assets.py", ["--out", assets(ctx)["dir"]]),
+        [ctx.python, "-c", validate, *train_argv(ctx)],
+    ]
 
 
 def train_rows(ctx: Ctx) -> List[Dict[str, Any]]:
@@ -292,9 +440,15 @@ def sppo_train_figures(ctx: Ctx) -> Dict[str, Any]:
     def med(key: str) -> float:
         return round(statistics.median(r[key] for r in rows), 4)
 
-    return {"steps": len(rows), "step_s": med("timing/step_s"), "sync_s": med("timing/sync_s"),
-            "gen_s": med("timing/gen_s"), "update_s": med("timing/update_s"),
-            "tokens_per_s": round(med("perf/tokens_per_s"), 1), "val_accuracy_first_last": [val[0], val[-1]]}
+    return {
+        "steps": len(rows),
+        "step_s": med("timing/step_s"),
+        "sync_s": med("timing/sync_s"),
+        "gen_s": med("timing/gen_s"),
+        "update_s": med("timing/update_s"),
+        "tokens_per_s": round(med("perf/tokens_per_s"), 1),
+        "val_accuracy_first_last": [val[0], val[-1]],
+    }
 
 
 def logp_parity_figures(ctx: Ctx) -> Dict[str, Any]:
@@ -308,20 +462,41 @@ def logp_parity_figures(ctx: Ctx) -> Dict[str, Any]:
 STEPS = [  # the figures that matter most first, in case the budget runs out
     Step("install", 60, install_commands, install_figures, needs=None),
     Step("env", 45, env_commands, env_figures, checks=env_commands),
-    Step("bench_train", 120, bench_train_commands(BENCH_TRAIN, "bench_train.json"), bench_train_figures,
-         checks=lambda ctx: [flag_check(ctx, "bench_train.py", BENCH_TRAIN)]),
-    Step("offload", 90, bench_train_commands(OFFLOAD, "offload.json"), offload_figures,
-         checks=lambda ctx: [flag_check(ctx, "bench_train.py", OFFLOAD)]),
+    Step(
+        "bench_train",
+        120,
+        bench_train_commands(BENCH_TRAIN, "bench_train.json"),
+        bench_train_figures,
+        checks=lambda ctx: [flag_check(ctx, "bench_train.py", BENCH_TRAIN)],
+    ),
+    Step(
+        "offload",
+        90,
+        bench_train_commands(OFFLOAD, "offload.json"),
+        offload_figures,
+        checks=lambda ctx: [flag_check(ctx, "bench_train.py", OFFLOAD)],
+    ),
     Step("sppo_train", 150, sppo_train_commands, sppo_train_figures, checks=sppo_train_checks),
     Step("logp_parity", 5, lambda ctx: [], logp_parity_figures, needs="sppo_train"),
-    Step("bench_sync", 60, bench_sync_commands, bench_sync_figures,
-         checks=lambda ctx: [flag_check(ctx, "bench_sync.py", BENCH_SYNC)]),
-    Step("gpu_tests", 90, gpu_tests_commands, gpu_tests_figures,
-         checks=lambda ctx: [[ctx.python, "-c", "import pytest, pytest_timeout"]]),
+    Step(
+        "bench_sync",
+        60,
+        bench_sync_commands,
+        bench_sync_figures,
+        checks=lambda ctx: [flag_check(ctx, "bench_sync.py", BENCH_SYNC)],
+    ),
+    Step(
+        "gpu_tests",
+        90,
+        gpu_tests_commands,
+        gpu_tests_figures,
+        checks=lambda ctx: [[ctx.python, "-c", "import pytest, pytest_timeout"]],
+    ),
 ]
 
 
 # ---- running, bounding, reporting ------------------------------------------------------------
+
 
 def run_bounded(commands: List[List[str]], limit_s: float, env: Dict[str, str], log) -> tuple:
     """Run `commands` one after another within `limit_s` seconds in all, each in its own process
@@ -332,8 +507,9 @@ def run_bounded(commands: List[List[str]], limit_s: float, env: Dict[str, str], 
         remaining = limit_s - (time.monotonic() - start)
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             out, _ = proc.communicate(timeout=max(remaining, 0.1))
         except subprocess.TimeoutExpired:
@@ -385,13 +561,18 @@ def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: floa
             status, seconds, tail = run_bounded(checks, 60, ctx.env, log)
             entry.update(seconds=round(seconds, 2), checked=len(checks))
             if status != "ok":
-                entry.update(status="failed", reason=f"dry-run check of the step's commands: {status}{_last_line(tail)}",
-                             tail=tail)
+                entry.update(
+                    status="failed",
+                    reason=f"dry-run check of the step's commands: {status}{_last_line(tail)}",
+                    tail=tail,
+                )
             else:
                 entry.update(status="skipped", reason=skip_reason)
             return entry
         if dependency in ("failed", "timeout"):
-            entry.update(status="skipped", reason=f"needs {step.needs}, which {dependency.replace('timeout', 'timed out')}")
+            entry.update(
+                status="skipped", reason=f"needs {step.needs}, which {dependency.replace('timeout', 'timed out')}"
+            )
             return entry
         limit = min(step.limit_s, remaining_s)
         if limit < min(MIN_STEP_S, step.limit_s):
@@ -417,19 +598,26 @@ def _last_line(text: str) -> str:
 
 
 def markdown(report: Dict[str, Any]) -> str:
-    lines = [f"GPU check, {report['started_utc']} UTC, {report['device']}: {report['total_s']:.0f} s in all "
-             f"(budget {report['budget_s']} s){' (dry run)' if report['dry_run'] else ''}", "",
-             "| step | status | seconds (limit) | figures / reason |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"GPU check, {report['started_utc']} UTC, {report['device']}: {report['total_s']:.0f} s in all "
+        f"(budget {report['budget_s']} s){' (dry run)' if report['dry_run'] else ''}",
+        "",
+        "| step | status | seconds (limit) | figures / reason |",
+        "| --- | --- | --- | --- |",
+    ]
     for e in report["steps"]:
         text = ", ".join(f"{k} {v}" for k, v in e["figures"].items()) if e["status"] == "ok" else e.get("reason", "")
-        lines.append(f"| {e['step']} | {e['status']} | {e['seconds']:.1f} ({e['limit_s']}) | {text.replace('|', '/')} |")
+        lines.append(
+            f"| {e['step']} | {e['status']} | {e['seconds']:.1f} ({e['limit_s']}) | {text.replace('|', '/')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def check_flags(script: str, argv: List[str]) -> int:
     """Every --flag in argv must appear in the tool's --help (dry-run guard against renamed flags)."""
-    out = subprocess.run([sys.executable, os.path.join(TOOLS, script), "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, script), "--help"], capture_output=True, text=True, timeout=120
+    )
     if out.returncode != 0:
         print(out.stdout + out.stderr)
         return 1
@@ -442,11 +630,18 @@ def check_flags(script: str, argv: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:]),
+    )
     p.add_argument("--out", help="(required) report folder: gpu_check.json, gpu_check.md, gpu_check.log")
-    p.add_argument("--wheels", default=os.path.join(ROOT, ".cache", "gpu_wheels"), help="tools/gpu_check_wheels.sh output")
-    p.add_argument("--work", default=None, help="scratch folder, installs go to WORK/site (default: TMP/sppo_gpu_check)")
+    p.add_argument(
+        "--wheels", default=os.path.join(ROOT, ".cache", "gpu_wheels"), help="tools/gpu_check_wheels.sh output"
+    )
+    p.add_argument(
+        "--work", default=None, help="scratch folder, installs go to WORK/site (default: TMP/sppo_gpu_check)"
+    )
     p.add_argument("--budget-s", type=float, default=530, help="all steps together (default 530: under 9 minutes)")
     p.add_argument("--dry-run", action="store_true", help="build and check every step's commands, run none")
     p.add_argument("--only", default=None, help="comma-separated steps to run (the others are skipped)")
@@ -474,11 +669,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = os.path.abspath(args.work or os.path.join(tempfile.gettempdir(), "sppo_gpu_check"))
     os.makedirs(work, exist_ok=True)
     site = os.path.join(work, "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([site, ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONWARNINGS": "ignore",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     ctx = Ctx(python=sys.executable, wheels=os.path.abspath(args.wheels), work=work, env=env)
     if not cuda:
-        global_skip: Optional[str] = "no CUDA: torch.cuda.is_available() is False" + (" (dry run)" if args.dry_run else "")
+        global_skip: Optional[str] = "no CUDA: torch.cuda.is_available() is False" + (
+            " (dry run)" if args.dry_run else ""
+        )
     else:
         global_skip = "dry run" if args.dry_run else None
     if global_skip is None:  # no stale outputs from an earlier run (the install is kept)
@@ -489,21 +691,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                     shutil.rmtree(path)
                 else:
                     os.remove(path)
-    report: Dict[str, Any] = {"started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "dry_run": args.dry_run,
-                              "cuda": cuda, "device": torch.cuda.get_device_name() if cuda else "no CUDA device",
-                              "budget_s": args.budget_s, "python": sys.executable, "steps": []}
+    report: Dict[str, Any] = {
+        "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "dry_run": args.dry_run,
+        "cuda": cuda,
+        "device": torch.cuda.get_device_name() if cuda else "no CUDA device",
+        "budget_s": args.budget_s,
+        "python": sys.executable,
+        "steps": [],
+    }
     start = time.monotonic()
     with open(os.path.join(args.out, "gpu_check.log"), "w", encoding="utf-8") as log:
         for step in STEPS:
             if step.name in only:
                 entry = run_step(step, ctx, global_skip, args.budget_s - (time.monotonic() - start), log)
             else:
-                entry = {"step": step.name, "limit_s": step.limit_s, "seconds": 0.0, "figures": {},
-                         "status": "skipped", "reason": "not in --only"}
+                entry = {
+                    "step": step.name,
+                    "limit_s": step.limit_s,
+                    "seconds": 0.0,
+                    "figures": {},
+                    "status": "skipped",
+                    "reason": "not in --only",
+                }
             ctx.results[step.name] = entry
             report["steps"].append(entry)
-            print(f"gpu_check: {step.name}: {entry['status']} ({entry['seconds']:.1f} s)"
-                  + (f": {entry['reason']}" if entry.get("reason") else ""), flush=True)
+            print(
+                f"gpu_check: {step.name}: {entry['status']} ({entry['seconds']:.1f} s)"
+                + (f": {entry['reason']}" if entry.get("reason") else ""),
+                flush=True,
+            )
     report["total_s"] = round(time.monotonic() - start, 1)
     report["ok"] = all(e["status"] in ("ok", "skipped") for e in report["steps"])
     with open(os.path.join(args.out, "gpu_check.json"), "w", encoding="utf-8") as f:

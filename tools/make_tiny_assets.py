@@ -58,9 +58,16 @@ def to_rows(pairs: List[Tuple[int, int]], split: str) -> pd.DataFrame:
 
 def build_model(tokenizer, hidden: int, layers: int, seed: int):
     """A tied Qwen2 sized for the demo (HF's own initialisation, seeded)."""
-    config = tiny_config("qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, max_position_embeddings=64, tie_word_embeddings=True,
-                         rope_theta=10000.0)  # not tiny_config's 1e6: the demo's published figures used 10000
+    config = tiny_config(
+        "qwen2",
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+    )  # not tiny_config's 1e6: the demo's published figures used 10000
     return tiny_model(config, seed)
 
 
@@ -70,7 +77,12 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
     (through a linear head dropped afterwards): the reward model's backbone needs it (see
     tools/tiny_reward_model.py), the policy does not."""
     gen = torch.Generator().manual_seed(seed)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False
+        )
+        for a, b in pairs
+    ]
     seqs, masks = [], []
     for (a, b), prompt in zip(pairs, prompts):
         p = tokenizer.encode(prompt, add_special_tokens=False)
@@ -108,14 +120,25 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, pairs) -> float:
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False) for a, b in pairs]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False
+        )
+        for a, b in pairs
+    ]
     correct = 0
     for length in sorted({len(p) for p in prompts}):  # equal-length prompts batch without padding
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         batch = torch.tensor([tokenizer.encode(prompts[i], add_special_tokens=False) for i in rows])
-        out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=4, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for i, row in zip(rows, out[:, batch.shape[1]:]):
+        out = model.generate(
+            batch,
+            attention_mask=torch.ones_like(batch),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for i, row in zip(rows, out[:, batch.shape[1] :]):
             text = tokenizer.decode(row, skip_special_tokens=True)
             correct += text == str(sum(pairs[i]))
     return correct / len(pairs)
@@ -132,11 +155,19 @@ def main() -> None:
     parser.add_argument("--warm-batch", type=int, default=64)
     parser.add_argument("--warm-lr", type=float, default=3e-3)
     parser.add_argument("--reward-model", action="store_true", help="also train DIR/reward_model (see above)")
-    parser.add_argument("--rm-lm-steps", type=int, default=1500,
-                        help="further supervised steps of the policy copy the reward model is built on")
+    parser.add_argument(
+        "--rm-lm-steps",
+        type=int,
+        default=1500,
+        help="further supervised steps of the policy copy the reward model is built on",
+    )
     parser.add_argument("--rm-lm-lr", type=float, default=1.5e-3)
-    parser.add_argument("--rm-echo", type=float, default=2.0,
-                        help="weight of the loss that keeps each position's own token in that copy's last states")
+    parser.add_argument(
+        "--rm-echo",
+        type=float,
+        default=2.0,
+        help="weight of the loss that keeps each position's own token in that copy's last states",
+    )
     parser.add_argument("--rm-layers", type=int, default=2, help="fresh layers stacked on it")
     parser.add_argument("--rm-steps", type=int, default=800, help="reward-model training steps (64 pairs each)")
     parser.add_argument("--rm-lr", type=float, default=1e-3)
@@ -156,8 +187,12 @@ def main() -> None:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     acc = greedy_accuracy(model, tokenizer, test)
-    summary = {"train_problems": len(train), "test_problems": len(test), "warm_start_loss": round(loss, 4),
-               "held_out_greedy_accuracy": round(acc, 4)}
+    summary = {
+        "train_problems": len(train),
+        "test_problems": len(test),
+        "warm_start_loss": round(loss, 4),
+        "held_out_greedy_accuracy": round(acc, 4),
+    }
     if args.reward_model:
         from tiny_reward_model import train_reward_model  # tools/, next to this script
 
@@ -165,9 +200,20 @@ def main() -> None:
             warm_start(lm, tokenizer, train, steps, args.warm_batch, args.rm_lm_lr, seed, echo=args.rm_echo)
 
         rm_start = time.time()
-        rm, rm_tokenizer, rm_accuracy = train_reward_model(model, tokenizer, more_sums, CHARS, train, test,
-                                                           args.rm_lm_steps, args.rm_layers, args.rm_steps, args.rm_lr,
-                                                           args.rm_dense, args.seed)
+        rm, rm_tokenizer, rm_accuracy = train_reward_model(
+            model,
+            tokenizer,
+            more_sums,
+            CHARS,
+            train,
+            test,
+            args.rm_lm_steps,
+            args.rm_layers,
+            args.rm_steps,
+            args.rm_lr,
+            args.rm_dense,
+            args.seed,
+        )
         rm.save_pretrained(os.path.join(args.out, "reward_model"))
         rm_tokenizer.save_pretrained(os.path.join(args.out, "reward_model"))
         summary.update({f"reward_model_{k}_pair_accuracy": round(v, 4) for k, v in rm_accuracy.items()})

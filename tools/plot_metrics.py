@@ -116,15 +116,23 @@ def panels(records: Sequence[Record]) -> List[Panel]:
         Panel("Training reward", "mean reward per sample", [("reward/mean", _key("reward/mean"))]),
         Panel("SPPO loss", "loss (square error)", [("train/loss", _key("train/loss"))]),
         Panel("Gradient norm", "grad norm", [("train/grad_norm", _key("train/grad_norm"))]),
-        Panel("SPPO targets vs log-ratios", "nats", [
-            ("target spread (std)", _key("sppo/target_std")),
-            ("RMS log-ratio - target (sqrt loss)", _rms_fit_error),
-            ("mean log-ratio", _key("sppo/log_ratio_mean")),
-        ]),
-        Panel("Prompts without signal / clipped responses", "% of prompts / responses", [
-            ("prompts whose samples all scored the same", _key("sppo/no_signal_frac", 100.0)),
-            ("responses cut at max length", _key("response/clip_frac", 100.0)),
-        ]),
+        Panel(
+            "SPPO targets vs log-ratios",
+            "nats",
+            [
+                ("target spread (std)", _key("sppo/target_std")),
+                ("RMS log-ratio - target (sqrt loss)", _rms_fit_error),
+                ("mean log-ratio", _key("sppo/log_ratio_mean")),
+            ],
+        ),
+        Panel(
+            "Prompts without signal / clipped responses",
+            "% of prompts / responses",
+            [
+                ("prompts whose samples all scored the same", _key("sppo/no_signal_frac", 100.0)),
+                ("responses cut at max length", _key("response/clip_frac", 100.0)),
+            ],
+        ),
         Panel("Time per step, by phase", "seconds", noisy=False, stacked=True),
         Panel("Throughput (rollout + training)", "tokens / s", [("perf/tokens_per_s", _key("perf/tokens_per_s"))]),
     ]
@@ -185,7 +193,7 @@ def build_dashboard(records: Sequence[Record], title: str = "", window: Optional
     fig, axes = plt.subplots(rows, 2, figsize=(14, 3.6 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, layout):
         draw(ax, panel, records, window)
-    for ax in list(axes.flat)[len(layout):]:
+    for ax in list(axes.flat)[len(layout) :]:
         ax.set_visible(False)
     steps = [int(r["step"]) for r in records]
     subtitle = f"{title}: " if title else ""
@@ -205,12 +213,17 @@ def write_html(path: str, png_path: str, title: str, layout: Sequence[Panel]) ->
     for panel in layout:
         for label, (steps, values) in panel.drawn.items():
             if steps:
-                rows.append(f"<tr><td>{html.escape(panel.title)}</td><td>{html.escape(label)}</td>"
-                            f"<td>{steps[-1]}</td><td>{values[-1]:.4g}</td></tr>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-            f"<h1>{html.escape(title)}</h1><img src='data:image/png;base64,{image}' style='max-width:100%'>"
-            "<table border='1' cellpadding='4'><tr><th>panel</th><th>series</th><th>step</th><th>latest</th></tr>"
-            + "".join(rows) + "</table></body></html>")
+                rows.append(
+                    f"<tr><td>{html.escape(panel.title)}</td><td>{html.escape(label)}</td>"
+                    f"<td>{steps[-1]}</td><td>{values[-1]:.4g}</td></tr>"
+                )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><img src='data:image/png;base64,{image}' style='max-width:100%'>"
+        "<table border='1' cellpadding='4'><tr><th>panel</th><th>series</th><th>step</th><th>latest</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(page)
 

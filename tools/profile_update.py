@@ -50,19 +50,25 @@ def main(argv=None) -> dict:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         metrics = [actor.update(batch, targets, old) for _ in range(n)]
     by_shape = prof.key_averages(group_by_input_shape=True)
-    big = [e for e in by_shape if e.key == "aten::copy_" and e.input_shapes and e.input_shapes[0]
-           and math.prod(e.input_shapes[0]) >= BIG]
+    big = [
+        e
+        for e in by_shape
+        if e.key == "aten::copy_" and e.input_shapes and e.input_shapes[0] and math.prod(e.input_shapes[0]) >= BIG
+    ]
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     copies = next((e for e in ops if e.key == "aten::copy_"), None)
     result = {
-        "distributed_optimizer": not args.no_dist_opt, "load_average": os.getloadavg(), "updates": n,
+        "distributed_optimizer": not args.no_dist_opt,
+        "load_average": os.getloadavg(),
+        "updates": n,
         "copy_calls_per_update": (copies.count if copies else 0) / n,
         "copy_self_ms_per_update": round((copies.self_cpu_time_total if copies else 0) / 1e3 / n, 1),
         "big_copies_per_update": sum(e.count for e in big) / n,
         "big_copy_self_ms_per_update": round(sum(e.self_cpu_time_total for e in big) / 1e3 / n, 1),
         "big_copy_shapes": sorted({str(e.input_shapes[0]) for e in big}),
         "top_self_ms_per_update": {e.key: round(e.self_cpu_time_total / 1e3 / n, 1) for e in ops[:12]},
-        "loss": [m["train/loss"] for m in metrics], "grad_norm": [m["train/grad_norm"] for m in metrics],
+        "loss": [m["train/loss"] for m in metrics],
+        "grad_norm": [m["train/grad_norm"] for m in metrics],
     }
     print(json.dumps(result), flush=True)
     from sppo_megatron.platform.distributed import destroy_distributed

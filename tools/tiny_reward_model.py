@@ -80,19 +80,33 @@ def prefix_labels(a: int, b: int, response: str) -> List[float]:
 
 
 @torch.no_grad()
-def sampled_mistakes(model, tokenizer, problems: Sequence[Problem], samples: int, seed: int) -> Dict[Problem, List[str]]:
+def sampled_mistakes(
+    model, tokenizer, problems: Sequence[Problem], samples: int, seed: int
+) -> Dict[Problem, List[str]]:
     """(a, b) -> the policy's wrong answers sampled at T=1: the mistakes SPPO will see first."""
     torch.manual_seed(seed)
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True,
-                                             tokenize=False) for a, b in problems]
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True, tokenize=False
+        )
+        for a, b in problems
+    ]
     mistakes: Dict[Problem, List[str]] = {}
     for length in sorted({len(p) for p in prompts}):  # equal-length prompts batch without padding
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         batch = torch.tensor([tokenizer.encode(prompts[i], add_special_tokens=False) for i in rows])
-        out = model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=6, do_sample=True,
-                             temperature=1.0, top_k=0, num_return_sequences=samples,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for k, row in enumerate(out[:, batch.shape[1]:]):
+        out = model.generate(
+            batch,
+            attention_mask=torch.ones_like(batch),
+            max_new_tokens=6,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            num_return_sequences=samples,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for k, row in enumerate(out[:, batch.shape[1] :]):
             a, b = problems[rows[k // samples]]
             text = tokenizer.decode(row, skip_special_tokens=True)
             if text != str(a + b):
@@ -109,9 +123,10 @@ def stacked_classifier(lm, extra_layers: int, seed: int):
     for key in ("architectures", "layer_types", "num_hidden_layers", "id2label", "label2id"):
         config.pop(key, None)
     torch.manual_seed(seed)
-    model = Qwen2ForSequenceClassification(Qwen2Config(**config, num_labels=1,
-                                                       num_hidden_layers=lm.config.num_hidden_layers + extra_layers))
-    state = {k[len("model."):]: v for k, v in lm.state_dict().items() if k.startswith("model.")}
+    model = Qwen2ForSequenceClassification(
+        Qwen2Config(**config, num_labels=1, num_hidden_layers=lm.config.num_hidden_layers + extra_layers)
+    )
+    state = {k[len("model.") :]: v for k, v in lm.state_dict().items() if k.startswith("model.")}
     missing = model.model.load_state_dict(state, strict=False).missing_keys
     assert all(k.startswith("layers.") for k in missing), missing
     return model
@@ -127,8 +142,9 @@ class RewardModelTrainer:
     def encode(self, a: int, b: int, response: str) -> List[int]:
         """The token ids the oracle feeds the reward model (its own chat template)."""
         messages = [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": response}]
-        return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, tokenize=False),
-                                     add_special_tokens=False)
+        return self.tokenizer.encode(
+            self.tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False
+        )
 
     def wrong(self, a: int, b: int) -> str:
         own = self.own.get((a, b))
@@ -140,7 +156,9 @@ class RewardModelTrainer:
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
-        hidden = model.model(input_ids=ids, attention_mask=(ids != self.tokenizer.pad_token_id).long()).last_hidden_state
+        hidden = model.model(
+            input_ids=ids, attention_mask=(ids != self.tokenizer.pad_token_id).long()
+        ).last_hidden_state
         return model.score(hidden)[..., 0]
 
     def fit(self, model, steps: int, batch_size: int, lr: float, dense: float) -> float:
@@ -166,7 +184,8 @@ class RewardModelTrainer:
                     labels += per_token
                 idx = torch.tensor(at)
                 loss = loss + dense * torch.nn.functional.binary_cross_entropy_with_logits(
-                    s[idx[:, 0], idx[:, 1]], torch.tensor(labels))
+                    s[idx[:, 0], idx[:, 1]], torch.tensor(labels)
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -184,11 +203,23 @@ class RewardModelTrainer:
                 wrong.append(self.encode(a, b, answer))
         s = self.scores(model, right + wrong)
         last = s[torch.arange(len(right) * 2), torch.tensor([len(r) - 1 for r in right + wrong])]
-        return float((last[: len(right)] > last[len(right):]).float().mean())
+        return float((last[: len(right)] > last[len(right) :]).float().mean())
 
 
-def train_reward_model(policy, tokenizer, warm_start, chars: str, train: Sequence[Problem], test: Sequence[Problem],
-                       lm_steps: int, extra_layers: int, steps: int, lr: float, dense: float, seed: int):
+def train_reward_model(
+    policy,
+    tokenizer,
+    warm_start,
+    chars: str,
+    train: Sequence[Problem],
+    test: Sequence[Problem],
+    lm_steps: int,
+    extra_layers: int,
+    steps: int,
+    lr: float,
+    dense: float,
+    seed: int,
+):
     """(the reward model, its tokenizer, pair accuracies on the policy's sampled mistakes on train
     and held-out problems). `warm_start(model, steps, seed)` trains the backbone on the sums (the
     policy's supervised trainer with the echo loss)."""
@@ -205,6 +236,8 @@ def train_reward_model(policy, tokenizer, warm_start, chars: str, train: Sequenc
     trainer.fit(model, steps, 64, lr, dense)
     held_out = sampled_mistakes(policy, tokenizer, test, 8, seed + 2)
     fresh_train = sampled_mistakes(policy, tokenizer, rng.sample(list(train), len(test)), 8, seed + 3)
-    accuracy = {"train_sampled": trainer.pair_accuracy(model, fresh_train),
-                "held_out_sampled": trainer.pair_accuracy(model, held_out)}
+    accuracy = {
+        "train_sampled": trainer.pair_accuracy(model, fresh_train),
+        "held_out_sampled": trainer.pair_accuracy(model, held_out),
+    }
     return model, rm_tokenizer, accuracy

@@ -90,13 +90,16 @@ class MegatronActor:
         from sppo_megatron.platform.distributed import init_distributed
 
         if not ps.model_parallel_is_initialized():
-            init_distributed(parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes,
-                             ep=parallel.ep, etp=parallel.etp)
+            init_distributed(
+                parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes, ep=parallel.ep, etp=parallel.etp
+            )
         self.layout = ParallelLayout.current()
         got = (self.layout.tp, self.layout.pp, self.layout.ep, self.layout.etp)
         if got != (parallel.tp, parallel.pp, parallel.ep, parallel.etp):
-            raise RuntimeError(f"megatron parallel state is TP={got[0]} PP={got[1]} EP={got[2]} ETP={got[3]} but the config "
-                               f"asks for TP={parallel.tp} PP={parallel.pp} EP={parallel.ep} ETP={parallel.etp}")
+            raise RuntimeError(
+                f"megatron parallel state is TP={got[0]} PP={got[1]} EP={got[2]} ETP={got[3]} but the config "
+                f"asks for TP={parallel.tp} PP={parallel.pp} EP={parallel.ep} ETP={parallel.etp}"
+            )
         self.parallel = parallel
         self.train_cfg = train
         self.group_size = int(group_size)
@@ -123,7 +126,9 @@ class MegatronActor:
     def _plan(self, batch: SequenceBatch, indices: Sequence[int], forward_only: bool = False) -> List[MicroBatch]:
         from megatron.core import parallel_state as ps
 
-        plan = plan_micro_batches(indices, batch.input_lengths, self.layout.dp, **micro_batch_sizes(self.train_cfg, forward_only))
+        plan = plan_micro_batches(
+            indices, batch.input_lengths, self.layout.dp, **micro_batch_sizes(self.train_cfg, forward_only)
+        )
         return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
 
     def _run_schedule(self, micro: List[MicroBatch], forward_step, forward_only: bool):
@@ -145,7 +150,9 @@ class MegatronActor:
         return model(tokens, position_ids, None)
 
     # ------------------------------------------------------------------ log-probs
-    def log_probs(self, batch: SequenceBatch, temperature: Optional[float] = None, with_entropy: bool = False) -> LogProbs:
+    def log_probs(
+        self, batch: SequenceBatch, temperature: Optional[float] = None, with_entropy: bool = False
+    ) -> LogProbs:
         """Per-token log-probs (and entropies) of the response tokens under the current policy.
 
         temperature: logits are divided by it (None = rollout.temperature from the config).
@@ -161,11 +168,14 @@ class MegatronActor:
         flat_out = out.view(out.shape[0], -1)
 
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
-            lp, ent = token_log_probs_and_entropy(logits, mb.labels.to(logits.device, non_blocking=True), temperature,
-                                                  self.vocab_size, with_entropy)
+            lp, ent = token_log_probs_and_entropy(
+                logits, mb.labels.to(logits.device, non_blocking=True), temperature, self.vocab_size, with_entropy
+            )
             src, sample, col = (t.to(logits.device, non_blocking=True) for t in mb.response_index())
             values = (lp, ent) if with_entropy else (lp,)
-            flat_out.index_copy_(1, sample * width + col, torch.stack(values).view(len(values), -1).index_select(1, src))
+            flat_out.index_copy_(
+                1, sample * width + col, torch.stack(values).view(len(values), -1).index_select(1, src)
+            )
             zero = torch.zeros((), device=logits.device)
             return zero, torch.zeros((), dtype=torch.int, device=logits.device), {}
 
@@ -216,7 +226,11 @@ class MegatronActor:
         temperature = float(temperature)
         targets_t = _as_1d(targets, n, "targets")
         old_t = _sequence_logp(old_logp, n)
-        mask_t = torch.ones(n, dtype=torch.bool) if sample_mask is None else _as_1d(sample_mask, n, "sample_mask", torch.bool)
+        mask_t = (
+            torch.ones(n, dtype=torch.bool)
+            if sample_mask is None
+            else _as_1d(sample_mask, n, "sample_mask", torch.bool)
+        )
         lengths = batch.input_lengths
         steps: List[Dict[str, float]] = []
         start = time.perf_counter()
@@ -248,8 +262,13 @@ class MegatronActor:
             seq_logp = torch.where(resp, lp.double(), torch.zeros((), dtype=torch.float64, device=dev)).sum(dim=1)
             rows, real = mb.sample_rows()
             selected = mask[rows] & real
-            loss, m = sppo_loss(seq_logp, old[rows].to(dev, non_blocking=True), targets[rows].to(dev, non_blocking=True),
-                                selected, denominator=1.0)
+            loss, m = sppo_loss(
+                seq_logp,
+                old[rows].to(dev, non_blocking=True),
+                targets[rows].to(dev, non_blocking=True),
+                selected,
+                denominator=1.0,
+            )
             count = m["num_selected"]
             stats[0].add_(m["loss"])
             stats[1].add_(count)

@@ -73,7 +73,11 @@ def _rng_sharded(data: Any, layout: ParallelLayout):
         key="rng_state",
         data=data,
         global_shape=(layout.pp, layout.tp, layout.dp),
-        global_offset=(ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()),
+        global_offset=(
+            ps.get_pipeline_model_parallel_rank(),
+            ps.get_tensor_model_parallel_rank(),
+            ps.get_data_parallel_rank(),
+        ),
         replica_id=0,
     )
 
@@ -165,7 +169,9 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
     request: Dict[str, Any] = {MODEL_KEY: model_sd}
     if load_optimizer:
         optimizer_state.init_state(actor.optimizer)  # workaround (1)
-        request["optimizer"] = actor.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIMIZER_METADATA)
+        request["optimizer"] = actor.optimizer.sharded_state_dict(
+            model_sd, is_loading=True, metadata=OPTIMIZER_METADATA
+        )
     # RNG streams are per rank: restored on a full resume in the same layout only
     same_layout = load_optimizer and meta.get("layout") == actor.layout.sizes()
     if same_layout:

@@ -53,8 +53,15 @@ class _Shard:
         rank, width = ps.get_tensor_model_parallel_rank(), logits.shape[-1]
         valid = width if vocab_size is None else max(0, min(width, vocab_size - rank * width))
         chunk = CHUNK_ELEMENTS["cpu" if logits.device.type == "cpu" else "cuda"]
-        return cls(ps.get_tensor_model_parallel_group(), chunk, rank, ps.get_tensor_model_parallel_world_size(),
-                   width, valid, float(temperature))
+        return cls(
+            ps.get_tensor_model_parallel_group(),
+            chunk,
+            rank,
+            ps.get_tensor_model_parallel_world_size(),
+            width,
+            valid,
+            float(temperature),
+        )
 
     def rows(self, n: int) -> List[slice]:
         """Token chunks of at most `chunk` logits (none when this slice holds no real column)."""
@@ -178,7 +185,10 @@ def token_log_probs(
 
 @torch.no_grad()
 def token_log_probs_and_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, vocab_size: Optional[int] = None,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    vocab_size: Optional[int] = None,
     with_entropy: bool = True,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """No-grad `token_log_probs` and (with_entropy) the entropy of softmax(logits / T) per token,

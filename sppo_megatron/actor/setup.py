@@ -55,8 +55,9 @@ def build_policy(model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, 
     # perform_initialization must stay on even though the weights are loaded next: megatron-core
     # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
     # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
-    model = bridge.build_model(model_cfg, parallel,
-                               padded_vocab_size=initial_padded_vocab(model_cfg, parallel) if load_weights else None)
+    model = bridge.build_model(
+        model_cfg, parallel, padded_vocab_size=initial_padded_vocab(model_cfg, parallel) if load_weights else None
+    )
     tconfig = model.config
     tconfig.calculate_per_token_loss = True
     tconfig.variable_seq_lengths = True
@@ -97,7 +98,9 @@ def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> Non
     elif model_cfg.path:
         bridge.load_hf_weights(model, model_cfg.path)
     else:
-        raise UserError("set model.path (a Hugging Face model directory) or model.megatron_ckpt to load the policy weights")
+        raise UserError(
+            "set model.path (a Hugging Face model directory) or model.megatron_ckpt to load the policy weights"
+        )
 
 
 def build_optimizer(o: OptimConfig, parallel: ParallelConfig, ddp: Any, dtype: torch.dtype):

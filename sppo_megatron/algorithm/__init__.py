@@ -4,4 +4,12 @@ from sppo_megatron.algorithm.loss import sppo_loss
 from sppo_megatron.algorithm.targets import best_and_worst, compute_targets, prompts_with_signal
 from sppo_megatron.algorithm.winrate import batch_softmean_targets, softmean, win_rates
 
-__all__ = ["win_rates", "softmean", "batch_softmean_targets", "best_and_worst", "compute_targets", "prompts_with_signal", "sppo_loss"]
+__all__ = [
+    "win_rates",
+    "softmean",
+    "batch_softmean_targets",
+    "best_and_worst",
+    "compute_targets",
+    "prompts_with_signal",
+    "sppo_loss",
+]

@@ -35,8 +35,10 @@ def sppo_loss(
     when none) as detached 0-dim tensors on the loss's device, `num_selected` as an int.
     """
     if not (logp_sum.shape == old_logp_sum.shape == targets.shape) or logp_sum.dim() != 1:
-        raise ValueError(f"logp_sum, old_logp_sum and targets must be 1-D of the same length, got "
-                         f"{tuple(logp_sum.shape)}, {tuple(old_logp_sum.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"logp_sum, old_logp_sum and targets must be 1-D of the same length, got "
+            f"{tuple(logp_sum.shape)}, {tuple(old_logp_sum.shape)}, {tuple(targets.shape)}"
+        )
     if sample_mask is None:
         sample_mask = torch.ones(logp_sum.shape, dtype=torch.bool)
     elif sample_mask.shape != logp_sum.shape:

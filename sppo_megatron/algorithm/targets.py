@@ -82,8 +82,10 @@ def compute_targets(rewards, group_size: int, cfg) -> Tuple[torch.Tensor, torch.
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown algorithm.loss {cfg.loss!r}; expected one of {LOSSES}")
     if cfg.preference == "batch_softmean" and cfg.loss != "soft":
-        raise ValueError(f"algorithm.preference=batch_softmean needs algorithm.loss=soft, got {cfg.loss!r} "
-                         "(it has no per-prompt best/worst pair)")
+        raise ValueError(
+            f"algorithm.preference=batch_softmean needs algorithm.loss=soft, got {cfg.loss!r} "
+            "(it has no per-prompt best/worst pair)"
+        )
     win_rate = sample_win_rates(rewards, k, cfg)
     # samples are ranked by reward, or by their win rate where the oracle gives a matrix
     r = win_rate if cfg.preference == "matrix" else as_rewards(rewards)

@@ -47,13 +47,17 @@ def win_rates(
     r = as_rewards(rewards)
     k = int(group_size)
     if preference not in PREFERENCES:
-        raise ValueError(f"unknown preference {preference!r}; expected one of {PREFERENCES} "
-                         "(batch_softmean has no per-pair preference: use batch_softmean_targets)")
+        raise ValueError(
+            f"unknown preference {preference!r}; expected one of {PREFERENCES} "
+            "(batch_softmean has no per-pair preference: use batch_softmean_targets)"
+        )
     if k < 1 or r.numel() % k != 0:
         raise ValueError(f"{r.numel()} rewards cannot be split into groups of group_size={k} samples per prompt")
     if k < 2 and not include_self:
-        raise ValueError("win rates against the other samples of a prompt need group_size >= 2 "
-                         "(or include_self=True, or preference batch_softmean)")
+        raise ValueError(
+            "win rates against the other samples of a prompt need group_size >= 2 "
+            "(or include_self=True, or preference batch_softmean)"
+        )
     grouped = r.reshape(-1, k)
     diff = grouped[:, :, None] - grouped[:, None, :]  # [B, K, K]: r_i - r_j
     if preference == "pairwise":

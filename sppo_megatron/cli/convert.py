@@ -57,11 +57,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     h2m = sub.add_parser("hf-to-megatron", help="HF safetensors directory -> megatron-core dist checkpoint")
     h2m.add_argument("--hf", required=True, metavar="DIR", help="Hugging Face model directory")
     h2m.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
-    h2m.add_argument("--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the HF config's dtype, else fp32)")
+    h2m.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, help="parameter dtype (default: the HF config's dtype, else fp32)"
+    )
     h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the conversion job (default 1)")
     h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the conversion job (default 1)")
-    h2m.add_argument("--layout", choices=LAYOUTS, default="sppo",
-                     help="sppo (default): the checkpoint in OUT; megatron-lm: Megatron-LM's tracker + OUT/release/")
+    h2m.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="sppo",
+        help="sppo (default): the checkpoint in OUT; megatron-lm: Megatron-LM's tracker + OUT/release/",
+    )
     h2m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
 
     m2h = sub.add_parser("megatron-to-hf", help="megatron-core dist checkpoint -> HF safetensors directory")
@@ -71,15 +77,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     m2h.add_argument("--hf-config", metavar="DIR", help="HF directory with config/tokenizer (default: CKPT/hf)")
     m2h.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the job (default 1)")
     m2h.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the job (default 1)")
-    m2h.add_argument("--max-shard-size", default="5GB", help="max safetensors shard size, e.g. 5GB, 500MB (default 5GB)")
+    m2h.add_argument(
+        "--max-shard-size", default="5GB", help="max safetensors shard size, e.g. 5GB, 500MB (default 5GB)"
+    )
     m2h.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
 
-    m2l = sub.add_parser("megatron-to-megatron-lm", help="dist checkpoint (e.g. checkpoints/step_N) -> Megatron-LM layout")
+    m2l = sub.add_parser(
+        "megatron-to-megatron-lm", help="dist checkpoint (e.g. checkpoints/step_N) -> Megatron-LM layout"
+    )
     m2l.add_argument("--ckpt", required=True, metavar="DIR", help="dist checkpoint (from hf-to-megatron or training)")
     m2l.add_argument("--out", required=True, metavar="DIR", help="output Megatron-LM load directory")
     m2l.add_argument("--hf-config", metavar="DIR", help="HF directory with config/tokenizer (default: CKPT/hf)")
-    m2l.add_argument("--iteration", type=int, help="iteration of OUT/iter_%%07d (default: the training step, else release)")
-    m2l.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the job and of the vocab padding (default 1)")
+    m2l.add_argument(
+        "--iteration", type=int, help="iteration of OUT/iter_%%07d (default: the training step, else release)"
+    )
+    m2l.add_argument(
+        "--tp", type=int, default=1, help="tensor-parallel size of the job and of the vocab padding (default 1)"
+    )
     m2l.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the job (default 1)")
     m2l.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
 
@@ -139,7 +153,9 @@ def _check_layout(tp: int, pp: int) -> None:
     world = detect_launch().world_size
     if world % (tp * pp):
         if world == 1:
-            raise UserError(f"--tp {tp} --pp {pp} needs {tp * pp} processes: run under torchrun --nproc-per-node {tp * pp}")
+            raise UserError(
+                f"--tp {tp} --pp {pp} needs {tp * pp} processes: run under torchrun --nproc-per-node {tp * pp}"
+            )
         raise UserError(f"--tp {tp} x --pp {pp} = {tp * pp} does not divide the world size {world}")
 
 
@@ -189,14 +205,20 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
-        model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=args.tp, pp=args.pp),
-                                   perform_initialization=False, padded_vocab_size=padded)
+        model = bridge.build_model(
+            conversion_model_config(dtype),
+            ParallelConfig(tp=args.tp, pp=args.pp),
+            perform_initialization=False,
+            padded_vocab_size=padded,
+        )
         bridge.load_hf_weights(model, args.hf)
         t_load = time.time() - t0
         write_converted_checkpoint(model, tmp, bridge, dtype, args.hf, args.tp, args.pp, args.layout)
         del model
-    _say(f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}, {args.layout} layout, "
-         f"padded vocab {padded}) in {time.time() - t0:.1f}s (load {t_load:.1f}s)")
+    _say(
+        f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}, {args.layout} layout, "
+        f"padded vocab {padded}) in {time.time() - t0:.1f}s (load {t_load:.1f}s)"
+    )
     return 0
 
 
@@ -222,8 +244,9 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
     t0 = time.time()
     with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
         model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
-        write_hf_dir(bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class,
-                     max_shard, write=rank() == 0)
+        write_hf_dir(
+            bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class, max_shard, write=rank() == 0
+        )
         del model
     _say(f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
     return 0
@@ -245,8 +268,10 @@ def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
         model = load_megatron_model(bridge, args.ckpt, dtype, args.tp, args.pp, padded_vocab_size=padded)
         ckpt = write_converted_checkpoint(model, tmp, bridge, dtype, hf_dir, args.tp, args.pp, "megatron-lm", iteration)
         del model
-    _say(f"wrote {os.path.join(args.out, os.path.basename(ckpt))} ({bridge.model_type}, {dtype}, padded vocab {padded}) "
-         f"in {time.time() - t0:.1f}s")
+    _say(
+        f"wrote {os.path.join(args.out, os.path.basename(ckpt))} ({bridge.model_type}, {dtype}, padded vocab {padded}) "
+        f"in {time.time() - t0:.1f}s"
+    )
     return 0
 
 
@@ -276,11 +301,17 @@ def verify(args: argparse.Namespace) -> int:
     if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
         raise UserError("--atol must be >= 0, --batch-size and --seq-len >= 1")
     seq = min(args.seq_len, bridge.max_position_embeddings)
-    ids = torch.randint(0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed))
+    ids = torch.randint(
+        0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed)
+    )
 
     with _Dist(args.tp, args.pp):
-        model = bridge.build_model(ModelConfig(dtype="fp32"), ParallelConfig(tp=args.tp, pp=args.pp), perform_initialization=False,
-                                   padded_vocab_size=padded)
+        model = bridge.build_model(
+            ModelConfig(dtype="fp32"),
+            ParallelConfig(tp=args.tp, pp=args.pp),
+            perform_initialization=False,
+            padded_vocab_size=padded,
+        )
         load_model_checkpoint(model, args.ckpt)
         logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
         del model
@@ -296,13 +327,19 @@ def verify(args: argparse.Namespace) -> int:
         diff = broadcast_object(diff)
     value = float(diff.item())
     ok = value <= args.atol
-    _say(f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
-         f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}")
+    _say(
+        f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
+        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 
-COMMANDS = {"hf-to-megatron": hf_to_megatron, "megatron-to-hf": megatron_to_hf,
-            "megatron-to-megatron-lm": megatron_to_megatron_lm, "verify": verify}
+COMMANDS = {
+    "hf-to-megatron": hf_to_megatron,
+    "megatron-to-hf": megatron_to_hf,
+    "megatron-to-megatron-lm": megatron_to_megatron_lm,
+    "verify": verify,
+}
 
 
 @exit_on_user_error("sppo-convert")

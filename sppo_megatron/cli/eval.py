@@ -35,25 +35,49 @@ from sppo_megatron.platform.files import atomic_write_text, reporting_full_disk
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sppo-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF directory, Megatron checkpoint, training checkpoint or run directory")
-    p.add_argument("--data", required=True, action="append", metavar="FILE",
-                   help="prompt parquet file in the verl schema (repeat --data for several)")
+    p = argparse.ArgumentParser(
+        prog="sppo-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", required=True, help="HF directory, Megatron checkpoint, training checkpoint or run directory"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="prompt parquet file in the verl schema (repeat --data for several)",
+    )
     p.add_argument("--n", type=int, default=None, help="samples per prompt (default rollout.val_n = 1)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default rollout.val_temperature = 0, greedy)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default rollout.val_temperature = 0, greedy)",
+    )
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default rollout.val_top_p)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default data.max_response_length")
-    p.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default data.val_batch_size: all)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="prompts per generate call (default data.val_batch_size: all)"
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
     p.add_argument("--hf-config", default=None, help="HF directory (config + tokenizer) for a Megatron checkpoint")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size to load a Megatron checkpoint with")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to load a Megatron checkpoint with")
-    p.add_argument("--out", default=None, help="JSON results file (default: RUN_DIR/eval/<model>-<data>.json, see above)")
+    p.add_argument(
+        "--out", default=None, help="JSON results file (default: RUN_DIR/eval/<model>-<data>.json, see above)"
+    )
     p.add_argument("--save-samples", action="store_true", help="also write every prompt, response and reward to --out")
-    p.add_argument("--reference", metavar="FILE", default=None,
-                   help="parquet/JSONL of reference responses (messages, response) to the same prompts: report the "
-                        "win rate against them, judged by reward.source (a preference oracle)")
-    p.add_argument("--config", metavar="FILE.yaml", help="a training config: rollout.*, reward.*, data.* settings apply")
+    p.add_argument(
+        "--reference",
+        metavar="FILE",
+        default=None,
+        help="parquet/JSONL of reference responses (messages, response) to the same prompts: report the "
+        "win rate against them, judged by reward.source (a preference oracle)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="a training config: rollout.*, reward.*, data.* settings apply"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.engine=hf")
     return p.parse_args(argv)
 
@@ -87,14 +111,18 @@ def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[s
             raise UserError(f"--model: run directory {model} has no complete checkpoint (checkpoints/latest)")
         model = latest
     if is_dist_checkpoint(model):
-        hf_dir = hf_config or (os.path.join(model, HF_SUBDIR) if os.path.isfile(os.path.join(model, HF_SUBDIR, "config.json"))
-                               else _run_config_model_path(model))
+        hf_dir = hf_config or (
+            os.path.join(model, HF_SUBDIR)
+            if os.path.isfile(os.path.join(model, HF_SUBDIR, "config.json"))
+            else _run_config_model_path(model)
+        )
         if hf_dir is None:
             raise UserError(f"--model {model}: cannot tell which HF model this checkpoint is; pass --hf-config DIR")
         return hf_dir, model
     if not os.path.isfile(os.path.join(model, "config.json")):
-        raise UserError(f"--model: {model} is neither a Hugging Face model directory (no config.json) "
-                        "nor a Megatron checkpoint")
+        raise UserError(
+            f"--model: {model} is neither a Hugging Face model directory (no config.json) nor a Megatron checkpoint"
+        )
     from sppo_megatron.models.hf_io import SafetensorsReader
 
     SafetensorsReader(model).close()  # a config-only directory is an error, not random weights
@@ -105,7 +133,9 @@ def _run_dir(path: str) -> Optional[str]:
     """The training run `path` belongs to: itself, the parent of hf/, or the run of checkpoints/step_N."""
     path = os.path.abspath(path)
     for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        if os.path.isfile(os.path.join(candidate, "config.yaml")) and os.path.isfile(os.path.join(candidate, "metrics.jsonl")):
+        if os.path.isfile(os.path.join(candidate, "config.yaml")) and os.path.isfile(
+            os.path.join(candidate, "metrics.jsonl")
+        ):
             return candidate
     return None
 
@@ -151,8 +181,10 @@ def _check_reference_config(cfg: Config, reference: Optional[str]) -> None:
     from sppo_megatron.reward.oracles import oracle_problems
 
     if cfg.reward.source == "rule":
-        raise ConfigError("--reference: set reward.source to a preference oracle (reward_model | pairwise | judge | "
-                          "remote) to judge responses against references")
+        raise ConfigError(
+            "--reference: set reward.source to a preference oracle (reward_model | pairwise | judge | "
+            "remote) to judge responses against references"
+        )
     problems = reward_rules(cfg, 1, True) + oracle_problems(cfg.reward)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -168,13 +200,24 @@ def format_table(metrics: Dict[str, Any]) -> str:
 
 
 def format_reference(metrics: Dict[str, Any]) -> str:
-    return (f"win rate vs reference  {100 * metrics['eval/win_rate']:6.2f}%\n"
-            f"mean length (tokens)   model {metrics['eval/model_length_mean']:.1f}, "
-            f"reference {metrics['eval/reference_length_mean']:.1f}")
+    return (
+        f"win rate vs reference  {100 * metrics['eval/win_rate']:6.2f}%\n"
+        f"mean length (tokens)   model {metrics['eval/model_length_mean']:.1f}, "
+        f"reference {metrics['eval/reference_length_mean']:.1f}"
+    )
 
 
-def _reference_eval(cfg: Config, engine: Any, tokenizer: Any, items: List[Any], sampling: Any, n: int,
-                    batch_size: Optional[int], references: Dict[str, str], path: str) -> Tuple[Dict[str, Any], List]:
+def _reference_eval(
+    cfg: Config,
+    engine: Any,
+    tokenizer: Any,
+    items: List[Any],
+    sampling: Any,
+    n: int,
+    batch_size: Optional[int],
+    references: Dict[str, str],
+    path: str,
+) -> Tuple[Dict[str, Any], List]:
     """Generate, free the rollout engine, then judge against the references with the oracle."""
     import time
 
@@ -237,27 +280,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     items = dataset.items[: args.limit] if args.limit else dataset.items
     if ckpt is not None or detect_launch().world_size > 1:  # under torchrun: one job, prompts split
         init_distributed(tp=args.tp, pp=args.pp, seed=0)
-    engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
-                                   log_dir=os.path.dirname(os.path.abspath(out)))
+    engine = create_rollout_engine(
+        cfg.rollout, hf_dir, seed=cfg.trainer.seed, log_dir=os.path.dirname(os.path.abspath(out))
+    )
     load_weights(engine, hf_dir, ckpt, args.tp, args.pp)
     n = args.n or cfg.rollout.val_n
     batch_size = args.batch_size or cfg.data.val_batch_size
     per_prompt = None
     if references is not None:
-        metrics, per_prompt = _reference_eval(cfg, engine, tokenizer, items, sampling, n, batch_size, references,
-                                              args.reference)
+        metrics, per_prompt = _reference_eval(
+            cfg, engine, tokenizer, items, sampling, n, batch_size, references, args.reference
+        )
     else:
         scorer = RewardScorer(cfg.reward)
         try:
-            metrics, rollout, rewards = evaluate(engine, tokenizer, scorer, items, sampling, n=n,
-                                                 batch_size=batch_size, prefix="eval")
+            metrics, rollout, rewards = evaluate(
+                engine, tokenizer, scorer, items, sampling, n=n, batch_size=batch_size, prefix="eval"
+            )
         finally:
             scorer.close()
             engine.shutdown()
     if is_rank0():
-        result = {"model": os.path.abspath(args.model), "data": [os.path.abspath(d) for d in args.data],
-                  "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                  "max_new_tokens": sampling.max_new_tokens, "engine": engine.describe(), "metrics": metrics}
+        result = {
+            "model": os.path.abspath(args.model),
+            "data": [os.path.abspath(d) for d in args.data],
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            "engine": engine.describe(),
+            "metrics": metrics,
+        }
         if per_prompt is not None:
             result.update(reference=os.path.abspath(args.reference), oracle=cfg.reward.source, per_prompt=per_prompt)
         elif args.save_samples:

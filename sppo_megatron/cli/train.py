@@ -41,9 +41,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     notice = preflight(cfg)
     if notice and is_rank0():
         print(f"sppo-train: {notice}", flush=True)
-    init_distributed(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.trainer.seed,
-                     timeout_minutes=cfg.parallel.distributed_timeout_minutes, rollout_ranks=cfg.rollout.num_ranks,
-                     ep=cfg.parallel.ep, etp=cfg.parallel.etp)
+    init_distributed(
+        tp=cfg.parallel.tp,
+        pp=cfg.parallel.pp,
+        seed=cfg.trainer.seed,
+        timeout_minutes=cfg.parallel.distributed_timeout_minutes,
+        rollout_ranks=cfg.rollout.num_ranks,
+        ep=cfg.parallel.ep,
+        etp=cfg.parallel.etp,
+    )
     start_peer_monitor(cfg.parallel.peer_timeout_s, "sppo-train")
     from sppo_megatron.trainer.loop import train
 

@@ -20,6 +20,7 @@ from sppo_megatron.config import rules
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import ConfigError
 
+
 def iter_fields(cls: type = Config, prefix: str = "") -> Iterator[Tuple[str, dataclasses.Field]]:
     """Yield (dotted key, field) for every leaf option of the schema."""
     for f in dataclasses.fields(cls):
@@ -97,7 +98,7 @@ def _range_problems(cfg: Config) -> List[str]:
         meta = f.metadata
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if "choices" in meta and v not in meta["choices"]:
-                problems.append(f"{key}: invalid value {v!r}; allowed: {_describe_type(f)[len('one of '):]}")
+                problems.append(f"{key}: invalid value {v!r}; allowed: {_describe_type(f)[len('one of ') :]}")
             if v is None or isinstance(v, (bool, str)):
                 continue
             if "min" in meta and v < meta["min"]:

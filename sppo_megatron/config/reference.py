@@ -17,7 +17,10 @@ DOCS_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "configu
 
 
 def defaults_file_text() -> str:
-    return "# Generated from sppo_megatron/config/schema.py by `python -m sppo_megatron.config.reference`.\n" + defaults_yaml()
+    return (
+        "# Generated from sppo_megatron/config/schema.py by `python -m sppo_megatron.config.reference`.\n"
+        + defaults_yaml()
+    )
 
 
 def _show(value) -> str:
@@ -42,7 +45,14 @@ def reference_markdown() -> str:
             if current is not None:
                 lines.append("")
             current = group
-            lines += [f"## `{group}`", "", GROUP_HELP[group], "", "| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+            lines += [
+                f"## `{group}`",
+                "",
+                GROUP_HELP[group],
+                "",
+                "| key | default | allowed | meaning |",
+                "| --- | --- | --- | --- |",
+            ]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         meta = f.metadata
         allowed = []

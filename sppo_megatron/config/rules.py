@@ -33,8 +33,10 @@ def training_world_size(cfg: Config, world_size: int) -> int:
 def _world_words(cfg: Config, world_size: int) -> str:
     if cfg.rollout.placement != "separate":
         return f"the world size {world_size}"
-    return (f"the {training_world_size(cfg, world_size)} training ranks (world size {world_size} - "
-            f"rollout.num_ranks={cfg.rollout.num_ranks})")
+    return (
+        f"the {training_world_size(cfg, world_size)} training ranks (world size {world_size} - "
+        f"rollout.num_ranks={cfg.rollout.num_ranks})"
+    )
 
 
 def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
@@ -81,8 +83,10 @@ def data_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
             f"data.train_batch_size={d.train_batch_size} is not divisible by train.mini_batch_size={cfg.train.mini_batch_size}"
         )
     if d.oversample_factor > 1 and not filters_no_signal(cfg):
-        problems.append(f"data.oversample_factor={d.oversample_factor:g}: oversampling refills prompts dropped by "
-                        "algorithm.filter_no_signal, which is off here; set algorithm.filter_no_signal=true or leave it at 1")
+        problems.append(
+            f"data.oversample_factor={d.oversample_factor:g}: oversampling refills prompts dropped by "
+            "algorithm.filter_no_signal, which is off here; set algorithm.filter_no_signal=true or leave it at 1"
+        )
     return problems
 
 
@@ -98,11 +102,15 @@ def rollout_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
             problems.append(f"rollout.tp={r.tp} does not divide rollout.num_ranks={r.num_ranks}")
     else:
         if r.num_ranks:
-            problems.append(f"rollout.num_ranks={r.num_ranks}: only with rollout.placement=separate (colocated "
-                            "engines run on every rank)")
+            problems.append(
+                f"rollout.num_ranks={r.num_ranks}: only with rollout.placement=separate (colocated "
+                "engines run on every rank)"
+            )
         if r.off_policy_steps:
-            problems.append(f"rollout.off_policy_steps={r.off_policy_steps}: needs rollout.placement=separate "
-                            "(colocated generation and training take turns on the same ranks)")
+            problems.append(
+                f"rollout.off_policy_steps={r.off_policy_steps}: needs rollout.placement=separate "
+                "(colocated generation and training take turns on the same ranks)"
+            )
         if world_size % r.tp and r.engine != "hf":
             problems.append(f"rollout.tp={r.tp} does not divide the world size {world_size}")
     if cfg.algorithm.preference != "batch_softmean" and r.n < 2:
@@ -113,8 +121,10 @@ def rollout_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
         if getattr(r, key) == 0:
             problems.append(f"rollout.{key}=0: must be > 0 (1.0 = off)")
     if r.temperature == 0:
-        problems.append("rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
-                        "SPPO needs sampling (e.g. 1.0)")
+        problems.append(
+            "rollout.temperature=0: greedy rollouts give K identical samples and nothing to prefer; "
+            "SPPO needs sampling (e.g. 1.0)"
+        )
     return problems
 
 
@@ -124,8 +134,10 @@ def algorithm_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str
     if a.preference == "batch_softmean" and a.loss != "soft":
         problems.append(f"algorithm.loss={a.loss}: batch_softmean targets work only with algorithm.loss=soft")
     if a.preference == "batch_softmean" and a.filter_no_signal is True:
-        problems.append("algorithm.filter_no_signal=true: batch_softmean compares each sample with the whole batch, "
-                        "so a prompt whose samples tie still has targets; use false (or auto)")
+        problems.append(
+            "algorithm.filter_no_signal=true: batch_softmean compares each sample with the whole batch, "
+            "so a prompt whose samples tie still has targets; use false (or auto)"
+        )
     return problems
 
 
@@ -147,7 +159,9 @@ def reward_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     problems = []
     if preference not in SOURCE_PREFERENCES[r.source]:
         valid = "; ".join(f"{source} -> {' | '.join(prefs)}" for source, prefs in SOURCE_PREFERENCES.items())
-        problems.append(f"algorithm.preference={preference} does not fit reward.source={r.source}; valid combinations: {valid}")
+        problems.append(
+            f"algorithm.preference={preference} does not fit reward.source={r.source}; valid combinations: {valid}"
+        )
     if r.source in _MODEL_SOURCES and r.model_path is None:
         problems.append(f"reward.model_path: required for reward.source={r.source} (a Hugging Face model directory)")
     if r.source == "remote" and not r.url:
@@ -195,8 +209,17 @@ def trainer_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     return []
 
 
-RULES: List[Rule] = [model_rules, parallel_rules, data_rules, rollout_rules, algorithm_rules, reward_rules, optim_rules,
-                     train_rules, trainer_rules]
+RULES: List[Rule] = [
+    model_rules,
+    parallel_rules,
+    data_rules,
+    rollout_rules,
+    algorithm_rules,
+    reward_rules,
+    optim_rules,
+    train_rules,
+    trainer_rules,
+]
 
 
 def problems(cfg: Config, world_size: int, check_paths: bool = True) -> List[str]:

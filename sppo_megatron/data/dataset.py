@@ -71,8 +71,9 @@ def _rows(table: pa.Table, path: str) -> List[Dict[str, Any]]:
         return table.to_pylist()
     except UnicodeDecodeError as e:
         bad = [name for name in table.column_names if not _decodes(table.column(name))]
-        raise DataError(f"{path}: column {', '.join(map(repr, bad)) or '?'} holds strings that are not valid UTF-8 "
-                        f"({e})") from None
+        raise DataError(
+            f"{path}: column {', '.join(map(repr, bad)) or '?'} holds strings that are not valid UTF-8 ({e})"
+        ) from None
 
 
 def _decodes(column: pa.ChunkedArray) -> bool:
@@ -88,15 +89,18 @@ def _messages(value: Any, where: str, prompt_key: str) -> List[Dict[str, str]]:
     if not isinstance(value, list) or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
     ):
-        raise DataError(f"{where}: column '{prompt_key}' must be a list of {{role, content}} messages with "
-                        f"string values, got {str(value)[:100]!r}")
+        raise DataError(
+            f"{where}: column '{prompt_key}' must be a list of {{role, content}} messages with "
+            f"string values, got {str(value)[:100]!r}"
+        )
     if not any(m["content"].strip() for m in value):
         raise DataError(f"{where}: empty prompt (no messages, or only empty contents)")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _check_row(row: Dict[str, Any], where: str, prompt_key: str
-               ) -> Tuple[List[Dict[str, str]], str, Optional[str], Dict[str, Any]]:
+def _check_row(
+    row: Dict[str, Any], where: str, prompt_key: str
+) -> Tuple[List[Dict[str, str]], str, Optional[str], Dict[str, Any]]:
     """(messages, data_source, ground_truth as str (None for style model), extra_info) of one row,
     or a DataError."""
     messages = _messages(row[prompt_key], where, prompt_key)
@@ -104,11 +108,15 @@ def _check_row(row: Dict[str, Any], where: str, prompt_key: str
         raise DataError(f"{where}: data_source must be a string, got {row['data_source']!r}")
     reward_model = row["reward_model"]
     if not isinstance(reward_model, dict):
-        raise DataError(f"{where}: reward_model must be a dict {{style, ground_truth}}, got {str(reward_model)[:100]!r}")
+        raise DataError(
+            f"{where}: reward_model must be a dict {{style, ground_truth}}, got {str(reward_model)[:100]!r}"
+        )
     truth = reward_model.get("ground_truth")
     if truth is None and reward_model.get("style") != "model":
-        raise DataError(f"{where}: reward_model.ground_truth is missing (reward_model = {str(reward_model)[:100]!r}); "
-                        "rows for a preference oracle say reward_model.style: model")
+        raise DataError(
+            f"{where}: reward_model.ground_truth is missing (reward_model = {str(reward_model)[:100]!r}); "
+            "rows for a preference oracle say reward_model.style: model"
+        )
     extra = row.get("extra_info")
     if extra is not None and not isinstance(extra, dict):
         raise DataError(f"{where}: extra_info must be a dict, got {type(extra).__name__}")
@@ -135,8 +143,10 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
     if not files:
         raise DataError("no prompt files given")
     if cfg.apply_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template; "
-                        "set data.apply_chat_template=false to join the message contents with newlines")
+        raise DataError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat_template; "
+            "set data.apply_chat_template=false to join the message contents with newlines"
+        )
     limit = int(cfg.max_prompt_length)
     items: List[PromptItem] = []
     num_filtered = num_rows = 0
@@ -144,27 +154,40 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
         table = _read_table(path)
         missing = [c for c in (cfg.prompt_key, "data_source", "reward_model") if c not in table.column_names]
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                            f"(found {', '.join(table.column_names)})")
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+                f"(found {', '.join(table.column_names)})"
+            )
         rows = _rows(table, path)
         checked = [_check_row(row, f"{path} row {row_num}", cfg.prompt_key) for row_num, row in enumerate(rows)]
-        texts = [_render(messages, tokenizer, cfg.apply_chat_template, f"{path} row {row_num}")
-                 for row_num, (messages, *_) in enumerate(checked)]
+        texts = [
+            _render(messages, tokenizer, cfg.apply_chat_template, f"{path} row {row_num}")
+            for row_num, (messages, *_) in enumerate(checked)
+        ]
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for row_num, ((messages, data_source, ground_truth, extra), text, ids) in enumerate(zip(checked, texts, encoded)):
+        for row_num, ((messages, data_source, ground_truth, extra), text, ids) in enumerate(
+            zip(checked, texts, encoded)
+        ):
             if len(ids) > limit:
                 if cfg.filter_overlong_prompts:
                     num_filtered += 1
                     continue
                 if cfg.truncation == "error":
-                    raise DataError(f"{path} row {row_num}: prompt has {len(ids)} tokens > data.max_prompt_length={limit}; "
-                                    "raise the limit, set data.filter_overlong_prompts=true, or data.truncation=left|right")
+                    raise DataError(
+                        f"{path} row {row_num}: prompt has {len(ids)} tokens > data.max_prompt_length={limit}; "
+                        "raise the limit, set data.filter_overlong_prompts=true, or data.truncation=left|right"
+                    )
                 ids = ids[-limit:] if cfg.truncation == "left" else ids[:limit]
                 text = tokenizer.decode(ids, skip_special_tokens=False)
-            items.append(PromptItem(list(ids), text, data_source, ground_truth, extra, index=num_rows + row_num,
-                                    messages=messages))
+            items.append(
+                PromptItem(
+                    list(ids), text, data_source, ground_truth, extra, index=num_rows + row_num, messages=messages
+                )
+            )
         num_rows += len(rows)
     if not items:
-        raise DataError(f"no prompts left in {', '.join(files)}: {num_rows} rows, {num_filtered} filtered as longer "
-                        f"than data.max_prompt_length={limit} tokens")
+        raise DataError(
+            f"no prompts left in {', '.join(files)}: {num_rows} rows, {num_filtered} filtered as longer "
+            f"than data.max_prompt_length={limit} tokens"
+        )
     return PromptDataset(items, files, num_filtered)

@@ -63,21 +63,42 @@ class Recipe:
 
 
 RECIPES: Dict[str, Recipe] = {
-    "math": Recipe("math", ("problem",), "solution", math_ground_truth, ("level", "type"),
-                   (("DigitalLearningGmbH/MATH-lighteval", None), ("hendrycks/competition_math", None))),
-    "gsm8k": Recipe("gsm8k", ("question",), "answer", gsm8k_ground_truth, ("question", "answer"),
-                    (("openai/gsm8k", "main"),)),
+    "math": Recipe(
+        "math",
+        ("problem",),
+        "solution",
+        math_ground_truth,
+        ("level", "type"),
+        (("DigitalLearningGmbH/MATH-lighteval", None), ("hendrycks/competition_math", None)),
+    ),
+    "gsm8k": Recipe(
+        "gsm8k", ("question",), "answer", gsm8k_ground_truth, ("question", "answer"), (("openai/gsm8k", "main"),)
+    ),
     # openbmb/UltraFeedback (the SPPO paper's prompts) names it instruction, its binarized copies prompt
-    "ultrafeedback": Recipe("ultrafeedback", ("instruction", "prompt"), None, None, ("source", "prompt_id"),
-                            (("openbmb/UltraFeedback", None),), ability="chat"),
+    "ultrafeedback": Recipe(
+        "ultrafeedback",
+        ("instruction", "prompt"),
+        None,
+        None,
+        ("source", "prompt_id"),
+        (("openbmb/UltraFeedback", None),),
+        ability="chat",
+    ),
 }
 
 
-def make_row(question: str, ground_truth: Optional[str], data_source: str, extra_info: Dict, ability: str = "math") -> Dict:
+def make_row(
+    question: str, ground_truth: Optional[str], data_source: str, extra_info: Dict, ability: str = "math"
+) -> Dict:
     """One row of the verl prompt schema; without a ground truth a prompt for a preference oracle."""
     if ground_truth is None:
-        return {"prompt": [{"role": "user", "content": question}], "data_source": data_source, "ability": ability,
-                "reward_model": {"style": "model", "ground_truth": None}, "extra_info": extra_info}
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "data_source": data_source,
+            "ability": ability,
+            "reward_model": {"style": "model", "ground_truth": None},
+            "extra_info": extra_info,
+        }
     return {
         "prompt": [{"role": "user", "content": question + " " + INSTRUCTION}],
         "data_source": data_source,
@@ -141,17 +162,21 @@ def split_local(inputs: Sequence[str], test_size: Optional[int], seed: int) -> D
     for path, name in input_files(inputs):
         by_split[split_of(name)].append((path, read_records(path)))
     if by_split[None] and (by_split["train"] or by_split["test"]):
-        raise DataError(f"cannot tell the split of {', '.join(p for p, _ in by_split[None])}: name every input "
-                        "*train* or *test*, or give only unnamed inputs and --test-size")
+        raise DataError(
+            f"cannot tell the split of {', '.join(p for p, _ in by_split[None])}: name every input "
+            "*train* or *test*, or give only unnamed inputs and --test-size"
+        )
     tagged = {s: [(p, i, r) for p, recs in by_split[s] for i, r in enumerate(recs)] for s in by_split}
     if by_split["test"]:
         if test_size is not None:
             raise DataError("--test-size holds out test records, but an input is already named *test*")
         return {"train": tagged["train"], "test": tagged["test"]}
     if test_size is None:
-        raise DataError("no input is named *train* or *test*; pass --test-size N to hold out N records for test"
-                        if not by_split["train"] else "no input is named *test*; pass --test-size N to hold out N "
-                        "training records for test")
+        raise DataError(
+            "no input is named *train* or *test*; pass --test-size N to hold out N records for test"
+            if not by_split["train"]
+            else "no input is named *test*; pass --test-size N to hold out N training records for test"
+        )
     return holdout(tagged["train"] + tagged[None], test_size, seed)
 
 
@@ -160,8 +185,10 @@ def holdout(records: List, test_size: int, seed: int) -> Dict[str, List]:
     if test_size > len(records):
         raise DataError(f"--test-size {test_size} is larger than the {len(records)} records given")
     test_ids = set(random.Random(seed).sample(range(len(records)), test_size))
-    return {"train": [r for i, r in enumerate(records) if i not in test_ids],
-            "test": [r for i, r in enumerate(records) if i in test_ids]}
+    return {
+        "train": [r for i, r in enumerate(records) if i not in test_ids],
+        "test": [r for i, r in enumerate(records) if i in test_ids],
+    }
 
 
 def load_hub(recipe: Recipe, dataset_id: Optional[str], test_size: Optional[int], seed: int) -> Dict[str, List]:
@@ -203,8 +230,10 @@ def build_rows(tagged: List[Tuple[str, int, Dict]], recipe: Recipe, split: str) 
         question = next((record[f] for f in recipe.question_fields if isinstance(record.get(f), str)), None)
         if question is None or (recipe.answer_field and not isinstance(record.get(recipe.answer_field), str)):
             missing = recipe.answer_field if question is not None else recipe.question_fields[0]
-            raise DataError(f"{source} record {i}: missing text field {missing!r} (a {recipe.data_source} record "
-                            f"has {wanted}; found {sorted(record)})")
+            raise DataError(
+                f"{source} record {i}: missing text field {missing!r} (a {recipe.data_source} record "
+                f"has {wanted}; found {sorted(record)})"
+            )
         ground_truth = None
         if recipe.ground_truth is not None:
             ground_truth = recipe.ground_truth(record[recipe.answer_field])
@@ -226,8 +255,14 @@ def write_parquet(rows: List[Dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare(recipe: Recipe, inputs: Sequence[str], out: str, test_size: Optional[int] = None, seed: int = 0,
-            hub: Optional[str] = None) -> Dict[str, int]:
+def prepare(
+    recipe: Recipe,
+    inputs: Sequence[str],
+    out: str,
+    test_size: Optional[int] = None,
+    seed: int = 0,
+    hub: Optional[str] = None,
+) -> Dict[str, int]:
     """Read, convert and write DIR/train.parquet and DIR/test.parquet (non-empty splits); rows per split.
 
     Everything is read and checked before anything is written.
@@ -245,8 +280,10 @@ def prepare(recipe: Recipe, inputs: Sequence[str], out: str, test_size: Optional
         if rows:
             path = os.path.join(out, f"{split}.parquet")
             write_parquet(rows, path)
-            print(f"wrote {path}: {len(rows)} rows" + (f" ({skipped} records without a final answer (or an empty "
-                                                        "prompt) skipped)" if skipped else ""))
+            print(
+                f"wrote {path}: {len(rows)} rows"
+                + (f" ({skipped} records without a final answer (or an empty prompt) skipped)" if skipped else "")
+            )
         counts[split] = len(rows)
     return counts
 
@@ -258,12 +295,22 @@ def main(dataset: str, argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"prepare_{dataset}.py",
         description=f"Convert {dataset.upper()} into train.parquet / test.parquet prompt files (verl schema). "
-                    "The split comes from 'train'/'test' in the input names, else --test-size.")
+        "The split comes from 'train'/'test' in the input names, else --test-size.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", action="append", metavar="FILE_OR_DIR",
-                        help="json, jsonl or parquet file, or a directory of them (repeatable)")
-    source.add_argument("--hub", nargs="?", const="", metavar="DATASET_ID",
-                        help=f"load from the Hugging Face hub (default {hub_ids}); needs network")
+    source.add_argument(
+        "--input",
+        action="append",
+        metavar="FILE_OR_DIR",
+        help="json, jsonl or parquet file, or a directory of them (repeatable)",
+    )
+    source.add_argument(
+        "--hub",
+        nargs="?",
+        const="",
+        metavar="DATASET_ID",
+        help=f"load from the Hugging Face hub (default {hub_ids}); needs network",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--test-size", type=int, default=None, help="hold out N random records as test")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --test-size holdout")

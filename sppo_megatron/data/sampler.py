@@ -30,8 +30,10 @@ class PromptSampler:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         if batch_size > num_items:
-            raise DataError(f"batch size {batch_size} is larger than the dataset ({num_items} prompts); "
-                            "lower data.train_batch_size (or data.oversample_factor) or add prompts")
+            raise DataError(
+                f"batch size {batch_size} is larger than the dataset ({num_items} prompts); "
+                "lower data.train_batch_size (or data.oversample_factor) or add prompts"
+            )
         self.num_items = num_items
         self.batch_size = batch_size
         self.seed = seed
@@ -58,14 +60,19 @@ class PromptSampler:
             self.position = 0
             self._order = self._epoch_order(self.epoch)
         end = min(self.position + size, self.num_items)
-        batch = self._order[self.position:end].tolist()
+        batch = self._order[self.position : end].tolist()
         self.position = end
         return batch
 
     def state_dict(self) -> Dict[str, Any]:
         """JSON-serialisable position: epoch, items consumed in it, and what fixes the order."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_items": self.num_items, "shuffle": self.shuffle}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "shuffle": self.shuffle,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue from `state`. The order must be the same: same dataset size, seed and shuffle.
@@ -74,8 +81,10 @@ class PromptSampler:
         """
         for key in ("num_items", "seed", "shuffle"):
             if state[key] != getattr(self, key):
-                raise DataError(f"cannot resume the data order: saved {key}={state[key]!r} but now "
-                                f"{getattr(self, key)!r} (the prompt files or trainer.seed changed)")
+                raise DataError(
+                    f"cannot resume the data order: saved {key}={state[key]!r} but now "
+                    f"{getattr(self, key)!r} (the prompt files or trainer.seed changed)"
+                )
         if not 0 <= state["position"] <= self.num_items or state["epoch"] < 0:
             raise DataError(f"invalid saved data position: epoch {state['epoch']}, position {state['position']}")
         self.epoch = int(state["epoch"])

@@ -12,7 +12,14 @@ Public API:
 
 from sppo_megatron.models.arch import ARCHITECTURES, SUPPORTED_MODEL_TYPES, get_architecture
 from sppo_megatron.models.bridge import Bridge, build_model, export_hf_weights, get_bridge
-from sppo_megatron.models.dist_ckpt import MODEL_KEY, load_dist_checkpoint, load_model_checkpoint, save_dist_checkpoint, save_model_checkpoint, unwrap_model
+from sppo_megatron.models.dist_ckpt import (
+    MODEL_KEY,
+    load_dist_checkpoint,
+    load_model_checkpoint,
+    save_dist_checkpoint,
+    save_model_checkpoint,
+    unwrap_model,
+)
 from sppo_megatron.models.specs import check_fp8_support, resolve_transformer_impl, te_available
 from sppo_megatron.platform.dtypes import resolve_dtype
 

@@ -96,7 +96,9 @@ POST_ATTN_NORM = _layer(
 )
 GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP)
 DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", layouts.ROW)
-DENSE_GATE_UP = _layer("mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP, mlp="dense")
+DENSE_GATE_UP = _layer(
+    "mlp.linear_fc1.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), layouts.GATE_UP, mlp="dense"
+)
 DENSE_DOWN = _layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", layouts.ROW, mlp="dense")
 FINAL_NORM = Param(("decoder.final_layernorm.weight",), ("model.norm.weight",), layouts.REPLICATED)
 LM_HEAD = Param(("output_layer.weight",), ("lm_head.weight",), layouts.OUTPUT, when="untied")
@@ -111,15 +113,23 @@ def _experts(hf_prefix: str, gate: str, up: str, down: str) -> Tuple[Param, Para
     fc1 = ("mlp.experts.local_experts.{expert}.linear_fc1.weight", "mlp.experts.linear_fc1.weight{expert}")
     fc2 = ("mlp.experts.local_experts.{expert}.linear_fc2.weight", "mlp.experts.linear_fc2.weight{expert}")
     expert = hf_prefix + ".experts.{expert}."
-    return (_layer(fc1, (expert + gate + ".weight", expert + up + ".weight"), layouts.GATE_UP, mlp="moe"),
-            _layer(fc2, expert + down + ".weight", layouts.ROW, mlp="moe"))
+    return (
+        _layer(fc1, (expert + gate + ".weight", expert + up + ".weight"), layouts.GATE_UP, mlp="moe"),
+        _layer(fc2, expert + down + ".weight", layouts.ROW, mlp="moe"),
+    )
 
 
 ROUTER = _layer("mlp.router.weight", "mlp.gate.weight", layouts.REPLICATED, mlp="moe")
 EXPERT_GATE_UP, EXPERT_DOWN = _experts("mlp", "gate_proj", "up_proj", "down_proj")
-SHARED_GATE_UP = _layer("mlp.shared_experts.linear_fc1.weight",
-                        ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"), layouts.GATE_UP, mlp="moe")
-SHARED_DOWN = _layer("mlp.shared_experts.linear_fc2.weight", "mlp.shared_expert.down_proj.weight", layouts.ROW, mlp="moe")
+SHARED_GATE_UP = _layer(
+    "mlp.shared_experts.linear_fc1.weight",
+    ("mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"),
+    layouts.GATE_UP,
+    mlp="moe",
+)
+SHARED_DOWN = _layer(
+    "mlp.shared_experts.linear_fc2.weight", "mlp.shared_expert.down_proj.weight", layouts.ROW, mlp="moe"
+)
 SHARED_GATE = _layer("mlp.shared_experts.gate_weight", "mlp.shared_expert_gate.weight", layouts.REPLICATED, mlp="moe")
 MIXTRAL_ROUTER = _layer("mlp.router.weight", "block_sparse_moe.gate.weight", layouts.REPLICATED, mlp="moe")
 MIXTRAL_GATE_UP, MIXTRAL_DOWN = _experts("block_sparse_moe", "w1", "w3", "w2")
@@ -141,33 +151,40 @@ def _common_checks(cfg: Any) -> List[str]:
 
 def _llama_checks(cfg: Any) -> List[str]:
     return _common_checks(cfg) + _refused(
-        cfg, ("attention_bias", "attention_bias=True (q/k/v/o biases are not supported for this architecture)"))
+        cfg, ("attention_bias", "attention_bias=True (q/k/v/o biases are not supported for this architecture)")
+    )
 
 
 def _qwen_checks(cfg: Any) -> List[str]:
     return _common_checks(cfg) + _refused(
-        cfg, ("use_sliding_window", "use_sliding_window=True (Qwen sliding-window layers are not supported)"))
+        cfg, ("use_sliding_window", "use_sliding_window=True (Qwen sliding-window layers are not supported)")
+    )
 
 
 def _qwen3_checks(cfg: Any) -> List[str]:
     return _qwen_checks(cfg) + _refused(
-        cfg, ("attention_bias", "attention_bias=True (Qwen3 with q/k/v/o biases is not supported)"))
+        cfg, ("attention_bias", "attention_bias=True (Qwen3 with q/k/v/o biases is not supported)")
+    )
 
 
 def _moe_checks(cfg: Any) -> List[str]:
     return _common_checks(cfg) + _refused(
-        cfg, ("use_sliding_window", "use_sliding_window=True (sliding-window layers are not supported)"),
-        ("router_jitter_noise", "router_jitter_noise > 0 (router jitter is not supported)"))
+        cfg,
+        ("use_sliding_window", "use_sliding_window=True (sliding-window layers are not supported)"),
+        ("router_jitter_noise", "router_jitter_noise > 0 (router jitter is not supported)"),
+    )
 
 
 def _qwen3_moe_checks(cfg: Any) -> List[str]:
     return _moe_checks(cfg) + _refused(
-        cfg, ("attention_bias", "attention_bias=True (Qwen3-MoE with q/k/v/o biases is not supported)"))
+        cfg, ("attention_bias", "attention_bias=True (Qwen3-MoE with q/k/v/o biases is not supported)")
+    )
 
 
 def _mixtral_checks(cfg: Any) -> List[str]:
     return _moe_checks(cfg) + _refused(
-        cfg, ("sliding_window", "sliding_window set (Mixtral sliding-window attention is not supported)"))
+        cfg, ("sliding_window", "sliding_window set (Mixtral sliding-window attention is not supported)")
+    )
 
 
 def _no_extra(cfg: Any) -> Dict[str, Any]:
@@ -250,8 +267,22 @@ MISTRAL = Architecture(
 QWEN3_MOE = Architecture(
     model_type="qwen3_moe",
     hf_class="Qwen3MoeForCausalLM",
-    params=(EMBED, INPUT_NORM, QKV, Q_NORM, K_NORM, O_PROJ, POST_ATTN_NORM, ROUTER, EXPERT_GATE_UP, EXPERT_DOWN,
-            DENSE_GATE_UP, DENSE_DOWN, FINAL_NORM, LM_HEAD),
+    params=(
+        EMBED,
+        INPUT_NORM,
+        QKV,
+        Q_NORM,
+        K_NORM,
+        O_PROJ,
+        POST_ATTN_NORM,
+        ROUTER,
+        EXPERT_GATE_UP,
+        EXPERT_DOWN,
+        DENSE_GATE_UP,
+        DENSE_DOWN,
+        FINAL_NORM,
+        LM_HEAD,
+    ),
     checks=_qwen3_moe_checks,
     notes="Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B): routed experts, softmax top-k router, norm_topk_prob",
 )
@@ -259,8 +290,24 @@ QWEN3_MOE = Architecture(
 QWEN2_MOE = Architecture(
     model_type="qwen2_moe",
     hf_class="Qwen2MoeForCausalLM",
-    params=(EMBED, INPUT_NORM, QKV, QKV_BIAS, O_PROJ, POST_ATTN_NORM, ROUTER, EXPERT_GATE_UP, EXPERT_DOWN,
-            SHARED_GATE_UP, SHARED_DOWN, SHARED_GATE, DENSE_GATE_UP, DENSE_DOWN, FINAL_NORM, LM_HEAD),
+    params=(
+        EMBED,
+        INPUT_NORM,
+        QKV,
+        QKV_BIAS,
+        O_PROJ,
+        POST_ATTN_NORM,
+        ROUTER,
+        EXPERT_GATE_UP,
+        EXPERT_DOWN,
+        SHARED_GATE_UP,
+        SHARED_DOWN,
+        SHARED_GATE,
+        DENSE_GATE_UP,
+        DENSE_DOWN,
+        FINAL_NORM,
+        LM_HEAD,
+    ),
     checks=_moe_checks,
     notes="Qwen1.5-MoE / Qwen2-MoE: routed experts plus a shared expert behind a sigmoid gate",
 )
@@ -268,8 +315,18 @@ QWEN2_MOE = Architecture(
 MIXTRAL = Architecture(
     model_type="mixtral",
     hf_class="MixtralForCausalLM",
-    params=(EMBED, INPUT_NORM, QKV, O_PROJ, POST_ATTN_NORM, MIXTRAL_ROUTER, MIXTRAL_GATE_UP, MIXTRAL_DOWN,
-            FINAL_NORM, LM_HEAD),
+    params=(
+        EMBED,
+        INPUT_NORM,
+        QKV,
+        O_PROJ,
+        POST_ATTN_NORM,
+        MIXTRAL_ROUTER,
+        MIXTRAL_GATE_UP,
+        MIXTRAL_DOWN,
+        FINAL_NORM,
+        LM_HEAD,
+    ),
     checks=_mixtral_checks,
     notes="Mixtral 8x7B / 8x22B: every layer routed, top-2 renormalised",
 )
@@ -285,7 +342,6 @@ def get_architecture(model_type: Optional[str]) -> Architecture:
     arch = ARCHITECTURES.get(model_type or "")
     if arch is None:
         raise UserError(
-            f"unsupported model_type {model_type!r}: supported architectures are "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"unsupported model_type {model_type!r}: supported architectures are {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     return arch

@@ -56,7 +56,11 @@ class Bridge:
         self.max_position_embeddings: int = int(getattr(cfg, "max_position_embeddings", 4096) or 4096)
         self.tied: bool = bool(getattr(cfg, "tie_word_embeddings", False))
         self.rope: Rope = rope_settings(cfg)
-        self.num_experts: int = int(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0) if self.arch.moe else 0
+        self.num_experts: int = (
+            int(getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", None) or 0)
+            if self.arch.moe
+            else 0
+        )
         self.moe_layers: List[bool] = [self.arch.moe and _is_moe_layer(cfg, i) for i in range(self.num_layers)]
         if self.num_attention_heads % self.num_kv_heads:
             raise UserError(
@@ -75,11 +79,15 @@ class Bridge:
         self.check_tp(parallel.tp)
         if not self.arch.moe:
             if parallel.ep > 1 or parallel.etp > 1:
-                raise UserError(f"parallel.ep={parallel.ep} parallel.etp={parallel.etp}: this {self.model_type} model "
-                                "has no experts (expert parallelism needs a mixture-of-experts model)")
+                raise UserError(
+                    f"parallel.ep={parallel.ep} parallel.etp={parallel.etp}: this {self.model_type} model "
+                    "has no experts (expert parallelism needs a mixture-of-experts model)"
+                )
             return
         if self.num_experts % parallel.ep:
-            raise UserError(f"parallel.ep={parallel.ep} must divide the {self.num_experts} experts of this {self.model_type} model")
+            raise UserError(
+                f"parallel.ep={parallel.ep} must divide the {self.num_experts} experts of this {self.model_type} model"
+            )
         moe_ffn = int(getattr(self.hf_config, "moe_intermediate_size", None) or self.ffn_hidden_size)
         if moe_ffn % parallel.etp:
             raise UserError(f"parallel.etp={parallel.etp} must divide the expert width {moe_ffn}")
@@ -94,15 +102,18 @@ class Bridge:
         if self.ffn_hidden_size % tp:
             raise UserError(f"parallel.tp={tp} must divide intermediate_size={self.ffn_hidden_size}")
 
-    def transformer_config(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None):
+    def transformer_config(
+        self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None
+    ):
         """megatron-core TransformerConfig for this model under `model_cfg` / `parallel_cfg`
         (None = the schema defaults: auto dtype, tp = pp = 1)."""
         from megatron.core.transformer import TransformerConfig
 
         return TransformerConfig(**self.transformer_config_kwargs(model_cfg, parallel_cfg))
 
-    def transformer_config_kwargs(self, model_cfg: Optional[ModelConfig] = None,
-                                  parallel_cfg: Optional[ParallelConfig] = None) -> Dict[str, Any]:
+    def transformer_config_kwargs(
+        self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None
+    ) -> Dict[str, Any]:
         """The keyword arguments of `transformer_config` (all TransformerConfig fields we set)."""
         from sppo_megatron.models.transformer_config import transformer_config_kwargs
 
@@ -113,11 +124,19 @@ class Bridge:
         for MoE models the block spec of `config` (the TransformerConfig)."""
         from sppo_megatron.models.specs import layer_spec
 
-        return layer_spec(ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm, config=config)
+        return layer_spec(
+            ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm, config=config
+        )
 
     # ------------------------------------------------------------------ model
-    def build_model(self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
-                    *, perform_initialization: bool = True, padded_vocab_size: Optional[int] = None):
+    def build_model(
+        self,
+        model_cfg: Optional[ModelConfig] = None,
+        parallel_cfg: Optional[ParallelConfig] = None,
+        *,
+        perform_initialization: bool = True,
+        padded_vocab_size: Optional[int] = None,
+    ):
         """GPTModel for this rank's pipeline stage (needs `init_distributed(tp, pp)` first).
 
         perform_initialization=False skips the random init (the weights are loaded next); the
@@ -126,8 +145,13 @@ class Bridge:
         """
         from sppo_megatron.models.build import build_gpt_model
 
-        return build_gpt_model(self, model_cfg, parallel_cfg, perform_initialization=perform_initialization,
-                               padded_vocab_size=padded_vocab_size)
+        return build_gpt_model(
+            self,
+            model_cfg,
+            parallel_cfg,
+            perform_initialization=perform_initialization,
+            padded_vocab_size=padded_vocab_size,
+        )
 
     def mask_padded_logits_(self, logits: torch.Tensor) -> torch.Tensor:
         """In place: set this TP rank's vocab-parallel logit columns >= vocab_size to the dtype minimum."""
@@ -156,7 +180,8 @@ class Bridge:
         layers 0..L-1 (each expert row once per expert), final norm, head."""
         rows = self._params()
         plan: List[Tuple[Optional[int], Optional[int], Param]] = [
-            (None, None, r) for r in rows if not r.per_layer and r.layout is layouts.EMBEDDING]
+            (None, None, r) for r in rows if not r.per_layer and r.layout is layouts.EMBEDDING
+        ]
         for i in range(self.num_layers):
             for r in rows:
                 if r.per_layer and self._in_layer(r, i):
@@ -172,7 +197,9 @@ class Bridge:
             return {}
         return {layer.layer_number - 1: j for j, layer in enumerate(decoder.layers)}
 
-    def _local_params(self, module: Any) -> List[Tuple[Optional[int], Optional[int], Param, str, torch.nn.Parameter, Tuple[str, ...]]]:
+    def _local_params(
+        self, module: Any
+    ) -> List[Tuple[Optional[int], Optional[int], Param, str, torch.nn.Parameter, Tuple[str, ...]]]:
         """(global layer, global expert, row, megatron name, parameter, HF names) for every table
         row on this rank (expert rows: the experts of this expert-parallel rank)."""
         params = dict(module.named_parameters())
@@ -189,7 +216,9 @@ class Bridge:
                 candidates = [m.format(layer=local[layer], expert=local_expert) for m in row.megatron]
                 found = [c for c in candidates if c in params]
                 if not found:
-                    raise RuntimeError(f"{self.model_type} table row {row.hf[0]} has no parameter in the model (tried {candidates})")
+                    raise RuntimeError(
+                        f"{self.model_type} table row {row.hf[0]} has no parameter in the model (tried {candidates})"
+                    )
             else:
                 found = [m for m in row.megatron if m in params]
                 if not found:
@@ -199,8 +228,16 @@ class Bridge:
         if self.tied and "output_layer.weight" in params:
             # tied embeddings with PP > 1: the last stage keeps its own copy of the embedding
             embed = next(r for r in self.arch.params if r.layout is layouts.EMBEDDING)
-            out.append((None, None, Param(("output_layer.weight",), embed.hf, layouts.OUTPUT), "output_layer.weight",
-                        params["output_layer.weight"], embed.hf))
+            out.append(
+                (
+                    None,
+                    None,
+                    Param(("output_layer.weight",), embed.hf, layouts.OUTPUT),
+                    "output_layer.weight",
+                    params["output_layer.weight"],
+                    embed.hf,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ HF -> megatron
@@ -321,12 +358,21 @@ class _TensorGroups:
     def __init__(self) -> None:
         from megatron.core import parallel_state as ps
 
-        self.tp = (ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank(),
-                   ps.get_tensor_model_parallel_group())
-        self.etp = (ps.get_expert_tensor_parallel_world_size(), ps.get_expert_tensor_parallel_rank(),
-                    ps.get_expert_tensor_parallel_group(check_initialized=False))
-        self.ep = (ps.get_expert_model_parallel_world_size(), ps.get_expert_model_parallel_rank(),
-                   ps.get_expert_model_parallel_group(check_initialized=False))
+        self.tp = (
+            ps.get_tensor_model_parallel_world_size(),
+            ps.get_tensor_model_parallel_rank(),
+            ps.get_tensor_model_parallel_group(),
+        )
+        self.etp = (
+            ps.get_expert_tensor_parallel_world_size(),
+            ps.get_expert_tensor_parallel_rank(),
+            ps.get_expert_tensor_parallel_group(check_initialized=False),
+        )
+        self.ep = (
+            ps.get_expert_model_parallel_world_size(),
+            ps.get_expert_model_parallel_rank(),
+            ps.get_expert_model_parallel_group(check_initialized=False),
+        )
 
     def split(self, row: Param) -> Tuple[int, int]:
         """(size, rank) of the tensor-parallel split of `row` on this rank."""
@@ -351,8 +397,9 @@ class _TensorGroups:
             shards = [data]
         return row.layout.assemble(shards, dims)
 
-    def from_expert_owner(self, tensors: Optional[List[torch.Tensor]], shapes: List[Any], dtype: torch.dtype,
-                          owner: int) -> List[torch.Tensor]:
+    def from_expert_owner(
+        self, tensors: Optional[List[torch.Tensor]], shapes: List[Any], dtype: torch.dtype, owner: int
+    ) -> List[torch.Tensor]:
         """Expert-parallel rank `owner`'s assembled tensors, on every EP rank."""
         import torch.distributed as dist
 
@@ -387,8 +434,13 @@ def get_bridge(hf_config: Any) -> Bridge:
     return Bridge(hf_config)
 
 
-def build_model(hf_config: Any, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
-                *, perform_initialization: bool = True):
+def build_model(
+    hf_config: Any,
+    model_cfg: Optional[ModelConfig] = None,
+    parallel_cfg: Optional[ParallelConfig] = None,
+    *,
+    perform_initialization: bool = True,
+):
     """GPTModel for this rank's pipeline stage (see `Bridge.build_model`)."""
     return get_bridge(hf_config).build_model(model_cfg, parallel_cfg, perform_initialization=perform_initialization)
 

@@ -14,8 +14,14 @@ from sppo_megatron.models.rope import llama3_inv_freq
 _MEGATRON_LLAMA3 = (1.0, 4.0, 8192)
 
 
-def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None,
-                    *, perform_initialization: bool = True, padded_vocab_size: Optional[int] = None):
+def build_gpt_model(
+    bridge: Any,
+    model_cfg: Optional[ModelConfig] = None,
+    parallel_cfg: Optional[ParallelConfig] = None,
+    *,
+    perform_initialization: bool = True,
+    padded_vocab_size: Optional[int] = None,
+):
     """GPTModel for this rank's pipeline stage (see `Bridge.build_model`). parallel_cfg None =
     the layout megatron is initialised with; padded_vocab_size None = `bridge.padded_vocab_size(tp)`."""
     from megatron.core import parallel_state
@@ -29,8 +35,10 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
     etp = parallel_state.get_expert_tensor_parallel_world_size()
     parallel = ParallelConfig(tp=tp, pp=pp, ep=ep, etp=etp) if parallel_cfg is None else parallel_cfg
     if (parallel.tp, parallel.pp, parallel.ep, parallel.etp) != (tp, pp, ep, etp):
-        raise RuntimeError(f"parallel config tp={parallel.tp} pp={parallel.pp} ep={parallel.ep} etp={parallel.etp} but "
-                           f"megatron is initialised with tp={tp} pp={pp} ep={ep} etp={etp}")
+        raise RuntimeError(
+            f"parallel config tp={parallel.tp} pp={parallel.pp} ep={parallel.ep} etp={parallel.etp} but "
+            f"megatron is initialised with tp={tp} pp={pp} ep={ep} etp={etp}"
+        )
     model_cfg = ModelConfig() if model_cfg is None else model_cfg
     config = bridge.transformer_config(model_cfg, parallel)
     config.perform_initialization = perform_initialization
@@ -51,11 +59,15 @@ def build_gpt_model(bridge: Any, model_cfg: Optional[ModelConfig] = None, parall
         rope_scaling_factor=rope.factor if rope.kind == "llama3" else 8.0,
         seq_len_interpolation_factor=rope.factor if rope.kind == "linear" else None,
     )
-    if rope.kind == "llama3" and (
-        rope.low_freq_factor,
-        rope.high_freq_factor,
-        rope.original_max_position_embeddings,
-    ) != _MEGATRON_LLAMA3:
+    if (
+        rope.kind == "llama3"
+        and (
+            rope.low_freq_factor,
+            rope.high_freq_factor,
+            rope.original_max_position_embeddings,
+        )
+        != _MEGATRON_LLAMA3
+    ):
         # megatron-core hard-codes low/high freq factors 1/4 and 8192 original positions
         emb = model.rotary_pos_emb
         emb.inv_freq = llama3_inv_freq(rope, bridge.head_dim, device=emb.inv_freq.device).to(emb.inv_freq.dtype)

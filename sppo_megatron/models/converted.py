@@ -61,8 +61,9 @@ def read_checkpoint_meta(ckpt: str) -> Optional[Dict[str, Any]]:
     return meta
 
 
-def check_checkpoint_matches(ckpt: str, bridge: Any, hf_what: str,
-                             what: str = "--ckpt") -> Tuple[Optional[Dict[str, Any]], Any]:
+def check_checkpoint_matches(
+    ckpt: str, bridge: Any, hf_what: str, what: str = "--ckpt"
+) -> Tuple[Optional[Dict[str, Any]], Any]:
     """UserError (one line) unless `ckpt` (any layout) holds `bridge`'s model, judged by our
     description (META_FILE) and Megatron-LM `args` where present; returns both (None if absent)."""
     ckpt_dir = resolve_checkpoint_dir(ckpt, what)
@@ -99,8 +100,17 @@ def layout_padded_vocab(bridge: Any, layout: str, tp: int) -> int:
     return bridge.padded_vocab_size(tp)
 
 
-def write_converted_checkpoint(model: Any, out: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int,
-                               layout: str = "sppo", iteration: Optional[int] = None) -> str:
+def write_converted_checkpoint(
+    model: Any,
+    out: str,
+    bridge: Any,
+    dtype: str,
+    hf_src: str,
+    tp: int,
+    pp: int,
+    layout: str = "sppo",
+    iteration: Optional[int] = None,
+) -> str:
     """Collective: `model` as a model-only checkpoint in `layout` under `out`, with our
     description; returns the torch_dist directory. "megatron-lm" writes `out/release/`
     (iteration None) or `out/iter_%07d/` with Megatron-LM's common state, the tracker last."""
@@ -119,8 +129,9 @@ def write_converted_checkpoint(model: Any, out: str, bridge: Any, dtype: str, hf
     return ckpt
 
 
-def write_checkpoint_meta(ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int,
-                          padded_vocab_size: int, layout: str = "sppo") -> None:
+def write_checkpoint_meta(
+    ckpt: str, bridge: Any, dtype: str, hf_src: str, tp: int, pp: int, padded_vocab_size: int, layout: str = "sppo"
+) -> None:
     """The converter's description of a checkpoint it wrote: META_FILE and HF_SUBDIR (the
     source's config.json and side files), which `resolve_megatron_checkpoint` reads back."""
     import torch
@@ -172,7 +183,9 @@ def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) 
     check_checkpoint_dir(ckpt_dir, "--ckpt")
     hf_dir = hf_config_dir or os.path.join(ckpt_dir, HF_SUBDIR)
     if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        raise UserError(f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)")
+        raise UserError(
+            f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)"
+        )
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)
     meta, args = check_checkpoint_matches(ckpt_dir, bridge, hf_dir)
@@ -192,12 +205,17 @@ def conversion_model_config(dtype: str) -> ModelConfig:
     return ModelConfig(dtype=dtype, transformer_impl="local")
 
 
-def load_megatron_model(bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1,
-                        padded_vocab_size: Optional[int] = None) -> Any:
+def load_megatron_model(
+    bridge: Any, ckpt: str, dtype: str, tp: int = 1, pp: int = 1, padded_vocab_size: Optional[int] = None
+) -> Any:
     """This rank's stage of the model, with the checkpoint's weights (call after init_distributed).
     Built with the checkpoint's padded vocabulary, or re-padded to `padded_vocab_size`."""
     have = model_vocab_for(ckpt, tp)
-    model = bridge.build_model(conversion_model_config(dtype), ParallelConfig(tp=tp, pp=pp), perform_initialization=False,
-                               padded_vocab_size=padded_vocab_size or have)
+    model = bridge.build_model(
+        conversion_model_config(dtype),
+        ParallelConfig(tp=tp, pp=pp),
+        perform_initialization=False,
+        padded_vocab_size=padded_vocab_size or have,
+    )
     load_model_checkpoint(model, ckpt, resize_vocab=padded_vocab_size is not None)
     return model

@@ -70,8 +70,12 @@ class _SaveHelper:
             return
         if cls.manager is not None and not cls.alive():
             process = cls.manager._process
-            print(f"rank {rank()}: checkpoint save helper (pid {process.pid}) died (exit code {process.exitcode}); "
-                  "starting a new one", file=sys.stderr, flush=True)
+            print(
+                f"rank {rank()}: checkpoint save helper (pid {process.pid}) died (exit code {process.exitcode}); "
+                "starting a new one",
+                file=sys.stderr,
+                flush=True,
+            )
             cls.manager, fsa._results_queue = None, None
         if getattr(fsa, "_results_queue", "missing") is None:
             from multiprocessing.managers import SyncManager
@@ -108,13 +112,16 @@ def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
     except (EOFError, ConnectionError) as e:  # BrokenPipeError is a ConnectionError
         if _SaveHelper.alive():
             raise
-        raise RunStopped(f"saving {ckpt_dir}: the checkpoint save helper process died during the save "
-                         f"({type(e).__name__}); the previous checkpoint is intact") from e
+        raise RunStopped(
+            f"saving {ckpt_dir}: the checkpoint save helper process died during the save "
+            f"({type(e).__name__}); the previous checkpoint is intact"
+        ) from e
     barrier()
 
 
-def load_dist_checkpoint(sharded_state: Dict[str, Any], ckpt_dir: str, what: str = "checkpoint",
-                         resize_vocab: bool = False) -> Dict[str, Any]:
+def load_dist_checkpoint(
+    sharded_state: Dict[str, Any], ckpt_dir: str, what: str = "checkpoint", resize_vocab: bool = False
+) -> Dict[str, Any]:
     """Load the keys of `sharded_state` from `ckpt_dir`; returns plain tensors in the same structure.
 
     The files and the model's shapes are checked first, on every rank alike, so a corrupt,
@@ -189,13 +196,17 @@ def check_model_shapes(model_state: Any, stored: Any, ckpt_dir: str, resize_voca
             continue
         meta = stored.state_dict_metadata.get(sharded.key)
         if meta is None:
-            raise UserError(f"checkpoint {ckpt_dir} does not fit the model: it has no tensor {sharded.key} "
-                            "(.metadata; a checkpoint of another architecture)")
+            raise UserError(
+                f"checkpoint {ckpt_dir} does not fit the model: it has no tensor {sharded.key} "
+                "(.metadata; a checkpoint of another architecture)"
+            )
         if resize_vocab and sharded.key in VOCAB_KEYS and tuple(meta.size[1:]) == tuple(sharded.global_shape[1:]):
             continue
         if tuple(meta.size) != tuple(sharded.global_shape):
-            raise UserError(f"checkpoint {ckpt_dir} does not fit the model: {sharded.key} is {tuple(meta.size)} in "
-                            f".metadata, the model's is {tuple(sharded.global_shape)} (a checkpoint of another model shape)")
+            raise UserError(
+                f"checkpoint {ckpt_dir} does not fit the model: {sharded.key} is {tuple(meta.size)} in "
+                f".metadata, the model's is {tuple(sharded.global_shape)} (a checkpoint of another model shape)"
+            )
 
 
 def is_dist_checkpoint(ckpt_dir: str) -> bool:
@@ -242,8 +253,10 @@ def check_padded_vocab(model: Any, ckpt_dir: str, what: str = "--ckpt") -> None:
     want = getattr(unwrap_model(model), "vocab_size", None)
     have = checkpoint_padded_vocab(ckpt_dir, what)
     if want is not None and have is not None and want != have:
-        raise UserError(f"{what} {ckpt_dir}: the checkpoint's padded vocabulary has {have} rows but the model "
-                        f"being loaded has {want} (another vocabulary padding or model)")
+        raise UserError(
+            f"{what} {ckpt_dir}: the checkpoint's padded vocabulary has {have} rows but the model "
+            f"being loaded has {want} (another vocabulary padding or model)"
+        )
 
 
 def load_model_checkpoint(model: Any, ckpt_dir: str, what: str = "--ckpt", resize_vocab: bool = False) -> None:

@@ -262,8 +262,15 @@ def copy_side_files(src_dir: str, dst_dir: str, skip: Iterable[str] = ("config.j
     return copied
 
 
-def write_hf_dir(named_tensors: Iterable[Tuple[str, torch.Tensor]], src_hf_dir: str, out_dir: str, dtype: str,
-                 hf_class: str, max_shard_bytes: int = 5 * 1024**3, write: bool = True) -> None:
+def write_hf_dir(
+    named_tensors: Iterable[Tuple[str, torch.Tensor]],
+    src_hf_dir: str,
+    out_dir: str,
+    dtype: str,
+    hf_class: str,
+    max_shard_bytes: int = 5 * 1024**3,
+    write: bool = True,
+) -> None:
     """Write an HF checkpoint into `out_dir` (which must exist): the streamed tensors as sharded
     safetensors in `dtype` (bf16 | fp16 | fp32), src_hf_dir's config.json with that dtype, and its
     tokenizer / generation-config side files. Every rank consumes the (collective) stream; only

@@ -55,7 +55,9 @@ class Layout:
     def __repr__(self) -> str:
         return self.name
 
-    def read_shard(self, reader: Any, names: Sequence[str], shape: Shape, tp: int, r: int, dims: ModelDims) -> torch.Tensor:
+    def read_shard(
+        self, reader: Any, names: Sequence[str], shape: Shape, tp: int, r: int, dims: ModelDims
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def hf_shapes(self, local_shape: Shape, tp: int, dims: ModelDims) -> List[Shape]:
@@ -70,7 +72,9 @@ class Layout:
         tensor first, then viewed the same way. Only a view that is not contiguous (a re-layout:
         qkv with several query groups) is copied, once, into a new tensor."""
         full = shards[0] if len(shards) == 1 else self._join(shards)
-        return [view.view(shape) if view.is_contiguous() else _fresh(view, shape) for view, shape in self._views(full, dims)]
+        return [
+            view.view(shape) if view.is_contiguous() else _fresh(view, shape) for view, shape in self._views(full, dims)
+        ]
 
     def _join(self, shards: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat(list(shards), dim=0)
@@ -102,7 +106,9 @@ class VocabLayout(Layout):
     def read_shard(self, reader, names, shape, tp, r, dims):
         full = reader.shape(names[0])
         if full[0] != dims.vocab_size:
-            raise UserError(f"{reader.hf_dir}: {names[0]} has {full[0]} rows but config.json says vocab_size={dims.vocab_size}")
+            raise UserError(
+                f"{reader.hf_dir}: {names[0]} has {full[0]} rows but config.json says vocab_size={dims.vocab_size}"
+            )
         start = r * shape[0]
         stop = min(start + shape[0], dims.vocab_size)
         out = torch.zeros(shape, dtype=torch.float32)
@@ -167,7 +173,9 @@ class QKVLayout(Layout):
         per_group_q = (dims.num_attention_heads // dims.num_kv_heads) * hd
         rest = tuple(full.shape[1:])
         grouped = full.reshape(dims.num_kv_heads, per_group_q + 2 * hd, *rest)
-        return [(v, (dims.num_kv_heads * v.shape[1], *rest)) for v in torch.split(grouped, [per_group_q, hd, hd], dim=1)]
+        return [
+            (v, (dims.num_kv_heads * v.shape[1], *rest)) for v in torch.split(grouped, [per_group_q, hd, hd], dim=1)
+        ]
 
 
 class GateUpLayout(Layout):

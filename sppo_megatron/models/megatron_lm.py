@@ -85,13 +85,19 @@ def megatron_lm_args(bridge: Any, dtype: str, tp: int, pp: int, padded_vocab_siz
     from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 
     if bridge.arch.moe:
-        raise UserError(f"--layout megatron-lm: {bridge.model_type} (mixture of experts) is not supported for "
-                        "Megatron-LM checkpoints yet; use the default layout")
+        raise UserError(
+            f"--layout megatron-lm: {bridge.model_type} (mixture of experts) is not supported for "
+            "Megatron-LM checkpoints yet; use the default layout"
+        )
 
-    tc = bridge.transformer_config_kwargs(ModelConfig(dtype=dtype, transformer_impl="local"), ParallelConfig(tp=tp, pp=pp))
+    tc = bridge.transformer_config_kwargs(
+        ModelConfig(dtype=dtype, transformer_impl="local"), ParallelConfig(tp=tp, pp=pp)
+    )
     rope = bridge.rope
-    if rope.kind == "llama3" and (rope.low_freq_factor, rope.high_freq_factor,
-                                  rope.original_max_position_embeddings) != MEGATRON_LLAMA3:
+    if (
+        rope.kind == "llama3"
+        and (rope.low_freq_factor, rope.high_freq_factor, rope.original_max_position_embeddings) != MEGATRON_LLAMA3
+    ):
         raise UserError(
             f"--layout megatron-lm: llama3 rope (low_freq_factor, high_freq_factor, original_max_position_embeddings)="
             f"{(rope.low_freq_factor, rope.high_freq_factor, rope.original_max_position_embeddings)}; "
@@ -164,13 +170,27 @@ def read_args(ckpt_dir: str, what: str = "--ckpt") -> Optional[argparse.Namespac
 
     try:
         common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    except (CheckpointingException, pickle.UnpicklingError, RuntimeError, OSError, EOFError, AttributeError,
-            KeyError, ValueError) as e:
-        hint = "" if os.path.isfile(os.path.join(ckpt_dir, "common.pt")) else (
-            " (no common.pt: megatron-core >= 0.19 keeps the common state inside the DCP, "
-            "which megatron-core < 0.19 cannot read)")
-        raise UserError(f"{what}: cannot read the common state of {ckpt_dir}: {type(e).__name__}: "
-                        f"{first_line(e)}{hint}") from None
+    except (
+        CheckpointingException,
+        pickle.UnpicklingError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        AttributeError,
+        KeyError,
+        ValueError,
+    ) as e:
+        hint = (
+            ""
+            if os.path.isfile(os.path.join(ckpt_dir, "common.pt"))
+            else (
+                " (no common.pt: megatron-core >= 0.19 keeps the common state inside the DCP, "
+                "which megatron-core < 0.19 cannot read)"
+            )
+        )
+        raise UserError(
+            f"{what}: cannot read the common state of {ckpt_dir}: {type(e).__name__}: {first_line(e)}{hint}"
+        ) from None
     args = common.get("args") if isinstance(common, dict) else None
     return args if isinstance(args, argparse.Namespace) else None
 
@@ -225,10 +245,12 @@ def check_args_match(args: Optional[argparse.Namespace], bridge: Any, ckpt: str,
     have = bridge_architecture(bridge)
     for key, value in args_architecture(args).items():
         if value != have[key]:
-            raise UserError(f"checkpoint {ckpt} args have {key}={value!r} but {hf_what} has {key}={have[key]!r} "
-                            f"(checkpoint of another model / architecture)")
+            raise UserError(
+                f"checkpoint {ckpt} args have {key}={value!r} but {hf_what} has {key}={have[key]!r} "
+                f"(checkpoint of another model / architecture)"
+            )
     padded = getattr(args, "padded_vocab_size", None)
     if padded is not None and padded < bridge.vocab_size:
-        raise UserError(f"checkpoint {ckpt} args have padded_vocab_size={padded} < vocab_size={bridge.vocab_size} "
-                        f"of {hf_what}")
-
+        raise UserError(
+            f"checkpoint {ckpt} args have padded_vocab_size={padded} < vocab_size={bridge.vocab_size} of {hf_what}"
+        )

@@ -165,7 +165,13 @@ class SDPAttention(MegatronModule):
 
         allowed = self._mask(attention_mask, causal, sq, sk, q.device)
         dropout_p = self.dropout_p if self.training else 0.0
-        kw = dict(attn_mask=allowed, dropout_p=dropout_p, is_causal=causal and allowed is None, scale=self.softmax_scale, **extra)
+        kw = dict(
+            attn_mask=allowed,
+            dropout_p=dropout_p,
+            is_causal=causal and allowed is None,
+            scale=self.softmax_scale,
+            **extra,
+        )
         if dropout_p > 0.0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 out = F.scaled_dot_product_attention(q, k, v, **kw)

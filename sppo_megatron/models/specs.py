@@ -84,11 +84,17 @@ def check_fp8_support(model_cfg: ModelConfig) -> None:
     if recipe not in ("delayed", "tensorwise", "mxfp8", "blockwise"):
         raise UserError(f"model.fp8_recipe={recipe!r}: expected delayed, tensorwise, mxfp8 or blockwise")
     if model_cfg.transformer_impl == "local":
-        raise UserError("model.fp8 needs Transformer Engine layers (model.transformer_impl=auto or transformer_engine), not local")
+        raise UserError(
+            "model.fp8 needs Transformer Engine layers (model.transformer_impl=auto or transformer_engine), not local"
+        )
     if not torch.cuda.is_available():
-        raise UserError(f"model.fp8={fp8} needs a CUDA GPU with FP8 support (compute capability >= 8.9); none is available")
+        raise UserError(
+            f"model.fp8={fp8} needs a CUDA GPU with FP8 support (compute capability >= 8.9); none is available"
+        )
     if not te_available():
-        raise UserError(f"model.fp8={fp8} needs Transformer Engine, which is not importable (pip install transformer-engine[pytorch])")
+        raise UserError(
+            f"model.fp8={fp8} needs Transformer Engine, which is not importable (pip install transformer-engine[pytorch])"
+        )
     cap = tuple(torch.cuda.get_device_capability())
     name = torch.cuda.get_device_name()
     if cap < FP8_MIN_CAPABILITY:
@@ -102,7 +108,9 @@ def check_fp8_support(model_cfg: ModelConfig) -> None:
             f"model.fp8_recipe={recipe}: the GPU {name} (compute capability {cap[0]}.{cap[1]}) does not support it; "
             f"it needs >= {need[0]}.{need[1]}"
         )
-    te_name = {"mxfp8": "check_mxfp8_support", "blockwise": "check_fp8_block_scaling_support"}.get(recipe, "check_fp8_support")
+    te_name = {"mxfp8": "check_mxfp8_support", "blockwise": "check_fp8_block_scaling_support"}.get(
+        recipe, "check_fp8_support"
+    )
     verdict = _te_check(te_name)
     if verdict is not None and not verdict[0]:
         raise UserError(f"model.fp8={fp8} fp8_recipe={recipe}: Transformer Engine reports: {verdict[1]}")

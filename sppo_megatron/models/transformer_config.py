@@ -32,8 +32,9 @@ def pipeline_split(num_layers: int, pp: int) -> List[int]:
     return [first] + [middle] * (pp - 2) + [rest - first]
 
 
-def transformer_config_kwargs(bridge: Any, model: Optional[ModelConfig] = None,
-                              parallel: Optional[ParallelConfig] = None) -> Dict[str, Any]:
+def transformer_config_kwargs(
+    bridge: Any, model: Optional[ModelConfig] = None, parallel: Optional[ParallelConfig] = None
+) -> Dict[str, Any]:
     """Every TransformerConfig field we set for `bridge`'s model (None = the schema defaults)."""
     from sppo_megatron.models.specs import check_fp8_support
 
@@ -122,6 +123,7 @@ def moe_kwargs(bridge: Any, model: ModelConfig, parallel: ParallelConfig) -> Dic
         expert_tensor_parallel_size=parallel.etp,
     )
     if bridge.arch.shared_expert:
-        kwargs.update(moe_shared_expert_intermediate_size=int(cfg.shared_expert_intermediate_size),
-                      moe_shared_expert_gate=True)
+        kwargs.update(
+            moe_shared_expert_intermediate_size=int(cfg.shared_expert_intermediate_size), moe_shared_expert_gate=True
+        )
     return kwargs

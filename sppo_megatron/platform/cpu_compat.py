@@ -218,8 +218,13 @@ def _patch_megatron_rng() -> None:
 
 
 def _aliases(output: torch.Tensor, input: torch.Tensor) -> bool:
-    return (output.data_ptr() == input.data_ptr() and output.numel() == input.numel()
-            and output.dtype == input.dtype and output.is_contiguous() and input.is_contiguous())
+    return (
+        output.data_ptr() == input.data_ptr()
+        and output.numel() == input.numel()
+        and output.dtype == input.dtype
+        and output.is_contiguous()
+        and input.is_contiguous()
+    )
 
 
 def _single_rank_identity(collective):
@@ -228,8 +233,12 @@ def _single_rank_identity(collective):
     result is already in place."""
 
     def call(output, input, *args, **kwargs):
-        if ("group" in kwargs and not kwargs.get("async_op", False) and _aliases(output, input)
-                and torch.distributed.get_world_size(kwargs["group"]) == 1):
+        if (
+            "group" in kwargs
+            and not kwargs.get("async_op", False)
+            and _aliases(output, input)
+            and torch.distributed.get_world_size(kwargs["group"]) == 1
+        ):
             return None
         return collective(output, input, *args, **kwargs)
 
@@ -254,6 +263,8 @@ def _patch_megatron_copies() -> None:
     buffers.dist_all_gather_func = _single_rank_identity(buffers.dist_all_gather_func)
     if getattr(clip_grads, "multi_tensor_scale_impl", None) is getattr(clip_grads, "local_multi_tensor_scale", 0):
         clip_grads.multi_tensor_scale_impl = _scale_in_place
+
+
 def _cpu_tensor_to_cpu(tensor: Any, as_numpy: bool = False, record_stream: bool = False) -> Any:
     """moe_utils.maybe_move_tensor_to_cpu for CPU tensors: the token dispatcher expects the
     all-to-all split sizes back as numpy (it only converts CUDA tensors; gloo's
@@ -297,7 +308,10 @@ CPU_NOISE = (
     (UserWarning, r".*CUDA_DEVICE_MAX_CONNECTIONS.*"),
     (UserWarning, r".*full scope is deprecated.*"),
     (UserWarning, r".*\.grad attribute of a Tensor that is not a leaf Tensor.*"),
-    (FutureWarning, r".*(reduce_scatter_tensor|all_gather_into_tensor|_all_gather_base|_reduce_scatter_base)` is deprecated.*"),
+    (
+        FutureWarning,
+        r".*(reduce_scatter_tensor|all_gather_into_tensor|_all_gather_base|_reduce_scatter_base)` is deprecated.*",
+    ),
     (FutureWarning, r".*`load_state_dict` is deprecated.*"),
     (FutureWarning, r".*Please use DTensor instead.*"),
 )

@@ -217,24 +217,38 @@ def _init_split(info: LaunchInfo, rollout_ranks: int, backend: str, timeout: dat
 
     global _SPLIT
     port = info.master_port or free_port()
-    store, _, _ = next(dist.rendezvous(f"tcp://{info.master_addr}:{port}", rank=info.rank,
-                                       world_size=info.world_size, timeout=timeout))
+    store, _, _ = next(
+        dist.rendezvous(f"tcp://{info.master_addr}:{port}", rank=info.rank, world_size=info.world_size, timeout=timeout)
+    )
     train_world = info.world_size - rollout_ranks
     rollout = info.rank >= train_world
     role_rank = info.rank - train_world if rollout else info.rank
-    dist.init_process_group(backend=backend, store=dist.PrefixStore("sppo/rollout/" if rollout else "sppo/train/", store),
-                            rank=role_rank, world_size=rollout_ranks if rollout else train_world, timeout=timeout)
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore("sppo/rollout/" if rollout else "sppo/train/", store),
+        rank=role_rank,
+        world_size=rollout_ranks if rollout else train_world,
+        timeout=timeout,
+    )
     channel = None
     if rollout or info.rank == 0:
         size = 1 + rollout_ranks
         crank = 1 + role_rank if rollout else 0
-        channel = Channel(dist.ProcessGroupGloo(dist.PrefixStore("sppo/channel/", store), crank, size, timeout),
-                          crank, size)
+        channel = Channel(
+            dist.ProcessGroupGloo(dist.PrefixStore("sppo/channel/", store), crank, size, timeout), crank, size
+        )
     _SPLIT = RoleSplit(info.rank, train_world, rollout_ranks, channel, store)
 
 
-def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30,
-                     rollout_ranks: int = 0, ep: int = 1, etp: int = 1) -> LaunchInfo:
+def init_distributed(
+    tp: int = 1,
+    pp: int = 1,
+    seed: int = 1234,
+    timeout_minutes: int = 30,
+    rollout_ranks: int = 0,
+    ep: int = 1,
+    etp: int = 1,
+) -> LaunchInfo:
     """Create the default process group and megatron's TP/PP/DP (and EP/ETP) groups, then seed.
 
     NCCL on GPUs (one device per local rank), gloo plus the CPU compatibility layer otherwise.

@@ -50,8 +50,9 @@ def commit_dir(tmp: str, out: str) -> None:
     old = None
     if os.path.isdir(out):
         if os.listdir(out):
-            old = tempfile.mkdtemp(prefix=os.path.basename(os.path.realpath(out)) + ".old-",
-                                   dir=os.path.dirname(os.path.realpath(out)))
+            old = tempfile.mkdtemp(
+                prefix=os.path.basename(os.path.realpath(out)) + ".old-", dir=os.path.dirname(os.path.realpath(out))
+            )
             os.rmdir(old)
             os.rename(out, old)
         else:
@@ -93,8 +94,9 @@ def reporting_full_disk(path: str) -> Iterator[None]:
         if not ((isinstance(e, OSError) and e.errno in _FULL_DISK_ERRNOS) or any(s in text for s in _SHORT_WRITE)):
             raise
         detail = (text.strip().splitlines() or [type(e).__name__])[-1]
-        raise UserError(f"cannot write {path}: no space left on device ({_free_bytes(path) // 1024} KiB free "
-                        f"there; {detail})") from e
+        raise UserError(
+            f"cannot write {path}: no space left on device ({_free_bytes(path) // 1024} KiB free there; {detail})"
+        ) from e
 
 
 def _shareable(exc: BaseException) -> Exception:

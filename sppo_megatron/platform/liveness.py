@@ -58,8 +58,10 @@ class PeerMonitor:
     def _watch_progress(self) -> None:
         while not self._stop.wait(self.interval):
             if time.monotonic() - self._progress > self.timeout_s + self.interval:
-                self._abort(f"the rendezvous store has not answered for {self.timeout_s:.0f} s: rank 0 (which "
-                            "hosts it without torchrun) or the launcher is hung or gone")
+                self._abort(
+                    f"the rendezvous store has not answered for {self.timeout_s:.0f} s: rank 0 (which "
+                    "hosts it without torchrun) or the launcher is hung or gone"
+                )
 
     def failed_peer(self) -> Optional[str]:
         """The failure another rank posted (`mark_failed` or a detected death), if any."""
@@ -113,8 +115,10 @@ class PeerMonitor:
                 failed = self.store.check([_FAILED])
             except Exception as e:  # noqa: BLE001 - the store went away
                 if now - last_seen > self.timeout_s and not self._stop.is_set():
-                    self._abort(f"cannot reach the rendezvous store for {self.timeout_s:.0f} s ({type(e).__name__}): "
-                                "rank 0 (which hosts it without torchrun) or the launcher is gone")
+                    self._abort(
+                        f"cannot reach the rendezvous store for {self.timeout_s:.0f} s ({type(e).__name__}): "
+                        "rank 0 (which hosts it without torchrun) or the launcher is gone"
+                    )
                 continue
             self._progress = now
             if value >= DONE:  # it finished: keep beating for this rank's own watcher, stop judging
@@ -126,8 +130,10 @@ class PeerMonitor:
             if failed_since is not None and (stale or now - failed_since > min(FAILED_GRACE_S, self.timeout_s)):
                 self._abort(self.store.get(_FAILED).decode())
             elif stale:
-                self._abort(f"rank {watched} stopped responding (no heartbeat for {self.timeout_s:.0f} s: killed, out "
-                            f"of memory or its node lost?)")
+                self._abort(
+                    f"rank {watched} stopped responding (no heartbeat for {self.timeout_s:.0f} s: killed, out "
+                    f"of memory or its node lost?)"
+                )
 
     def _post_abort(self, reason: str) -> None:
         try:
@@ -139,8 +145,9 @@ class PeerMonitor:
         poster = threading.Thread(target=self._post_abort, args=(reason,), daemon=True)
         poster.start()
         poster.join(timeout=2.0)  # a hung store must not keep this rank alive
-        _exit_now(f"{self.prog}: error: rank {self.rank}: {reason}; stopping (parallel.peer_timeout_s="
-                  f"{self.timeout_s:g})")
+        _exit_now(
+            f"{self.prog}: error: rank {self.rank}: {reason}; stopping (parallel.peer_timeout_s={self.timeout_s:g})"
+        )
 
 
 _current: Optional[PeerMonitor] = None
@@ -157,8 +164,13 @@ def start_peer_monitor(timeout_s: float, prog: str) -> Optional[PeerMonitor]:
     info = detect_launch()  # the job's ranks: with rollout ranks the default group spans only one role
     if timeout_s <= 0 or not dist.is_initialized() or info.world_size == 1:
         return None
-    client = dist.TCPStore(info.master_addr, info.master_port, is_master=False,
-                           timeout=datetime.timedelta(seconds=max(timeout_s, 5.0)), wait_for_workers=False)
+    client = dist.TCPStore(
+        info.master_addr,
+        info.master_port,
+        is_master=False,
+        timeout=datetime.timedelta(seconds=max(timeout_s, 5.0)),
+        wait_for_workers=False,
+    )
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # torchrun keeps its store across restarts
     store = dist.PrefixStore(f"sppo/liveness/{restart}/", client)
     _current = PeerMonitor(store, info.rank, info.world_size, timeout_s, prog).start()

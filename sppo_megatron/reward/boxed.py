@@ -43,10 +43,10 @@ def _boxed_at(text: str, start: int, command: str) -> Optional[str]:
         brace += 1
     if brace < len(text) and text[brace] == "{":
         end = _matching_brace(text, brace)
-        return None if end is None else text[start:end + 1]
+        return None if end is None else text[start : end + 1]
     if brace > after:
         boxed = text[start:].split("$")[0]
-        return boxed if boxed[after - start:].strip() else None
+        return boxed if boxed[after - start :].strip() else None
     return None
 
 
@@ -90,7 +90,7 @@ def remove_boxed(s: str) -> str:
     """The content of a string returned by `last_boxed_only_string` (`\\boxed{ans}` -> `ans`)."""
     for command in _COMMANDS:
         if s.startswith(command):
-            rest = s[len(command):]
+            rest = s[len(command) :]
             stripped = rest.lstrip(" ")
             if stripped.startswith("{") and stripped.endswith("}"):
                 return stripped[1:-1]

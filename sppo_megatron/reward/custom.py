@@ -55,11 +55,15 @@ def _keywords(fn: Callable[..., Any], spec: str) -> Tuple[str, ...]:
         return VERL_KEYWORDS
     for p in params.values():
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
-            raise UserError(f"reward.custom_fn {spec}: parameter {p.name!r} is positional-only; the function is "
-                            f"called by keyword with {', '.join(VERL_KEYWORDS)}")
+            raise UserError(
+                f"reward.custom_fn {spec}: parameter {p.name!r} is positional-only; the function is "
+                f"called by keyword with {', '.join(VERL_KEYWORDS)}"
+            )
         if p.name not in VERL_KEYWORDS and p.default is inspect.Parameter.empty:
-            raise UserError(f"reward.custom_fn {spec}: parameter {p.name!r} is not one of verl's compute_score "
-                            f"keywords ({', '.join(VERL_KEYWORDS)}) and has no default")
+            raise UserError(
+                f"reward.custom_fn {spec}: parameter {p.name!r} is not one of verl's compute_score "
+                f"keywords ({', '.join(VERL_KEYWORDS)}) and has no default"
+            )
     if "solution_str" not in params:
         raise UserError(f"reward.custom_fn {spec}: the function takes no solution_str (the response to score)")
     return tuple(k for k in VERL_KEYWORDS if k in params)
@@ -72,7 +76,13 @@ class CustomScorer:
         self.fn = load_custom_fn(spec)
         self.keywords = _keywords(self.fn, spec)
 
-    def __call__(self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Optional[dict] = None) -> float:
-        available = {"data_source": data_source, "solution_str": solution_str, "ground_truth": ground_truth,
-                     "extra_info": extra_info}
+    def __call__(
+        self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Optional[dict] = None
+    ) -> float:
+        available = {
+            "data_source": data_source,
+            "solution_str": solution_str,
+            "ground_truth": ground_truth,
+            "extra_info": extra_info,
+        }
         return float(self.fn(**{k: available[k] for k in self.keywords}))

@@ -8,7 +8,13 @@ from sppo_megatron.reward import math as math_reward
 
 GSM8K_SOURCES = ("gsm8k", "openai/gsm8k")
 ARITH_SOURCES = ("arith",)
-MATH_SOURCES = ("math", "DigitalLearningGmbH/MATH-lighteval", "lighteval/MATH", "hendrycks/competition_math", "math_dapo")
+MATH_SOURCES = (
+    "math",
+    "DigitalLearningGmbH/MATH-lighteval",
+    "lighteval/MATH",
+    "hendrycks/competition_math",
+    "math_dapo",
+)
 
 Scorer = Callable[[str, str], float]
 
@@ -44,6 +50,8 @@ RULE_SCORERS: dict[str, Scorer] = {
 }
 
 
-def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None) -> float:
+def default_compute_score(
+    data_source: str, solution_str: str, ground_truth: str, extra_info: Optional[dict] = None
+) -> float:
     """Score one response in-process with the scorer for its data source (no time limit)."""
     return RULE_SCORERS[scorer_kind(data_source)](solution_str, ground_truth)

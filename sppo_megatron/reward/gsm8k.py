@@ -51,7 +51,7 @@ def compute_score(solution_str: str, ground_truth: str) -> float:
     marker = solution_str.rfind("####")
     if marker < 0:
         return _numbers_equal(last_number(solution_str), ground_truth)
-    return _numbers_equal(_first_number(solution_str[marker + 4:marker + 4 + TAIL_CHARS]), ground_truth)
+    return _numbers_equal(_first_number(solution_str[marker + 4 : marker + 4 + TAIL_CHARS]), ground_truth)
 
 
 def compute_arith_score(solution_str: str, ground_truth: str) -> float:

@@ -34,7 +34,7 @@ def _last_box(solution_str: str) -> tuple[int, Optional[str]]:
         start = solution_str.rfind("\\fbox")
         if start < 0:
             return start, None
-    boxed = last_boxed_only_string(solution_str[start:start + MAX_ANSWER_CHARS + 16])
+    boxed = last_boxed_only_string(solution_str[start : start + MAX_ANSWER_CHARS + 16])
     return start, None if boxed is None else remove_boxed(boxed)
 
 

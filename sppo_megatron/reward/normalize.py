@@ -14,8 +14,18 @@ from typing import Optional
 
 _SPACES = ("\n", "\t", "\\,", "\\;", "\\:", "\\qquad", "\\quad")
 _DROP = (
-    "\\!", "\\displaystyle", "\\left", "\\right",
-    "^{\\circ}", "^\\circ", "°", "\\degree", "\\$", "$", "\\%", "%",
+    "\\!",
+    "\\displaystyle",
+    "\\left",
+    "\\right",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\degree",
+    "\\$",
+    "$",
+    "\\%",
+    "%",
 )
 _RENAME = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("**", "^"), ("{,}", ","))
 _AND_OR = re.compile(r",?\s*\\text\{\s*(?:and|or)\s*\}")
@@ -28,16 +38,48 @@ _TEXT_ANSWER = re.compile(_TEXT_COMMAND.pattern + r"\s*\{([^{}]*)\}")
 # too (its list, latex2sympy2_extended.math_normalization.units, also holds letters such as
 # "m", "g", "s", "t" and non-units, left to it; "dollars", "mg" or "weeks" written bare it keeps).
 UNIT_WORDS = (
-    "cm", "mm", "km", "kg", "ft", "feet", "inch", "inches", "yard", "mile", "meter", "metre",
-    "liter", "litre", "gallon", "hour", "hr", "minute", "min", "second", "sec", "day", "month", "year",
-    "degree", "unit", "acre", "hectare", "mph", "kmph", "cent", "pound", "lb",
+    "cm",
+    "mm",
+    "km",
+    "kg",
+    "ft",
+    "feet",
+    "inch",
+    "inches",
+    "yard",
+    "mile",
+    "meter",
+    "metre",
+    "liter",
+    "litre",
+    "gallon",
+    "hour",
+    "hr",
+    "minute",
+    "min",
+    "second",
+    "sec",
+    "day",
+    "month",
+    "year",
+    "degree",
+    "unit",
+    "acre",
+    "hectare",
+    "mph",
+    "kmph",
+    "cent",
+    "pound",
+    "lb",
 )
 _UNIT = "(?:square|sq|cubic)?\\s*(?:" + "|".join(sorted(UNIT_WORDS, key=len, reverse=True)) + ")(?:es|s)?"
 _TRAILING_UNITS = re.compile(r"(?<=[\d}\s])\s*" + _UNIT + r"\s*$")
 # Short trailing words math-verify strips as units although they are usually variables or
 # noise ("5 s", "3 t", "2 ab"): the fast path cannot know which was meant, so it asks.
-_MV_SHORT_UNITS = re.compile(r"[\d}\s]\s*(?:[tshcdglmo]|st|th|rd|ab|bc|am|pm|by|gm|dm|lt|mt|mp|cc|rs|yr|per|are)"
-                             r"(?:es|s)?\s*$")
+_MV_SHORT_UNITS = re.compile(
+    r"[\d}\s]\s*(?:[tshcdglmo]|st|th|rd|ab|bc|am|pm|by|gm|dm|lt|mt|mp|cc|rs|yr|per|are)"
+    r"(?:es|s)?\s*$"
+)
 _SPLIT_DIGITS = re.compile(r"\d\s+\.?\d")
 WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 PLAIN_WORDS = re.compile(r"\(?[A-Za-z]+\)?")
@@ -56,8 +98,8 @@ def _remove_text(s: str) -> Optional[str]:
     """Trailing text (units, words) dropped as math-verify drops it; a whole-answer \\text{...}
     unwrapped ("\\text{(B)}" -> "(B)"); None when text is left elsewhere."""
     m = _TRAILING_TEXT.search(s)
-    if m and s[:m.start()].strip():
-        s = s[:m.start()]
+    if m and s[: m.start()].strip():
+        s = s[: m.start()]
     whole = _TEXT_ANSWER.fullmatch(s.strip())
     if whole:
         return whole.group(1).strip()
@@ -86,7 +128,7 @@ def split_assignment(s: str) -> tuple[str, str]:
     on the left is not part of the answer."""
     m = _ASSIGNED.match(s)
     if m and s.count("=") <= 1:
-        return s[:m.end()].rstrip("=").removesuffix("\\in"), s[m.end():]
+        return s[: m.end()].rstrip("=").removesuffix("\\in"), s[m.end() :]
     return "", s
 
 

@@ -26,8 +26,27 @@ _TOKEN = re.compile(
 _MIXED = re.compile(r"(-?)(\d{1,9})\\frac\{(\d{1,9})\}\{(\d{1,9})\}")
 _MUL_CMDS = {"\\cdot": "*", "\\times": "*", "\\div": "/"}
 _FUNCS = {"\\sin": math.sin, "\\cos": math.cos, "\\tan": math.tan, "\\ln": math.log, "\\exp": math.exp}
-_GREEK = {"\\alpha", "\\beta", "\\gamma", "\\delta", "\\theta", "\\phi", "\\varphi", "\\lambda", "\\mu",
-          "\\omega", "\\sigma", "\\rho", "\\tau", "\\psi", "\\xi", "\\eta", "\\kappa", "\\nu", "\\zeta"}
+_GREEK = {
+    "\\alpha",
+    "\\beta",
+    "\\gamma",
+    "\\delta",
+    "\\theta",
+    "\\phi",
+    "\\varphi",
+    "\\lambda",
+    "\\mu",
+    "\\omega",
+    "\\sigma",
+    "\\rho",
+    "\\tau",
+    "\\psi",
+    "\\xi",
+    "\\eta",
+    "\\kappa",
+    "\\nu",
+    "\\zeta",
+}
 _NOT_VARIABLES = set("eEiI")
 _CLOSING = {"(": ")", "{": "}", "[": "]"}
 

@@ -36,8 +36,13 @@ class RewardScorer:
             load_custom_fn(self.custom_spec)  # a bad path is a UserError now, not a worker failure later
         self.pool = WorkerPool(cfg.num_workers, cfg.timeout_s, self.custom_spec, interrupted)
 
-    def score(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
-              extra_infos: Optional[Sequence[Optional[dict]]] = None) -> tuple[list[float], dict]:
+    def score(
+        self,
+        data_sources: Sequence[str],
+        responses: Sequence[str],
+        ground_truths: Sequence[Any],
+        extra_infos: Optional[Sequence[Optional[dict]]] = None,
+    ) -> tuple[list[float], dict]:
         """Scores in {0, 1} (any float for a custom function) and stats for logging:
         timeouts, errors (exceptions in workers, math-verify's included), slow_path (samples sent to workers),
         seconds, and first_error when errors + timeouts > 0 (the first error's message, else the first timeout's).
@@ -56,14 +61,14 @@ class RewardScorer:
         results, timeouts, errors, first_error = self.pool.drain()
         for i, value in results.items():
             scores[i] = value
-        stats = {"timeouts": timeouts, "errors": errors, "slow_path": len(results),
-                 "seconds": time.monotonic() - start}
+        stats = {"timeouts": timeouts, "errors": errors, "slow_path": len(results), "seconds": time.monotonic() - start}
         if first_error:
             stats["first_error"] = first_error
         return scores, stats
 
-    def _score_rules(self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any],
-                     scores: list[float]) -> None:
+    def _score_rules(
+        self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any], scores: list[float]
+    ) -> None:
         kinds = {source: scorer_kind(source) for source in dict.fromkeys(data_sources)}
         for i, (source, response, truth) in enumerate(zip(data_sources, responses, ground_truths)):
             kind = kinds[source]

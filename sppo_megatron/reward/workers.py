@@ -42,9 +42,15 @@ class _Worker:
         reply_r, reply_w = os.pipe()
         argv = [sys.executable, "-c", _ENTRY, str(task_r), str(reply_w), str(os.getpid())]
         try:
-            self.proc = subprocess.Popen(argv + ([custom_spec] if custom_spec else []), pass_fds=(task_r, reply_w),
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, env=_worker_env(), start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv + ([custom_spec] if custom_spec else []),
+                pass_fds=(task_r, reply_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=_worker_env(),
+                start_new_session=True,
+            )
         finally:
             os.close(task_r)
             os.close(reply_w)
@@ -96,8 +102,13 @@ class WorkerPool:
     timeout_s <= 0 disables the limit; `interrupted` (polled) cuts the batch short.
     """
 
-    def __init__(self, num_workers: int, timeout_s: float, custom_spec: Optional[str] = None,
-                 interrupted: Optional[Callable[[], bool]] = None):
+    def __init__(
+        self,
+        num_workers: int,
+        timeout_s: float,
+        custom_spec: Optional[str] = None,
+        interrupted: Optional[Callable[[], bool]] = None,
+    ):
         self.num_workers = max(1, int(num_workers))
         self.timeout_s = float(timeout_s)
         self.custom_spec = custom_spec
@@ -188,8 +199,10 @@ class WorkerPool:
                 self._workers.remove(worker)
                 raise RuntimeError(f"reward worker did not start within {STARTUP_LIMIT_S:.0f} s")
             if worker.key is not None:
-                self._time_out(worker.key, _INTERRUPTED if interrupted else
-                               f"timed out after {self.timeout_s:g} s (reward.timeout_s)")
+                self._time_out(
+                    worker.key,
+                    _INTERRUPTED if interrupted else f"timed out after {self.timeout_s:g} s (reward.timeout_s)",
+                )
                 worker.key = None
                 self._replace(worker)
 

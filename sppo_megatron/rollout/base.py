@@ -209,8 +209,12 @@ class RolloutEngine(abc.ABC):
     name: str = "base"
     capabilities: EngineCapabilities = EngineCapabilities(returns_logprobs=False, keeps_weights_asleep=True)
 
-    def __init__(self, placement: Optional[RolloutPlacement] = None, eos_token_ids: Sequence[int] = (),
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        placement: Optional[RolloutPlacement] = None,
+        eos_token_ids: Sequence[int] = (),
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.placement = placement or RolloutPlacement()
         self.eos_token_ids: Tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
         #: the dtype the engine holds its weights in (streamed tensors are cast to it)
@@ -233,8 +237,10 @@ class RolloutEngine(abc.ABC):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty")
         if not self._weights_valid:
-            raise RuntimeError(f"{self.name} rollout engine: generate before a weight sync (its weights were never "
-                               "loaded, or sleep() discarded them): call update_weights first")
+            raise RuntimeError(
+                f"{self.name} rollout engine: generate before a weight sync (its weights were never "
+                "loaded, or sleep() discarded them): call update_weights first"
+            )
         if self._asleep:
             raise RuntimeError(f"{self.name} rollout engine: generate while asleep: call wake() first")
         pl = self.placement
@@ -248,7 +254,9 @@ class RolloutEngine(abc.ABC):
         def local() -> List[RolloutSample]:
             samples = self._generate_local(prompt_token_ids[start:end], sampling, n, start)
             if len(samples) != (end - start) * n:
-                raise RuntimeError(f"{self.name} engine returned {len(samples)} samples for {end - start} prompts x n={n}")
+                raise RuntimeError(
+                    f"{self.name} engine returned {len(samples)} samples for {end - start} prompts x n={n}"
+                )
             return samples
 
         parts = share_outcomes(local if pl.is_host and end > start else None, group=pl.object_group)
@@ -258,7 +266,9 @@ class RolloutEngine(abc.ABC):
         return out
 
     @abc.abstractmethod
-    def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
+    def _generate_local(
+        self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int
+    ) -> List[RolloutSample]:
         """Sample this engine's share; prompt indices start at `first_prompt_index`."""
 
     def stop_ids(self, sampling: SamplingParams) -> Tuple[int, ...]:

@@ -77,8 +77,9 @@ def create_rollout_engine(
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
         device = current_device()
-        return HFRolloutEngine(hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device,
-                               placement=make_placement(1))
+        return HFRolloutEngine(
+            hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device, placement=make_placement(1)
+        )
 
     from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
@@ -89,6 +90,13 @@ def create_rollout_engine(
             f"rollout.tp={tp} must divide the ranks per node ({local_world}): an SGLang engine's GPUs must be on one node"
         )
     return SglangRolloutEngine(
-        hf_dir, tp=tp, mem_fraction=rollout.mem_fraction, dtype=resolve_dtype(rollout.dtype, torch.device("cuda")),
-        bucket_mb=float(rollout.sync_bucket_mb), placement=make_placement(tp), seed=seed, log_dir=log_dir, api=api,
+        hf_dir,
+        tp=tp,
+        mem_fraction=rollout.mem_fraction,
+        dtype=resolve_dtype(rollout.dtype, torch.device("cuda")),
+        bucket_mb=float(rollout.sync_bucket_mb),
+        placement=make_placement(tp),
+        seed=seed,
+        log_dir=log_dir,
+        api=api,
     )

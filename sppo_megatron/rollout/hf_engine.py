@@ -142,11 +142,13 @@ class HFRolloutEngine(RolloutEngine):
 
     # ---- generation -------------------------------------------------------------------
     @torch.no_grad()
-    def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
+    def _generate_local(
+        self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int
+    ) -> List[RolloutSample]:
         rows = [(first_prompt_index + i, j, p) for i, p in enumerate(prompts) for j in range(n)]
         out: List[RolloutSample] = []
         for start in range(0, len(rows), self.max_batch_size):
-            out.extend(self._generate_rows(rows[start:start + self.max_batch_size], sampling, n))
+            out.extend(self._generate_rows(rows[start : start + self.max_batch_size], sampling, n))
         return out
 
     def _generate_rows(self, rows, sampling: SamplingParams, n: int) -> List[RolloutSample]:
@@ -158,8 +160,8 @@ class HFRolloutEngine(RolloutEngine):
         ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         for r, (_, _, p) in enumerate(rows):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         generators = [torch.Generator().manual_seed(sample_seed(sampling.seed, pi * n + j)) for pi, j, _ in rows]
@@ -167,7 +169,12 @@ class HFRolloutEngine(RolloutEngine):
 
         cache = DynamicCache(config=self.model.config)
         logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1, :]
         last_pos = positions[:, -1]
         tokens_out: List[List[int]] = [[] for _ in range(batch)]
@@ -178,7 +185,12 @@ class HFRolloutEngine(RolloutEngine):
             tokens, logps = sample_tokens(logits, sampling, generators)
             tokens = torch.where(finished, torch.full_like(tokens, self.pad_token_id), tokens)
             hit_stop = torch.isin(tokens, stop) & ~finished
-            tok_list, lp_list, fin_list, stop_list = tokens.tolist(), logps.tolist(), finished.tolist(), hit_stop.tolist()
+            tok_list, lp_list, fin_list, stop_list = (
+                tokens.tolist(),
+                logps.tolist(),
+                finished.tolist(),
+                hit_stop.tolist(),
+            )
             for r in range(batch):
                 if not fin_list[r]:
                     tokens_out[r].append(tok_list[r])
@@ -191,13 +203,13 @@ class HFRolloutEngine(RolloutEngine):
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
             last_pos = last_pos + 1
             logits = self.model(
-                input_ids=tokens[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                past_key_values=cache, use_cache=True,
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=last_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
             ).logits[:, -1, :]
-        return [
-            RolloutSample(pi, j, tokens_out[r], reasons[r], logps_out[r])
-            for r, (pi, j, _) in enumerate(rows)
-        ]
+        return [RolloutSample(pi, j, tokens_out[r], reasons[r], logps_out[r]) for r, (pi, j, _) in enumerate(rows)]
 
     # ---- weights ------------------------------------------------------------------------
     @torch.no_grad()

@@ -15,7 +15,9 @@ def logp_abs_diff(rollout_logp: torch.Tensor, actor_logp: torch.Tensor, mask: to
     rollout_logp = rollout_logp.detach().to(torch.float64).cpu()
     actor_logp = actor_logp.detach().to(torch.float64).cpu()
     if rollout_logp.shape != actor_logp.shape:
-        raise ValueError(f"log-prob shapes differ: rollout {tuple(rollout_logp.shape)} vs actor {tuple(actor_logp.shape)}")
+        raise ValueError(
+            f"log-prob shapes differ: rollout {tuple(rollout_logp.shape)} vs actor {tuple(actor_logp.shape)}"
+        )
     keep = mask.detach().cpu().bool() & ~torch.isnan(rollout_logp)
     if keep.shape != rollout_logp.shape:
         raise ValueError(f"mask shape {tuple(keep.shape)} != log-prob shape {tuple(rollout_logp.shape)}")

@@ -30,7 +30,9 @@ from sppo_megatron.sync.buckets import bucketize, mb_to_bytes
 _ANSWERING = 1
 
 
-def _flatten(bucket: List[Tuple[str, torch.Tensor]]) -> Tuple[List[Tuple[str, Tuple[int, ...], torch.dtype]], torch.Tensor]:
+def _flatten(
+    bucket: List[Tuple[str, torch.Tensor]],
+) -> Tuple[List[Tuple[str, Tuple[int, ...], torch.dtype]], torch.Tensor]:
     meta = [(name, tuple(t.shape), t.dtype) for name, t in bucket]
     flat = torch.cat([t.detach().reshape(-1).cpu() for _, t in bucket])
     return meta, flat.view(torch.uint8)
@@ -44,12 +46,13 @@ def _receive_buckets(channel: Channel) -> Iterator[Tuple[str, torch.Tensor]]:
             return
         dtype = meta[0][2]
         count = sum(int(torch.Size(shape).numel()) for _, shape, _ in meta)
-        flat = channel.broadcast_tensor(torch.empty(count * torch.empty((), dtype=dtype).element_size(),
-                                                    dtype=torch.uint8), src=0).view(dtype)
+        flat = channel.broadcast_tensor(
+            torch.empty(count * torch.empty((), dtype=dtype).element_size(), dtype=torch.uint8), src=0
+        ).view(dtype)
         offset = 0
         for name, shape, _ in meta:
             size = int(torch.Size(shape).numel())
-            yield name, flat[offset:offset + size].view(shape)
+            yield name, flat[offset : offset + size].view(shape)
             offset += size
 
 
@@ -106,6 +109,7 @@ class RemoteRolloutEngine(RolloutEngine):
     def collect(self, ticket: int) -> Tuple[List[RolloutSample], List[Dict[str, float]]]:
         """The samples of request `ticket` (the same on every training rank) and one
         {rank, start, end} record (unix seconds) per rollout rank."""
+
         def on_rank0():
             if ticket in self._done:
                 return self._done.pop(ticket)
@@ -125,6 +129,7 @@ class RemoteRolloutEngine(RolloutEngine):
     def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Every training rank walks the export (its gathers are collective); rank 0 broadcasts
         it to the rollout ranks in single-dtype buckets of rollout.sync_bucket_mb."""
+
         def on_rank0():
             self._request(("weights",))
             for bucket in bucketize(named_tensors, self.bucket_bytes):
@@ -180,8 +185,14 @@ def serve(engine: RolloutEngine) -> None:
         if kind == "stop":
             return
         if kind == "hello":
-            answer(lambda: {"eos_token_ids": engine.eos_token_ids, "dtype": engine.dtype,
-                            "capabilities": engine.capabilities, "describe": engine.describe()})
+            answer(
+                lambda: {
+                    "eos_token_ids": engine.eos_token_ids,
+                    "dtype": engine.dtype,
+                    "capabilities": engine.capabilities,
+                    "describe": engine.describe(),
+                }
+            )
         elif kind == "weights":
             _serve_weights(engine, channel, answering)
         elif kind == "read_weight":
@@ -212,8 +223,9 @@ def _serve_weights(engine: RolloutEngine, channel: Channel, answering: bool) -> 
         channel.send_outcome(lambda: results[0])
 
 
-def _serve_generate(engine: RolloutEngine, channel: Channel, answering: bool,
-                    prompts: List[List[int]], sampling: SamplingParams, n: int) -> None:
+def _serve_generate(
+    engine: RolloutEngine, channel: Channel, answering: bool, prompts: List[List[int]], sampling: SamplingParams, n: int
+) -> None:
     def run():
         start = time.time()
         samples = engine.generate(prompts, sampling, n)  # the same list on every rollout rank
@@ -226,6 +238,7 @@ def _serve_generate(engine: RolloutEngine, channel: Channel, answering: bool,
     except Exception as e:  # noqa: BLE001 - the same on every rollout rank; sent to training rank 0
         error = e
     if answering:
+
         def reply():
             if error is not None:
                 raise error

@@ -34,8 +34,15 @@ def _on_device(named_tensors: Iterable[NamedTensor], dtype: torch.dtype, device:
 
 
 def push_ipc_buckets(
-    named_tensors: Iterable[NamedTensor], *, api: Any, placement: Any, mode: str, bucket_bytes: int,
-    dtype: torch.dtype, device: torch.device, send: Callable[[Any], None],
+    named_tensors: Iterable[NamedTensor],
+    *,
+    api: Any,
+    placement: Any,
+    mode: str,
+    bucket_bytes: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    send: Callable[[Any], None],
 ) -> None:
     """Push the whole stream (see module docstring); collective over the rollout group of
     `placement`. `api` provides the sglang symbols, `send(payload)` runs on the host only; `mode`
@@ -70,8 +77,12 @@ def _push_bucket(bucket: List[NamedTensor], api: Any, pl: Any, mode: str, send: 
         if mode == "flattened_bucket":
             send(per_rank)
         else:
-            send([(name, api.LocalSerializedTensor(values=[handles[i][1] for handles in per_rank]))
-                  for i, (name, _) in enumerate(bucket)])
+            send(
+                [
+                    (name, api.LocalSerializedTensor(values=[handles[i][1] for handles in per_rank]))
+                    for i, (name, _) in enumerate(bucket)
+                ]
+            )
 
     # on_host's shared outcome is the "host is done" signal: members keep their bucket alive
     # (keep_alive) until it arrives

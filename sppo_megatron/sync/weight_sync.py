@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 class _Tap:
     """Wraps the stream: counts tensors/bytes and keeps the probe tensor's first rows."""
 
-    def __init__(self, stream: Iterable[Tuple[str, torch.Tensor]], probe_rows: int, dtype: Optional[torch.dtype]) -> None:
+    def __init__(
+        self, stream: Iterable[Tuple[str, torch.Tensor]], probe_rows: int, dtype: Optional[torch.dtype]
+    ) -> None:
         self.stream = stream
         self.probe_rows = probe_rows
         self.dtype = dtype
@@ -95,8 +97,11 @@ class WeightSync:
         got = self.engine.read_weight(tap.probe_name, rows=self.probe_rows)
         if got is None:
             if not self._noted:
-                logger.info("weight sync: %s engine cannot read back %s; post-sync check skipped",
-                            self.engine.name, tap.probe_name)
+                logger.info(
+                    "weight sync: %s engine cannot read back %s; post-sync check skipped",
+                    self.engine.name,
+                    tap.probe_name,
+                )
                 self._noted = True
             return False
         rows = tap.probe.shape[0] if tap.probe.dim() > 0 else 1
@@ -104,8 +109,12 @@ class WeightSync:
         if got.shape != tap.probe.shape:
             # e.g. SGLang returns its TP-rank-0 shard of a row-parallel weight: not comparable
             if not self._noted:
-                logger.info("weight sync: engine returned %s with shape %s (streamed %s); check skipped",
-                            tap.probe_name, tuple(got.shape), tuple(tap.probe.shape))
+                logger.info(
+                    "weight sync: engine returned %s with shape %s (streamed %s); check skipped",
+                    tap.probe_name,
+                    tuple(got.shape),
+                    tuple(tap.probe.shape),
+                )
                 self._noted = True
             return False
         if not torch.equal(got, tap.probe):

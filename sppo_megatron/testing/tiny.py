@@ -51,8 +51,15 @@ def char_tokenizer(chars: str = TEXT_CHARS) -> Any:
 
 def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
     """The HF config of the tiny `arch` (see ARCHS); `overrides` (HF config keys) win over everything."""
-    from transformers import (LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config, Qwen2MoeConfig, Qwen3Config,
-                              Qwen3MoeConfig)
+    from transformers import (
+        LlamaConfig,
+        MistralConfig,
+        MixtralConfig,
+        Qwen2Config,
+        Qwen2MoeConfig,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
     common = dict(
         vocab_size=VOCAB,
@@ -71,25 +78,74 @@ def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
     variants = {
         "llama": (LlamaConfig, dict(rope_theta=10000.0)),
         # non-default llama3 factors (megatron-core hard-codes 1 / 4 / 8192): scaling bites at short range
-        "llama3.1": (LlamaConfig, dict(rope_theta=10000.0, head_dim=32, rope_scaling={
-            "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,
-            "original_max_position_embeddings": 32})),
-        "llama3.2-tied": (LlamaConfig, dict(rope_theta=500000.0, max_position_embeddings=16384, rope_scaling={
-            "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192})),
+        "llama3.1": (
+            LlamaConfig,
+            dict(
+                rope_theta=10000.0,
+                head_dim=32,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 4.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 2.0,
+                    "original_max_position_embeddings": 32,
+                },
+            ),
+        ),
+        "llama3.2-tied": (
+            LlamaConfig,
+            dict(
+                rope_theta=500000.0,
+                max_position_embeddings=16384,
+                rope_scaling={
+                    "rope_type": "llama3",
+                    "factor": 32.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192,
+                },
+            ),
+        ),
         "qwen2": (Qwen2Config, dict(rope_theta=1000000.0, use_sliding_window=False)),
         "qwen2-tied": (Qwen2Config, dict(rope_theta=1000000.0, use_sliding_window=False)),
         "qwen3": (Qwen3Config, dict(rope_theta=1000000.0, head_dim=24)),
         "mistral": (MistralConfig, dict(rope_theta=10000.0, sliding_window=8)),
         # MoE: 4 experts, top 2; Qwen3-MoE renormalises the top-k weights, Qwen2-MoE does not and
         # has a shared expert and a dense layer (mlp_only_layers); Mixtral routes every layer
-        "qwen3-moe": (Qwen3MoeConfig, dict(rope_theta=1000000.0, head_dim=24, num_experts=4, num_experts_per_tok=2,
-                                           moe_intermediate_size=32, norm_topk_prob=True)),
-        "qwen2-moe": (Qwen2MoeConfig, dict(rope_theta=1000000.0, num_experts=4, num_experts_per_tok=2,
-                                           moe_intermediate_size=32, shared_expert_intermediate_size=48,
-                                           norm_topk_prob=False, mlp_only_layers=[1], use_sliding_window=False)),
-        "mixtral": (MixtralConfig, dict(rope_theta=1000000.0, num_local_experts=4, num_experts_per_tok=2,
-                                        intermediate_size=32, sliding_window=None)),
+        "qwen3-moe": (
+            Qwen3MoeConfig,
+            dict(
+                rope_theta=1000000.0,
+                head_dim=24,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                norm_topk_prob=True,
+            ),
+        ),
+        "qwen2-moe": (
+            Qwen2MoeConfig,
+            dict(
+                rope_theta=1000000.0,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=48,
+                norm_topk_prob=False,
+                mlp_only_layers=[1],
+                use_sliding_window=False,
+            ),
+        ),
+        "mixtral": (
+            MixtralConfig,
+            dict(
+                rope_theta=1000000.0,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                intermediate_size=32,
+                sliding_window=None,
+            ),
+        ),
     }
     if arch not in variants:
         raise ValueError(f"unknown tiny arch {arch!r}; known: {ARCHS + MOE_ARCHS}")
@@ -124,7 +180,8 @@ def make_tiny_hf_model(arch: str, out_dir: Any, seed: int = 0, max_shard_size: s
     os.makedirs(out_dir, exist_ok=True)
     config = tiny_config(arch, **overrides)
     tiny_model(config, seed, random_norms=True).save_pretrained(out_dir, max_shard_size=max_shard_size)
-    GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=True,
-                     temperature=0.7).save_pretrained(out_dir)
+    GenerationConfig(
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=True, temperature=0.7
+    ).save_pretrained(out_dir)
     char_tokenizer().save_pretrained(out_dir)
     return out_dir

@@ -29,7 +29,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def _step_of(path: str) -> int:
-    return int(os.path.basename(path)[len("step_"):])
+    return int(os.path.basename(path)[len("step_") :])
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,9 @@ class CheckpointManager:
     `check_actor(dir)` raises a UserError naming the file when the actor's part of a checkpoint
     is broken (default: the dist checkpoint's files, `actor.checkpoint.check_actor_files`)."""
 
-    def __init__(self, output_dir: str, keep_last: int,
-                 check_actor: Callable[[str], None] = _check_actor_files) -> None:
+    def __init__(
+        self, output_dir: str, keep_last: int, check_actor: Callable[[str], None] = _check_actor_files
+    ) -> None:
         self.root = os.path.join(output_dir, "checkpoints")
         self.keep_last = keep_last
         self.check_actor = check_actor
@@ -151,8 +152,10 @@ class CheckpointManager:
         if resume == "auto":
             ckpt, problems = self.newest_intact()
             if ckpt is None and problems:
-                raise UserError(f"{problems[0]}; trainer.resume=auto found no intact checkpoint in {self.root} "
-                                "to fall back to (trainer.resume=none trainer.overwrite=true starts over)")
+                raise UserError(
+                    f"{problems[0]}; trainer.resume=auto found no intact checkpoint in {self.root} "
+                    "to fall back to (trainer.resume=none trainer.overwrite=true starts over)"
+                )
             return RunStart(resume_from=ckpt, skipped=tuple(problems))
         if resume == "none":
             if self.step_dirs() and not overwrite:
@@ -175,6 +178,8 @@ class CheckpointManager:
                 state = json.load(fh)
         except (OSError, ValueError) as e:
             raise UserError(f"checkpoint {ckpt_dir}: {STATE_FILE} is unreadable ({e})") from None
-        if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("sampler"), dict)):
+        if not (
+            isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("sampler"), dict)
+        ):
             raise UserError(f"checkpoint {ckpt_dir}: {STATE_FILE} lacks an integer 'step' and a 'sampler' state")
         return state

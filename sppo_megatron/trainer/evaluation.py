@@ -16,15 +16,16 @@ from sppo_megatron.rollout import SamplingParams
 from sppo_megatron.trainer.generation import Rollout, accuracy_metrics, generate, score
 
 
-def generate_chunks(engine: Any, tokenizer: Any, items: List[PromptItem], sampling: SamplingParams, n: int,
-                    batch_size: Optional[int]) -> Iterator[Rollout]:
+def generate_chunks(
+    engine: Any, tokenizer: Any, items: List[PromptItem], sampling: SamplingParams, n: int, batch_size: Optional[int]
+) -> Iterator[Rollout]:
     """The samples of `items`, `batch_size` prompts per generate call (None = all at once;
     collective). Each part's prompt indices count within the part (see join_rollouts)."""
     step = batch_size or len(items)
     for first in range(0, len(items), step):
         # a distinct seed per chunk: the HF engine seeds samples by their index within a call
         chunk_sampling = replace(sampling, seed=sampling.seed + first) if sampling.seed is not None else sampling
-        yield generate(engine, tokenizer, items[first:first + step], chunk_sampling, n)
+        yield generate(engine, tokenizer, items[first : first + step], chunk_sampling, n)
 
 
 def join_rollouts(items: List[PromptItem], n: int, parts: List[Rollout]) -> Rollout:
@@ -39,9 +40,16 @@ def join_rollouts(items: List[PromptItem], n: int, parts: List[Rollout]) -> Roll
     return Rollout(items, n, samples, texts)
 
 
-def evaluate(engine: Any, tokenizer: Any, scorer: Any, items: Sequence[PromptItem], sampling: SamplingParams,
-             n: int = 1, batch_size: Optional[int] = None, prefix: str = "val",
-             ) -> Tuple[Dict[str, float], Rollout, torch.Tensor]:
+def evaluate(
+    engine: Any,
+    tokenizer: Any,
+    scorer: Any,
+    items: Sequence[PromptItem],
+    sampling: SamplingParams,
+    n: int = 1,
+    batch_size: Optional[int] = None,
+    prefix: str = "val",
+) -> Tuple[Dict[str, float], Rollout, torch.Tensor]:
     """Accuracy of the engine's current weights on `items` (collective).
 
     Prompts go to the engine `batch_size` at a time (None = all at once). Returns the

@@ -46,8 +46,9 @@ class Rollout:
 
     @property
     def batch(self) -> SequenceBatch:
-        return SequenceBatch([self.items[s.prompt_index].prompt_ids for s in self.samples],
-                             [s.response_ids for s in self.samples])
+        return SequenceBatch(
+            [self.items[s.prompt_index].prompt_ids for s in self.samples], [s.response_ids for s in self.samples]
+        )
 
     def item_of(self, i: int) -> PromptItem:
         return self.items[self.samples[i].prompt_index]
@@ -60,9 +61,12 @@ class Rollout:
         """The rollout of `prompts` (indices into items, ascending) alone."""
         new = {p: i for i, p in enumerate(prompts)}
         keep = [i for i, s in enumerate(self.samples) if s.prompt_index in new]
-        return Rollout([self.items[p] for p in prompts], self.n,
-                       [replace(self.samples[i], prompt_index=new[self.samples[i].prompt_index]) for i in keep],
-                       [self.texts[i] for i in keep])
+        return Rollout(
+            [self.items[p] for p in prompts],
+            self.n,
+            [replace(self.samples[i], prompt_index=new[self.samples[i].prompt_index]) for i in keep],
+            [self.texts[i] for i in keep],
+        )
 
     @staticmethod
     def join(parts: Sequence["Rollout"], n: int) -> "Rollout":
@@ -80,18 +84,25 @@ class Rollout:
 def train_sampling(cfg: Config, step: int, extra_round: int = 0) -> SamplingParams:
     """rollout.* sampling with a seed per step and extra round: a resumed run draws the same samples."""
     r = cfg.rollout
-    return SamplingParams(temperature=float(r.temperature), top_p=float(r.top_p), top_k=int(r.top_k),
-                          max_new_tokens=int(cfg.data.max_response_length),
-                          seed=(int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step
-                                + extra_round * _ROUND_SEED_MULTIPLIER))
+    return SamplingParams(
+        temperature=float(r.temperature),
+        top_p=float(r.top_p),
+        top_k=int(r.top_k),
+        max_new_tokens=int(cfg.data.max_response_length),
+        seed=(int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step + extra_round * _ROUND_SEED_MULTIPLIER),
+    )
 
 
 def val_sampling(cfg: Config) -> SamplingParams:
     """rollout.val_* sampling (greedy by default)."""
     r = cfg.rollout
-    return SamplingParams(temperature=float(r.val_temperature), top_p=float(r.val_top_p), top_k=-1,
-                          max_new_tokens=int(cfg.data.max_response_length),
-                          seed=int(cfg.trainer.seed) + _VAL_SEED_OFFSET)
+    return SamplingParams(
+        temperature=float(r.val_temperature),
+        top_p=float(r.val_top_p),
+        top_k=-1,
+        max_new_tokens=int(cfg.data.max_response_length),
+        seed=int(cfg.trainer.seed) + _VAL_SEED_OFFSET,
+    )
 
 
 def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int) -> Rollout:
@@ -118,8 +129,12 @@ def _score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]
     items = [rollout.item_of(i) for i in range(len(rollout.samples))]
 
     def score_on_rank0():
-        return scorer.score([it.data_source for it in items], rollout.texts,
-                            [it.ground_truth for it in items], [it.extra_info for it in items])
+        return scorer.score(
+            [it.data_source for it in items],
+            rollout.texts,
+            [it.ground_truth for it in items],
+            [it.extra_info for it in items],
+        )
 
     if isinstance(scorer, Oracle):
         scores, stats = scorer.score_groups([it.messages for it in items], rollout.texts, rollout.n)
@@ -129,8 +144,10 @@ def _score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]
     bad = (~torch.isfinite(rewards)).reshape(len(scores), -1).any(dim=1).nonzero().flatten().tolist()
     if bad:
         item = rollout.item_of(bad[0])
-        raise UserError(f"the reward is {scores[bad[0]]} for {len(bad)} of {len(scores)} samples (first: data_source "
-                        f"{item.data_source!r}, prompt row {item.index}); rewards must be finite numbers")
+        raise UserError(
+            f"the reward is {scores[bad[0]]} for {len(bad)} of {len(scores)} samples (first: data_source "
+            f"{item.data_source!r}, prompt row {item.index}); rewards must be finite numbers"
+        )
     return rewards, stats
 
 
@@ -162,8 +179,10 @@ def _merge_stats(rounds: Sequence[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]
     if first:
         merged["first_error"] = first
     if "metrics" in rounds[0][1]:
-        merged["metrics"] = {key: sum(count * stats["metrics"][key] for count, stats in rounds) / total
-                             for key in rounds[0][1]["metrics"]}
+        merged["metrics"] = {
+            key: sum(count * stats["metrics"][key] for count, stats in rounds) / total
+            for key in rounds[0][1]["metrics"]
+        }
     return merged
 
 
@@ -196,14 +215,18 @@ def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple
         size = math.ceil((want - num_kept) * cfg.data.oversample_factor - 1e-9)
         rollout, round_metrics = rollouts.generate_round(step, extra, size)
         if extra:  # a refill's generation and sync time add up; the other metrics are the first round's
-            metrics.update({key: metrics.get(key, 0.0) + round_metrics.get(key, 0.0)
-                            for key in ("timing/gen_s", "timing/sync_s")})
+            metrics.update(
+                {key: metrics.get(key, 0.0) + round_metrics.get(key, 0.0) for key in ("timing/gen_s", "timing/sync_s")}
+            )
         else:
             metrics.update(round_metrics)
         rewards, stats = _score(scorer, rollout)
         drawn.append((rollout, rewards, stats))
-        signal = (prompts_with_signal(rewards, n, cfg.algorithm) if filtering
-                  else torch.ones(len(rollout.items), dtype=torch.bool))
+        signal = (
+            prompts_with_signal(rewards, n, cfg.algorithm)
+            if filtering
+            else torch.ones(len(rollout.items), dtype=torch.bool)
+        )
         num_signal += int(signal.sum())
         take = signal.nonzero().flatten()[: want - num_kept].tolist()
         samples = torch.tensor([p * n + j for p in take for j in range(n)], dtype=torch.long)
@@ -212,16 +235,27 @@ def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple
         if num_kept == want:
             break
     everything = Rollout.join([r for r, _, _ in drawn], n)
-    metrics.update(reward_metrics(everything, torch.cat([r for _, r, _ in drawn]),
-                                  _merge_stats([(len(r.samples), s) for r, _, s in drawn])))
-    metrics.update({"rollout/extra_rounds": float(extra), "rollout/drawn_prompts": float(len(everything.items)),
-                    "sppo/kept_prompts": float(num_kept)})
+    metrics.update(
+        reward_metrics(
+            everything, torch.cat([r for _, r, _ in drawn]), _merge_stats([(len(r.samples), s) for r, _, s in drawn])
+        )
+    )
+    metrics.update(
+        {
+            "rollout/extra_rounds": float(extra),
+            "rollout/drawn_prompts": float(len(everything.items)),
+            "sppo/kept_prompts": float(num_kept),
+        }
+    )
     if filtering:
         metrics["sppo/no_signal_frac"] = 1.0 - num_signal / len(everything.items)
         if num_kept < want and max_extra and is_rank0():  # 0: short batches are the choice
-            print(f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
-                  f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
-                  f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}", flush=True)
+            print(
+                f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
+                f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
+                f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}",
+                flush=True,
+            )
     return Rollout.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), metrics
 
 
@@ -239,7 +273,9 @@ def accuracy_metrics(rollout: Rollout, rewards: torch.Tensor, prefix: str = "val
     return out
 
 
-def sample_records(rollout: Rollout, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4) -> List[Dict[str, Any]]:
+def sample_records(
+    rollout: Rollout, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4
+) -> List[Dict[str, Any]]:
     """The first `max_prompts` prompts' samples, for samples.jsonl: with the prompt messages, the
     oracle's scalar `score` (None for a preference matrix; then `reward` is the win rate) and the
     sample's `win_rate` under `algorithm` (an AlgorithmConfig; None with one sample per prompt,
@@ -252,9 +288,18 @@ def sample_records(rollout: Rollout, rewards: torch.Tensor, algorithm: Any, max_
         if s.prompt_index >= max_prompts:
             break
         item = rollout.item_of(i)
-        records.append({"prompt": item.prompt_text, "response": rollout.texts[i],
-                        "reward": float(rewards[i]) if scalar else win_rates[i],
-                        "ground_truth": item.ground_truth, "data_source": item.data_source,
-                        "sample_index": s.sample_index, "finish_reason": s.finish_reason, "messages": item.messages,
-                        "score": float(rewards[i]) if scalar else None, "win_rate": win_rates[i]})
+        records.append(
+            {
+                "prompt": item.prompt_text,
+                "response": rollout.texts[i],
+                "reward": float(rewards[i]) if scalar else win_rates[i],
+                "ground_truth": item.ground_truth,
+                "data_source": item.data_source,
+                "sample_index": s.sample_index,
+                "finish_reason": s.finish_reason,
+                "messages": item.messages,
+                "score": float(rewards[i]) if scalar else None,
+                "win_rate": win_rates[i],
+            }
+        )
     return records

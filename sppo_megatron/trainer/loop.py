@@ -1,16 +1,16 @@
 """The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
 
-    for step:
-        rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/placement.py:
-                     prompts = sampler.next_batch()            data/
-                     sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
-                     samples = rollout.generate(prompts, n=K)  rollout/
-                     rewards = scorer.score(samples)           reward/ (failures: trainer/reward_health)
-                     drop prompts whose samples tie; refill    (dynamic sampling, bounded)
-        targets  = SPPO targets from win rates               algorithm/
-        old_lp   = actor.log_probs(samples)                  actor/
-        metrics  = actor.update(samples, targets, old_lp)    actor/
-        eval / checkpoint / log                              trainer/
+for step:
+    rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/placement.py:
+                 prompts = sampler.next_batch()            data/
+                 sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
+                 samples = rollout.generate(prompts, n=K)  rollout/
+                 rewards = scorer.score(samples)           reward/ (failures: trainer/reward_health)
+                 drop prompts whose samples tie; refill    (dynamic sampling, bounded)
+    targets  = SPPO targets from win rates               algorithm/
+    old_lp   = actor.log_probs(samples)                  actor/
+    metrics  = actor.update(samples, targets, old_lp)    actor/
+    eval / checkpoint / log                              trainer/
 """
 
 from __future__ import annotations
@@ -46,15 +46,24 @@ def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
     """Sync the current weights, then val/accuracy on the validation set."""
     sync_s = run.rollouts.sync_weights()["timing/sync_s"]
     run.rollouts.to_rollout()
-    result, _, _ = evaluate(run.engine, run.tokenizer, run.val_scorer, run.val_data.items, val_sampling(cfg),
-                            n=cfg.rollout.val_n, batch_size=cfg.data.val_batch_size)
+    result, _, _ = evaluate(
+        run.engine,
+        run.tokenizer,
+        run.val_scorer,
+        run.val_data.items,
+        val_sampling(cfg),
+        n=cfg.rollout.val_n,
+        batch_size=cfg.data.val_batch_size,
+    )
     run.rollouts.to_training()
     return {"timing/val_sync_s": sync_s, **result}
 
 
 def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
-    rollout, rewards, metrics = collect_rollout(run.rollouts, run.scorer, cfg, step)  # refills what dynamic sampling drops
+    rollout, rewards, metrics = collect_rollout(
+        run.rollouts, run.scorer, cfg, step
+    )  # refills what dynamic sampling drops
     reward_guard.check(step, metrics, int(metrics["rollout/drawn_prompts"]) * cfg.rollout.n)
     if not rollout.items:  # no prompt with a reward signal within rollout.max_extra_rounds: nothing to train
         return {**metrics, "train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
@@ -117,11 +126,20 @@ def _train(cfg: Config) -> Dict[str, Any]:
     reward_guard = RewardGuard(cfg.reward, bad_reward_steps)
     if is_rank0():  # only now: a run that cannot start leaves the directory's config.yaml as it was
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
-    logger = MetricsLogger(t.output_dir, list(t.logger), t.total_steps, t.experiment_name, t.project_name,
-                           dataclasses.asdict(cfg), enabled=is_rank0(),
-                           keep_up_to_step=start_step if resume_from else -1)
-    _say(f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
-         + (f", resumed from {resume_from}" if resume_from else ""))
+    logger = MetricsLogger(
+        t.output_dir,
+        list(t.logger),
+        t.total_steps,
+        t.experiment_name,
+        t.project_name,
+        dataclasses.asdict(cfg),
+        enabled=is_rank0(),
+        keep_up_to_step=start_step if resume_from else -1,
+    )
+    _say(
+        f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
+        + (f", resumed from {resume_from}" if resume_from else "")
+    )
 
     metrics: Dict[str, Any] = {}
     step = start_step
@@ -139,9 +157,16 @@ def _train(cfg: Config) -> Dict[str, Any]:
             stop = preemption.should_stop()
             if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
                 with timed(metrics, "timing/save_s"):
-                    ckpts.save(step, {"sampler": run.sampler.state_dict(), "bad_steps": bad_steps,
-                                      "bad_reward_steps": reward_guard.bad_steps, **run.rollouts.state_dict()},
-                               run.save_checkpoint)
+                    ckpts.save(
+                        step,
+                        {
+                            "sampler": run.sampler.state_dict(),
+                            "bad_steps": bad_steps,
+                            "bad_reward_steps": reward_guard.bad_steps,
+                            **run.rollouts.state_dict(),
+                        },
+                        run.save_checkpoint,
+                    )
             metrics["timing/step_s"] = time.perf_counter() - step_start
             # rollout + training throughput: validation and checkpoint time left out
             busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)
@@ -151,7 +176,8 @@ def _train(cfg: Config) -> Dict[str, Any]:
             if bad_steps >= t.max_bad_steps:
                 raise TrainingDiverged(
                     f"stopping at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient "
-                    f"(trainer.max_bad_steps={t.max_bad_steps}); lower optim.lr or check the data and rewards")
+                    f"(trainer.max_bad_steps={t.max_bad_steps}); lower optim.lr or check the data and rewards"
+                )
             if stop:
                 _say(f"preemption signal received: checkpointed step {step}, exiting")
                 break

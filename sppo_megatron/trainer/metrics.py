@@ -47,9 +47,17 @@ def _truncate_after(path: str, keep_up_to_step: int) -> None:
 class MetricsLogger:
     """Append-only metrics.jsonl + console summary + optional tensorboard/wandb backends."""
 
-    def __init__(self, output_dir: str, backends: List[str], total_steps: int, run_name: str = "run",
-                 project: str = "sppo", config: Optional[Dict[str, Any]] = None, enabled: bool = True,
-                 keep_up_to_step: int = -1) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        backends: List[str],
+        total_steps: int,
+        run_name: str = "run",
+        project: str = "sppo",
+        config: Optional[Dict[str, Any]] = None,
+        enabled: bool = True,
+        keep_up_to_step: int = -1,
+    ) -> None:
         """keep_up_to_step: records of an earlier attempt at this run with step <= it are kept
         (the resumed checkpoint's step); later ones, which the resumed run redoes, are dropped
         (-1: a fresh run, drop all)."""

@@ -52,8 +52,9 @@ class _Batch:
 class Rollouts:
     """Owns the rollout half of a step for the loop (see the module docstring)."""
 
-    def __init__(self, cfg: Config, engine: Any, actor: Any, weight_sync: Any, sampler: Any, train_data: Any,
-                 tokenizer: Any) -> None:
+    def __init__(
+        self, cfg: Config, engine: Any, actor: Any, weight_sync: Any, sampler: Any, train_data: Any, tokenizer: Any
+    ) -> None:
         self.cfg, self.engine, self.actor, self.weight_sync = cfg, engine, actor, weight_sync
         self.sampler, self.train_data, self.tokenizer = sampler, train_data, tokenizer
         self.separate = cfg.rollout.placement == "separate"
@@ -105,8 +106,13 @@ class Rollouts:
         """Colocated: hand the accelerator to the engine, generate, hand it back."""
         self.to_rollout()
         with timed(metrics, "timing/gen_s"):
-            rollout = generate(self.engine, self.tokenizer, self._items(indices),
-                               train_sampling(self.cfg, step, extra_round), self.cfg.rollout.n)
+            rollout = generate(
+                self.engine,
+                self.tokenizer,
+                self._items(indices),
+                train_sampling(self.cfg, step, extra_round),
+                self.cfg.rollout.n,
+            )
         self.to_training()
         return rollout
 
@@ -125,8 +131,9 @@ class Rollouts:
             samples, timings = self.engine.collect(batch.ticket)
         self._in_flight, self._batch = None, batch
         if self.off_policy and step < self.cfg.trainer.total_steps:
-            self._in_flight = self._launch(_Batch(step + 1, self.sampler.next_batch(), self.actor.snapshot_weights()),
-                                           metrics, current=True)
+            self._in_flight = self._launch(
+                _Batch(step + 1, self.sampler.next_batch(), self.actor.snapshot_weights()), metrics, current=True
+            )
         self._log(step, "generate", timings)
         metrics["rollout/policy_lag"] = float(batch.weights is not None)
         metrics["timing/gen_busy_s"] = max(t["end"] for t in timings) - min(t["start"] for t in timings)
@@ -138,8 +145,11 @@ class Rollouts:
         batch.weights is a snapshot of the actor as it is (no swap needed)."""
         with self.actor.weights(None if current else batch.weights):
             metrics.update(self.sync_weights())
-        batch.ticket = self.engine.submit([it.prompt_ids for it in self._items(batch.indices)],
-                                          train_sampling(self.cfg, batch.step, batch.extra_round), self.cfg.rollout.n)
+        batch.ticket = self.engine.submit(
+            [it.prompt_ids for it in self._items(batch.indices)],
+            train_sampling(self.cfg, batch.step, batch.extra_round),
+            self.cfg.rollout.n,
+        )
         return batch
 
     def old_log_probs(self, batch: Any) -> Any:
@@ -168,8 +178,10 @@ class Rollouts:
         if not flight:
             return
         if not self.separate:
-            raise UserError(f"{ckpt_dir} holds the batch of step {flight['step']} in flight (an off-policy run): "
-                            "resume it with rollout.placement=separate")
+            raise UserError(
+                f"{ckpt_dir} holds the batch of step {flight['step']} in flight (an off-policy run): "
+                "resume it with rollout.placement=separate"
+            )
         with self.actor.weights(self.actor.snapshot_weights()):  # restores the resumed weights after the block
             self.actor.load_weights(os.path.join(ckpt_dir, GENERATING_POLICY))
             weights = self.actor.snapshot_weights()
@@ -198,8 +210,9 @@ def serve_rollouts(cfg: Config) -> Dict[str, Any]:
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.rollout.remote import serve
 
-    engine = create_rollout_engine(cfg.rollout, str(cfg.model.path), seed=cfg.trainer.seed,
-                                   log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+    engine = create_rollout_engine(
+        cfg.rollout, str(cfg.model.path), seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
+    )
     try:
         serve(engine)
     finally:

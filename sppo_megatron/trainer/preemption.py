@@ -74,8 +74,9 @@ class PreemptionFlag:
         if failed or self.received:
             _exit_now(sig, f"after {failed}" if failed else "a second time")
         self.received.append(int(sig))
-        _say(f"{sig.name} received: checkpointing at the end of this step, then exiting "
-             f"(send it again to exit at once)")
+        _say(
+            f"{sig.name} received: checkpointing at the end of this step, then exiting (send it again to exit at once)"
+        )
         if monitor is not None:  # the teardown after a rank was SIGKILLed: nobody marked a failure
             threading.Thread(target=self._probe, args=(monitor, sig), name="sppo-teardown-probe", daemon=True).start()
 

@@ -21,10 +21,12 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 def _logger_problems(loggers: List[str]) -> List[str]:
-    return [f"trainer.logger={name}: the {package} package is not installed "
-            f"(pip install {package}, or pip install -e '.[logging]'; or drop it from trainer.logger)"
-            for name, package in LOGGER_PACKAGES.items()
-            if name in loggers and importlib.util.find_spec(package) is None]
+    return [
+        f"trainer.logger={name}: the {package} package is not installed "
+        f"(pip install {package}, or pip install -e '.[logging]'; or drop it from trainer.logger)"
+        for name, package in LOGGER_PACKAGES.items()
+        if name in loggers and importlib.util.find_spec(package) is None
+    ]
 
 
 def _collect(problems: List[str], check: Callable[..., Any], *args: Any) -> Any:
@@ -85,10 +87,15 @@ def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
     step = int(ckpts.read_state(resume_from)["step"])
     if step < t.total_steps:
         return problems, resume_from, None
-    return problems, resume_from, (
-        f"{t.output_dir} already finished step {step} (trainer.total_steps={t.total_steps}): nothing to train. "
-        "To start over pass trainer.resume=none trainer.overwrite=true (deletes its checkpoints) or another "
-        "output directory; to train longer raise trainer.total_steps")
+    return (
+        problems,
+        resume_from,
+        (
+            f"{t.output_dir} already finished step {step} (trainer.total_steps={t.total_steps}): nothing to train. "
+            "To start over pass trainer.resume=none trainer.overwrite=true (deletes its checkpoints) or another "
+            "output directory; to train longer raise trainer.total_steps"
+        ),
+    )
 
 
 def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:

@@ -33,17 +33,22 @@ def load_references(path: str, prompt_key: str) -> Dict[str, str]:
     refs: Dict[str, str] = {}
     for i, row in enumerate(rows):
         messages = row.get("messages", row.get(prompt_key))
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-            raise DataError(f"--reference {path} row {i}: needs 'messages' (or {prompt_key!r}) as a list of "
-                            "{role, content} messages")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
+            raise DataError(
+                f"--reference {path} row {i}: needs 'messages' (or {prompt_key!r}) as a list of "
+                "{role, content} messages"
+            )
         if not isinstance(row.get("response"), str):
             raise DataError(f"--reference {path} row {i}: needs the reference text in 'response'")
         refs.setdefault(_key(messages), row["response"])
     return refs
 
 
-def reference_win_rates(oracle: Any, rollout: Rollout, references: Dict[str, str], algorithm: Any, tokenizer: Any,
-                        path: str) -> tuple[Dict[str, float], List[Dict[str, Any]]]:
+def reference_win_rates(
+    oracle: Any, rollout: Rollout, references: Dict[str, str], algorithm: Any, tokenizer: Any, path: str
+) -> tuple[Dict[str, float], List[Dict[str, Any]]]:
     """`eval/win_rate` (mean over prompts of P(model sample > reference), averaged over a prompt's
     samples), `eval/model_length_mean`, `eval/reference_length_mean` (tokens of the policy's
     tokenizer), and one record per prompt (collective: the oracle splits its work over the ranks)."""
@@ -51,8 +56,10 @@ def reference_win_rates(oracle: Any, rollout: Rollout, references: Dict[str, str
     for item in rollout.items:
         ref = references.get(_key(item.messages))
         if ref is None:
-            raise DataError(f"--reference {path}: no reference response for prompt row {item.index} "
-                            f"({item.messages[-1]['content'][:60]!r})")
+            raise DataError(
+                f"--reference {path}: no reference response for prompt row {item.index} "
+                f"({item.messages[-1]['content'][:60]!r})"
+            )
         refs.append(ref)
     messages: List[Any] = []
     pairs: List[str] = []
@@ -70,14 +77,23 @@ def reference_win_rates(oracle: Any, rollout: Rollout, references: Dict[str, str
     for p, item in enumerate(rollout.items):
         mine = [i for i, s in enumerate(rollout.samples) if s.prompt_index == p]
         lengths = [len(rollout.samples[i].response_ids) for i in mine]
-        per_prompt.append({"index": item.index, "messages": item.messages, "reference": refs[p],
-                           "responses": [rollout.texts[i] for i in mine],
-                           "win_rate": float(sum(float(wins[i]) for i in mine) / len(mine)),
-                           "model_length": sum(lengths) / len(lengths), "reference_length": float(ref_lengths[p])})
-    metrics = {"eval/win_rate": _mean([r["win_rate"] for r in per_prompt]),
-               "eval/model_length_mean": _mean([r["model_length"] for r in per_prompt]),
-               "eval/reference_length_mean": _mean([r["reference_length"] for r in per_prompt]),
-               "eval/num_prompts": float(len(per_prompt))}
+        per_prompt.append(
+            {
+                "index": item.index,
+                "messages": item.messages,
+                "reference": refs[p],
+                "responses": [rollout.texts[i] for i in mine],
+                "win_rate": float(sum(float(wins[i]) for i in mine) / len(mine)),
+                "model_length": sum(lengths) / len(lengths),
+                "reference_length": float(ref_lengths[p]),
+            }
+        )
+    metrics = {
+        "eval/win_rate": _mean([r["win_rate"] for r in per_prompt]),
+        "eval/model_length_mean": _mean([r["model_length"] for r in per_prompt]),
+        "eval/reference_length_mean": _mean([r["reference_length"] for r in per_prompt]),
+        "eval/num_prompts": float(len(per_prompt)),
+    }
     return metrics, per_prompt
 
 

@@ -30,12 +30,20 @@ class RewardGuard:
             return
         self.bad_steps += 1
         first = " ".join(str(metrics.get("reward/first_error", "")).split())
-        what = (f"{failed} of {num_samples} reward samples failed ({int(metrics['reward/errors'])} errors, "
-                f"{int(metrics['reward/timeouts'])} timeouts; reward.max_error_frac={self.cfg.max_error_frac:g}); "
-                f"first error: {first}")
+        what = (
+            f"{failed} of {num_samples} reward samples failed ({int(metrics['reward/errors'])} errors, "
+            f"{int(metrics['reward/timeouts'])} timeouts; reward.max_error_frac={self.cfg.max_error_frac:g}); "
+            f"first error: {first}"
+        )
         if self.bad_steps >= self.cfg.max_bad_steps:
-            raise RunStopped(f"stopping at step {step}: {self.bad_steps} steps in a row with failing rewards "
-                             f"(reward.max_bad_steps={self.cfg.max_bad_steps}); last: {what}")
+            raise RunStopped(
+                f"stopping at step {step}: {self.bad_steps} steps in a row with failing rewards "
+                f"(reward.max_bad_steps={self.cfg.max_bad_steps}); last: {what}"
+            )
         if is_rank0():
-            print(f"sppo-train: WARNING: step {step}: {what} ({self.bad_steps} of reward.max_bad_steps="
-                  f"{self.cfg.max_bad_steps} in a row)", file=sys.stderr, flush=True)
+            print(
+                f"sppo-train: WARNING: step {step}: {what} ({self.bad_steps} of reward.max_bad_steps="
+                f"{self.cfg.max_bad_steps} in a row)",
+                file=sys.stderr,
+                flush=True,
+            )

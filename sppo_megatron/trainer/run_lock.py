@@ -68,9 +68,11 @@ class RunLock:
             return None
         holder = self._read_holder()
         if (not holder and age < _WRITE_GRACE_S) or (holder and _holder_alive(holder)):
-            return (f"trainer.output_dir {os.path.dirname(self.path)} is in use by another run (PID "
-                    f"{holder.get('pid')} on host {holder.get('host')}, lock file {self.path}); wait for it to "
-                    "end or use another trainer.output_dir (delete the lock file only if that run is gone)")
+            return (
+                f"trainer.output_dir {os.path.dirname(self.path)} is in use by another run (PID "
+                f"{holder.get('pid')} on host {holder.get('host')}, lock file {self.path}); wait for it to "
+                "end or use another trainer.output_dir (delete the lock file only if that run is gone)"
+            )
         return None
 
     def acquire(self) -> Optional[str]:
@@ -87,8 +89,10 @@ class RunLock:
                 if busy:
                     raise UserError(busy) from None
                 os.unlink(self.path)
-                notice = (f"removed the stale lock {self.path} of a run that is gone "
-                          f"(PID {holder.get('pid')} on host {holder.get('host')})")
+                notice = (
+                    f"removed the stale lock {self.path} of a run that is gone "
+                    f"(PID {holder.get('pid')} on host {holder.get('host')})"
+                )
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.holder, fh)

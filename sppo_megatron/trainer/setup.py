@@ -25,10 +25,12 @@ def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
     scores all, a rule-based scorer for every data_source."""
     missing = next((item for item in dataset.items if item.ground_truth is None), None)
     if missing is not None:
-        raise DataError(f"{', '.join(dataset.files)}: prompt row {missing.index} has no reward_model.ground_truth; "
-                        "rule-based scoring (reward.source=rule, and validation accuracy) needs one in every row; "
-                        "train such prompts with a preference oracle (reward.source=reward_model | pairwise | judge | "
-                        "remote) and leave them out of data.val_files")
+        raise DataError(
+            f"{', '.join(dataset.files)}: prompt row {missing.index} has no reward_model.ground_truth; "
+            "rule-based scoring (reward.source=rule, and validation accuracy) needs one in every row; "
+            "train such prompts with a preference oracle (reward.source=reward_model | pairwise | judge | "
+            "remote) and leave them out of data.val_files"
+        )
     if custom_fn:
         return
     from sppo_megatron.reward import check_data_sources
@@ -84,14 +86,22 @@ class RunComponents:
         from sppo_megatron.platform.files import atomic_output_dir
 
         with atomic_output_dir(out_dir) as tmp:
-            write_hf_dir(self.actor.export_hf_weights(), self.hf_dir, tmp, DTYPE_NAMES[self.actor.dtype],
-                         self.actor.bridge.arch.hf_class, write=is_rank0())
+            write_hf_dir(
+                self.actor.export_hf_weights(),
+                self.hf_dir,
+                tmp,
+                DTYPE_NAMES[self.actor.dtype],
+                self.actor.bridge.arch.hf_class,
+                write=is_rank0(),
+            )
 
     def describe(self) -> str:
         val = f", {len(self.val_data)} validation prompts" if self.val_data is not None else ""
         filtered = f" ({self.train_data.num_filtered} overlong filtered)" if self.train_data.num_filtered else ""
-        return (f"{self.actor.layout.describe()}, rollout {self.engine.describe()}, "
-                f"{len(self.train_data)} train prompts{filtered}{val}")
+        return (
+            f"{self.actor.layout.describe()}, rollout {self.engine.describe()}, "
+            f"{len(self.train_data)} train prompts{filtered}{val}"
+        )
 
     def close(self) -> None:
         for scorer in dict.fromkeys((self.scorer, self.val_scorer)):
@@ -110,13 +120,23 @@ def build_actor(cfg: Config, hf_config: Any = None, load_weights: bool = True) -
     rollout.n, rollout.temperature, trainer.seed)."""
     from sppo_megatron.actor import MegatronActor
 
-    return MegatronActor(cfg.model, cfg.parallel, cfg.optim, cfg.train, total_optimizer_steps=total_optimizer_steps(cfg),
-                         group_size=cfg.rollout.n, temperature=cfg.rollout.temperature, seed=cfg.trainer.seed,
-                         hf_config=hf_config, load_weights=load_weights)
+    return MegatronActor(
+        cfg.model,
+        cfg.parallel,
+        cfg.optim,
+        cfg.train,
+        total_optimizer_steps=total_optimizer_steps(cfg),
+        group_size=cfg.rollout.n,
+        temperature=cfg.rollout.temperature,
+        seed=cfg.trainer.seed,
+        hf_config=hf_config,
+        load_weights=load_weights,
+    )
 
 
-def build_components(cfg: Config, load_weights: bool = True,
-                     interrupted: Optional[Callable[[], bool]] = None) -> RunComponents:
+def build_components(
+    cfg: Config, load_weights: bool = True, interrupted: Optional[Callable[[], bool]] = None
+) -> RunComponents:
     """Collective: every rank builds its share (call after init_distributed). load_weights=False
     leaves the actor's initial weights unloaded (a checkpoint is about to be restored);
     `interrupted` (a preemption signal arrived) cuts reward scoring short."""
@@ -132,13 +152,19 @@ def build_components(cfg: Config, load_weights: bool = True,
     tokenizer = load_tokenizer(hf_dir)
     train, val = load_data(cfg, tokenizer)
     # the largest draw: dynamic sampling's first round (trainer/generation.py: collect_rollout)
-    sampler = PromptSampler(len(train), math.ceil(cfg.data.train_batch_size * cfg.data.oversample_factor - 1e-9),
-                            cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
+    sampler = PromptSampler(
+        len(train),
+        math.ceil(cfg.data.train_batch_size * cfg.data.oversample_factor - 1e-9),
+        cfg.trainer.seed,
+        shuffle=cfg.data.shuffle,
+        drop_last=True,
+    )
     if cfg.rollout.placement == "separate":
         engine = RemoteRolloutEngine(cfg.rollout.sync_bucket_mb)  # the engine itself is on the rollout ranks
     else:
-        engine = create_rollout_engine(cfg.rollout, hf_dir, seed=cfg.trainer.seed,
-                                       log_dir=os.path.join(cfg.trainer.output_dir, "logs"))
+        engine = create_rollout_engine(
+            cfg.rollout, hf_dir, seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
+        )
         engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
     actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
     rollouts = Rollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer)

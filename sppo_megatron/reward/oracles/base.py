@@ -60,7 +60,9 @@ class Oracle:
         """Scalar oracles: the results are the scores."""
         return results
 
-    def score_groups(self, messages: Sequence[Messages], responses: Sequence[str], n: int) -> Tuple[List[Any], Dict[str, Any]]:
+    def score_groups(
+        self, messages: Sequence[Messages], responses: Sequence[str], n: int
+    ) -> Tuple[List[Any], Dict[str, Any]]:
         """Per sample, its score (scalar oracles) or its row P(y_i > y_j) over its prompt's n samples
         (matrix oracles), the same on every rank; and stats for logging (collective: call on every
         rank with the same inputs)."""
@@ -72,8 +74,10 @@ class Oracle:
         stats: Dict[str, Any] = {"timeouts": 0, "errors": 0, "seconds": time.monotonic() - start}
         if not self.matrix:
             scores = torch.tensor(values, dtype=torch.float64)
-            stats["metrics"] = {"reward/score_mean": float(scores.mean()),
-                                "reward/score_std": float(scores.std(unbiased=False))}
+            stats["metrics"] = {
+                "reward/score_mean": float(scores.mean()),
+                "reward/score_std": float(scores.std(unbiased=False)),
+            }
         return values, stats
 
     def _compute_resident(self, units: List[Any]) -> List[Any]:
@@ -113,8 +117,13 @@ class PairOracle(Oracle):
     matrix = True
 
     def units(self, messages: Sequence[Messages], responses: Sequence[str], n: int) -> List[Any]:
-        return [(messages[g * n], responses[g * n + i], responses[g * n + j])
-                for g in range(len(responses) // n) for i in range(n) for j in range(n) if i != j]
+        return [
+            (messages[g * n], responses[g * n + i], responses[g * n + j])
+            for g in range(len(responses) // n)
+            for i in range(n)
+            for j in range(n)
+            if i != j
+        ]
 
     def combine(self, q_ij: float, q_ji: float) -> float:
         raise NotImplementedError
@@ -123,7 +132,7 @@ class PairOracle(Oracle):
         rows: List[List[float]] = []
         per_group = n * (n - 1)
         for g in range(num_samples // n):
-            q = iter(results[g * per_group:(g + 1) * per_group])
+            q = iter(results[g * per_group : (g + 1) * per_group])
             raw = [[0.0 if i == j else next(q) for j in range(n)] for i in range(n)]
             rows += [[0.5 if i == j else self.combine(raw[i][j], raw[j][i]) for j in range(n)] for i in range(n)]
         return rows

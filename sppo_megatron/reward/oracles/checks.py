@@ -46,14 +46,18 @@ def blender_ranker_config(path: str) -> Optional[Dict[str, Any]]:
 def blender_problems(path: str, ranker: Dict[str, Any]) -> List[str]:
     """What stops an llm-blender layout from loading as PairRM (a pair ranker on DeBERTa)."""
     if ranker.get("ranker_type") != "pairranker" or not str(ranker.get("model_type") or "").startswith("deberta"):
-        return [f"reward.model_path: {path} is an llm-blender ranker of ranker_type {ranker.get('ranker_type')!r}, "
-                f"model_type {ranker.get('model_type')!r}; reward.source=pairwise loads ranker_type 'pairranker' "
-                "on a 'deberta' model_type (PairRM)"]
+        return [
+            f"reward.model_path: {path} is an llm-blender ranker of ranker_type {ranker.get('ranker_type')!r}, "
+            f"model_type {ranker.get('model_type')!r}; reward.source=pairwise loads ranker_type 'pairranker' "
+            "on a 'deberta' model_type (PairRM)"
+        ]
     if not any(os.path.isfile(os.path.join(path, w)) for w in BLENDER_WEIGHTS):
         return [f"reward.model_path: {path} (llm-blender layout) has neither {' nor '.join(BLENDER_WEIGHTS)}"]
     if not ranker.get("model_name"):
-        return [f"reward.model_path: {path} (llm-blender layout): its ranker config has no model_name (the "
-                "DeBERTa backbone whose config it uses)"]
+        return [
+            f"reward.model_path: {path} (llm-blender layout): its ranker config has no model_name (the "
+            "DeBERTa backbone whose config it uses)"
+        ]
     return []
 
 
@@ -75,23 +79,40 @@ def model_problems(source: str, path: str) -> List[str]:
     auto_map = config.get("auto_map") or {}
     named = ", ".join(archs) or config.get("model_type", "a model without architectures")
     if source == "reward_model":
-        if not any(a.endswith("ForSequenceClassification") for a in archs) and "AutoModelForSequenceClassification" not in auto_map:
-            return [f"reward.model_path: {path} is {named}, not a sequence classifier (reward.source=reward_model "
-                    "needs an AutoModelForSequenceClassification checkpoint with one label)"]
+        if (
+            not any(a.endswith("ForSequenceClassification") for a in archs)
+            and "AutoModelForSequenceClassification" not in auto_map
+        ):
+            return [
+                f"reward.model_path: {path} is {named}, not a sequence classifier (reward.source=reward_model "
+                "needs an AutoModelForSequenceClassification checkpoint with one label)"
+            ]
         if num_labels(config) != 1:
-            return [f"reward.model_path: {path} is a classifier with {num_labels(config)} labels; a reward model "
-                    "has exactly one (a scalar score)"]
+            return [
+                f"reward.model_path: {path} is a classifier with {num_labels(config)} labels; a reward model "
+                "has exactly one (a scalar score)"
+            ]
     elif source == "pairwise" and PAIRRM_ARCH not in archs:
-        return [f"reward.model_path: {path} is {named}, not a PairRM checkpoint (reward.source=pairwise loads the "
-                f"llm-blender/PairRM-hf format, architectures [{PAIRRM_ARCH}], or llm-blender/PairRM's: "
-                f"{' or '.join(BLENDER_CONFIGS)} with ranker_type pairranker)"]
-    elif source == "judge" and not any(a.endswith("ForCausalLM") for a in archs) and "AutoModelForCausalLM" not in auto_map:
+        return [
+            f"reward.model_path: {path} is {named}, not a PairRM checkpoint (reward.source=pairwise loads the "
+            f"llm-blender/PairRM-hf format, architectures [{PAIRRM_ARCH}], or llm-blender/PairRM's: "
+            f"{' or '.join(BLENDER_CONFIGS)} with ranker_type pairranker)"
+        ]
+    elif (
+        source == "judge"
+        and not any(a.endswith("ForCausalLM") for a in archs)
+        and "AutoModelForCausalLM" not in auto_map
+    ):
         return [f"reward.model_path: {path} is {named}, not a causal LM (reward.source=judge needs one)"]
     return []
 
 
 def oracle_problems(reward: Any) -> List[str]:
     """Preflight for the `reward` group: the oracle model's kind (the rules check the keys)."""
-    if reward.source in ("reward_model", "pairwise", "judge") and reward.model_path and os.path.isdir(reward.model_path):
+    if (
+        reward.source in ("reward_model", "pairwise", "judge")
+        and reward.model_path
+        and os.path.isdir(reward.model_path)
+    ):
         return model_problems(reward.source, reward.model_path)
     return []

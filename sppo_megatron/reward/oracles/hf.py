@@ -33,4 +33,4 @@ def load_oracle_model(cfg: Any, auto_class: Any) -> Tuple[torch.nn.Module, Any]:
 def batches(items: list, size: int):
     """`items` in consecutive slices of at most `size`."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

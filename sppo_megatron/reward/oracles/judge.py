@@ -37,8 +37,10 @@ class JudgeOracle(PairOracle):
         try:
             self.template.format(prompt="", response_a="", response_b="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"reward.judge_template: only {{prompt}}, {{response_a}} and {{response_b}} may be "
-                              f"filled in ({type(e).__name__}: {e}); double literal braces") from None
+            raise ConfigError(
+                f"reward.judge_template: only {{prompt}}, {{response_a}} and {{response_b}} may be "
+                f"filled in ({type(e).__name__}: {e}); double literal braces"
+            ) from None
         self.choice_ids = [self.verdict_token(word) for word in cfg.judge_choices]
         if self.choice_ids[0] == self.choice_ids[1]:
             raise ConfigError(f"reward.judge_choices={list(cfg.judge_choices)}: both start with the same token")
@@ -60,12 +62,21 @@ class JudgeOracle(PairOracle):
         out: List[float] = []
         special = not getattr(self.tokenizer, "chat_template", None)
         for batch in batches(units, self.batch_size):
-            encoded = self.tokenizer([self.judge_text(*u) for u in batch], add_special_tokens=special, padding=True,
-                                     truncation=True, max_length=self.max_length, return_tensors="pt")
+            encoded = self.tokenizer(
+                [self.judge_text(*u) for u in batch],
+                add_special_tokens=special,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             mask = encoded["attention_mask"]
             positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding must not shift positions
-            logits = self.model(input_ids=encoded["input_ids"].to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device)).logits[:, -1, :]
+            logits = self.model(
+                input_ids=encoded["input_ids"].to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+            ).logits[:, -1, :]
             out += torch.softmax(logits[:, self.choice_ids].float(), dim=-1)[:, 0].tolist()
         return out
 

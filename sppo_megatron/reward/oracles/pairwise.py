@@ -46,8 +46,13 @@ class DebertaV2PairRM(DebertaV2PreTrainedModel):
         super().__init__(config)
         self.pretrained_model = DebertaV2Model(config)
         hidden = config.hidden_size
-        self.head_layer = nn.Sequential(nn.Dropout(config.drop_out), nn.Linear(2 * hidden, hidden), nn.Tanh(),
-                                        nn.Dropout(config.drop_out), nn.Linear(hidden, config.n_tasks))
+        self.head_layer = nn.Sequential(
+            nn.Dropout(config.drop_out),
+            nn.Linear(2 * hidden, hidden),
+            nn.Tanh(),
+            nn.Dropout(config.drop_out),
+            nn.Linear(hidden, config.n_tasks),
+        )
         self.post_init()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -89,27 +94,47 @@ def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
         raise ConfigError(f"reward.model_path: cannot read {file}: {e}") from None
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer older transformers saved
     has_tokenizer = os.path.isfile(os.path.join(path, "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else ranker["model_name"],
-                                              trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path if has_tokenizer else ranker["model_name"], trust_remote_code=cfg.trust_remote_code
+    )
     tokenizer.add_tokens([SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX])
     embeddings = state.get("pretrained_model.embeddings.word_embeddings.weight")
     if embeddings is None:
-        raise ConfigError(f"reward.model_path: {file} has no pretrained_model.embeddings.word_embeddings.weight "
-                          "(not an llm-blender PairRanker state dict)")
+        raise ConfigError(
+            f"reward.model_path: {file} has no pretrained_model.embeddings.word_embeddings.weight "
+            "(not an llm-blender PairRanker state dict)"
+        )
     config = AutoConfig.from_pretrained(ranker["model_name"], trust_remote_code=cfg.trust_remote_code)
     if config.model_type != "deberta-v2":
-        raise ConfigError(f"reward.model_path: {path}: model_name {ranker['model_name']} is a {config.model_type} "
-                          "model; PairRM is built on deberta-v2 (DeBERTa-v3)")
-    config.update(dict(vocab_size=embeddings.shape[0], n_tasks=ranker.get("n_tasks", 1),
-                       drop_out=ranker.get("drop_out", 0.05), sep_token_id=tokenizer.sep_token_id,
-                       architectures=[PAIRRM_ARCH], **{name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-                           ("source_prefix_id", SOURCE_PREFIX), ("cand1_prefix_id", CAND1_PREFIX),
-                           ("cand2_prefix_id", CAND2_PREFIX), ("cand_prefix_id", CAND_PREFIX))}))
+        raise ConfigError(
+            f"reward.model_path: {path}: model_name {ranker['model_name']} is a {config.model_type} "
+            "model; PairRM is built on deberta-v2 (DeBERTa-v3)"
+        )
+    config.update(
+        dict(
+            vocab_size=embeddings.shape[0],
+            n_tasks=ranker.get("n_tasks", 1),
+            drop_out=ranker.get("drop_out", 0.05),
+            sep_token_id=tokenizer.sep_token_id,
+            architectures=[PAIRRM_ARCH],
+            **{
+                name: tokenizer.convert_tokens_to_ids(token)
+                for name, token in (
+                    ("source_prefix_id", SOURCE_PREFIX),
+                    ("cand1_prefix_id", CAND1_PREFIX),
+                    ("cand2_prefix_id", CAND2_PREFIX),
+                    ("cand_prefix_id", CAND_PREFIX),
+                )
+            },
+        )
+    )
     model = DebertaV2PairRM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"reward.model_path: {file} does not fit PairRM on {ranker['model_name']}: "
-                          f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise ConfigError(
+            f"reward.model_path: {file} does not fit PairRM on {ranker['model_name']}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
     return model.to(resolve_dtype(cfg.dtype, current_device())).eval(), tokenizer
 
 
@@ -140,8 +165,11 @@ class PairRMOracle(PairOracle):
         enc = self.tokenizer.encode
         source_ids = enc(SOURCE_PREFIX + source, max_length=self.source_max, truncation=True)
         budget = (self.max_length - len(source_ids)) // 2
-        return (source_ids + enc(CAND1_PREFIX + first, max_length=budget, truncation=True)
-                + enc(CAND2_PREFIX + second, max_length=budget, truncation=True))
+        return (
+            source_ids
+            + enc(CAND1_PREFIX + first, max_length=budget, truncation=True)
+            + enc(CAND2_PREFIX + second, max_length=budget, truncation=True)
+        )
 
     def logits(self, triples: List[tuple]) -> List[float]:
         """PairRM's logit for each (source, candidate1, candidate2)."""
@@ -149,8 +177,11 @@ class PairRMOracle(PairOracle):
         for batch in batches(triples, self.batch_size):
             encoded = self.tokenizer.pad({"input_ids": [self.encode(*t) for t in batch]}, return_tensors="pt")
             with torch.no_grad():
-                out += self.model(encoded["input_ids"].to(self.device),
-                                  encoded["attention_mask"].to(self.device)).float().tolist()
+                out += (
+                    self.model(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
+                    .float()
+                    .tolist()
+                )
         return out
 
     def compute(self, units: List[Any]) -> List[float]:

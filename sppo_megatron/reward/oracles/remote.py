@@ -41,7 +41,7 @@ class RemoteOracle(Oracle):
     def units(self, messages: Sequence[Messages], responses: Sequence[str], n: int) -> List[Any]:
         if not self.matrix:
             return super().units(messages, responses, n)
-        return [(messages[g * n], list(responses[g * n:(g + 1) * n])) for g in range(len(responses) // n)]
+        return [(messages[g * n], list(responses[g * n : (g + 1) * n])) for g in range(len(responses) // n)]
 
     def assemble(self, results: List[Any], num_samples: int, n: int) -> List[Any]:
         return [row for matrix in results for row in matrix] if self.matrix else results
@@ -66,9 +66,11 @@ class RemoteOracle(Oracle):
             except RemoteError as e:
                 failure = str(e)
             if attempt + 1 < attempts:
-                time.sleep(self.backoff * 2 ** attempt)
-        raise UserError(f"reward.url {self.url}: {failure} (after {attempts} attempt{'s' if attempts > 1 else ''}; "
-                        "see reward.request_timeout_s, reward.retries)")
+                time.sleep(self.backoff * 2**attempt)
+        raise UserError(
+            f"reward.url {self.url}: {failure} (after {attempts} attempt{'s' if attempts > 1 else ''}; "
+            "see reward.request_timeout_s, reward.retries)"
+        )
 
     def _post(self, data: bytes) -> bytes:
         req = urllib.request.Request(self.url, data=data, method="POST", headers={"Content-Type": "application/json"})
@@ -98,8 +100,9 @@ class RemoteOracle(Oracle):
             raise RemoteError(f"the answer has no {key!r} list")
         if self.matrix:
             if len(values) != len(expect) or not all(_is_matrix(m, k) for m, k in zip(values, expect)):
-                raise RemoteError(f"'matrices' must hold one K x K matrix of probabilities in [0, 1] per group "
-                                  f"(K = {expect[0]})")
+                raise RemoteError(
+                    f"'matrices' must hold one K x K matrix of probabilities in [0, 1] per group (K = {expect[0]})"
+                )
             return values
         if len(values) != expect or not all(_finite(v) for v in values):
             raise RemoteError(f"'scores' must hold {expect} finite numbers, got {str(values)[:60]}")
@@ -111,5 +114,8 @@ def _finite(v: Any) -> bool:
 
 
 def _is_matrix(m: Any, k: int) -> bool:
-    return (isinstance(m, list) and len(m) == k
-            and all(isinstance(row, list) and len(row) == k and all(_finite(v) and 0 <= v <= 1 for v in row) for row in m))
+    return (
+        isinstance(m, list)
+        and len(m) == k
+        and all(isinstance(row, list) and len(row) == k and all(_finite(v) and 0 <= v <= 1 for v in row) for row in m)
+    )

@@ -28,15 +28,17 @@ class RewardModelOracle(Oracle):
     def encode(self, messages: Any, response: str) -> List[int]:
         """The token ids the reward model reads for one sample (the last max_length kept)."""
         text = render_conversation(self.tokenizer, messages, response)
-        return self.tokenizer(text, add_special_tokens=self.add_special_tokens, truncation=True,
-                              max_length=self.max_length)["input_ids"]
+        return self.tokenizer(
+            text, add_special_tokens=self.add_special_tokens, truncation=True, max_length=self.max_length
+        )["input_ids"]
 
     @torch.no_grad()
     def compute(self, units: List[Any]) -> List[float]:
         scores: List[float] = []
         for batch in batches(units, self.batch_size):
             encoded = self.tokenizer.pad({"input_ids": [self.encode(m, r) for m, r in batch]}, return_tensors="pt")
-            logits = self.model(input_ids=encoded["input_ids"].to(self.device),
-                                attention_mask=encoded["attention_mask"].to(self.device)).logits
+            logits = self.model(
+                input_ids=encoded["input_ids"].to(self.device), attention_mask=encoded["attention_mask"].to(self.device)
+            ).logits
             scores += logits[:, 0].float().tolist()
         return scores

@@ -62,7 +62,6 @@ FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
 MEMORY_TAGS: Tuple[str, ...] = ("weights", "kv_cache", "cuda_graph")
 
 
-
 def parse_version(text: str) -> Tuple[int, ...]:
     parts: List[int] = []
     for piece in str(text).split("+")[0].split(".")[:3]:
@@ -145,8 +144,16 @@ def sampling_params_dict(sampling: SamplingParams, n: int, stop_ids: Sequence[in
 
 
 def server_args(
-    hf_dir: str, *, tp: int, base_gpu_id: int, mem_fraction: float, dtype: torch.dtype, seed: int,
-    nccl_port: int, sigquit_handler: Optional[Callable] = None, extra: Optional[Dict[str, Any]] = None,
+    hf_dir: str,
+    *,
+    tp: int,
+    base_gpu_id: int,
+    mem_fraction: float,
+    dtype: torch.dtype,
+    seed: int,
+    nccl_port: int,
+    sigquit_handler: Optional[Callable] = None,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Keyword arguments of sglang.Engine (ServerArgs fields): dummy weights (the first sync fills
     them), memory saver on, token ids in and out."""

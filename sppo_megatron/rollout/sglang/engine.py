@@ -96,8 +96,11 @@ class SglangRolloutEngine(RolloutEngine):
         self.tp = tp
         self.bucket_bytes = mb_to_bytes(bucket_mb)
         self.sync_mode = sync_mode
-        self.device = torch.device("cuda", torch.cuda.current_device() if local_device is None else local_device) \
-            if torch.cuda.is_available() else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device() if local_device is None else local_device)
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
         self.log_path = os.path.join(log_dir or tempfile.gettempdir(), f"sglang_engine_rank{pl.rank}.log")
         self.processes = EngineProcesses(pl.rank, self.log_path)
         self.engine: Any = None
@@ -105,10 +108,21 @@ class SglangRolloutEngine(RolloutEngine):
         self._read_supported = True
         self._closed = False
         # the host starts the engine; the group's members learn whether it came up
-        pl.on_host(lambda: self._start(server_args(
-            hf_dir, tp=tp, base_gpu_id=self.device.index or 0, mem_fraction=mem_fraction, dtype=dtype,
-            seed=seed, nccl_port=free_port(), sigquit_handler=engine_died_handler, extra=engine_kwargs,
-        )))
+        pl.on_host(
+            lambda: self._start(
+                server_args(
+                    hf_dir,
+                    tp=tp,
+                    base_gpu_id=self.device.index or 0,
+                    mem_fraction=mem_fraction,
+                    dtype=dtype,
+                    seed=seed,
+                    nccl_port=free_port(),
+                    sigquit_handler=engine_died_handler,
+                    extra=engine_kwargs,
+                )
+            )
+        )
 
     def _start(self, kwargs: Dict[str, Any]) -> None:
         with self.processes.hosting():
@@ -121,8 +135,13 @@ class SglangRolloutEngine(RolloutEngine):
             self._checked("flush_cache")
             remove_loop_signal_handlers(getattr(getattr(self.engine, "tokenizer_manager", None), "event_loop", None))
             self.processes.track(self._call("get_all_child_pids") or [])
-        logger.info("sglang engine up on rank %d (tp=%d, pids %s, log %s)", self.placement.rank, self.tp,
-                    sorted(self.processes.pids), self.log_path)
+        logger.info(
+            "sglang engine up on rank %d (tp=%d, pids %s, log %s)",
+            self.placement.rank,
+            self.tp,
+            sorted(self.processes.pids),
+            self.log_path,
+        )
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         """Every Engine call goes through here (contract-checked names and keywords)."""
@@ -136,16 +155,22 @@ class SglangRolloutEngine(RolloutEngine):
             raise
         except Exception as exc:
             self.processes.check_alive()
-            raise RuntimeError(f"SGLang {method} on rank {self.placement.rank} failed: {exc} (log: {self.log_path})") from exc
+            raise RuntimeError(
+                f"SGLang {method} on rank {self.placement.rank} failed: {exc} (log: {self.log_path})"
+            ) from exc
 
     def _checked(self, method: str, **kwargs: Any) -> Tuple[bool, str]:
         return check_result(method, self._call(method, **kwargs), f" (engine on rank {self.placement.rank})")
 
     # ---- generation ---------------------------------------------------------------------
-    def _generate_local(self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int) -> List[RolloutSample]:
+    def _generate_local(
+        self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int
+    ) -> List[RolloutSample]:
         outs = self._call(
-            "generate", input_ids=[list(p) for p in prompts],
-            sampling_params=sampling_params_dict(sampling, n, self.stop_ids(sampling)), return_logprob=True,
+            "generate",
+            input_ids=[list(p) for p in prompts],
+            sampling_params=sampling_params_dict(sampling, n, self.stop_ids(sampling)),
+            return_logprob=True,
         )
         if isinstance(outs, dict):
             outs = [outs]
@@ -187,10 +212,16 @@ class SglangRolloutEngine(RolloutEngine):
         load_format = LOAD_FORMATS[self.sync_mode]
         try:
             push_ipc_buckets(
-                named_tensors, api=self.api, placement=self.placement, mode=self.sync_mode,
-                bucket_bytes=self.bucket_bytes, dtype=self.dtype, device=self.device,
-                send=lambda payload: self._checked("update_weights_from_tensor", named_tensors=payload,
-                                                   load_format=load_format, flush_cache=False),
+                named_tensors,
+                api=self.api,
+                placement=self.placement,
+                mode=self.sync_mode,
+                bucket_bytes=self.bucket_bytes,
+                dtype=self.dtype,
+                device=self.device,
+                send=lambda payload: self._checked(
+                    "update_weights_from_tensor", named_tensors=payload, load_format=load_format, flush_cache=False
+                ),
             )
         except BaseException:
             if self.placement.is_host:

@@ -162,7 +162,9 @@ class EngineProcesses:
             os.dup2(fd, 2)
             yield
         except Exception as exc:
-            raise RuntimeError(f"starting the SGLang engine on rank {self.rank} failed: {exc} (log: {self.log_path})") from exc
+            raise RuntimeError(
+                f"starting the SGLang engine on rank {self.rank} failed: {exc} (log: {self.log_path})"
+            ) from exc
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -186,8 +188,10 @@ class EngineProcesses:
             except psutil.NoSuchProcess:
                 alive = False
             if not alive:
-                raise RuntimeError(f"the SGLang engine hosted by rank {self.rank} died: engine process {pid} "
-                                   f"exited; see its log {self.log_path}")
+                raise RuntimeError(
+                    f"the SGLang engine hosted by rank {self.rank} died: engine process {pid} "
+                    f"exited; see its log {self.log_path}"
+                )
 
     def shutdown(self, engine_shutdown: Callable[[], None], engine_module: Any) -> None:
         """Run SGLang's shutdown with `kill_process_tree(<this process>)` narrowed to the engine's
@@ -224,5 +228,8 @@ def remove_loop_signal_handlers(loop: Any) -> None:
         try:
             loop.remove_signal_handler(sig)
         except (ValueError, RuntimeError) as exc:
-            logger.warning("sglang engine loop kept its %s handler record (%s); the trainer's handler is "
-                           "restored all the same", signal.Signals(sig).name, exc)
+            logger.warning(
+                "sglang engine loop kept its %s handler record (%s); the trainer's handler is restored all the same",
+                signal.Signals(sig).name,
+                exc,
+            )
