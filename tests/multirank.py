@@ -71,12 +71,12 @@ def run_ranks(
                 raise AssertionError(f"multi-rank test timed out after {timeout:.0f}s; ranks {missing} did not finish")
             try:
                 rank, ok, value = out.get(timeout=min(remaining, 1.0))
-            except queue.Empty:
+            except queue.Empty as empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
                 if dead:
                     raise AssertionError(
                         f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} before reporting"
-                    )
+                    ) from empty
                 continue
             if not ok:
                 raise AssertionError(f"rank {rank} of {world_size} failed:\n{value}")

@@ -400,9 +400,9 @@ def _functions(r: random.Random) -> Case:
             f"\\log_{b} {b**k}",
             f"\\sin {k}x",
             f"\\ln {k}x",
-            f"\\cos 2\\pi",
+            "\\cos 2\\pi",
             f"{k}\\ln 2",
-            f"\\sin(x)",
+            "\\sin(x)",
         ]
     )
     return gold, [
@@ -420,9 +420,9 @@ def _functions(r: random.Random) -> Case:
         "1",
         f"\\ln {2**k}",
         f"\\ln 2^{k}",
-        f"\\sin x",
-        f"\\sin(x)^2",
-        f"\\sin x \\cos x",
+        "\\sin x",
+        "\\sin(x)^2",
+        "\\sin x \\cos x",
         f"\\log_10 {10**k}",
         f"{k}\\log_2 2",
         f"\\log_2 {2**k}x",

@@ -325,7 +325,7 @@ def _trel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "tp%dpp%ddp%d" % l)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "tp%dpp%ddp%d" % lay)
 def test_log_probs_match_hf(runs, layout):
     path, results = runs
     _, ref = _hf_reference(path)
@@ -350,7 +350,7 @@ def test_first_step_gradient_is_that_of_the_mini_batch_mean(runs):
             assert _rel(loss, sum(selected) / len(selected)) <= 1e-5
 
 
-@pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda l: "tp%dpp%ddp%d" % l)
+@pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda lay: "tp%dpp%ddp%d" % lay)
 @pytest.mark.parametrize("mode", ["count", "tokens"])
 def test_update_is_layout_invariant(runs, layout, mode):
     _, results = runs

@@ -86,7 +86,7 @@ def _check_plan(plan, indices, lengths, max_tokens=None, mbs=None):
 @pytest.mark.parametrize("dp", [1, 2, 3, 4])
 def test_plans_cover_every_sample_with_equal_counts(dp):
     rng = random.Random(dp)
-    for trial in range(50):
+    for _ in range(50):
         n = rng.randint(1, 24)
         lengths = [rng.randint(1, 40) for _ in range(n)]
         indices = list(range(n))

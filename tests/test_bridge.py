@@ -13,8 +13,7 @@ import torch
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge, layouts
-from sppo_megatron.models import specs
+from sppo_megatron.models import SUPPORTED_MODEL_TYPES, get_bridge, layouts, specs
 from sppo_megatron.models.rope import llama3_inv_freq, rope_settings
 from sppo_megatron.models.transformer_config import pipeline_split
 from sppo_megatron.testing.tiny import ARCHS, MOE_ARCHS, tiny_config

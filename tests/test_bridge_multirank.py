@@ -25,6 +25,17 @@ WORLD = 4
 SEQ = 16
 
 
+def _tp_attributes(model):
+    return {
+        n: (
+            getattr(p, "tensor_model_parallel", False),
+            getattr(p, "partition_dim", -1),
+            getattr(p, "partition_stride", 1),
+        )
+        for n, p in model.named_parameters()
+    }
+
+
 def _ids(vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (2, SEQ), generator=torch.Generator().manual_seed(123))
 
@@ -104,15 +115,11 @@ def _body(root: str, ckpt_root: str):
                 save_model_checkpoint(model, os.path.join(ckpt_root, arch))
                 # perform_initialization=False must leave megatron's TP attributes as its init sets them
                 bare = bridge.build_model(model_cfg, par, perform_initialization=False)
-                attrs = lambda m: {
-                    n: (
-                        getattr(p, "tensor_model_parallel", False),
-                        getattr(p, "partition_dim", -1),
-                        getattr(p, "partition_stride", 1),
-                    )
-                    for n, p in m.named_parameters()
-                }
-                problems[("tp-attributes", arch)] = [] if attrs(bare) == attrs(model) else [attrs(bare), attrs(model)]
+                problems[("tp-attributes", arch)] = (
+                    []
+                    if _tp_attributes(bare) == _tp_attributes(model)
+                    else [_tp_attributes(bare), _tp_attributes(model)]
+                )
             else:
                 fresh = bridge.build_model(model_cfg, par)
                 load_model_checkpoint(fresh, os.path.join(ckpt_root, arch))

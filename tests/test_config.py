@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from sppo_megatron.config import load_config, save_config
 from sppo_megatron.config.loader import config_yaml
-from sppo_megatron.config.schema import Config, ParallelConfig
 from sppo_megatron.config.reference import DEFAULTS_PATH, DOCS_PATH, defaults_file_text, reference_markdown
+from sppo_megatron.config.schema import Config, ParallelConfig
 from sppo_megatron.errors import ConfigError
 
 
@@ -70,7 +70,7 @@ def test_cross_field_rules(run_files, tmp_path):
     assert "train.micro_batch_size=3" in line
     (line,) = problems(run_files + [f"data.val_files=[{tmp_path / 'nope.parquet'}]"])
     assert "data.val_files" in line and "nope.parquet" in line
-    assert any("model.path" in l for l in problems(["trainer.total_steps=1"]))
+    assert any("model.path" in line for line in problems(["trainer.total_steps=1"]))
     (line,) = problems(run_files + ["rollout.temperature=0"])
     assert "rollout.temperature=0" in line and "sampling" in line
     (line,) = problems(run_files + ["rollout.top_p=0"])

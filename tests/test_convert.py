@@ -18,7 +18,8 @@ import torch
 
 from sppo_megatron.testing.tiny import ARCHS, make_tiny_hf_model
 from tests.multirank import run_ranks
-from tests.tiny_models import convert as _run, hf_state_dict, tiny_models_root
+from tests.tiny_models import convert as _run
+from tests.tiny_models import hf_state_dict, tiny_models_root
 
 TORCHRUN_ARCHS = ("qwen3", "llama3.2-tied")
 

@@ -20,9 +20,10 @@ import shutil
 import pytest
 import torch
 
-from tests.multirank import run_ranks
 from sppo_megatron.testing.tiny import make_tiny_hf_model
-from tests.tiny_models import convert as _run, hf_state_dict, tiny_models_root
+from tests.multirank import run_ranks
+from tests.tiny_models import convert as _run
+from tests.tiny_models import hf_state_dict, tiny_models_root
 
 TRACKER = "latest_checkpointed_iteration.txt"
 MLM_ARCHS = ("qwen2", "qwen3", "llama3.2-tied", "mistral")

@@ -14,7 +14,8 @@ import torch
 
 from sppo_megatron.testing.tiny import MOE_ARCHS
 from tests.multirank import run_ranks
-from tests.tiny_models import convert as _run, hf_state_dict, moe_models_root
+from tests.tiny_models import convert as _run
+from tests.tiny_models import hf_state_dict, moe_models_root
 
 
 def _body(root, work):

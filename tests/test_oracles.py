@@ -327,8 +327,8 @@ def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule
     from sppo_megatron.config.schema import DataConfig
     from sppo_megatron.data import load_prompt_dataset
     from sppo_megatron.errors import DataError
-    from sppo_megatron.trainer.setup import check_sources
     from sppo_megatron.testing.tiny import char_tokenizer
+    from sppo_megatron.trainer.setup import check_sources
 
     records = tmp_path / "uf_train.jsonl"
     records.write_text(

@@ -20,12 +20,12 @@ VOCAB = 128
 
 
 def _build(tp: int, pp: int, seed: int, load_dir=None, use_dist_opt: bool = False):
+    import torch
     from megatron.core import dist_checkpointing, parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
-    import torch
 
     from sppo_megatron.platform.distributed import init_distributed
 
@@ -70,9 +70,9 @@ def _build(tp: int, pp: int, seed: int, load_dir=None, use_dist_opt: bool = Fals
 
 
 def _save_reference(ckpt_dir: str) -> None:
-    from megatron.core import dist_checkpointing
-
     import os
+
+    from megatron.core import dist_checkpointing
 
     os.makedirs(ckpt_dir, exist_ok=True)
     _, model, _ = _build(1, 1, seed=7)
@@ -105,7 +105,7 @@ def _train(tp: int, pp: int, ckpt_dir: str, use_dist_opt: bool):
     data = torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=gen)  # memorised: loss must fall
     per_rank = GLOBAL_BATCH // dp
     losses = []
-    for step in range(STEPS):
+    for _ in range(STEPS):
         local = data[dp_rank * per_rank : (dp_rank + 1) * per_rank]
         micro = iter(local.split(1))
 

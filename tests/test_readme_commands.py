@@ -11,7 +11,6 @@ test_every_readme_command_is_covered.
 
 from __future__ import annotations
 
-import configparser
 import functools
 import importlib.util
 import json
@@ -21,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from typing import Dict, List, Tuple
 
 import pytest
@@ -71,6 +71,11 @@ CLI_MODULES = {
     "sppo-eval": "sppo_megatron.cli.eval",
     "sppo-convert": "sppo_megatron.cli.convert",
 }
+
+
+def _pyproject() -> dict:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
 
 
 def readme_commands() -> List[str]:
@@ -216,15 +221,13 @@ def _check_part(tokens: List[str]) -> None:
             assert os.path.isfile(os.path.join(ROOT, args[2]))
         elif args[1] == "-e":
             extras = re.fullmatch(r"\.\[(.*)\]", args[2]).group(1).split(",")
-            setup = open(os.path.join(ROOT, "setup.py")).read()
-            assert all(f'"{extra}":' in setup for extra in extras), extras
+            assert set(extras) <= set(_pyproject()["project"]["optional-dependencies"]), extras
     elif prog.endswith(("python", "python3")):
         if args[0] == "-m" and args[1] == "pytest":
             if "-m" in args[2:]:
-                ini = configparser.ConfigParser()
-                ini.read(os.path.join(ROOT, "pytest.ini"))
-                marker = args[args.index("-m", 2) + 1]
-                assert re.search(rf"^{marker}:", ini["pytest"]["markers"], flags=re.M), marker
+                markers = {m.split(":")[0] for m in _pyproject()["tool"]["pytest"]["ini_options"]["markers"]}
+                expression = args[args.index("-m", 2) + 1]
+                assert set(re.findall(r"\w+", expression)) - {"and", "or", "not"} <= markers, expression
         elif args[0] == "-m":
             assert args[1] == "venv" or importlib.util.find_spec(args[1]) is not None, args[1]
         else:

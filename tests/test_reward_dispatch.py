@@ -6,8 +6,7 @@ import pytest
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.reward import RewardScorer, check_data_sources, default_compute_score, scorer_kind
-from sppo_megatron.reward import gsm8k
+from sppo_megatron.reward import RewardScorer, check_data_sources, default_compute_score, gsm8k, scorer_kind
 from sppo_megatron.reward.custom import CustomScorer, load_custom_fn
 
 pytestmark = pytest.mark.timeout(60)

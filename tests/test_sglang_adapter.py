@@ -17,6 +17,7 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
+from sppo_megatron.errors import UserError
 from sppo_megatron.rollout.base import SamplingParams
 from sppo_megatron.rollout.sglang import SglangRolloutEngine
 from sppo_megatron.rollout.sglang.contract import (
@@ -28,7 +29,6 @@ from sppo_megatron.rollout.sglang.contract import (
     parse_output,
 )
 from sppo_megatron.rollout.sglang.process import engine_died_handler, strip_expandable_segments
-from sppo_megatron.errors import UserError
 from tests.multirank import run_ranks
 from tests.sglang_manifest import load_manifest
 

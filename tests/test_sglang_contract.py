@@ -22,14 +22,15 @@ import importlib.util
 import inspect
 import json
 import os
+import tomllib
 
 import pytest
 import torch
 
+from sppo_megatron.rollout.base import SamplingParams
 from sppo_megatron.rollout.sglang import contract as adapter
 from sppo_megatron.rollout.sglang import engine as adapter_engine
 from sppo_megatron.rollout.sglang.process import engine_died_handler
-from sppo_megatron.rollout.base import SamplingParams
 from tests.sglang_manifest import PINNED, load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +44,8 @@ def test_pinned_version_is_supported_and_matches_setup_extra():
     m = load_manifest()
     assert m["sglang_version"] == PINNED
     adapter.check_sglang_version(PINNED)
-    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
-        assert f'"sglang=={PINNED}"' in f.read()
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert f"sglang=={PINNED}" in tomllib.load(f)["project"]["optional-dependencies"]["sglang"]
 
 
 def test_engine_methods_and_keywords_exist():

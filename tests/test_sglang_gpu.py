@@ -162,11 +162,11 @@ def test_shutdown_spares_other_children(llama, tmp_path):
 
 def test_logp_parity_with_megatron_actor(llama, tmp_path):
     """Single-rank TP=1 Megatron actor (bf16) -> SGLang sync -> rollout/logp_abs_diff."""
-    from sppo_megatron.config.schema import Config, DataConfig, ModelConfig, RolloutConfig, TrainConfig, TrainerConfig
     from sppo_megatron.actor.batch import SequenceBatch
-    from sppo_megatron.trainer.setup import build_actor
+    from sppo_megatron.config.schema import Config, DataConfig, ModelConfig, RolloutConfig, TrainConfig, TrainerConfig
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
     from sppo_megatron.sync import WeightSync
+    from sppo_megatron.trainer.setup import build_actor
 
     cfg = Config(
         model=ModelConfig(path=llama[0], dtype="bf16"),

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
 from sppo_megatron.platform.distributed import free_port
+from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
 from tests.tiny_run import ENV, ROOT, base_overrides, by_step
 
 CONFIG = os.path.join(ROOT, "examples", "tiny_cpu", "config.yaml")

@@ -28,9 +28,10 @@ T = 0.8
 
 
 def _acceptance(hf_dir, out_dir):
-    import sppo_megatron.actor.actor  # noqa: F401 - imports megatron before init_distributed
     import torch.distributed as dist
 
+    import sppo_megatron.actor.actor  # noqa: F401 - imports megatron before init_distributed
+    from sppo_megatron.actor.batch import SequenceBatch
     from sppo_megatron.config.schema import (
         Config,
         DataConfig,
@@ -41,10 +42,9 @@ def _acceptance(hf_dir, out_dir):
         TrainConfig,
         TrainerConfig,
     )
-    from sppo_megatron.actor.batch import SequenceBatch
-    from sppo_megatron.trainer.setup import build_actor
     from sppo_megatron.rollout import SamplingParams, create_rollout_engine, logp_abs_diff, samples_logprobs
     from sppo_megatron.sync import WeightSync
+    from sppo_megatron.trainer.setup import build_actor
 
     cfg = Config(
         model=ModelConfig(path=hf_dir, dtype="fp32"),

@@ -40,12 +40,12 @@ with open(sys.argv[1], "w") as f:
 def build_random_hf(path: str, dtype: str, layers: int, seed: int = 0) -> int:
     """Random Llama-3.2-1B-shaped checkpoint, written tensor by tensor. Returns #parameters."""
     import torch
+    from model_shapes import LLAMA_3_2_1B
     from transformers import GenerationConfig, LlamaConfig
 
     from sppo_megatron.models import get_bridge
     from sppo_megatron.models.hf_io import ShardedSafetensorsWriter
     from sppo_megatron.platform.dtypes import DTYPES
-    from model_shapes import LLAMA_3_2_1B
 
     torch_dtype = DTYPES[dtype]
     cfg = LlamaConfig(**{**LLAMA_3_2_1B, "num_hidden_layers": layers}, dtype=torch_dtype)

@@ -21,6 +21,7 @@ ratios (the figure load moves least), plus the load average.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -30,10 +31,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
 import bench_train  # noqa: E402
+import torch  # noqa: E402
 
 
 class PlainLoop:
@@ -130,11 +129,11 @@ def main(argv=None) -> dict:
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         olds = {}
         for side in order:  # phase by phase: each actor figure is paired with a plain one seconds apart
-            t, olds[side] = _timed(lambda: sides[side][0](batch))
+            t, olds[side] = _timed(functools.partial(sides[side][0], batch))
             if r >= args.warmup:
                 times[side][0].append(t)
         for side in order:
-            t, _ = _timed(lambda: sides[side][1](olds[side]))
+            t, _ = _timed(functools.partial(sides[side][1], olds[side]))
             if r >= args.warmup:
                 times[side][1].append(t)
     med = {side: [statistics.median(times[side][k]) for k in (0, 1)] for side in sides}

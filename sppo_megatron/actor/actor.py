@@ -35,8 +35,8 @@ from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
 from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
-from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.actor.moe_metrics import router_losses
+from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.platform.layout import ParallelLayout
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import torch
-
 
 def router_losses(num_micro_batches: int, config: Any) -> Dict[str, float]:
     """{"moe/<loss name>": value} for the step just run (empty for dense models or zero coefficients)."""

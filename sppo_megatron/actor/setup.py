@@ -89,8 +89,8 @@ def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> Non
     """model.megatron_ckpt (a dist checkpoint of any layout, Megatron-LM's included) if set, else
     the HF weights at model.path."""
     if model_cfg.megatron_ckpt:
-        from sppo_megatron.models.dist_ckpt import load_model_checkpoint
         from sppo_megatron.models.converted import check_checkpoint_matches
+        from sppo_megatron.models.dist_ckpt import load_model_checkpoint
 
         path = model_cfg.megatron_ckpt
         check_checkpoint_matches(path, bridge, "model.path", "model.megatron_ckpt")

@@ -37,8 +37,8 @@ from typing import Any, List, Optional
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
 from sppo_megatron.models.converted import LAYOUTS, check_checkpoint_matches
+from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
 from sppo_megatron.platform.distributed import broadcast_object, rank
 from sppo_megatron.platform.dtypes import DTYPES
 from sppo_megatron.platform.files import atomic_output_dir
@@ -187,8 +187,8 @@ def _say(msg: str) -> None:
 def hf_to_megatron(args: argparse.Namespace) -> int:
     from sppo_megatron.models import get_bridge
     from sppo_megatron.models.converted import conversion_model_config, layout_padded_vocab, write_converted_checkpoint
-    from sppo_megatron.models.megatron_lm import megatron_lm_args
     from sppo_megatron.models.hf_io import SafetensorsReader, hf_dtype_name, load_hf_config
+    from sppo_megatron.models.megatron_lm import megatron_lm_args
     from sppo_megatron.models.transformer_config import pipeline_split
 
     hf_config = load_hf_config(args.hf, "--hf")

@@ -100,8 +100,8 @@ def _run_config_model_path(step_dir: str) -> Optional[str]:
 
 def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[str]]:
     """(HF directory with config + tokenizer, Megatron checkpoint or None)."""
-    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
     from sppo_megatron.models.converted import HF_SUBDIR
+    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
 
     if not os.path.isdir(model):
         raise UserError(f"--model: directory does not exist: {model}")
@@ -256,10 +256,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
 
     from sppo_megatron.data import load_prompt_dataset
+    from sppo_megatron.platform.distributed import detect_launch, init_distributed, is_rank0
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.evaluation import evaluate
-    from sppo_megatron.platform.distributed import detect_launch, init_distributed, is_rank0
     from sppo_megatron.trainer.generation import sample_records, val_sampling
     from sppo_megatron.trainer.setup import check_sources, load_tokenizer
 

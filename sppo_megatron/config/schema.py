@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
-
 #: platform.dtypes.DTYPES' names (a test keeps them equal); spelled out here so that loading a
 #: config, which reward worker processes do, does not import torch
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")

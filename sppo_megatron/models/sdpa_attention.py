@@ -28,13 +28,12 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.utils import is_layer_window_attention
 from megatron.core.utils import divide
+from torch import Tensor
 
 
 def _sdpa_supports_gqa() -> bool:

@@ -35,7 +35,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import torch
 
 from sppo_megatron.platform.distributed import current_device
-from sppo_megatron.rollout.hf_experts import ExpertSlots
 from sppo_megatron.rollout.base import (
     FINISH_LENGTH,
     FINISH_STOP,
@@ -46,6 +45,7 @@ from sppo_megatron.rollout.base import (
     SamplingParams,
     resolve_eos_token_ids,
 )
+from sppo_megatron.rollout.hf_experts import ExpertSlots
 
 logger = logging.getLogger(__name__)
 

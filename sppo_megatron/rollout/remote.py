@@ -17,6 +17,7 @@ command first collects it, so a weight sync or a validation pass never interleav
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -196,7 +197,7 @@ def serve(engine: RolloutEngine) -> None:
         elif kind == "weights":
             _serve_weights(engine, channel, answering)
         elif kind == "read_weight":
-            answer(lambda: engine.read_weight(command[1], rows=command[2]))
+            answer(functools.partial(engine.read_weight, command[1], rows=command[2]))
         elif kind == "generate":
             _serve_generate(engine, channel, answering, *command[1:])
         else:

@@ -43,8 +43,8 @@ def _model_problems(model: Any, parallel: Any, need_weights: bool) -> List[str]:
     layout (heads, widths, experts), model.megatron_ckpt a dist checkpoint written for that
     model; without a checkpoint, model.path must hold the weights."""
     from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
-    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
     from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
+    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
     from sppo_megatron.models.hf_io import SafetensorsReader
 
     problems: List[str] = []
