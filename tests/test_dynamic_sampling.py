@@ -15,6 +15,7 @@ from sppo_megatron.config import load_config
 from sppo_megatron.config.rules import filters_no_signal
 from sppo_megatron.config.schema import AlgorithmConfig, Config, DataConfig, RewardConfig, RolloutConfig
 from sppo_megatron.data import PromptItem, PromptSampler
+from sppo_megatron.reward import Scorer, ScoreStats
 from sppo_megatron.rollout import RolloutSample
 from sppo_megatron.trainer.generation import collect_rollout, train_sampling
 from sppo_megatron.trainer.placement import Rollouts
@@ -98,12 +99,12 @@ class ScriptedEngine:
         return [RolloutSample(p, j, [j], "stop") for p in range(len(prompt_ids)) for j in range(n)]
 
 
-class ScriptedScorer:
+class ScriptedScorer(Scorer):
     """ground_truth "tie": every sample scores 1; otherwise only sample 0 does."""
 
-    def score(self, data_sources, texts, ground_truths, extra_infos):
-        scores = [1.0 if gt == "tie" or text == "0" else 0.0 for text, gt in zip(texts, ground_truths)]
-        return scores, {"timeouts": 0, "errors": 0, "seconds": 0.0}
+    def score_samples(self, prompts, texts, n):
+        scores = [1.0 if p.ground_truth == "tie" or text == "0" else 0.0 for text, p in zip(texts, prompts)]
+        return scores, ScoreStats()
 
     def close(self) -> None:
         pass

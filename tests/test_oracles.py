@@ -53,8 +53,8 @@ def test_reward_model_scores_equal_a_direct_forward(models):
             assert abs(model(input_ids=ids).logits[0, 0].item() - s) <= 1e-5
     assert len(set(scores)) == len(scores)  # a real, input-dependent score
     expected = torch.tensor(scores, dtype=torch.float64)
-    assert stats["metrics"]["reward/score_mean"] == pytest.approx(float(expected.mean()))
-    assert stats["metrics"]["reward/score_std"] == pytest.approx(float(expected.std(unbiased=False)))
+    assert stats.score_mean == pytest.approx(float(expected.mean()))
+    assert stats.score_std == pytest.approx(float(expected.std(unbiased=False)))
 
 
 def test_pairrm_matrix_equals_a_direct_forward(models):
@@ -65,7 +65,7 @@ def test_pairrm_matrix_equals_a_direct_forward(models):
     cfg = reward_cfg(source="pairwise", model_path=models["pairwise"], max_length=64)
     oracle = build_oracle(cfg, "matrix")
     rows, stats = oracle.score_groups(MESSAGES, RESPONSES, 4)
-    assert "metrics" not in stats  # a matrix has no scalar score
+    assert stats.score_mean is None  # a matrix has no scalar score
     model = DebertaV2PairRM.from_pretrained(models["pairwise"]).eval()
     tok = AutoTokenizer.from_pretrained(models["pairwise"])
     c = model.config

@@ -61,7 +61,7 @@ def test_verl_signature_through_the_worker_pool(reward_file):
         scores, stats = scorer.score(
             ["math", "double", "math"], ["4", "4", "3"], ["4", "4", "4"], [None, {"bonus": 1}, None]
         )
-    assert stats["errors"] == 0, stats.get("first_error")
+    assert stats.errors == 0, stats.first_error
     assert scores == [1.0, 3.0, 0.0]
 
 

@@ -89,7 +89,7 @@ def test_scorer_mixes_sources_in_one_batch():
             ["5", "\\frac12", "8", "1"],
         )
     assert scores == [1.0, 1.0, 0.0, 0.0]
-    assert stats["timeouts"] == 0 and stats["slow_path"] == 0 and stats["seconds"] >= 0
+    assert stats.timeouts == 0 and stats.slow_path == 0 and stats.seconds >= 0
 
 
 def _write(tmp_path, body):
@@ -129,7 +129,7 @@ def test_custom_fn_runs_in_workers(tmp_path):
     with RewardScorer(cfg) as scorer:
         scores, stats = scorer.score(["anything", "other"], ["ab", "abc"], ["", ""], [{"bonus": 10}, None])
     assert scores == [13.0, 3.0]
-    assert stats["slow_path"] == 2 and stats["errors"] == 0
+    assert stats.slow_path == 2 and stats.errors == 0
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,8 @@ def test_each_kind_of_failure_is_counted_with_its_message(rewards):
     for name, message in expected.items():
         with RewardScorer(RewardConfig(custom_fn=f"{rewards}:{name}", timeout_s=30, num_workers=1)) as scorer:
             scores, stats = scorer.score(["x"], ["a"], ["1"])
-        assert scores == [0.0] and stats["errors"] == 1 and stats["timeouts"] == 0, name
-        assert message in stats["first_error"], name
+        assert scores == [0.0] and stats.errors == 1 and stats.timeouts == 0, name
+        assert message in stats.first_error, name
 
 
 def test_a_scorer_without_time_limit_is_cut_short_by_preemption(rewards):
@@ -59,8 +59,8 @@ def test_a_scorer_without_time_limit_is_cut_short_by_preemption(rewards):
     ) as scorer:
         scores, stats = scorer.score(["x"] * 3, ["a"] * 3, ["1"] * 3)
     assert time.monotonic() - start < 30
-    assert scores == [0.0] * 3 and stats["timeouts"] == 3
-    assert stats["first_error"] == "scoring cut short by a preemption signal"
+    assert scores == [0.0] * 3 and stats.timeouts == 3
+    assert stats.first_error == "scoring cut short by a preemption signal"
 
 
 def test_guard_warns_then_stops_and_a_good_step_resets_it(capsys):

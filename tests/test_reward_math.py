@@ -244,5 +244,5 @@ def test_math_verify_exceptions_count_in_reward_errors(tmp_path, monkeypatch):
             ["math"] * 3, ["\\boxed{\\boom}", "\\boxed{\\sin^2 x}", "\\boxed{4}"], ["1", "1 - \\cos^2 x", "4"]
         )
     assert scores == [0.0, 1.0, 1.0]
-    assert stats["errors"] == 1 and stats["slow_path"] == 2
-    assert stats["first_error"] == "math-verify: RuntimeError: boom"
+    assert stats.errors == 1 and stats.slow_path == 2
+    assert stats.first_error == "math-verify: RuntimeError: boom"

@@ -72,8 +72,8 @@ def test_batch_of_hostile_inputs_with_workers(capfd):
         scores, stats = scorer.score(["math"] * len(responses), responses, golds)
         elapsed = time.monotonic() - start
     assert scores == [0.0] * (len(responses) - 2) + [1.0, 1.0]
-    assert stats["timeouts"] == 1 and stats["errors"] == 0
-    assert stats["slow_path"] == 2
+    assert stats.timeouts == 1 and stats.errors == 0
+    assert stats.slow_path == 2
     assert elapsed < 1.0 + 5.0  # one time limit, plus starting the workers on a busy machine
     out, err = capfd.readouterr()
     assert len(out) + len(err) < 200
@@ -90,12 +90,12 @@ def test_timeouts_are_counted_and_workers_replaced():
             start = time.monotonic()
             scores, stats = scorer.score(["math"] * 2, [SYMPY_BOMB, "\\boxed{\\log_3 2}"], ["1", "\\log_2 3"])
             assert time.monotonic() - start < timeout_s + 30.0
-            assert scores == [0.0, 0.0] and stats["timeouts"] == 1
+            assert scores == [0.0, 0.0] and stats.timeouts == 1
             pids.append(scorer.pool._workers[0].proc.pid)
         scores, stats = scorer.score(
             ["math"] * 2, ["\\boxed{\\frac{\\ln 3}{\\ln 2}}", "\\boxed{\\log_3 2}"], ["\\log_2 3", "\\log_2 3"]
         )
-        assert scores == [1.0, 0.0] and stats["timeouts"] == 0
+        assert scores == [1.0, 0.0] and stats.timeouts == 0
         assert pids[0] != pids[1], "the worker that timed out was replaced"
         assert _alive(pids) == [pids[1]]
     assert _alive(pids) == []
@@ -128,8 +128,8 @@ def test_hanging_and_noisy_custom_function(tmp_path, capfd):
         assert time.monotonic() - start < 0.5 + 8.0
         pids = [w.proc.pid for w in procs]
     assert scores == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
-    assert stats["timeouts"] == 2 and stats["errors"] == 2
-    assert stats["first_error"].startswith(("KeyError: 'boom'", "reward worker exited unexpectedly"))
+    assert stats.timeouts == 2 and stats.errors == 2
+    assert stats.first_error.startswith(("KeyError: 'boom'", "reward worker exited unexpectedly"))
     out, err = capfd.readouterr()
     assert len(out) + len(err) < 200
     assert len(pids) == 2 and _alive(pids) == []

@@ -278,7 +278,7 @@ def main() -> int:
         scorer.score(["math"], ["\\boxed{\\log_2 8}"], ["3"])
         startup = time.perf_counter() - start
         scores, stats = scorer.score(["math"] * len(items), [it[1] for it in items], [it[2] for it in items])
-    elapsed = stats["seconds"]
+    elapsed = stats.seconds
     wrong = {}
     for (category, _, _, expected), got in zip(items, scores):
         if got != expected:
@@ -287,7 +287,7 @@ def main() -> int:
     print(f"items: {len(items)} ({hostile} hostile), workers: {args.workers}, timeout: {args.timeout} s")
     print(f"worker startup (first call): {startup:.2f} s")
     print(f"scored in {elapsed:.2f} s: {len(items) / elapsed:.0f} answers/s")
-    print(f"sent to math-verify: {stats['slow_path']}, timeouts: {stats['timeouts']}, errors: {stats['errors']}")
+    print(f"sent to math-verify: {stats.slow_path}, timeouts: {stats.timeouts}, errors: {stats.errors}")
     print(f"accuracy vs expected labels: {1 - sum(wrong.values()) / len(items):.4f}  mismatches by category: {wrong}")
     if args.baseline:
         print(f"math-verify alone (1 process, {args.baseline} items): {_baseline(items, args.baseline):.0f} answers/s")

@@ -16,7 +16,7 @@ MATH_SOURCES = (
     "math_dapo",
 )
 
-Scorer = Callable[[str, str], float]
+RuleFn = Callable[[str, str], float]
 
 
 def scorer_kind(data_source: str) -> str:
@@ -43,7 +43,7 @@ def check_data_sources(data_sources: list[str]) -> None:
         scorer_kind(source)
 
 
-RULE_SCORERS: dict[str, Scorer] = {
+RULE_SCORERS: dict[str, RuleFn] = {
     "gsm8k": gsm8k.compute_score,
     "arith": gsm8k.compute_arith_score,
     "math": math_reward.compute_score,

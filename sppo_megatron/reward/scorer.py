@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from sppo_megatron.reward.custom import load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
 from sppo_megatron.reward.math import fast_score, final_answer
+from sppo_megatron.reward.scoring import ScoredPrompt, Scorer, ScoreStats
 from sppo_megatron.reward.workers import WorkerPool
 
 if TYPE_CHECKING:  # worker processes import this package: keep torch and the config loader out
@@ -23,11 +24,13 @@ if TYPE_CHECKING:  # worker processes import this package: keep torch and the co
 _POLL_EVERY = 16
 
 
-class RewardScorer:
+class RewardScorer(Scorer):
     """Scores batches of responses with the `reward` config group (custom_fn, timeout_s, num_workers).
 
-    Use as a context manager, or call close(); workers start on first need. Once `interrupted()`
-    is true (a preemption signal), samples still being scored count as timeouts.
+    `score` scores on this process; `score_samples` (the `Scorer` interface) scores on rank 0 and
+    shares the result with every rank: scoring has time limits, so scoring on every rank could
+    disagree. Use as a context manager, or call close(); workers start on first need. Once
+    `interrupted()` is true (a preemption signal), samples still being scored count as timeouts.
     """
 
     def __init__(self, cfg: RewardConfig, interrupted: Optional[Callable[[], bool]] = None):
@@ -42,11 +45,9 @@ class RewardScorer:
         responses: Sequence[str],
         ground_truths: Sequence[Any],
         extra_infos: Optional[Sequence[Optional[dict]]] = None,
-    ) -> tuple[list[float], dict]:
-        """Scores in {0, 1} (any float for a custom function) and stats for logging:
-        timeouts, errors (exceptions in workers, math-verify's included), slow_path (samples sent to workers),
-        seconds, and first_error when errors + timeouts > 0 (the first error's message, else the first timeout's).
-        """
+    ) -> tuple[list[float], ScoreStats]:
+        """Scores in {0, 1} (any float for a custom function) and their stats: errors count
+        exceptions in workers (math-verify's included), slow_path the samples sent to workers."""
         start = time.monotonic()
         n = len(responses)
         if not len(data_sources) == len(ground_truths) == n or (extra_infos is not None and len(extra_infos) != n):
@@ -61,10 +62,33 @@ class RewardScorer:
         results, timeouts, errors, first_error = self.pool.drain()
         for i, value in results.items():
             scores[i] = value
-        stats = {"timeouts": timeouts, "errors": errors, "slow_path": len(results), "seconds": time.monotonic() - start}
-        if first_error:
-            stats["first_error"] = first_error
+        stats = ScoreStats(
+            timeouts=timeouts,
+            errors=errors,
+            seconds=time.monotonic() - start,
+            slow_path=len(results),
+            first_error=first_error or None,
+        )
         return scores, stats
+
+    def score_samples(
+        self, prompts: Sequence[ScoredPrompt], responses: Sequence[str], n: int
+    ) -> tuple[list[float], ScoreStats]:
+        """`score` on rank 0, its outcome (or its exception) on every rank. Collective."""
+        # here, not at the top: the reward workers import this module and must not load torch
+        from sppo_megatron.platform.distributed import is_rank0, share_outcomes
+
+        def on_rank0() -> tuple[list[float], ScoreStats]:
+            return self.score(
+                [p.data_source for p in prompts],
+                responses,
+                [p.ground_truth for p in prompts],
+                [p.extra_info for p in prompts],
+            )
+
+        outcome = share_outcomes(on_rank0 if is_rank0() else None)[0]
+        assert outcome is not None  # rank 0 always scores
+        return outcome
 
     def _score_rules(
         self, data_sources: Sequence[str], responses: Sequence[str], ground_truths: Sequence[Any], scores: list[float]

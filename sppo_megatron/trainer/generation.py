@@ -23,8 +23,8 @@ from sppo_megatron.config.rules import filters_no_signal
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import is_rank0, share_outcomes
-from sppo_megatron.reward.oracles import Oracle
+from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.reward import Scorer, ScoreStats
 from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, samples_logprobs
 
 #: seeds of different steps must not collide; any large odd multiplier will do
@@ -117,29 +117,17 @@ def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSam
     return Rollout(list(items), n, samples, texts)
 
 
-def score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, float]]:
+def score(scorer: Scorer, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and `reward/*`,
     `response/*` metrics (collective)."""
     rewards, stats = _score(scorer, rollout)
     return rewards, reward_metrics(rollout, rewards, stats)
 
 
-def _score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    """Rewards and the scorer's stats (timeouts, errors, seconds, [first_error, metrics])."""
+def _score(scorer: Scorer, rollout: Rollout) -> Tuple[torch.Tensor, ScoreStats]:
+    """Rewards and the scorer's stats; non-finite rewards are refused."""
     items = [rollout.item_of(i) for i in range(len(rollout.samples))]
-
-    def score_on_rank0():
-        return scorer.score(
-            [it.data_source for it in items],
-            rollout.texts,
-            [it.ground_truth for it in items],
-            [it.extra_info for it in items],
-        )
-
-    if isinstance(scorer, Oracle):
-        scores, stats = scorer.score_groups([it.messages for it in items], rollout.texts, rollout.n)
-    else:
-        scores, stats = share_outcomes(score_on_rank0 if is_rank0() else None)[0]
+    scores, stats = scorer.score_samples(items, rollout.texts, rollout.n)
     rewards = torch.tensor(scores, dtype=torch.float64)
     bad = (~torch.isfinite(rewards)).reshape(len(scores), -1).any(dim=1).nonzero().flatten().tolist()
     if bad:
@@ -151,42 +139,22 @@ def _score(scorer: Any, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]
     return rewards, stats
 
 
-def reward_metrics(rollout: Rollout, rewards: torch.Tensor, stats: Dict[str, Any]) -> Dict[str, float]:
+def reward_metrics(rollout: Rollout, rewards: torch.Tensor, stats: ScoreStats) -> Dict[str, Any]:
     """`reward/*` and `response/*` metrics of a scored rollout."""
     lengths = torch.tensor([len(s.response_ids) for s in rollout.samples], dtype=torch.float64)
-    metrics = {
+    return {
         "reward/mean": float(rewards.mean()),
         "reward/std": float(rewards.std(unbiased=False)),
-        "reward/timeouts": float(stats["timeouts"]),
-        "reward/errors": float(stats["errors"]),
-        "timing/reward_s": float(stats["seconds"]),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/clip_frac": sum(s.finish_reason == FINISH_LENGTH for s in rollout.samples) / len(rollout.samples),
-        **stats.get("metrics", {}),
+        **stats.metrics(),
     }
-    if stats.get("first_error"):
-        metrics["reward/first_error"] = stats["first_error"]
-    return metrics
 
 
-def _merge_stats(rounds: Sequence[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]:
-    """(samples, stats) of several scoring rounds as one: counts and seconds summed, the first
-    error kept, an oracle's own metrics averaged weighted by samples."""
-    total = sum(count for count, _ in rounds)
-    merged: Dict[str, Any] = {key: sum(stats[key] for _, stats in rounds) for key in ("timeouts", "errors", "seconds")}
-    first = next((stats["first_error"] for _, stats in rounds if stats.get("first_error")), None)
-    if first:
-        merged["first_error"] = first
-    if "metrics" in rounds[0][1]:
-        merged["metrics"] = {
-            key: sum(count * stats["metrics"][key] for count, stats in rounds) / total
-            for key in rounds[0][1]["metrics"]
-        }
-    return merged
-
-
-def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
+def collect_rollout(
+    rollouts: Any, scorer: Scorer, cfg: Config, step: int
+) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
     """The step's rollout half (collective): prompts generated where rollout.placement puts the
     engine (`rollouts`, trainer/placement.py: Rollouts), then scored.
 
@@ -208,7 +176,7 @@ def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple
     n, want, filtering = cfg.rollout.n, cfg.data.train_batch_size, filters_no_signal(cfg)
     max_extra = cfg.rollout.max_extra_rounds if filtering and not cfg.rollout.off_policy_steps else 0
     metrics: Dict[str, Any] = {}
-    drawn: List[Tuple[Rollout, torch.Tensor, Dict[str, Any]]] = []
+    drawn: List[Tuple[Rollout, torch.Tensor, ScoreStats]] = []
     kept: List[Tuple[Rollout, torch.Tensor]] = []
     num_kept = num_signal = extra = 0
     for extra in range(max_extra + 1 if filtering else 1):
@@ -237,7 +205,9 @@ def collect_rollout(rollouts: Any, scorer: Any, cfg: Config, step: int) -> Tuple
     everything = Rollout.join([r for r, _, _ in drawn], n)
     metrics.update(
         reward_metrics(
-            everything, torch.cat([r for _, r, _ in drawn]), _merge_stats([(len(r.samples), s) for r, _, s in drawn])
+            everything,
+            torch.cat([r for _, r, _ in drawn]),
+            ScoreStats.merge([(len(r.samples), s) for r, _, s in drawn]),
         )
     )
     metrics.update(

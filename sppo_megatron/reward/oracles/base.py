@@ -1,9 +1,8 @@
-"""The oracle interface the trainer calls, and the part every oracle shares: the work is split
-evenly across ALL ranks, gathered back in order, and the model sits on the accelerator only while
-it scores.
+"""What every preference oracle shares: the work is split evenly across ALL ranks, gathered back
+in order, and the model sits on the accelerator only while it scores.
 
-An oracle turns the K samples of each prompt into either one scalar score per sample
-(`matrix = False`: reward models, remote scores; win rates then come from
+An oracle is a `Scorer` (reward/scoring.py): it turns the K samples of each prompt into either one
+scalar score per sample (`matrix = False`: reward models, remote scores; win rates then come from
 algorithm.preference=pairwise | bradley_terry) or the prompt's K x K preference matrix
 (`matrix = True`: pairwise models, judges, remote matrices; algorithm.preference=matrix). A
 subclass says what one unit of work is (`units`), scores a list of units on this rank
@@ -19,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from sppo_megatron.platform.distributed import current_device, share_outcomes
+from sppo_megatron.reward.scoring import ScoredPrompt, Scorer, ScoreStats
 
 Messages = List[Dict[str, str]]
 
@@ -42,11 +42,10 @@ def render_conversation(tokenizer: Any, messages: Messages, response: Optional[s
     return "\n".join(m["content"] for m in turns)
 
 
-class Oracle:
+class Oracle(Scorer):
     """Base of every reward.source other than rule. `model` (a torch module, or None for a
     remote oracle) is kept on the host between scoring phases."""
 
-    matrix: bool = False
     model: Optional[torch.nn.Module] = None
 
     def units(self, messages: Sequence[Messages], responses: Sequence[str], n: int) -> List[Any]:
@@ -60,25 +59,32 @@ class Oracle:
         """Scalar oracles: the results are the scores."""
         return results
 
+    def score_samples(
+        self, prompts: Sequence[ScoredPrompt], responses: Sequence[str], n: int
+    ) -> Tuple[List[Any], ScoreStats]:
+        """The `Scorer` interface: `score_groups` on the prompts' messages."""
+        return self.score_groups([p.messages for p in prompts], responses, n)
+
     def score_groups(
         self, messages: Sequence[Messages], responses: Sequence[str], n: int
-    ) -> Tuple[List[Any], Dict[str, Any]]:
+    ) -> Tuple[List[Any], ScoreStats]:
         """Per sample, its score (scalar oracles) or its row P(y_i > y_j) over its prompt's n samples
-        (matrix oracles), the same on every rank; and stats for logging (collective: call on every
-        rank with the same inputs)."""
+        (matrix oracles), the same on every rank; and the call's stats, with the scores' mean and
+        spread for a scalar oracle (collective: call on every rank with the same inputs)."""
         start = time.monotonic()
         units = self.units(messages, responses, n)
         mine = units[rank_slice(len(units))]
         parts = share_outcomes(lambda: self._compute_resident(mine))
         values = self.assemble([value for part in parts for value in part], len(responses), n)
-        stats: Dict[str, Any] = {"timeouts": 0, "errors": 0, "seconds": time.monotonic() - start}
-        if not self.matrix:
-            scores = torch.tensor(values, dtype=torch.float64)
-            stats["metrics"] = {
-                "reward/score_mean": float(scores.mean()),
-                "reward/score_std": float(scores.std(unbiased=False)),
-            }
-        return values, stats
+        seconds = time.monotonic() - start
+        if self.matrix:
+            return values, ScoreStats(seconds=seconds)
+        scores = torch.tensor(values, dtype=torch.float64)
+        return values, ScoreStats(
+            seconds=seconds,
+            score_mean=float(scores.mean()),
+            score_std=float(scores.std(unbiased=False)),
+        )
 
     def _compute_resident(self, units: List[Any]) -> List[Any]:
         if not units:
