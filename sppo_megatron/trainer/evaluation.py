@@ -13,12 +13,12 @@ import torch
 
 from sppo_megatron.data import PromptItem
 from sppo_megatron.rollout import SamplingParams
-from sppo_megatron.trainer.generation import Rollout, accuracy_metrics, generate, score
+from sppo_megatron.trainer.generation import RolloutBatch, accuracy_metrics, generate, score
 
 
 def generate_chunks(
     engine: Any, tokenizer: Any, items: List[PromptItem], sampling: SamplingParams, n: int, batch_size: Optional[int]
-) -> Iterator[Rollout]:
+) -> Iterator[RolloutBatch]:
     """The samples of `items`, `batch_size` prompts per generate call (None = all at once;
     collective). Each part's prompt indices count within the part (see join_rollouts)."""
     step = batch_size or len(items)
@@ -28,8 +28,8 @@ def generate_chunks(
         yield generate(engine, tokenizer, items[first : first + step], chunk_sampling, n)
 
 
-def join_rollouts(items: List[PromptItem], n: int, parts: List[Rollout]) -> Rollout:
-    """One Rollout of `items` from the consecutive parts generate_chunks produced."""
+def join_rollouts(items: List[PromptItem], n: int, parts: List[RolloutBatch]) -> RolloutBatch:
+    """One RolloutBatch of `items` from the consecutive parts generate_chunks produced."""
     samples, texts, first = [], [], 0
     for part in parts:
         for s in part.samples:
@@ -37,7 +37,7 @@ def join_rollouts(items: List[PromptItem], n: int, parts: List[Rollout]) -> Roll
         samples += part.samples
         texts += part.texts
         first += len(part.items)
-    return Rollout(items, n, samples, texts)
+    return RolloutBatch(items, n, samples, texts)
 
 
 def evaluate(
@@ -49,7 +49,7 @@ def evaluate(
     n: int = 1,
     batch_size: Optional[int] = None,
     prefix: str = "val",
-) -> Tuple[Dict[str, float], Rollout, torch.Tensor]:
+) -> Tuple[Dict[str, float], RolloutBatch, torch.Tensor]:
     """Accuracy of the engine's current weights on `items` (collective).
 
     Prompts go to the engine `batch_size` at a time (None = all at once). Returns the

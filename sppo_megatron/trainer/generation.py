@@ -36,7 +36,7 @@ _ROUND_SEED_MULTIPLIER = 7_368_787
 
 
 @dataclass
-class Rollout:
+class RolloutBatch:
     """The n samples of each of `items` (samples of a prompt consecutive) and their decoded text."""
 
     items: List[PromptItem]
@@ -57,11 +57,11 @@ class Rollout:
         """Engine-reported log-probs [N, width] (NaN where unknown) and the response mask."""
         return samples_logprobs(self.samples, width)
 
-    def select(self, prompts: Sequence[int]) -> "Rollout":
+    def select(self, prompts: Sequence[int]) -> "RolloutBatch":
         """The rollout of `prompts` (indices into items, ascending) alone."""
         new = {p: i for i, p in enumerate(prompts)}
         keep = [i for i, s in enumerate(self.samples) if s.prompt_index in new]
-        return Rollout(
+        return RolloutBatch(
             [self.items[p] for p in prompts],
             self.n,
             [replace(self.samples[i], prompt_index=new[self.samples[i].prompt_index]) for i in keep],
@@ -69,7 +69,7 @@ class Rollout:
         )
 
     @staticmethod
-    def join(parts: Sequence["Rollout"], n: int) -> "Rollout":
+    def join(parts: Sequence["RolloutBatch"], n: int) -> "RolloutBatch":
         """One rollout holding `parts` in order (each with n samples per prompt)."""
         items: List[PromptItem] = []
         samples: List[RolloutSample] = []
@@ -78,7 +78,7 @@ class Rollout:
             samples += [replace(s, prompt_index=s.prompt_index + len(items)) for s in part.samples]
             items += part.items
             texts += part.texts
-        return Rollout(items, n, samples, texts)
+        return RolloutBatch(items, n, samples, texts)
 
 
 def train_sampling(cfg: Config, step: int, extra_round: int = 0) -> SamplingParams:
@@ -105,26 +105,28 @@ def val_sampling(cfg: Config) -> SamplingParams:
     )
 
 
-def generate(engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int) -> Rollout:
+def generate(
+    engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int
+) -> RolloutBatch:
     """Sample n responses per prompt (collective)."""
     items = list(items)
     return decode(tokenizer, items, engine.generate([it.prompt_ids for it in items], sampling, n), n)
 
 
-def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSample], n: int) -> Rollout:
-    """The Rollout of `samples` (n per item, in order), their responses decoded."""
+def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSample], n: int) -> RolloutBatch:
+    """The RolloutBatch of `samples` (n per item, in order), their responses decoded."""
     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    return Rollout(list(items), n, samples, texts)
+    return RolloutBatch(list(items), n, samples, texts)
 
 
-def score(scorer: Scorer, rollout: Rollout) -> Tuple[torch.Tensor, Dict[str, Any]]:
+def score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and `reward/*`,
     `response/*` metrics (collective)."""
     rewards, stats = _score(scorer, rollout)
     return rewards, reward_metrics(rollout, rewards, stats)
 
 
-def _score(scorer: Scorer, rollout: Rollout) -> Tuple[torch.Tensor, ScoreStats]:
+def _score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, ScoreStats]:
     """Rewards and the scorer's stats; non-finite rewards are refused."""
     items = [rollout.item_of(i) for i in range(len(rollout.samples))]
     scores, stats = scorer.score_samples(items, rollout.texts, rollout.n)
@@ -139,7 +141,7 @@ def _score(scorer: Scorer, rollout: Rollout) -> Tuple[torch.Tensor, ScoreStats]:
     return rewards, stats
 
 
-def reward_metrics(rollout: Rollout, rewards: torch.Tensor, stats: ScoreStats) -> Dict[str, Any]:
+def reward_metrics(rollout: RolloutBatch, rewards: torch.Tensor, stats: ScoreStats) -> Dict[str, Any]:
     """`reward/*` and `response/*` metrics of a scored rollout."""
     lengths = torch.tensor([len(s.response_ids) for s in rollout.samples], dtype=torch.float64)
     return {
@@ -154,7 +156,7 @@ def reward_metrics(rollout: Rollout, rewards: torch.Tensor, stats: ScoreStats) -
 
 def collect_rollout(
     rollouts: Any, scorer: Scorer, cfg: Config, step: int
-) -> Tuple[Rollout, torch.Tensor, Dict[str, Any]]:
+) -> Tuple[RolloutBatch, torch.Tensor, Dict[str, Any]]:
     """The step's rollout half (collective): prompts generated where rollout.placement puts the
     engine (`rollouts`, trainer/placement.py: Rollouts), then scored.
 
@@ -176,8 +178,8 @@ def collect_rollout(
     n, want, filtering = cfg.rollout.n, cfg.data.train_batch_size, filters_no_signal(cfg)
     max_extra = cfg.rollout.max_extra_rounds if filtering and not cfg.rollout.off_policy_steps else 0
     metrics: Dict[str, Any] = {}
-    drawn: List[Tuple[Rollout, torch.Tensor, ScoreStats]] = []
-    kept: List[Tuple[Rollout, torch.Tensor]] = []
+    drawn: List[Tuple[RolloutBatch, torch.Tensor, ScoreStats]] = []
+    kept: List[Tuple[RolloutBatch, torch.Tensor]] = []
     num_kept = num_signal = extra = 0
     for extra in range(max_extra + 1 if filtering else 1):
         size = math.ceil((want - num_kept) * cfg.data.oversample_factor - 1e-9)
@@ -202,7 +204,7 @@ def collect_rollout(
         num_kept += len(take)
         if num_kept == want:
             break
-    everything = Rollout.join([r for r, _, _ in drawn], n)
+    everything = RolloutBatch.join([r for r, _, _ in drawn], n)
     metrics.update(
         reward_metrics(
             everything,
@@ -226,10 +228,10 @@ def collect_rollout(
                 f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}",
                 flush=True,
             )
-    return Rollout.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), metrics
+    return RolloutBatch.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), metrics
 
 
-def accuracy_metrics(rollout: Rollout, rewards: torch.Tensor, prefix: str = "val") -> Dict[str, float]:
+def accuracy_metrics(rollout: RolloutBatch, rewards: torch.Tensor, prefix: str = "val") -> Dict[str, float]:
     """`{prefix}/accuracy` (mean reward over all samples) and one `{prefix}/accuracy/<data_source>`
     per source; with n > 1 also `{prefix}/pass_at_n` (a prompt counts when any sample is right)."""
     by_source: Dict[str, List[float]] = defaultdict(list)
@@ -244,7 +246,7 @@ def accuracy_metrics(rollout: Rollout, rewards: torch.Tensor, prefix: str = "val
 
 
 def sample_records(
-    rollout: Rollout, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4
+    rollout: RolloutBatch, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4
 ) -> List[Dict[str, Any]]:
     """The first `max_prompts` prompts' samples, for samples.jsonl: with the prompt messages, the
     oracle's scalar `score` (None for a preference matrix; then `reward` is the win rate) and the

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0, rank, share_outcomes
-from sppo_megatron.trainer.generation import Rollout, decode, generate, train_sampling
+from sppo_megatron.trainer.generation import RolloutBatch, decode, generate, train_sampling
 from sppo_megatron.trainer.metrics import timed
 
 #: checkpoint subdirectory holding the weights that generated the in-flight batch
@@ -85,7 +85,7 @@ class Rollouts:
     def _items(self, indices: List[int]) -> List[Any]:
         return [self.train_data[i] for i in indices]
 
-    def generate_round(self, step: int, extra_round: int, size: int) -> Tuple[Rollout, Dict[str, Any]]:
+    def generate_round(self, step: int, extra_round: int, size: int) -> Tuple[RolloutBatch, Dict[str, Any]]:
         """Round `extra_round` of step `step`: 0 is the step's batch (`next_batch`); a later one,
         dynamic sampling's refill, is `size` more prompts generated with the weights that
         generated the batch (on-policy only: off-policy runs do not refill)."""
@@ -102,7 +102,7 @@ class Rollouts:
             metrics.update(self.sync_weights())
         return self._generate_here(step, extra_round, indices, metrics), metrics
 
-    def _generate_here(self, step: int, extra_round: int, indices: List[int], metrics: Dict[str, Any]) -> Rollout:
+    def _generate_here(self, step: int, extra_round: int, indices: List[int], metrics: Dict[str, Any]) -> RolloutBatch:
         """Colocated: hand the accelerator to the engine, generate, hand it back."""
         self.to_rollout()
         with timed(metrics, "timing/gen_s"):
@@ -116,7 +116,7 @@ class Rollouts:
         self.to_training()
         return rollout
 
-    def next_batch(self, step: int) -> Tuple[Rollout, Dict[str, Any]]:
+    def next_batch(self, step: int) -> Tuple[RolloutBatch, Dict[str, Any]]:
         """The samples of step `step`'s batch and the rollout metrics (weight sync, generation time)."""
         metrics: Dict[str, Any] = {}
         if not self.separate:

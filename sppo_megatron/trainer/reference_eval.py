@@ -18,7 +18,7 @@ import torch
 
 from sppo_megatron.algorithm.targets import sample_win_rates
 from sppo_megatron.errors import DataError
-from sppo_megatron.trainer.generation import Rollout
+from sppo_megatron.trainer.generation import RolloutBatch
 
 
 def _key(messages: Any) -> str:
@@ -47,7 +47,7 @@ def load_references(path: str, prompt_key: str) -> Dict[str, str]:
 
 
 def reference_win_rates(
-    oracle: Any, rollout: Rollout, references: Dict[str, str], algorithm: Any, tokenizer: Any, path: str
+    oracle: Any, rollout: RolloutBatch, references: Dict[str, str], algorithm: Any, tokenizer: Any, path: str
 ) -> tuple[Dict[str, float], List[Dict[str, Any]]]:
     """`eval/win_rate` (mean over prompts of P(model sample > reference), averaged over a prompt's
     samples), `eval/model_length_mean`, `eval/reference_length_mean` (tokens of the policy's
