@@ -17,8 +17,9 @@ from sppo_megatron.config.schema import AlgorithmConfig, Config, DataConfig, Rew
 from sppo_megatron.data import PromptItem, PromptSampler
 from sppo_megatron.reward import Scorer, ScoreStats
 from sppo_megatron.rollout import RolloutSample
-from sppo_megatron.trainer.generation import collect_rollout, train_sampling
-from sppo_megatron.trainer.placement import Rollouts
+from sppo_megatron.trainer.generation import collect_rollout
+from sppo_megatron.trainer.rollouts import ColocatedRollouts
+from sppo_megatron.trainer.samples import train_sampling
 from tests.test_config import problems
 from tests.tiny_run import base_overrides, by_step, latest, train
 
@@ -127,9 +128,13 @@ def _run(ties, batch_size=4, factor=1.0):
 
 
 def collect(run, cfg, step):
-    """collect_rollout through the trainer's own (colocated) Rollouts, on the scripted parts."""
-    rollouts = Rollouts(cfg, run.engine, run.actor, run.weight_sync, run.sampler, run.train_data, run.tokenizer)
-    return collect_rollout(rollouts, run.scorer, cfg, step)
+    """collect_rollout through the trainer's own ColocatedRollouts, on the scripted parts; the
+    stats as the step's metrics."""
+    rollouts = ColocatedRollouts(
+        cfg, run.engine, run.actor, run.weight_sync, run.sampler, run.train_data, run.tokenizer
+    )
+    rollout, rewards, stats = collect_rollout(rollouts, run.scorer, cfg, step)
+    return rollout, rewards, stats.metrics()
 
 
 def _cfg(rounds=3, filtering="auto", factor=1.0):

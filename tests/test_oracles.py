@@ -372,7 +372,7 @@ def test_prompts_without_ground_truth_load_for_an_oracle_and_are_refused_by_rule
 def test_sample_records_carry_messages_score_and_win_rate():
     from sppo_megatron.data import PromptItem
     from sppo_megatron.rollout import RolloutSample
-    from sppo_megatron.trainer.generation import RolloutBatch, sample_records
+    from sppo_megatron.trainer.samples import RolloutBatch, sample_records
 
     items = [PromptItem([1], "p", "arith", "5", messages=PROMPTS[0])]
     samples = [RolloutSample(prompt_index=0, sample_index=i, response_ids=[3], finish_reason="stop") for i in range(2)]

@@ -11,7 +11,7 @@ import pytest
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import RunStopped
-from sppo_megatron.reward import RewardScorer
+from sppo_megatron.reward import RewardScorer, ScoreStats
 from sppo_megatron.trainer.reward_health import RewardGuard
 from tests.tiny_run import base_overrides, read_metrics, train
 
@@ -65,8 +65,8 @@ def test_a_scorer_without_time_limit_is_cut_short_by_preemption(rewards):
 
 def test_guard_warns_then_stops_and_a_good_step_resets_it(capsys):
     guard = RewardGuard(RewardConfig(max_error_frac=0.25, max_bad_steps=2))
-    bad = {"reward/errors": 1.0, "reward/timeouts": 1.0, "reward/first_error": "KeyError: 'x'"}
-    good = {"reward/errors": 1.0, "reward/timeouts": 0.0}  # 1 of 4 is within 25 %
+    bad = ScoreStats(errors=1, timeouts=1, first_error="KeyError: 'x'")
+    good = ScoreStats(errors=1)  # 1 of 4 is within 25 %
     guard.check(1, bad, 4)
     assert "WARNING: step 1: 2 of 4 reward samples failed" in capsys.readouterr().err
     guard.check(2, good, 4)

@@ -219,23 +219,22 @@ def _reference_eval(
     path: str,
 ) -> Tuple[Dict[str, Any], List]:
     """Generate, free the rollout engine, then judge against the references with the oracle."""
-    import time
-
     from sppo_megatron.reward.oracles import build_oracle
-    from sppo_megatron.trainer.evaluation import generate_chunks, join_rollouts
+    from sppo_megatron.trainer.metrics import Timer
     from sppo_megatron.trainer.reference_eval import reference_win_rates
+    from sppo_megatron.trainer.samples import generate
 
-    start = time.perf_counter()
-    try:
-        rollout = join_rollouts(items, n, list(generate_chunks(engine, tokenizer, items, sampling, n, batch_size)))
-    finally:
-        engine.shutdown()
-    oracle = build_oracle(cfg.reward, cfg.algorithm.preference)
-    try:
-        metrics, per_prompt = reference_win_rates(oracle, rollout, references, cfg.algorithm, tokenizer, path)
-    finally:
-        oracle.close()
-    metrics["timing/eval_s"] = time.perf_counter() - start
+    with Timer() as timer:
+        try:
+            rollout = generate(engine, tokenizer, items, sampling, n, batch_size)
+        finally:
+            engine.shutdown()
+        oracle = build_oracle(cfg.reward, cfg.algorithm.preference)
+        try:
+            metrics, per_prompt = reference_win_rates(oracle, rollout, references, cfg.algorithm, tokenizer, path)
+        finally:
+            oracle.close()
+    metrics["timing/eval_s"] = timer.seconds
     return metrics, per_prompt
 
 
@@ -260,7 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from sppo_megatron.reward import RewardScorer
     from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.evaluation import evaluate
-    from sppo_megatron.trainer.generation import sample_records, val_sampling
+    from sppo_megatron.trainer.metrics import Timer
+    from sppo_megatron.trainer.samples import generate, sample_records, val_sampling
     from sppo_megatron.trainer.setup import check_sources, load_tokenizer
 
     chosen = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
@@ -294,9 +294,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         scorer = RewardScorer(cfg.reward)
         try:
-            metrics, rollout, rewards = evaluate(
-                engine, tokenizer, scorer, items, sampling, n=n, batch_size=batch_size, prefix="eval"
-            )
+            with Timer() as timer:
+                rollout = generate(engine, tokenizer, items, sampling, n, batch_size)
+                metrics, rewards = evaluate(scorer, rollout, prefix="eval")
+            metrics["timing/eval_s"] = timer.seconds
         finally:
             scorer.close()
             engine.shutdown()

@@ -1,135 +1,34 @@
-"""Prompts -> samples -> rewards: the rollout half of a step, shared by training, validation and
-`sppo-eval`.
+"""Prompts -> samples -> rewards: the rollout half of a training step, with dynamic sampling.
 
 Every rank calls these with the same prompts and gets the same results: the rollout engine
-gathers its samples to every rank, and rule rewards are scored once on rank 0 and broadcast (scoring
-has time limits, so scoring on every rank could disagree); a preference oracle splits its work
-across all ranks and gathers the results in order (reward/oracles/). So every rank also takes the
-same dynamic-sampling decisions (`collect_rollout`) without communicating.
+gathers its samples to every rank and a scorer's results are the same on every rank
+(reward/scoring.py). So every rank also takes the same dynamic-sampling decisions
+(`collect_rollout`) without communicating.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from sppo_megatron.actor import SequenceBatch
-from sppo_megatron.algorithm.targets import prompts_with_signal, sample_win_rates
+from sppo_megatron.algorithm.targets import prompts_with_signal
 from sppo_megatron.config.rules import filters_no_signal
 from sppo_megatron.config.schema import Config
-from sppo_megatron.data import PromptItem
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0
 from sppo_megatron.reward import Scorer, ScoreStats
-from sppo_megatron.rollout import FINISH_LENGTH, RolloutSample, SamplingParams, samples_logprobs
-
-#: seeds of different steps must not collide; any large odd multiplier will do
-_STEP_SEED_MULTIPLIER = 1_000_003
-#: validation samples with the same seed every time, so accuracies are comparable across steps
-_VAL_SEED_OFFSET = 7_919
-#: extra generation rounds of a step: seeds apart from the step seeds of any run under 7M steps
-_ROUND_SEED_MULTIPLIER = 7_368_787
+from sppo_megatron.rollout import FINISH_LENGTH
+from sppo_megatron.trainer.rollouts import RolloutManager, RoundStats
+from sppo_megatron.trainer.samples import RolloutBatch
 
 
-@dataclass
-class RolloutBatch:
-    """The n samples of each of `items` (samples of a prompt consecutive) and their decoded text."""
-
-    items: List[PromptItem]
-    n: int
-    samples: List[RolloutSample]
-    texts: List[str]
-
-    @property
-    def batch(self) -> SequenceBatch:
-        return SequenceBatch(
-            [self.items[s.prompt_index].prompt_ids for s in self.samples], [s.response_ids for s in self.samples]
-        )
-
-    def item_of(self, i: int) -> PromptItem:
-        return self.items[self.samples[i].prompt_index]
-
-    def logprobs(self, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Engine-reported log-probs [N, width] (NaN where unknown) and the response mask."""
-        return samples_logprobs(self.samples, width)
-
-    def select(self, prompts: Sequence[int]) -> "RolloutBatch":
-        """The rollout of `prompts` (indices into items, ascending) alone."""
-        new = {p: i for i, p in enumerate(prompts)}
-        keep = [i for i, s in enumerate(self.samples) if s.prompt_index in new]
-        return RolloutBatch(
-            [self.items[p] for p in prompts],
-            self.n,
-            [replace(self.samples[i], prompt_index=new[self.samples[i].prompt_index]) for i in keep],
-            [self.texts[i] for i in keep],
-        )
-
-    @staticmethod
-    def join(parts: Sequence["RolloutBatch"], n: int) -> "RolloutBatch":
-        """One rollout holding `parts` in order (each with n samples per prompt)."""
-        items: List[PromptItem] = []
-        samples: List[RolloutSample] = []
-        texts: List[str] = []
-        for part in parts:
-            samples += [replace(s, prompt_index=s.prompt_index + len(items)) for s in part.samples]
-            items += part.items
-            texts += part.texts
-        return RolloutBatch(items, n, samples, texts)
-
-
-def train_sampling(cfg: Config, step: int, extra_round: int = 0) -> SamplingParams:
-    """rollout.* sampling with a seed per step and extra round: a resumed run draws the same samples."""
-    r = cfg.rollout
-    return SamplingParams(
-        temperature=float(r.temperature),
-        top_p=float(r.top_p),
-        top_k=int(r.top_k),
-        max_new_tokens=int(cfg.data.max_response_length),
-        seed=(int(cfg.trainer.seed) * _STEP_SEED_MULTIPLIER + step + extra_round * _ROUND_SEED_MULTIPLIER),
-    )
-
-
-def val_sampling(cfg: Config) -> SamplingParams:
-    """rollout.val_* sampling (greedy by default)."""
-    r = cfg.rollout
-    return SamplingParams(
-        temperature=float(r.val_temperature),
-        top_p=float(r.val_top_p),
-        top_k=-1,
-        max_new_tokens=int(cfg.data.max_response_length),
-        seed=int(cfg.trainer.seed) + _VAL_SEED_OFFSET,
-    )
-
-
-def generate(
-    engine: Any, tokenizer: Any, items: Sequence[PromptItem], sampling: SamplingParams, n: int
-) -> RolloutBatch:
-    """Sample n responses per prompt (collective)."""
-    items = list(items)
-    return decode(tokenizer, items, engine.generate([it.prompt_ids for it in items], sampling, n), n)
-
-
-def decode(tokenizer: Any, items: Sequence[PromptItem], samples: List[RolloutSample], n: int) -> RolloutBatch:
-    """The RolloutBatch of `samples` (n per item, in order), their responses decoded."""
-    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    return RolloutBatch(list(items), n, samples, texts)
-
-
-def score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and `reward/*`,
-    `response/*` metrics (collective)."""
-    rewards, stats = _score(scorer, rollout)
-    return rewards, reward_metrics(rollout, rewards, stats)
-
-
-def _score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, ScoreStats]:
-    """Rewards and the scorer's stats; non-finite rewards are refused."""
-    items = [rollout.item_of(i) for i in range(len(rollout.samples))]
-    scores, stats = scorer.score_samples(items, rollout.texts, rollout.n)
+def score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, ScoreStats]:
+    """Rewards [N] (float64; [N, K] preference rows from a matrix oracle) and the scorer's stats
+    (collective); non-finite rewards are refused."""
+    scores, stats = scorer.score_samples(rollout.sample_items(), rollout.texts, rollout.n)
     rewards = torch.tensor(scores, dtype=torch.float64)
     bad = (~torch.isfinite(rewards)).reshape(len(scores), -1).any(dim=1).nonzero().flatten().tolist()
     if bad:
@@ -141,24 +40,72 @@ def _score(scorer: Scorer, rollout: RolloutBatch) -> Tuple[torch.Tensor, ScoreSt
     return rewards, stats
 
 
-def reward_metrics(rollout: RolloutBatch, rewards: torch.Tensor, stats: ScoreStats) -> Dict[str, Any]:
-    """`reward/*` and `response/*` metrics of a scored rollout."""
-    lengths = torch.tensor([len(s.response_ids) for s in rollout.samples], dtype=torch.float64)
-    return {
-        "reward/mean": float(rewards.mean()),
-        "reward/std": float(rewards.std(unbiased=False)),
-        "response/length_mean": float(lengths.mean()),
-        "response/length_max": float(lengths.max()),
-        "response/clip_frac": sum(s.finish_reason == FINISH_LENGTH for s in rollout.samples) / len(rollout.samples),
-        **stats.metrics(),
-    }
+@dataclass(frozen=True)
+class SampleSummary:
+    """The rewards and response lengths of a scored rollout."""
+
+    reward_mean: float
+    reward_std: float
+    length_mean: float
+    length_max: float
+    clip_frac: float
+
+    @staticmethod
+    def of(rollout: RolloutBatch, rewards: torch.Tensor) -> "SampleSummary":
+        lengths = torch.tensor([len(s.response_ids) for s in rollout.samples], dtype=torch.float64)
+        return SampleSummary(
+            reward_mean=float(rewards.mean()),
+            reward_std=float(rewards.std(unbiased=False)),
+            length_mean=float(lengths.mean()),
+            length_max=float(lengths.max()),
+            clip_frac=sum(s.finish_reason == FINISH_LENGTH for s in rollout.samples) / len(rollout.samples),
+        )
+
+    def metrics(self) -> Dict[str, float]:
+        return {
+            "reward/mean": self.reward_mean,
+            "reward/std": self.reward_std,
+            "response/length_mean": self.length_mean,
+            "response/length_max": self.length_max,
+            "response/clip_frac": self.clip_frac,
+        }
+
+
+@dataclass(frozen=True)
+class RolloutStats:
+    """What the step's rollout half measured: its generation rounds, the scoring and the summary of
+    every drawn sample, and dynamic sampling's counts (`no_signal_frac` when it filters)."""
+
+    rounds: List[RoundStats]
+    score: ScoreStats
+    summary: SampleSummary
+    extra_rounds: int
+    drawn_prompts: int
+    kept_prompts: int
+    no_signal_frac: Optional[float]
+
+    def metrics(self) -> Dict[str, Any]:
+        """The first round's sync and generation metrics (generation and sync seconds summed over
+        every round), `reward/*` and `response/*` over every drawn sample, the counts."""
+        out: Dict[str, Any] = self.rounds[0].metrics()
+        if len(self.rounds) > 1:  # a refill's generation and sync time add up
+            out["timing/gen_s"] = sum(r.gen_s for r in self.rounds)
+            out["timing/sync_s"] = sum(r.sync_s for r in self.rounds)
+        out.update(self.summary.metrics())
+        out.update(self.score.metrics())
+        out["rollout/extra_rounds"] = float(self.extra_rounds)
+        out["rollout/drawn_prompts"] = float(self.drawn_prompts)
+        out["sppo/kept_prompts"] = float(self.kept_prompts)
+        if self.no_signal_frac is not None:
+            out["sppo/no_signal_frac"] = self.no_signal_frac
+        return out
 
 
 def collect_rollout(
-    rollouts: Any, scorer: Scorer, cfg: Config, step: int
-) -> Tuple[RolloutBatch, torch.Tensor, Dict[str, Any]]:
+    rollouts: RolloutManager, scorer: Scorer, cfg: Config, step: int
+) -> Tuple[RolloutBatch, torch.Tensor, RolloutStats]:
     """The step's rollout half (collective): prompts generated where rollout.placement puts the
-    engine (`rollouts`, trainer/placement.py: Rollouts), then scored.
+    engine (`rollouts`), then scored.
 
     Dynamic sampling (algorithm.filter_no_signal, on for rule rewards by default): prompts whose
     samples all tie are dropped, and up to rollout.max_extra_rounds more rounds draw
@@ -170,28 +117,21 @@ def collect_rollout(
     rounds use the weights that generated the step's batch; with rollout.off_policy_steps=1 there
     are none (the next batch is already generating): it filters only.
 
-    Returns the kept prompts' rollout, their rewards, and the sync, `timing/gen_s` (all rounds),
-    `reward/*` and `response/*` (all drawn samples) metrics, plus `rollout/extra_rounds`,
-    `rollout/drawn_prompts`, `sppo/kept_prompts` and, when filtering, `sppo/no_signal_frac` over
-    every drawn prompt.
+    Returns the kept prompts' rollout, their rewards, and the stats of every round and every
+    drawn sample.
     """
     n, want, filtering = cfg.rollout.n, cfg.data.train_batch_size, filters_no_signal(cfg)
     max_extra = cfg.rollout.max_extra_rounds if filtering and not cfg.rollout.off_policy_steps else 0
-    metrics: Dict[str, Any] = {}
+    rounds: List[RoundStats] = []
     drawn: List[Tuple[RolloutBatch, torch.Tensor, ScoreStats]] = []
     kept: List[Tuple[RolloutBatch, torch.Tensor]] = []
     num_kept = num_signal = extra = 0
     for extra in range(max_extra + 1 if filtering else 1):
         size = math.ceil((want - num_kept) * cfg.data.oversample_factor - 1e-9)
-        rollout, round_metrics = rollouts.generate_round(step, extra, size)
-        if extra:  # a refill's generation and sync time add up; the other metrics are the first round's
-            metrics.update(
-                {key: metrics.get(key, 0.0) + round_metrics.get(key, 0.0) for key in ("timing/gen_s", "timing/sync_s")}
-            )
-        else:
-            metrics.update(round_metrics)
-        rewards, stats = _score(scorer, rollout)
-        drawn.append((rollout, rewards, stats))
+        rollout, round_stats = rollouts.generate_round(step, extra, size)
+        rounds.append(round_stats)
+        rewards, scored = score(scorer, rollout)
+        drawn.append((rollout, rewards, scored))
         signal = (
             prompts_with_signal(rewards, n, cfg.algorithm)
             if filtering
@@ -205,73 +145,20 @@ def collect_rollout(
         if num_kept == want:
             break
     everything = RolloutBatch.join([r for r, _, _ in drawn], n)
-    metrics.update(
-        reward_metrics(
-            everything,
-            torch.cat([r for _, r, _ in drawn]),
-            ScoreStats.merge([(len(r.samples), s) for r, _, s in drawn]),
-        )
+    stats = RolloutStats(
+        rounds=rounds,
+        score=ScoreStats.merge([(len(r.samples), s) for r, _, s in drawn]),
+        summary=SampleSummary.of(everything, torch.cat([r for _, r, _ in drawn])),
+        extra_rounds=extra,
+        drawn_prompts=len(everything.items),
+        kept_prompts=num_kept,
+        no_signal_frac=1.0 - num_signal / len(everything.items) if filtering else None,
     )
-    metrics.update(
-        {
-            "rollout/extra_rounds": float(extra),
-            "rollout/drawn_prompts": float(len(everything.items)),
-            "sppo/kept_prompts": float(num_kept),
-        }
-    )
-    if filtering:
-        metrics["sppo/no_signal_frac"] = 1.0 - num_signal / len(everything.items)
-        if num_kept < want and max_extra and is_rank0():  # 0: short batches are the choice
-            print(
-                f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
-                f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
-                f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}",
-                flush=True,
-            )
-    return RolloutBatch.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), metrics
-
-
-def accuracy_metrics(rollout: RolloutBatch, rewards: torch.Tensor, prefix: str = "val") -> Dict[str, float]:
-    """`{prefix}/accuracy` (mean reward over all samples) and one `{prefix}/accuracy/<data_source>`
-    per source; with n > 1 also `{prefix}/pass_at_n` (a prompt counts when any sample is right)."""
-    by_source: Dict[str, List[float]] = defaultdict(list)
-    for i, reward in enumerate(rewards.tolist()):
-        by_source[rollout.item_of(i).data_source].append(reward)
-    out = {f"{prefix}/accuracy": float(rewards.mean()), f"{prefix}/num_prompts": float(len(rollout.items))}
-    for source, values in sorted(by_source.items()):
-        out[f"{prefix}/accuracy/{source}"] = sum(values) / len(values)
-    if rollout.n > 1:
-        out[f"{prefix}/pass_at_{rollout.n}"] = float((rewards.reshape(-1, rollout.n) > 0).any(dim=1).double().mean())
-    return out
-
-
-def sample_records(
-    rollout: RolloutBatch, rewards: torch.Tensor, algorithm: Any, max_prompts: int = 4
-) -> List[Dict[str, Any]]:
-    """The first `max_prompts` prompts' samples, for samples.jsonl: with the prompt messages, the
-    oracle's scalar `score` (None for a preference matrix; then `reward` is the win rate) and the
-    sample's `win_rate` under `algorithm` (an AlgorithmConfig; None with one sample per prompt,
-    except for batch_softmean)."""
-    per_prompt = rollout.n > 1 or algorithm.preference == "batch_softmean"
-    win_rates = sample_win_rates(rewards, rollout.n, algorithm).tolist() if per_prompt else [None] * len(rewards)
-    scalar = rewards.dim() == 1
-    records = []
-    for i, s in enumerate(rollout.samples):
-        if s.prompt_index >= max_prompts:
-            break
-        item = rollout.item_of(i)
-        records.append(
-            {
-                "prompt": item.prompt_text,
-                "response": rollout.texts[i],
-                "reward": float(rewards[i]) if scalar else win_rates[i],
-                "ground_truth": item.ground_truth,
-                "data_source": item.data_source,
-                "sample_index": s.sample_index,
-                "finish_reason": s.finish_reason,
-                "messages": item.messages,
-                "score": float(rewards[i]) if scalar else None,
-                "win_rate": win_rates[i],
-            }
+    if filtering and num_kept < want and max_extra and is_rank0():  # 0: short batches are the choice
+        print(
+            f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
+            f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
+            f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}",
+            flush=True,
         )
-    return records
+    return RolloutBatch.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), stats

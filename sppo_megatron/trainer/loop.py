@@ -1,7 +1,7 @@
 """The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
 
 for step:
-    rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/placement.py:
+    rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/rollouts.py:
                  prompts = sampler.next_batch()            data/
                  sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
                  samples = rollout.generate(prompts, n=K)  rollout/
@@ -23,17 +23,19 @@ from typing import Any, Dict, Optional, Tuple
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
-from sppo_megatron.errors import TrainingDiverged
+from sppo_megatron.data import PromptDataset
+from sppo_megatron.errors import TrainingDiverged, UserError
 from sppo_megatron.platform.distributed import is_rank0, is_rollout_rank, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.evaluation import evaluate
-from sppo_megatron.trainer.generation import collect_rollout, sample_records, val_sampling
-from sppo_megatron.trainer.metrics import MetricsLogger, timed
-from sppo_megatron.trainer.placement import serve_rollouts
+from sppo_megatron.trainer.generation import collect_rollout
+from sppo_megatron.trainer.metrics import MetricsLogger, Timer
 from sppo_megatron.trainer.preemption import PreemptionFlag
 from sppo_megatron.trainer.reward_health import RewardGuard
+from sppo_megatron.trainer.rollouts import serve_rollouts
 from sppo_megatron.trainer.run_lock import RunLock
+from sppo_megatron.trainer.samples import sample_records, val_sampling
 from sppo_megatron.trainer.setup import RunComponents, build_components
 
 
@@ -42,37 +44,33 @@ def _say(message: str) -> None:
         print(f"sppo-train: {message}", flush=True)
 
 
-def validate(run: RunComponents, cfg: Config) -> Dict[str, Any]:
-    """Sync the current weights, then val/accuracy on the validation set."""
-    sync_s = run.rollouts.sync_weights()["timing/sync_s"]
-    run.rollouts.to_rollout()
-    result, _, _ = evaluate(
-        run.engine,
-        run.tokenizer,
-        run.val_scorer,
-        run.val_data.items,
-        val_sampling(cfg),
-        n=cfg.rollout.val_n,
-        batch_size=cfg.data.val_batch_size,
-    )
-    run.rollouts.to_training()
-    return {"timing/val_sync_s": sync_s, **result}
+def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Dict[str, Any]:
+    """val/accuracy of the current weights on the validation set (the weights synced first)."""
+    with Timer() as val:
+        rollout, sync_s = run.rollouts.generate(
+            val_data.items, val_sampling(cfg), cfg.rollout.val_n, cfg.data.val_batch_size
+        )
+        result, _ = evaluate(run.val_scorer, rollout)
+    return {"timing/val_sync_s": sync_s, **result, "timing/val_s": val.seconds - sync_s}
 
 
 def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
     """One SPPO step on the next batch of prompts; returns its metrics."""
-    rollout, rewards, metrics = collect_rollout(
+    rollout, rewards, stats = collect_rollout(
         run.rollouts, run.scorer, cfg, step
     )  # refills what dynamic sampling drops
-    reward_guard.check(step, metrics, int(metrics["rollout/drawn_prompts"]) * cfg.rollout.n)
+    reward_guard.check(step, stats.score, stats.drawn_prompts * cfg.rollout.n)
+    metrics = stats.metrics()
     if not rollout.items:  # no prompt with a reward signal within rollout.max_extra_rounds: nothing to train
         return {**metrics, "train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
     targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
-    with timed(metrics, "timing/old_logp_s"):
+    with Timer() as old_logp_time:
         old_logp = run.rollouts.old_log_probs(batch)  # under the weights that generated the batch
-    with timed(metrics, "timing/update_s"):
+    with Timer() as update_time:
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
+    metrics["timing/old_logp_s"] = old_logp_time.seconds
+    metrics["timing/update_s"] = update_time.seconds
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
     metrics = {**algo_metrics, **metrics, **update_metrics}  # no_signal_frac: of all drawn prompts, not the kept
     metrics["rollout/logp_abs_diff"] = logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask)
@@ -89,7 +87,11 @@ def resume(run: RunComponents, ckpts: CheckpointManager, resume_from: Optional[s
     state = ckpts.read_state(resume_from)
     run.actor.load_checkpoint(resume_from)
     run.sampler.load_state_dict(state["sampler"])
-    run.rollouts.load_state_dict(state, resume_from)
+    try:
+        run.rollouts.load_state_dict(state.get("in_flight"))
+    except UserError as e:
+        raise UserError(f"checkpoint {resume_from}: {e}") from None
+    run.rollouts.load(resume_from)
     return int(state["step"]), int(state.get("bad_steps", 0)), int(state.get("bad_reward_steps", 0))
 
 
@@ -99,7 +101,8 @@ def train(cfg: Config) -> Dict[str, Any]:
     The run holds output_dir's lock throughout: a second run there stops at once (UserError).
     Rollout ranks (rollout.placement=separate) serve the training ranks' generation instead."""
     if is_rollout_rank():
-        return serve_rollouts(cfg)
+        serve_rollouts(cfg)
+        return {}
     lock = RunLock(cfg.trainer.output_dir)
     try:
         notice = share_outcomes(lock.acquire if is_rank0() else None)[0]
@@ -145,7 +148,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
     step = start_step
     try:
         if start_step == 0 and t.val_before_train and run.val_data is not None:
-            metrics = validate(run, cfg)
+            metrics = validate(run, cfg, run.val_data)
             logger.log(0, metrics)
         for step in range(start_step + 1, t.total_steps + 1):
             step_start = time.perf_counter()
@@ -153,20 +156,21 @@ def _train(cfg: Config) -> Dict[str, Any]:
             bad_steps = bad_steps + 1 if metrics["train/skipped"] else 0
             metrics["train/bad_steps"] = bad_steps
             if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
-                metrics.update(validate(run, cfg))
+                metrics.update(validate(run, cfg, run.val_data))
             stop = preemption.should_stop()
             if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
-                with timed(metrics, "timing/save_s"):
+                with Timer() as save:
                     ckpts.save(
                         step,
                         {
                             "sampler": run.sampler.state_dict(),
                             "bad_steps": bad_steps,
                             "bad_reward_steps": reward_guard.bad_steps,
-                            **run.rollouts.state_dict(),
+                            **({"in_flight": in_flight} if (in_flight := run.rollouts.state_dict()) else {}),
                         },
                         run.save_checkpoint,
                     )
+                metrics["timing/save_s"] = save.seconds
             metrics["timing/step_s"] = time.perf_counter() - step_start
             # rollout + training throughput: validation and checkpoint time left out
             busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)

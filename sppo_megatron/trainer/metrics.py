@@ -8,18 +8,21 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from sppo_megatron.platform.files import atomic_write_text
 
 
-@contextmanager
-def timed(metrics: Dict[str, Any], key: str) -> Iterator[None]:
-    """metrics[key] = the block's wall time in seconds."""
-    start = time.perf_counter()
-    yield
-    metrics[key] = time.perf_counter() - start
+class Timer:
+    """`with Timer() as t: ...`, then `t.seconds` is the block's wall time."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
 
 
 def _jsonable(value: Any) -> Any:

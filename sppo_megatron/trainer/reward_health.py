@@ -8,11 +8,11 @@ such steps in a row stop the run (exit 1, one line quoting the first error).
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import RunStopped
 from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.reward import ScoreStats
 
 
 class RewardGuard:
@@ -22,17 +22,17 @@ class RewardGuard:
         self.cfg = cfg
         self.bad_steps = bad_steps
 
-    def check(self, step: int, metrics: Dict[str, Any], num_samples: int) -> None:
-        """Judge one step's `reward/*` metrics (the same on every rank, so every rank agrees)."""
-        failed = int(metrics["reward/errors"] + metrics["reward/timeouts"])
+    def check(self, step: int, stats: ScoreStats, num_samples: int) -> None:
+        """Judge one step's scoring (the same on every rank, so every rank agrees)."""
+        failed = stats.errors + stats.timeouts
         if failed <= self.cfg.max_error_frac * num_samples:
             self.bad_steps = 0
             return
         self.bad_steps += 1
-        first = " ".join(str(metrics.get("reward/first_error", "")).split())
+        first = " ".join((stats.first_error or "").split())
         what = (
-            f"{failed} of {num_samples} reward samples failed ({int(metrics['reward/errors'])} errors, "
-            f"{int(metrics['reward/timeouts'])} timeouts; reward.max_error_frac={self.cfg.max_error_frac:g}); "
+            f"{failed} of {num_samples} reward samples failed ({stats.errors} errors, "
+            f"{stats.timeouts} timeouts; reward.max_error_frac={self.cfg.max_error_frac:g}); "
             f"first error: {first}"
         )
         if self.bad_steps >= self.cfg.max_bad_steps:

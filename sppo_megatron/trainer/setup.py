@@ -9,14 +9,26 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from transformers import AutoTokenizer
+
+from sppo_megatron.actor import MegatronActor
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset, PromptSampler, load_prompt_dataset
 from sppo_megatron.errors import DataError, UserError
+from sppo_megatron.models.hf_io import load_hf_config, write_hf_dir
+from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.platform.dtypes import DTYPE_NAMES
+from sppo_megatron.platform.files import atomic_output_dir
+from sppo_megatron.reward import RewardScorer, Scorer, check_data_sources
+from sppo_megatron.reward.oracles import build_oracle
+from sppo_megatron.rollout import create_rollout_engine
+from sppo_megatron.rollout.remote import RemoteRolloutEngine
+from sppo_megatron.sync import WeightSync
+from sppo_megatron.trainer.rollouts import ColocatedRollouts, RolloutManager, SeparateRollouts
+from sppo_megatron.trainer.samples import Tokenizer
 
 
 def load_tokenizer(hf_dir: str) -> Any:
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(hf_dir)
 
 
@@ -33,8 +45,6 @@ def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
         )
     if custom_fn:
         return
-    from sppo_megatron.reward import check_data_sources
-
     try:
         check_data_sources(sorted({item.data_source for item in dataset.items}))
     except UserError as e:
@@ -56,21 +66,19 @@ def load_data(cfg: Config, tokenizer: Any) -> tuple[PromptDataset, Optional[Prom
 
 @dataclass
 class RunComponents:
-    """What the loop drives. Every rank holds all of them (the rollout engine and scorers do their
-    own placement: engines on host ranks, rule scoring on rank 0, an oracle model on every rank).
-    `scorer` scores the training samples (the rule scorer or the reward.source oracle);
+    """What the loop drives, on every training rank. `rollouts` owns the rollout engine and where it
+    runs; `scorer` scores the training samples (the rule scorer or the reward.source oracle),
     `val_scorer` is the rule scorer behind validation accuracy (the same object for source=rule)."""
 
     hf_dir: str
-    tokenizer: Any
+    tokenizer: Tokenizer
     train_data: PromptDataset
     val_data: Optional[PromptDataset]
     sampler: PromptSampler
-    engine: Any
-    actor: Any
-    rollouts: Any  # trainer.placement.Rollouts: weights -> engine, generation, the batch in flight
-    scorer: Any
-    val_scorer: Any
+    actor: MegatronActor
+    rollouts: RolloutManager
+    scorer: Scorer
+    val_scorer: Scorer
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
         """The actor's state and the policy behind an in-flight batch (collective)."""
@@ -80,11 +88,6 @@ class RunComponents:
     def export_hf(self, out_dir: str) -> None:
         """Write the policy as an HF checkpoint in the training dtype (collective; atomic: written
         next to `out_dir` and renamed over it)."""
-        from sppo_megatron.models.hf_io import write_hf_dir
-        from sppo_megatron.platform.distributed import is_rank0
-        from sppo_megatron.platform.dtypes import DTYPE_NAMES
-        from sppo_megatron.platform.files import atomic_output_dir
-
         with atomic_output_dir(out_dir) as tmp:
             write_hf_dir(
                 self.actor.export_hf_weights(),
@@ -99,14 +102,14 @@ class RunComponents:
         val = f", {len(self.val_data)} validation prompts" if self.val_data is not None else ""
         filtered = f" ({self.train_data.num_filtered} overlong filtered)" if self.train_data.num_filtered else ""
         return (
-            f"{self.actor.layout.describe()}, rollout {self.engine.describe()}, "
+            f"{self.actor.layout.describe()}, rollout {self.rollouts.describe()}, "
             f"{len(self.train_data)} train prompts{filtered}{val}"
         )
 
     def close(self) -> None:
         for scorer in dict.fromkeys((self.scorer, self.val_scorer)):
             scorer.close()
-        self.engine.shutdown()
+        self.rollouts.close()
 
 
 def total_optimizer_steps(cfg: Config) -> int:
@@ -115,11 +118,9 @@ def total_optimizer_steps(cfg: Config) -> int:
     return max(1, cfg.trainer.total_steps * per_rollout * cfg.train.epochs_per_rollout)
 
 
-def build_actor(cfg: Config, hf_config: Any = None, load_weights: bool = True) -> Any:
+def build_actor(cfg: Config, hf_config: Any = None, load_weights: bool = True) -> MegatronActor:
     """The MegatronActor of this run: its groups plus the run facts it needs (LR schedule length,
     rollout.n, rollout.temperature, trainer.seed)."""
-    from sppo_megatron.actor import MegatronActor
-
     return MegatronActor(
         cfg.model,
         cfg.parallel,
@@ -140,14 +141,6 @@ def build_components(
     """Collective: every rank builds its share (call after init_distributed). load_weights=False
     leaves the actor's initial weights unloaded (a checkpoint is about to be restored);
     `interrupted` (a preemption signal arrived) cuts reward scoring short."""
-    from sppo_megatron.models.hf_io import load_hf_config
-    from sppo_megatron.reward import RewardScorer
-    from sppo_megatron.reward.oracles import build_oracle
-    from sppo_megatron.rollout import create_rollout_engine
-    from sppo_megatron.rollout.remote import RemoteRolloutEngine
-    from sppo_megatron.sync import WeightSync
-    from sppo_megatron.trainer.placement import Rollouts
-
     hf_dir = str(cfg.model.path)  # config and tokenizer (weights come from the checkpoint or here)
     tokenizer = load_tokenizer(hf_dir)
     train, val = load_data(cfg, tokenizer)
@@ -159,15 +152,18 @@ def build_components(
         shuffle=cfg.data.shuffle,
         drop_last=True,
     )
+    rollouts: RolloutManager
     if cfg.rollout.placement == "separate":
-        engine = RemoteRolloutEngine(cfg.rollout.sync_bucket_mb)  # the engine itself is on the rollout ranks
+        remote = RemoteRolloutEngine(cfg.rollout.sync_bucket_mb)  # the engine itself is on the rollout ranks
+        actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
+        rollouts = SeparateRollouts(cfg, remote, actor, WeightSync(remote), sampler, train, tokenizer)
     else:
         engine = create_rollout_engine(
             cfg.rollout, hf_dir, seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
         )
         engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
-    actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
-    rollouts = Rollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer)
+        actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
+        rollouts = ColocatedRollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer)
     val_scorer = RewardScorer(cfg.reward, interrupted)
     scorer = val_scorer if cfg.reward.source == "rule" else build_oracle(cfg.reward, cfg.algorithm.preference)
-    return RunComponents(hf_dir, tokenizer, train, val, sampler, engine, actor, rollouts, scorer, val_scorer)
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, actor, rollouts, scorer, val_scorer)
