@@ -12,7 +12,7 @@ import pytest
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import RunStopped
 from sppo_megatron.reward import RewardScorer, ScoreStats
-from sppo_megatron.trainer.reward_health import RewardGuard
+from sppo_megatron.trainer.guards import RewardGuard
 from tests.tiny_run import base_overrides, read_metrics, train
 
 pytestmark = pytest.mark.timeout(900)  # includes building the tiny assets when first

@@ -8,6 +8,9 @@ complete checkpoint; leftovers of an interrupted write are removed at the next s
 
 A checkpoint that is there but broken (garbage state file, truncated shard) is reported in one
 line naming the file; trainer.resume=auto then resumes from the newest intact one and says so.
+
+trainer_state.json holds the step and, under its own key, the state of each `Stateful` component
+(`trainer_state` / `restore_trainer_state`): each saves and restores its own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import barrier, rank, share_outcomes
@@ -26,6 +29,32 @@ from sppo_megatron.platform.files import atomic_write_text, remove_dir, reportin
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class Stateful(Protocol):
+    """A component whose state goes into trainer_state.json, under the key it is registered with."""
+
+    def state_dict(self) -> Any:
+        """A JSON value; None: nothing to save (the key is left out)."""
+
+    def load_state_dict(self, state: Any) -> None:
+        """Take back what state_dict returned (None when the checkpoint has no entry for it)."""
+
+
+def trainer_state(components: Mapping[str, Stateful]) -> Dict[str, Any]:
+    """Each component's state under its key (those without one left out)."""
+    states = {key: component.state_dict() for key, component in components.items()}
+    return {key: state for key, state in states.items() if state is not None}
+
+
+def restore_trainer_state(ckpt_dir: str, state: Mapping[str, Any], components: Mapping[str, Stateful]) -> None:
+    """Hand each component its entry of `state` (read from `ckpt_dir`); a component that refuses
+    its state is one line naming the checkpoint."""
+    for key, component in components.items():
+        try:
+            component.load_state_dict(state.get(key))
+        except UserError as e:
+            raise type(e)(f"checkpoint {ckpt_dir}: {e}") from None
 
 
 def _step_of(path: str) -> int:

@@ -5,7 +5,7 @@ for step:
                  prompts = sampler.next_batch()            data/
                  sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
                  samples = rollout.generate(prompts, n=K)  rollout/
-                 rewards = scorer.score(samples)           reward/ (failures: trainer/reward_health)
+                 rewards = scorer.score(samples)           reward/ (failures: trainer/guards)
                  drop prompts whose samples tie; refill    (dynamic sampling, bounded)
     targets  = SPPO targets from win rates               algorithm/
     old_lp   = actor.log_probs(samples)                  actor/
@@ -18,21 +18,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset
-from sppo_megatron.errors import TrainingDiverged, UserError
 from sppo_megatron.platform.distributed import is_rank0, is_rollout_rank, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
-from sppo_megatron.trainer.checkpointing import CheckpointManager
+from sppo_megatron.trainer.checkpointing import CheckpointManager, Stateful, restore_trainer_state, trainer_state
 from sppo_megatron.trainer.evaluation import evaluate
 from sppo_megatron.trainer.generation import collect_rollout
+from sppo_megatron.trainer.guards import DivergenceGuard, RewardGuard
 from sppo_megatron.trainer.metrics import MetricsLogger, Timer
 from sppo_megatron.trainer.preemption import PreemptionFlag
-from sppo_megatron.trainer.reward_health import RewardGuard
 from sppo_megatron.trainer.rollouts import serve_rollouts
 from sppo_megatron.trainer.run_lock import RunLock
 from sppo_megatron.trainer.samples import sample_records, val_sampling
@@ -79,20 +78,18 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
     return metrics
 
 
-def resume(run: RunComponents, ckpts: CheckpointManager, resume_from: Optional[str]) -> Tuple[int, int, int]:
-    """Load the checkpoint the run resumes from (if any); returns (start step, non-finite steps and
-    failed-reward steps in a row so far)."""
+def resume(
+    run: RunComponents, ckpts: CheckpointManager, resume_from: Optional[str], stateful: Mapping[str, Stateful]
+) -> int:
+    """Load the checkpoint the run resumes from (if any): the actor, then each component's entry of
+    trainer_state.json, then the files beside them. Returns the step to start after."""
     if resume_from is None:
-        return 0, 0, 0
+        return 0
     state = ckpts.read_state(resume_from)
     run.actor.load_checkpoint(resume_from)
-    run.sampler.load_state_dict(state["sampler"])
-    try:
-        run.rollouts.load_state_dict(state.get("in_flight"))
-    except UserError as e:
-        raise UserError(f"checkpoint {resume_from}: {e}") from None
+    restore_trainer_state(resume_from, state, stateful)
     run.rollouts.load(resume_from)
-    return int(state["step"]), int(state.get("bad_steps", 0)), int(state.get("bad_reward_steps", 0))
+    return int(state["step"])
 
 
 def train(cfg: Config) -> Dict[str, Any]:
@@ -125,8 +122,15 @@ def _train(cfg: Config) -> Dict[str, Any]:
         ckpts.clear()
     resume_from = start.resume_from
     run = build_components(cfg, load_weights=resume_from is None, interrupted=preemption.requested)
-    start_step, bad_steps, bad_reward_steps = resume(run, ckpts, resume_from)
-    reward_guard = RewardGuard(cfg.reward, bad_reward_steps)
+    reward_guard, divergence = RewardGuard(cfg.reward), DivergenceGuard(t.max_bad_steps)
+    # what trainer_state.json holds, each under its key
+    stateful: Dict[str, Stateful] = {
+        "sampler": run.sampler,
+        "bad_steps": divergence,
+        "bad_reward_steps": reward_guard,
+        "in_flight": run.rollouts,
+    }
+    start_step = resume(run, ckpts, resume_from, stateful)
     if is_rank0():  # only now: a run that cannot start leaves the directory's config.yaml as it was
         save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
     logger = MetricsLogger(
@@ -153,23 +157,13 @@ def _train(cfg: Config) -> Dict[str, Any]:
         for step in range(start_step + 1, t.total_steps + 1):
             step_start = time.perf_counter()
             metrics = train_step(run, cfg, step, reward_guard)
-            bad_steps = bad_steps + 1 if metrics["train/skipped"] else 0
-            metrics["train/bad_steps"] = bad_steps
+            metrics["train/bad_steps"] = divergence.update(bool(metrics["train/skipped"]))
             if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
                 metrics.update(validate(run, cfg, run.val_data))
             stop = preemption.should_stop()
             if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
                 with Timer() as save:
-                    ckpts.save(
-                        step,
-                        {
-                            "sampler": run.sampler.state_dict(),
-                            "bad_steps": bad_steps,
-                            "bad_reward_steps": reward_guard.bad_steps,
-                            **({"in_flight": in_flight} if (in_flight := run.rollouts.state_dict()) else {}),
-                        },
-                        run.save_checkpoint,
-                    )
+                    ckpts.save(step, trainer_state(stateful), run.save_checkpoint)
                 metrics["timing/save_s"] = save.seconds
             metrics["timing/step_s"] = time.perf_counter() - step_start
             # rollout + training throughput: validation and checkpoint time left out
@@ -177,11 +171,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
             metrics["perf/tokens_per_s"] = metrics["train/tokens"] / max(busy, 1e-9)
             logger.log_samples(step, metrics.pop("samples", []))
             logger.log(step, metrics)
-            if bad_steps >= t.max_bad_steps:
-                raise TrainingDiverged(
-                    f"stopping at step {step}: {bad_steps} steps in a row had a non-finite loss or gradient "
-                    f"(trainer.max_bad_steps={t.max_bad_steps}); lower optim.lr or check the data and rewards"
-                )
+            divergence.check(step)
             if stop:
                 _say(f"preemption signal received: checkpointed step {step}, exiting")
                 break
