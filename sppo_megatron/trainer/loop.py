@@ -1,24 +1,25 @@
-"""The SPPO loop. Every rank runs it; each phase is one call into the module that owns it.
+"""The SPPO loop. Every training rank runs it; each phase is one call into the component that owns it.
 
 for step:
-    rollout  = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py, trainer/rollouts.py:
-                 prompts = sampler.next_batch()            data/
-                 sync weights Megatron -> rollout engine   sync/, rollout/ (colocated or rollout ranks)
-                 samples = rollout.generate(prompts, n=K)  rollout/
-                 rewards = scorer.score(samples)           reward/ (failures: trainer/guards)
-                 drop prompts whose samples tie; refill    (dynamic sampling, bounded)
-    targets  = SPPO targets from win rates               algorithm/
-    old_lp   = actor.log_probs(samples)                  actor/
-    metrics  = actor.update(samples, targets, old_lp)    actor/
-    eval / checkpoint / log                              trainer/
+    rollout, rewards, stats = collect_rollout(run.rollouts, run.scorer, cfg, step)   trainer/generation.py
+        per round:  run.rollouts.generate_round()     trainer/rollouts.py (colocated | separate):
+                        prompts = sampler.next_batch()     data/
+                        sync the actor's weights           sync/, models/ (bridge)
+                        samples = engine.generate()        rollout/
+                    scorer.score_samples(samples)     reward/ (rule scorer or oracle, one interface)
+                    drop prompts whose samples tie    dynamic sampling: bounded refill rounds
+    reward_guard.check(stats.score)                   trainer/guards.py
+    targets = compute_targets(rewards)                algorithm/
+    old_lp  = run.rollouts.old_log_probs(batch)       actor/, under the weights that sampled it
+    update  = run.actor.update(batch, targets, old_lp)
+    validate (run.rollouts.generate + evaluate), checkpoint (Stateful components), log (StepRecord)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
-from typing import Any, Dict, Mapping, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
 
 from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
@@ -28,7 +29,7 @@ from sppo_megatron.platform.distributed import is_rank0, is_rollout_rank, share_
 from sppo_megatron.rollout import logp_abs_diff
 from sppo_megatron.trainer.checkpointing import CheckpointManager, Stateful, restore_trainer_state, trainer_state
 from sppo_megatron.trainer.evaluation import evaluate
-from sppo_megatron.trainer.generation import collect_rollout
+from sppo_megatron.trainer.generation import RolloutStats, collect_rollout
 from sppo_megatron.trainer.guards import DivergenceGuard, RewardGuard
 from sppo_megatron.trainer.metrics import MetricsLogger, Timer
 from sppo_megatron.trainer.preemption import PreemptionFlag
@@ -43,39 +44,103 @@ def _say(message: str) -> None:
         print(f"sppo-train: {message}", flush=True)
 
 
-def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Dict[str, Any]:
+@dataclass
+class Validation:
+    """One validation pass: the `val/*` metrics (trainer/evaluation.py), the seconds of its weight
+    sync and of the whole phase (sync, hand-over, generation, scoring)."""
+
+    accuracy: Dict[str, float]
+    sync_s: float
+    seconds: float
+
+    def metrics(self) -> Dict[str, float]:
+        """`val/*`, `timing/val_sync_s` and `timing/val_s` (the phase less its sync)."""
+        return {"timing/val_sync_s": self.sync_s, **self.accuracy, "timing/val_s": self.seconds - self.sync_s}
+
+
+#: the update of a step that kept no prompt
+_NO_UPDATE = {"train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
+
+
+@dataclass
+class StepRecord:
+    """One training step, by phase; `metrics()` is its metrics.jsonl record. `algorithm` and
+    `update` are named by their owners (algorithm/targets.py, the actor); the rest here."""
+
+    rollout: RolloutStats
+    algorithm: Dict[str, float] = field(default_factory=dict)
+    update: Dict[str, float] = field(default_factory=lambda: dict(_NO_UPDATE))
+    old_logp_s: Optional[float] = None
+    update_s: Optional[float] = None
+    logp_abs_diff: Optional[float] = None
+    samples: List[Dict[str, Any]] = field(default_factory=list)  # for samples.jsonl
+    bad_steps: int = 0
+    validation: Optional[Validation] = None
+    save_s: Optional[float] = None
+    step_s: float = 0.0
+
+    @property
+    def skipped(self) -> bool:
+        """The update was skipped for a non-finite loss or gradient."""
+        return bool(self.update["train/skipped"])
+
+    def metrics(self) -> Dict[str, Any]:
+        """Flat: the rollout's no_signal_frac (of all drawn prompts) wins over the algorithm's (of the
+        kept ones), the update's keys over both. perf/tokens_per_s is the rollout + training
+        throughput: validation (its sync included) and checkpoint time left out."""
+        out: Dict[str, Any] = {**self.algorithm, **self.rollout.metrics()}
+        if self.old_logp_s is not None and self.update_s is not None:
+            out["timing/old_logp_s"] = self.old_logp_s
+            out["timing/update_s"] = self.update_s
+        out.update(self.update)
+        if self.logp_abs_diff is not None:
+            out["rollout/logp_abs_diff"] = self.logp_abs_diff
+        out["train/bad_steps"] = self.bad_steps
+        if self.validation is not None:
+            out.update(self.validation.metrics())
+        if self.save_s is not None:
+            out["timing/save_s"] = self.save_s
+        out["timing/step_s"] = self.step_s
+        busy = self.step_s - (self.validation.seconds if self.validation else 0.0) - (self.save_s or 0.0)
+        out["perf/tokens_per_s"] = self.update["train/tokens"] / max(busy, 1e-9)
+        return out
+
+
+def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Validation:
     """val/accuracy of the current weights on the validation set (the weights synced first)."""
-    with Timer() as val:
+    with Timer() as phase:
         rollout, sync_s = run.rollouts.generate(
             val_data.items, val_sampling(cfg), cfg.rollout.val_n, cfg.data.val_batch_size
         )
-        result, _ = evaluate(run.val_scorer, rollout)
-    return {"timing/val_sync_s": sync_s, **result, "timing/val_s": val.seconds - sync_s}
+        accuracy, _ = evaluate(run.val_scorer, rollout)
+    return Validation(accuracy, sync_s, phase.seconds)
 
 
-def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> Dict[str, Any]:
-    """One SPPO step on the next batch of prompts; returns its metrics."""
+def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardGuard) -> StepRecord:
+    """One SPPO step on the next batch of prompts."""
     rollout, rewards, stats = collect_rollout(
         run.rollouts, run.scorer, cfg, step
     )  # refills what dynamic sampling drops
     reward_guard.check(step, stats.score, stats.drawn_prompts * cfg.rollout.n)
-    metrics = stats.metrics()
     if not rollout.items:  # no prompt with a reward signal within rollout.max_extra_rounds: nothing to train
-        return {**metrics, "train/skipped": 0.0, "train/num_optimizer_steps": 0.0, "train/tokens": 0.0}
+        return StepRecord(stats)
     targets, sample_mask, algo_metrics = compute_targets(rewards, cfg.rollout.n, cfg.algorithm)
     batch = rollout.batch
     with Timer() as old_logp_time:
         old_logp = run.rollouts.old_log_probs(batch)  # under the weights that generated the batch
     with Timer() as update_time:
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
-    metrics["timing/old_logp_s"] = old_logp_time.seconds
-    metrics["timing/update_s"] = update_time.seconds
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
-    metrics = {**algo_metrics, **metrics, **update_metrics}  # no_signal_frac: of all drawn prompts, not the kept
-    metrics["rollout/logp_abs_diff"] = logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask)
-    if cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0:
-        metrics["samples"] = sample_records(rollout, rewards, cfg.algorithm)
-    return metrics
+    logged = cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0
+    return StepRecord(
+        stats,
+        algorithm=algo_metrics,
+        update=update_metrics,
+        old_logp_s=old_logp_time.seconds,
+        update_s=update_time.seconds,
+        logp_abs_diff=logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask),
+        samples=sample_records(rollout, rewards, cfg.algorithm) if logged else [],
+    )
 
 
 def resume(
@@ -139,7 +204,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
         t.total_steps,
         t.experiment_name,
         t.project_name,
-        dataclasses.asdict(cfg),
+        asdict(cfg),
         enabled=is_rank0(),
         keep_up_to_step=start_step if resume_from else -1,
     )
@@ -152,24 +217,22 @@ def _train(cfg: Config) -> Dict[str, Any]:
     step = start_step
     try:
         if start_step == 0 and t.val_before_train and run.val_data is not None:
-            metrics = validate(run, cfg, run.val_data)
+            metrics = validate(run, cfg, run.val_data).metrics()
             logger.log(0, metrics)
         for step in range(start_step + 1, t.total_steps + 1):
-            step_start = time.perf_counter()
-            metrics = train_step(run, cfg, step, reward_guard)
-            metrics["train/bad_steps"] = divergence.update(bool(metrics["train/skipped"]))
-            if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
-                metrics.update(validate(run, cfg, run.val_data))
-            stop = preemption.should_stop()
-            if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
-                with Timer() as save:
-                    ckpts.save(step, trainer_state(stateful), run.save_checkpoint)
-                metrics["timing/save_s"] = save.seconds
-            metrics["timing/step_s"] = time.perf_counter() - step_start
-            # rollout + training throughput: validation and checkpoint time left out
-            busy = metrics["timing/step_s"] - metrics.get("timing/val_s", 0.0) - metrics.get("timing/save_s", 0.0)
-            metrics["perf/tokens_per_s"] = metrics["train/tokens"] / max(busy, 1e-9)
-            logger.log_samples(step, metrics.pop("samples", []))
+            with Timer() as step_time:
+                record = train_step(run, cfg, step, reward_guard)
+                record.bad_steps = divergence.update(record.skipped)
+                if run.val_data is not None and ((t.test_freq and step % t.test_freq == 0) or step == t.total_steps):
+                    record.validation = validate(run, cfg, run.val_data)
+                stop = preemption.should_stop()
+                if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
+                    with Timer() as save:
+                        ckpts.save(step, trainer_state(stateful), run.save_checkpoint)
+                    record.save_s = save.seconds
+            record.step_s = step_time.seconds
+            metrics = record.metrics()
+            logger.log_samples(step, record.samples)
             logger.log(step, metrics)
             divergence.check(step)
             if stop:
