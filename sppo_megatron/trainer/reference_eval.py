@@ -17,8 +17,10 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from sppo_megatron.algorithm.targets import sample_win_rates
+from sppo_megatron.config.schema import AlgorithmConfig
 from sppo_megatron.errors import DataError
-from sppo_megatron.trainer.generation import RolloutBatch
+from sppo_megatron.reward.oracles import Oracle
+from sppo_megatron.trainer.samples import RolloutBatch
 
 
 def _key(messages: Any) -> str:
@@ -47,7 +49,12 @@ def load_references(path: str, prompt_key: str) -> Dict[str, str]:
 
 
 def reference_win_rates(
-    oracle: Any, rollout: RolloutBatch, references: Dict[str, str], algorithm: Any, tokenizer: Any, path: str
+    oracle: Oracle,
+    rollout: RolloutBatch,
+    references: Dict[str, str],
+    algorithm: AlgorithmConfig,
+    tokenizer: Any,
+    path: str,
 ) -> tuple[Dict[str, float], List[Dict[str, Any]]]:
     """`eval/win_rate` (mean over prompts of P(model sample > reference), averaged over a prompt's
     samples), `eval/model_length_mean`, `eval/reference_length_mean` (tokens of the policy's
