@@ -20,7 +20,7 @@ def _init():
 def _generation_fails_on_rank1():
     import torch.distributed as dist
 
-    from sppo_megatron.rollout.base import RolloutEngine, RolloutSample, SamplingParams, make_placement
+    from sppo_megatron.rollout.base import RolloutEngine, RolloutSample, SamplingParams, make_engine_groups
 
     _init()
 
@@ -35,7 +35,7 @@ def _generation_fails_on_rank1():
         def _load_weights(self, named_tensors):
             pass
 
-    engine = Engine(make_placement(1))
+    engine = Engine(make_engine_groups(1))
     engine.update_weights([])
     try:
         engine.generate([[1], [2], [3], [4]], SamplingParams(seed=0), 2)

@@ -459,13 +459,13 @@ def test_missing_sglang_is_a_user_error(monkeypatch):
 # ---------------------------------------------------------------- two gloo ranks ----------
 def _two_ranks():
     from sppo_megatron.platform.distributed import init_distributed
-    from sppo_megatron.rollout.base import make_placement
+    from sppo_megatron.rollout.base import make_engine_groups
 
     init_distributed(1, 1, seed=3)
     rank = torch.distributed.get_rank()
     results = {}
     # one engine with TP=2 hosted by rank 0: both ranks send their copy of every bucket
-    eng = _engine(make_placement(2), tp=2)
+    eng = _engine(make_engine_groups(2), tp=2)
     eng.update_weights(_stream())
     sp = SamplingParams(temperature=1.0, max_new_tokens=3)
     results["tp2"] = [(s.prompt_index, s.sample_index, s.response_ids) for s in eng.generate([[5], [6], [7]], sp, n=2)]
@@ -481,7 +481,7 @@ def _two_ranks():
     eng.update_weights(_stream(2))
     eng.shutdown()
     # two engines (TP=1), one per rank: prompts split, results gathered in order
-    eng = _engine(make_placement(1), tp=1)
+    eng = _engine(make_engine_groups(1), tp=1)
     eng.update_weights(_stream())
     results["tp1"] = [(s.prompt_index, s.sample_index, s.response_ids) for s in eng.generate([[5], [6], [7]], sp, n=2)]
     results["prompts_here"] = sum(c == "generate" for c in FakeEngine.instances[-1].calls)

@@ -129,7 +129,7 @@ def run(args) -> dict:
 
     from sppo_megatron.config.schema import ParallelConfig
     from sppo_megatron.platform.dtypes import resolve_dtype
-    from sppo_megatron.rollout.base import make_placement
+    from sppo_megatron.rollout.base import make_engine_groups
     from sppo_megatron.sync import WeightSync
 
     hf_dir = args.hf
@@ -177,7 +177,7 @@ def run(args) -> dict:
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
         engine = HFRolloutEngine(
-            hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_placement(1)
+            hf_dir, dtype=resolve_dtype(args.dtype, device), device=device, placement=make_engine_groups(1)
         )
     else:
         from sppo_megatron.rollout.sglang import SglangRolloutEngine
@@ -188,7 +188,7 @@ def run(args) -> dict:
             mem_fraction=args.mem_fraction,
             dtype=resolve_dtype(args.dtype, device),
             bucket_mb=args.bucket_mb,
-            placement=make_placement(args.rollout_tp),
+            placement=make_engine_groups(args.rollout_tp),
             sync_mode=args.sync_mode,
         )
     sync = WeightSync(engine)

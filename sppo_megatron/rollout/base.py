@@ -96,7 +96,7 @@ def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
 
 
 @dataclass
-class RolloutPlacement:
+class EngineGroups:
     """Where this rank sits among the rollout engines.
 
     Ranks are grouped in consecutive blocks of `group_size`; block g hosts engine g on its first
@@ -142,7 +142,7 @@ class RolloutPlacement:
         return share_outcomes(fn if self.is_host else None, group=self.rollout_group)[0]
 
 
-def make_placement(group_size: int = 1) -> RolloutPlacement:
+def make_engine_groups(group_size: int = 1) -> EngineGroups:
     """Build the placement (collective when torch.distributed is initialised: every rank must
     call it, in the same order as its other group creations)."""
     from sppo_megatron.errors import UserError
@@ -155,7 +155,7 @@ def make_placement(group_size: int = 1) -> RolloutPlacement:
             "spans rollout.tp ranks (one GPU each) and takes their CUDA IPC weight handles"
         )
     if world == 1:
-        return RolloutPlacement(0, 1, 1, None, None, [0])
+        return EngineGroups(0, 1, 1, None, None, [0])
     rank = dist.get_rank()
     gloo_world = dist.get_backend() == "gloo"
     object_group = None if gloo_world else dist.new_group(backend="gloo")
@@ -165,7 +165,7 @@ def make_placement(group_size: int = 1) -> RolloutPlacement:
         grp = dist.new_group(ranks=ranks, backend="gloo") if group_size > 1 else None
         if rank in ranks:
             rollout_group, mine = grp, ranks
-    return RolloutPlacement(rank, world, group_size, object_group, rollout_group, mine)
+    return EngineGroups(rank, world, group_size, object_group, rollout_group, mine)
 
 
 def resolve_eos_token_ids(hf_dir: str) -> Tuple[int, ...]:
@@ -211,11 +211,11 @@ class RolloutEngine(abc.ABC):
 
     def __init__(
         self,
-        placement: Optional[RolloutPlacement] = None,
+        placement: Optional[EngineGroups] = None,
         eos_token_ids: Sequence[int] = (),
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.placement = placement or RolloutPlacement()
+        self.placement = placement or EngineGroups()
         self.eos_token_ids: Tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
         #: the dtype the engine holds its weights in (streamed tensors are cast to it)
         self.dtype = dtype

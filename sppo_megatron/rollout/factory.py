@@ -20,7 +20,7 @@ from sppo_megatron.config.schema import RolloutConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import current_device, detect_launch
 from sppo_megatron.platform.dtypes import resolve_dtype
-from sppo_megatron.rollout.base import RolloutEngine, make_placement
+from sppo_megatron.rollout.base import RolloutEngine, make_engine_groups
 from sppo_megatron.rollout.sglang import sglang_available
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def create_rollout_engine(
 
         device = current_device()
         return HFRolloutEngine(
-            hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device, placement=make_placement(1)
+            hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device, placement=make_engine_groups(1)
         )
 
     from sppo_megatron.rollout.sglang import SglangRolloutEngine
@@ -95,7 +95,7 @@ def create_rollout_engine(
         mem_fraction=rollout.mem_fraction,
         dtype=resolve_dtype(rollout.dtype, torch.device("cuda")),
         bucket_mb=float(rollout.sync_bucket_mb),
-        placement=make_placement(tp),
+        placement=make_engine_groups(tp),
         seed=seed,
         log_dir=log_dir,
         api=api,

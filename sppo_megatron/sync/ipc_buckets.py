@@ -6,7 +6,7 @@ IPC handles (after `monkey_patch_torch_reductions()`): `flattened_bucket` mode p
 into one `FlattenedTensorBucket`, `tensor` mode sends one handle per tensor
 (`LocalSerializedTensor`). The group's host gathers the handles (`gather_object` on the group's
 gloo group) and hands one payload per engine TP rank to `send`; every rank keeps its bucket
-alive until the host reports `send` done (`RolloutPlacement.on_host`), then the next bucket
+alive until the host reports `send` done (`EngineGroups.on_host`), then the next bucket
 follows.
 """
 

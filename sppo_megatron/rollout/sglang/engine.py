@@ -31,8 +31,8 @@ from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import free_port
 from sppo_megatron.rollout.base import (
     EngineCapabilities,
+    EngineGroups,
     RolloutEngine,
-    RolloutPlacement,
     RolloutSample,
     SamplingParams,
     resolve_eos_token_ids,
@@ -72,7 +72,7 @@ class SglangRolloutEngine(RolloutEngine):
         mem_fraction: float = 0.5,
         dtype: torch.dtype = torch.bfloat16,
         bucket_mb: float = 512,
-        placement: Optional[RolloutPlacement] = None,
+        placement: Optional[EngineGroups] = None,
         seed: int = 1234,
         eos_token_ids: Optional[Sequence[int]] = None,
         log_dir: Optional[str] = None,
