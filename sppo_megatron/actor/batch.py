@@ -37,10 +37,6 @@ class SequenceBatch:
         return len(self.prompt_ids)
 
     @property
-    def prompt_lengths(self) -> List[int]:
-        return [len(p) for p in self.prompt_ids]
-
-    @property
     def response_lengths(self) -> List[int]:
         return [len(r) for r in self.response_ids]
 
@@ -52,10 +48,6 @@ class SequenceBatch:
     @property
     def max_response_length(self) -> int:
         return max(self.response_lengths, default=0)
-
-    @property
-    def num_response_tokens(self) -> int:
-        return sum(self.response_lengths)
 
     def select(self, indices: Sequence[int]) -> "SequenceBatch":
         return SequenceBatch([self.prompt_ids[i] for i in indices], [self.response_ids[i] for i in indices])

@@ -32,7 +32,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
@@ -160,22 +160,13 @@ def _check_layout(tp: int, pp: int) -> None:
 
 
 # --------------------------------------------------------------------------------- distributed helpers
-class _Dist:
+def _start_distributed(tp: int, pp: int) -> None:
     """init_distributed for the command. The process group is kept afterwards (torchrun tears it
     down at exit), so one process can run several commands: re-creating a gloo group on the same
     MASTER_PORT right after destroying it can hang."""
+    from sppo_megatron.platform.distributed import init_distributed
 
-    def __init__(self, tp: int, pp: int) -> None:
-        self.tp, self.pp = tp, pp
-
-    def __enter__(self) -> "_Dist":
-        from sppo_megatron.platform.distributed import init_distributed
-
-        init_distributed(tp=self.tp, pp=self.pp, seed=0)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
+    init_distributed(tp=tp, pp=pp, seed=0)
 
 
 def _say(msg: str) -> None:
@@ -204,7 +195,8 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
         megatron_lm_args(bridge, dtype, args.tp, args.pp, padded)  # refuses what Megatron-LM cannot express, early
 
     t0 = time.time()
-    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+    _start_distributed(args.tp, args.pp)
+    with atomic_output_dir(args.out) as tmp:
         model = bridge.build_model(
             conversion_model_config(dtype),
             ParallelConfig(tp=args.tp, pp=args.pp),
@@ -242,7 +234,8 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
     out_dtype = args.dtype or ckpt_dtype
 
     t0 = time.time()
-    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+    _start_distributed(args.tp, args.pp)
+    with atomic_output_dir(args.out) as tmp:
         model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
         write_hf_dir(
             bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class, max_shard, write=rank() == 0
@@ -264,7 +257,8 @@ def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
     megatron_lm_args(bridge, dtype, args.tp, args.pp, padded)  # refuses what Megatron-LM cannot express, early
 
     t0 = time.time()
-    with _Dist(args.tp, args.pp), atomic_output_dir(args.out) as tmp:
+    _start_distributed(args.tp, args.pp)
+    with atomic_output_dir(args.out) as tmp:
         model = load_megatron_model(bridge, args.ckpt, dtype, args.tp, args.pp, padded_vocab_size=padded)
         ckpt = write_converted_checkpoint(model, tmp, bridge, dtype, hf_dir, args.tp, args.pp, "megatron-lm", iteration)
         del model
@@ -305,26 +299,26 @@ def verify(args: argparse.Namespace) -> int:
         0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed)
     )
 
-    with _Dist(args.tp, args.pp):
-        model = bridge.build_model(
-            ModelConfig(dtype="fp32"),
-            ParallelConfig(tp=args.tp, pp=args.pp),
-            perform_initialization=False,
-            padded_vocab_size=padded,
-        )
-        load_model_checkpoint(model, args.ckpt)
-        logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
-        del model
-        diff = torch.tensor([0.0])
-        if rank() == 0:
-            from transformers import AutoModelForCausalLM
+    _start_distributed(args.tp, args.pp)
+    model = bridge.build_model(
+        ModelConfig(dtype="fp32"),
+        ParallelConfig(tp=args.tp, pp=args.pp),
+        perform_initialization=False,
+        padded_vocab_size=padded,
+    )
+    load_model_checkpoint(model, args.ckpt)
+    logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
+    del model
+    diff = torch.tensor([0.0])
+    if rank() == 0:
+        from transformers import AutoModelForCausalLM
 
-            hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
-            hf.eval()
-            with torch.no_grad():
-                ref = hf(input_ids=ids).logits.float()
-            diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
-        diff = broadcast_object(diff)
+        hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
+        hf.eval()
+        with torch.no_grad():
+            ref = hf(input_ids=ids).logits.float()
+        diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
+    diff = broadcast_object(diff)
     value = float(diff.item())
     ok = value <= args.atol
     _say(

@@ -2,16 +2,16 @@
 
 Public API:
     get_bridge(hf_config) -> Bridge
-    build_model(hf_config, model_cfg, parallel_cfg) -> GPTModel   (this rank's pipeline stage)
-    Bridge.transformer_config / layer_spec / load_hf_weights / export_hf_weights /
-          padded_vocab_size / vocab_size / hf_names / mask_padded_logits_
+    Bridge.build_model (this rank's pipeline stage of a GPTModel) / transformer_config / layer_spec /
+          load_hf_weights / export_hf_weights / padded_vocab_size / vocab_size / hf_names /
+          mask_padded_logits_
     check_fp8_support(model_cfg)
     save_dist_checkpoint(state, ckpt_dir) / load_dist_checkpoint(sharded_state, ckpt_dir)
     resolve_dtype(name)   (re-exported from sppo_megatron.platform.dtypes, the one dtype table)
 """
 
 from sppo_megatron.models.arch import ARCHITECTURES, SUPPORTED_MODEL_TYPES, get_architecture
-from sppo_megatron.models.bridge import Bridge, build_model, export_hf_weights, get_bridge
+from sppo_megatron.models.bridge import Bridge, get_bridge
 from sppo_megatron.models.dist_ckpt import (
     MODEL_KEY,
     load_dist_checkpoint,
@@ -28,9 +28,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "Bridge",
     "MODEL_KEY",
-    "build_model",
     "check_fp8_support",
-    "export_hf_weights",
     "get_architecture",
     "get_bridge",
     "load_dist_checkpoint",

@@ -432,19 +432,3 @@ def get_bridge(hf_config: Any) -> Bridge:
 
         hf_config = load_hf_config(hf_config, "model")
     return Bridge(hf_config)
-
-
-def build_model(
-    hf_config: Any,
-    model_cfg: Optional[ModelConfig] = None,
-    parallel_cfg: Optional[ParallelConfig] = None,
-    *,
-    perform_initialization: bool = True,
-):
-    """GPTModel for this rank's pipeline stage (see `Bridge.build_model`)."""
-    return get_bridge(hf_config).build_model(model_cfg, parallel_cfg, perform_initialization=perform_initialization)
-
-
-def export_hf_weights(model: Any, hf_config: Any) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Module-level form of `Bridge.export_hf_weights`."""
-    return get_bridge(hf_config).export_hf_weights(model)

@@ -130,10 +130,6 @@ class EngineGroups:
     def is_host(self) -> bool:
         return self.rank == self.host_rank
 
-    @property
-    def rank_in_group(self) -> int:
-        return self.rank - self.host_rank
-
     def on_host(self, fn: Callable[[], T]) -> Optional[T]:
         """fn() run on this group's host, its outcome shared with the group: the host's result on
         every member, or its exception raised on every member (collective over the group)."""
