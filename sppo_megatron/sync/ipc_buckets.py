@@ -12,13 +12,15 @@ follows.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from sppo_megatron.sync.buckets import NamedTensor, bucketize
 
+#: keys of the flattened-bucket payload SGLang's scheduler reads (rollout/sglang/contract.py pins them)
+FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
 #: sync modes (how a bucket travels) and SGLang's load_format for each
 LOAD_FORMATS: Dict[str, Optional[str]] = {"flattened_bucket": "flattened_bucket", "tensor": None}
 
@@ -57,8 +59,6 @@ def _serialize(api: Any, obj: Any) -> Any:
 
 
 def _push_bucket(bucket: List[NamedTensor], api: Any, pl: Any, mode: str, send: Callable[[Any], None]) -> None:
-    from sppo_megatron.rollout.sglang.contract import FLATTENED_PAYLOAD_KEYS
-
     keep_alive: List[Any] = []
     if mode == "flattened_bucket":
         flat = api.FlattenedTensorBucket(named_tensors=bucket)

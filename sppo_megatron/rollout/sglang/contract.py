@@ -19,6 +19,7 @@ import torch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.dtypes import torch_dtype_name
 from sppo_megatron.rollout.base import FINISH_LENGTH, FINISH_STOP, RolloutSample, SamplingParams
+from sppo_megatron.sync import ipc_buckets
 
 #: sglang versions this adapter was written against: [min, max)
 SUPPORTED_SGLANG_MIN = (0, 5, 23)
@@ -55,8 +56,8 @@ ENGINE_CALLS: Dict[str, Tuple[str, ...]] = {
 #: sampling_params keys we send
 SAMPLING_KEYS: Tuple[str, ...] = ("max_new_tokens", "temperature", "top_p", "top_k", "n", "stop_token_ids")
 
-#: keys of the flattened-bucket payload the scheduler reads
-FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
+#: keys of the flattened-bucket payload the scheduler reads (defined where the payload is built)
+FLATTENED_PAYLOAD_KEYS = ipc_buckets.FLATTENED_PAYLOAD_KEYS
 
 #: memory tags of release/resume_memory_occupation
 MEMORY_TAGS: Tuple[str, ...] = ("weights", "kv_cache", "cuda_graph")
