@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sppo_megatron.platform.distributed import detect_launch, first_slurm_host
-from sppo_megatron.platform.layout import ParallelLayout
+from sppo_megatron.platform.layout import ParallelLayout, split_evenly
 from tests.multirank import run_ranks
 
 
@@ -179,3 +179,8 @@ def test_single_rank_collective_is_skipped_only_when_it_is_an_identity(monkeypat
     wrapped(buf, buf, group="two", async_op=False)
     wrapped(buf[:4], buf, group="one", async_op=False)
     assert len(calls) == 4
+
+
+def test_split_evenly():
+    assert split_evenly(5, 2) == [(0, 3), (3, 5)]
+    assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]

@@ -14,7 +14,6 @@ from sppo_megatron.rollout import (
     create_rollout_engine,
     logp_abs_diff,
     samples_logprobs,
-    split_evenly,
 )
 from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
 from sppo_megatron.sync import WeightSync, bucketize
@@ -249,8 +248,3 @@ def test_create_rollout_engine_from_config(tiny):
     if not torch.cuda.is_available():
         with pytest.raises(UserError):
             create_rollout_engine(RolloutConfig(engine="sglang"), tiny[0], seed=1, log_dir="unused")
-
-
-def test_split_evenly():
-    assert split_evenly(5, 2) == [(0, 3), (3, 5)]
-    assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]

@@ -6,13 +6,25 @@ expert-data-parallel size edp is what etp x ep leave of tp x dp.
 
 One value for the one fact: config validation builds it from the launcher's world size (before
 any process group exists), the actor reads it back from megatron's parallel state, and
-checkpoints and the start-up line take it from there.
+checkpoints and the start-up line take it from there. `split_evenly` cuts work into per-rank shares.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
+
+
+def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
+    """Contiguous [start, end) ranges covering range(count), sizes differing by at most one: each
+    rank's (or engine's) share of `count` work units, in order."""
+    base, extra = divmod(count, parts)
+    ranges, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        ranges.append((start, end))
+        start = end
+    return ranges
 
 
 @dataclass(frozen=True)

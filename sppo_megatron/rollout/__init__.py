@@ -14,7 +14,6 @@ from sppo_megatron.rollout.base import (
     SamplingParams,
     make_engine_groups,
     resolve_eos_token_ids,
-    split_evenly,
 )
 from sppo_megatron.rollout.factory import choose_engine, create_rollout_engine
 from sppo_megatron.rollout.logprobs import logp_abs_diff, samples_logprobs
@@ -32,5 +31,4 @@ __all__ = [
     "make_engine_groups",
     "resolve_eos_token_ids",
     "samples_logprobs",
-    "split_evenly",
 ]

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from sppo_megatron.platform.distributed import broadcast_object, share_outcomes
+from sppo_megatron.platform.layout import split_evenly
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +83,6 @@ class RolloutSample:
     response_ids: List[int]
     finish_reason: str  # "stop" | "length"
     logprobs: Optional[List[float]] = None
-
-
-def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
-    """Contiguous [start, end) ranges covering range(count), sizes differing by at most one."""
-    base, extra = divmod(count, parts)
-    ranges, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        ranges.append((start, end))
-        start = end
-    return ranges
 
 
 @dataclass

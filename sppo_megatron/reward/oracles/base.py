@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 
 from sppo_megatron.platform.distributed import current_device, share_outcomes
+from sppo_megatron.platform.layout import split_evenly
 from sppo_megatron.reward.scoring import ScoredPrompt, Scorer, ScoreStats
 
 Messages = List[Dict[str, str]]
@@ -25,10 +27,6 @@ Messages = List[Dict[str, str]]
 
 def rank_slice(count: int) -> slice:
     """This rank's contiguous share of `count` work units: sizes differ by at most one, in rank order."""
-    import torch.distributed as dist
-
-    from sppo_megatron.rollout.base import split_evenly
-
     world, me = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
     return slice(*split_evenly(count, world)[me])
 
