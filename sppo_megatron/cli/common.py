@@ -8,6 +8,7 @@ import time
 from typing import Callable
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.console import say
 from sppo_megatron.platform.distributed import is_rank0
 
 
@@ -24,10 +25,9 @@ def exit_on_user_error(prog: str) -> Callable[[Callable[..., int]], Callable[...
             try:
                 return main(*args, **kwargs)
             except UserError as e:
-                if is_rank0():
-                    for line in str(e).splitlines():
-                        print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
-                else:
+                for line in str(e).splitlines():
+                    say(prog, f"error: {line}", stderr=True)
+                if not is_rank0():
                     time.sleep(2.0)
                 sys.exit(e.exit_code)
 

@@ -39,16 +39,19 @@ from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.converted import LAYOUTS, check_checkpoint_matches
 from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
+from sppo_megatron.platform.console import say
 from sppo_megatron.platform.distributed import broadcast_object, rank
 from sppo_megatron.platform.dtypes import DTYPES
 from sppo_megatron.platform.files import atomic_output_dir
+
+PROG = "sppo-convert"
 
 DTYPE_CHOICES = tuple(DTYPES)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="sppo-convert",
+        prog=PROG,
         description="Convert between Hugging Face checkpoints and megatron-core dist checkpoints "
         "(single process, or under torchrun with --tp/--pp).",
     )
@@ -169,11 +172,6 @@ def _start_distributed(tp: int, pp: int) -> None:
     init_distributed(tp=tp, pp=pp, seed=0)
 
 
-def _say(msg: str) -> None:
-    if rank() == 0:
-        print(f"sppo-convert: {msg}", flush=True)
-
-
 # --------------------------------------------------------------------------------- commands
 def hf_to_megatron(args: argparse.Namespace) -> int:
     from sppo_megatron.models import get_bridge
@@ -207,9 +205,10 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
         t_load = time.time() - t0
         write_converted_checkpoint(model, tmp, bridge, dtype, args.hf, args.tp, args.pp, args.layout)
         del model
-    _say(
+    say(
+        PROG,
         f"wrote {args.out} ({bridge.model_type}, {dtype}, tp={args.tp} pp={args.pp}, {args.layout} layout, "
-        f"padded vocab {padded}) in {time.time() - t0:.1f}s (load {t_load:.1f}s)"
+        f"padded vocab {padded}) in {time.time() - t0:.1f}s (load {t_load:.1f}s)",
     )
     return 0
 
@@ -241,7 +240,7 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
             bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class, max_shard, write=rank() == 0
         )
         del model
-    _say(f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
+    say(PROG, f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
     return 0
 
 
@@ -262,9 +261,10 @@ def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
         model = load_megatron_model(bridge, args.ckpt, dtype, args.tp, args.pp, padded_vocab_size=padded)
         ckpt = write_converted_checkpoint(model, tmp, bridge, dtype, hf_dir, args.tp, args.pp, "megatron-lm", iteration)
         del model
-    _say(
+    say(
+        PROG,
         f"wrote {os.path.join(args.out, os.path.basename(ckpt))} ({bridge.model_type}, {dtype}, padded vocab {padded}) "
-        f"in {time.time() - t0:.1f}s"
+        f"in {time.time() - t0:.1f}s",
     )
     return 0
 
@@ -321,9 +321,10 @@ def verify(args: argparse.Namespace) -> int:
     diff = broadcast_object(diff)
     value = float(diff.item())
     ok = value <= args.atol
-    _say(
+    say(
+        PROG,
         f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
-        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}"
+        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}",
     )
     return 0 if ok else 1
 
@@ -336,7 +337,7 @@ COMMANDS = {
 }
 
 
-@exit_on_user_error("sppo-convert")
+@exit_on_user_error(PROG)
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from sppo_megatron.platform.cpu_compat import silence_cpu_noise

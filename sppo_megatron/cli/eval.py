@@ -31,13 +31,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform.console import say
 from sppo_megatron.platform.files import atomic_write_text, reporting_full_disk
+
+PROG = "sppo-eval"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="sppo-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model", required=True, help="HF directory, Megatron checkpoint, training checkpoint or run directory"
     )
@@ -238,7 +239,7 @@ def _reference_eval(
     return metrics, per_prompt
 
 
-@exit_on_user_error("sppo-eval")
+@exit_on_user_error(PROG)
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from sppo_megatron.platform.cpu_compat import silence_cpu_noise
@@ -319,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with reporting_full_disk(out):
             atomic_write_text(out, json.dumps(result, indent=2))
         print(format_reference(metrics) if per_prompt is not None else format_table(metrics))
-        print(f"sppo-eval: {len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {out}")
+        say(PROG, f"{len(items)} prompts x n={n} in {metrics['timing/eval_s']:.1f}s; wrote {out}")
     return 0
 
 

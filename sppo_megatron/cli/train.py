@@ -8,6 +8,8 @@ from typing import List, Optional
 
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import GROUP_HELP
+from sppo_megatron.platform.console import say
+from sppo_megatron.trainer import PROG
 
 EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
     f"  {name:<10} {text}" for name, text in GROUP_HELP.items()
@@ -16,7 +18,7 @@ EPILOG = "config groups (set any option as group.key=value; see docs/configurati
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="sppo-train",
+        prog=PROG,
         description="SPPO post-training on megatron-core. Runs as one process or under torchrun / srun.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -26,21 +28,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@exit_on_user_error("sppo-train")
+@exit_on_user_error(PROG)
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from sppo_megatron.platform.cpu_compat import silence_cpu_noise
 
     silence_cpu_noise()
     from sppo_megatron.config.loader import load_config
-    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed, is_rank0
+    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
     from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
     from sppo_megatron.trainer.preflight import preflight
 
     cfg = load_config(args.config, args.overrides)
     notice = preflight(cfg)
-    if notice and is_rank0():
-        print(f"sppo-train: {notice}", flush=True)
+    if notice:
+        say(PROG, notice)
     init_distributed(
         tp=cfg.parallel.tp,
         pp=cfg.parallel.pp,
@@ -50,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ep=cfg.parallel.ep,
         etp=cfg.parallel.etp,
     )
-    start_peer_monitor(cfg.parallel.peer_timeout_s, "sppo-train")
+    start_peer_monitor(cfg.parallel.peer_timeout_s, PROG)
     from sppo_megatron.trainer.loop import train
 
     try:

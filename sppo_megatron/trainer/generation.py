@@ -18,9 +18,10 @@ from sppo_megatron.algorithm.targets import prompts_with_signal
 from sppo_megatron.config.rules import filters_no_signal
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import UserError
-from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.platform.console import say
 from sppo_megatron.reward import Scorer, ScoreStats
 from sppo_megatron.rollout import FINISH_LENGTH
+from sppo_megatron.trainer import PROG
 from sppo_megatron.trainer.rollouts import RolloutManager, RoundStats
 from sppo_megatron.trainer.samples import RolloutBatch
 
@@ -154,11 +155,11 @@ def collect_rollout(
         kept_prompts=num_kept,
         no_signal_frac=1.0 - num_signal / len(everything.items) if filtering else None,
     )
-    if filtering and num_kept < want and max_extra and is_rank0():  # 0: short batches are the choice
-        print(
-            f"sppo-train: step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
+    if filtering and num_kept < want and max_extra:  # 0: short batches are the choice
+        say(
+            PROG,
+            f"step {step}: {num_kept} of data.train_batch_size={want} prompts have a reward "
             f"signal after {extra} extra generation rounds (rollout.max_extra_rounds="
             f"{cfg.rollout.max_extra_rounds}); training on those {num_kept}",
-            flush=True,
         )
     return RolloutBatch.join([r for r, _ in kept], n), torch.cat([r for _, r in kept]), stats

@@ -14,13 +14,13 @@ resumed run goes on counting.
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.errors import RunStopped, TrainingDiverged
-from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.platform.console import say
 from sppo_megatron.reward import ScoreStats
+from sppo_megatron.trainer import PROG
 
 
 class Streak:
@@ -64,13 +64,11 @@ class RewardGuard(Streak):
                 f"stopping at step {step}: {self.count} steps in a row with failing rewards "
                 f"(reward.max_bad_steps={self.cfg.max_bad_steps}); last: {what}"
             )
-        if is_rank0():
-            print(
-                f"sppo-train: WARNING: step {step}: {what} ({self.count} of reward.max_bad_steps="
-                f"{self.cfg.max_bad_steps} in a row)",
-                file=sys.stderr,
-                flush=True,
-            )
+        say(
+            PROG,
+            f"WARNING: step {step}: {what} ({self.count} of reward.max_bad_steps={self.cfg.max_bad_steps} in a row)",
+            stderr=True,
+        )
 
 
 class DivergenceGuard(Streak):

@@ -25,8 +25,10 @@ from sppo_megatron.algorithm import compute_targets
 from sppo_megatron.config.loader import save_config
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset
+from sppo_megatron.platform.console import say
 from sppo_megatron.platform.distributed import is_rank0, is_rollout_rank, share_outcomes
 from sppo_megatron.rollout import logp_abs_diff
+from sppo_megatron.trainer import PROG
 from sppo_megatron.trainer.checkpointing import CheckpointManager, Stateful, restore_trainer_state, trainer_state
 from sppo_megatron.trainer.evaluation import evaluate
 from sppo_megatron.trainer.generation import RolloutStats, collect_rollout
@@ -37,11 +39,6 @@ from sppo_megatron.trainer.rollouts import serve_rollouts
 from sppo_megatron.trainer.run_lock import RunLock
 from sppo_megatron.trainer.samples import sample_records, val_sampling
 from sppo_megatron.trainer.setup import RunComponents, build_components
-
-
-def _say(message: str) -> None:
-    if is_rank0():
-        print(f"sppo-train: {message}", flush=True)
 
 
 @dataclass
@@ -169,7 +166,7 @@ def train(cfg: Config) -> Dict[str, Any]:
     try:
         notice = share_outcomes(lock.acquire if is_rank0() else None)[0]
         if notice:
-            _say(notice)
+            say(PROG, notice)
         return _train(cfg)
     finally:
         lock.release()
@@ -182,7 +179,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     start = ckpts.decide_start(t.resume, t.overwrite)  # refuses (UserError) rather than clobber a run
     for problem in start.skipped:
-        _say(f"{problem}: falling back to {start.resume_from}")
+        say(PROG, f"{problem}: falling back to {start.resume_from}")
     if start.clear:
         ckpts.clear()
     resume_from = start.resume_from
@@ -208,9 +205,10 @@ def _train(cfg: Config) -> Dict[str, Any]:
         enabled=is_rank0(),
         keep_up_to_step=start_step if resume_from else -1,
     )
-    _say(
+    say(
+        PROG,
         f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
-        + (f", resumed from {resume_from}" if resume_from else "")
+        + (f", resumed from {resume_from}" if resume_from else ""),
     )
 
     metrics: Dict[str, Any] = {}
@@ -236,12 +234,12 @@ def _train(cfg: Config) -> Dict[str, Any]:
             logger.log(step, metrics)
             divergence.check(step)
             if stop:
-                _say(f"preemption signal received: checkpointed step {step}, exiting")
+                say(PROG, f"preemption signal received: checkpointed step {step}, exiting")
                 break
         if step == t.total_steps and t.export_hf:
             out = os.path.join(t.output_dir, "hf")
             run.export_hf(out)
-            _say(f"exported the Hugging Face checkpoint to {out}")
+            say(PROG, f"exported the Hugging Face checkpoint to {out}")
     finally:
         preemption.restore()
         logger.close()

@@ -22,8 +22,9 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-from sppo_megatron.platform.distributed import is_rank0
+from sppo_megatron.platform.console import say_now
 from sppo_megatron.platform.liveness import PeerMonitor, current_monitor
+from sppo_megatron.trainer import PROG
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 #: how many heartbeat intervals a SIGTERMed rank watches its peers before trusting it is no teardown
@@ -34,13 +35,8 @@ def _noop(signum, frame) -> None:  # noqa: ARG001 - installs the C-level handler
     pass
 
 
-def _say(message: str) -> None:
-    if is_rank0():
-        os.write(2, f"sppo-train: {message}\n".encode())
-
-
 def _exit_now(sig: signal.Signals, why: str) -> None:
-    _say(f"{sig.name} received {why}: exiting now, without a checkpoint of this step")
+    say_now(PROG, f"{sig.name} received {why}: exiting now, without a checkpoint of this step")
     os._exit(128 + sig)
 
 
@@ -74,8 +70,9 @@ class PreemptionFlag:
         if failed or self.received:
             _exit_now(sig, f"after {failed}" if failed else "a second time")
         self.received.append(int(sig))
-        _say(
-            f"{sig.name} received: checkpointing at the end of this step, then exiting (send it again to exit at once)"
+        say_now(
+            PROG,
+            f"{sig.name} received: checkpointing at the end of this step, then exiting (send it again to exit at once)",
         )
         if monitor is not None:  # the teardown after a rank was SIGKILLed: nobody marked a failure
             threading.Thread(target=self._probe, args=(monitor, sig), name="sppo-teardown-probe", daemon=True).start()
