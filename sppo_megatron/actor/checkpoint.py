@@ -33,6 +33,7 @@ from sppo_megatron.actor import optimizer_state
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.dist_ckpt import MODEL_KEY, check_padded_vocab, unwrap_model
 from sppo_megatron.platform.distributed import barrier, rank
+from sppo_megatron.platform.files import atomic_write_text
 from sppo_megatron.platform.layout import ParallelLayout
 
 META_FILE = "actor_meta.json"
@@ -137,10 +138,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
             "padded_vocab_size": int(unwrap_model(actor.model).vocab_size),
             "megatron_core": mcore_version,
         }
-        tmp = os.path.join(ckpt_dir, META_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2)
-        os.replace(tmp, os.path.join(ckpt_dir, META_FILE))
+        atomic_write_text(os.path.join(ckpt_dir, META_FILE), json.dumps(meta, indent=2))
     barrier()
 
 

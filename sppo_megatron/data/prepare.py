@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sppo_megatron.errors import DataError, UserError
+from sppo_megatron.platform.files import atomic_write
 from sppo_megatron.reward.boxed import last_boxed_only_string, remove_boxed
 
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -250,9 +251,7 @@ def build_rows(tagged: List[Tuple[str, int, Dict]], recipe: Recipe, split: str) 
 
 def write_parquet(rows: List[Dict], path: str) -> None:
     """Write atomically: a crash leaves the previous file, never a partial one."""
-    tmp = path + ".tmp"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
 def prepare(

@@ -9,7 +9,7 @@ import errno
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from sppo_megatron.errors import UserError
 
@@ -18,18 +18,28 @@ _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NOT_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write `text` to `path` via `path.tmp.PID` and a rename."""
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """`write(tmp)` writes the whole file at `tmp` (`path.tmp.PID`), which is then renamed to `path`;
+    on a failure the temporary file is removed and `path` is left as it was."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically (UTF-8)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    atomic_write(path, write)
 
 
 def make_tmp_dir(out: str) -> str:
