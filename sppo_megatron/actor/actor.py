@@ -34,11 +34,18 @@ import torch.distributed as dist
 from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
 from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
+from sppo_megatron.actor.checkpoint import load_actor, load_policy_weights, save_actor, save_policy_weights
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
+from sppo_megatron.actor.memory import offload, onload
 from sppo_megatron.actor.moe_metrics import router_losses
+from sppo_megatron.algorithm import sppo_loss
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
-from sppo_megatron.platform.distributed import current_device
+from sppo_megatron.models import get_bridge, resolve_dtype
+from sppo_megatron.platform.distributed import current_device, init_distributed
 from sppo_megatron.platform.layout import ParallelLayout
+
+# megatron-core is imported inside the functions that use it: the trainer and the tests import
+# the actor's batch types without paying for it.
 
 OldLogProbs = Union[LogProbs, torch.Tensor, Sequence[float]]
 
@@ -85,9 +92,6 @@ class MegatronActor:
         model.path). load_weights=False skips model.megatron_ckpt / model.path (random weights:
         benchmarks)."""
         from megatron.core import parallel_state as ps
-
-        from sppo_megatron.models import get_bridge, resolve_dtype
-        from sppo_megatron.platform.distributed import init_distributed
 
         if not ps.model_parallel_is_initialized():
             init_distributed(
@@ -250,8 +254,6 @@ class MegatronActor:
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum sq err, n selected, sum log-ratio
 
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
-            from sppo_megatron.algorithm import sppo_loss
-
             # nothing here waits for the device: inputs go up asynchronously, the mask stays on the
             # CPU (sppo_loss selects there), the statistics are summed on the device and read once
             # per optimizer step
@@ -343,13 +345,9 @@ class MegatronActor:
 
     # ------------------------------------------------------------------ checkpoints, memory
     def save_checkpoint(self, ckpt_dir: str) -> None:
-        from sppo_megatron.actor.checkpoint import save_actor
-
         save_actor(self, ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str, load_optimizer: bool = True) -> None:
-        from sppo_megatron.actor.checkpoint import load_actor
-
         load_actor(self, ckpt_dir, load_optimizer=load_optimizer)
 
     def snapshot_weights(self) -> List[torch.Tensor]:
@@ -377,28 +375,20 @@ class MegatronActor:
 
     def save_weights(self, ckpt_dir: str) -> None:
         """The model weights alone (collective; see actor.checkpoint.save_policy_weights)."""
-        from sppo_megatron.actor.checkpoint import save_policy_weights
-
         save_policy_weights(self, ckpt_dir)
 
     def load_weights(self, ckpt_dir: str) -> None:
-        from sppo_megatron.actor.checkpoint import load_policy_weights
-
         load_policy_weights(self, ckpt_dir)
 
     def offload(self) -> None:
         """Move params, grad buffers and optimizer state to pinned CPU memory (GPU; no-op on CPU).
 
         Call before rollouts; `onload()` before the next log_probs/update. Idempotent."""
-        from sppo_megatron.actor.memory import offload
-
         if self._offloaded is None:
             self._offloaded = offload(self) or False
 
     def onload(self) -> None:
         """Bring back what `offload()` moved (no-op if nothing is offloaded)."""
-        from sppo_megatron.actor.memory import onload
-
         if self._offloaded:
             onload(self, self._offloaded)
         self._offloaded = None

@@ -31,10 +31,20 @@ import torch
 
 from sppo_megatron.actor import optimizer_state
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.dist_ckpt import MODEL_KEY, check_padded_vocab, unwrap_model
+from sppo_megatron.models import load_dist_checkpoint, save_dist_checkpoint
+from sppo_megatron.models.dist_ckpt import (
+    MODEL_KEY,
+    check_checkpoint_dir,
+    check_checkpoint_files,
+    check_padded_vocab,
+    unwrap_model,
+)
 from sppo_megatron.platform.distributed import barrier, rank
 from sppo_megatron.platform.files import atomic_write_text
 from sppo_megatron.platform.layout import ParallelLayout
+
+# megatron-core is imported inside the functions that use it: the trainer and the tests import
+# the actor's batch types without paying for it.
 
 META_FILE = "actor_meta.json"
 FORMAT = 1
@@ -101,8 +111,6 @@ def read_meta(ckpt_dir: str) -> Dict[str, Any]:
 def check_actor_files(ckpt_dir: str) -> None:
     """UserError naming the file unless `ckpt_dir` holds a complete actor checkpoint (read
     without a process group or model: the run's start decision uses it)."""
-    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir, check_checkpoint_files
-
     if not read_meta(ckpt_dir):
         raise UserError(f"checkpoint {ckpt_dir}: {META_FILE} is missing (a model-only or unfinished checkpoint)")
     check_checkpoint_dir(ckpt_dir, "checkpoint")
@@ -112,8 +120,6 @@ def check_actor_files(ckpt_dir: str) -> None:
 def save_actor(actor: Any, ckpt_dir: str) -> None:
     """Write the actor's state into `ckpt_dir` (collective; the directory may already exist)."""
     from megatron.core import __version__ as mcore_version
-
-    from sppo_megatron.models import save_dist_checkpoint
 
     if rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -149,8 +155,6 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
     an actor checkpoint used as initial weights); the optimizer and LR schedule stay fresh, the
     optimizer's main params are refreshed from the loaded weights.
     """
-    from sppo_megatron.models import load_dist_checkpoint
-
     if not os.path.isdir(ckpt_dir):
         raise UserError(f"checkpoint directory {ckpt_dir} does not exist")
     meta = read_meta(ckpt_dir)
@@ -193,8 +197,6 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
 def save_policy_weights(actor: Any, ckpt_dir: str) -> None:
     """The model weights alone (no optimizer, schedule or RNG) as a dist checkpoint (collective):
     the policy that generated an off-policy run's in-flight batch."""
-    from sppo_megatron.models import save_dist_checkpoint
-
     if rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
     barrier()
@@ -204,8 +206,6 @@ def save_policy_weights(actor: Any, ckpt_dir: str) -> None:
 
 def load_policy_weights(actor: Any, ckpt_dir: str) -> None:
     """Load what `save_policy_weights` wrote into the model (collective); the optimizer is left alone."""
-    from sppo_megatron.models import load_dist_checkpoint
-
     loaded = load_dist_checkpoint({MODEL_KEY: actor.model.sharded_state_dict()}, ckpt_dir)
     with torch.no_grad():
         actor.model.load_state_dict(loaded[MODEL_KEY])

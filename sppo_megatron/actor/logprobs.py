@@ -28,6 +28,9 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+# megatron-core is imported inside the functions that use it: the trainer and the tests import
+# the actor's batch types without paying for it.
+
 # fp32 elements of one [tokens, vocab/tp] chunk, by device type: on CPU 16 MiB, under glibc's
 # largest mmap threshold (32 MiB), so a freed chunk buffer is reused instead of being mapped and
 # page-faulted afresh for every chunk; on GPUs 256 MiB (the caching allocator reuses blocks)

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import torch.distributed as dist
+
+# megatron-core is imported inside the functions that use it: the trainer and the tests import
+# the actor's batch types without paying for it.
+
 
 def router_losses(num_micro_batches: int, config: Any) -> Dict[str, float]:
     """{"moe/<loss name>": value} for the step just run (empty for dense models or zero coefficients)."""
     if not config.num_moe_experts:
         return {}
-    import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
 

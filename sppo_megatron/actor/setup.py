@@ -28,6 +28,11 @@ import torch
 
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.converted import check_checkpoint_matches
+from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
+
+# megatron-core is imported inside the functions that use it: the trainer and the tests import
+# the actor's batch types without paying for it.
 
 
 def warmup_steps(optim: OptimConfig, total: int) -> int:
@@ -80,7 +85,6 @@ def initial_padded_vocab(model_cfg: ModelConfig, parallel: ParallelConfig) -> Op
     """model.megatron_ckpt's padded vocabulary (it may follow Megatron-LM's rule), None = ours."""
     if not model_cfg.megatron_ckpt:
         return None
-    from sppo_megatron.models.dist_ckpt import model_vocab_for
 
     return model_vocab_for(model_cfg.megatron_ckpt, parallel.tp, "model.megatron_ckpt")
 
@@ -89,9 +93,6 @@ def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> Non
     """model.megatron_ckpt (a dist checkpoint of any layout, Megatron-LM's included) if set, else
     the HF weights at model.path."""
     if model_cfg.megatron_ckpt:
-        from sppo_megatron.models.converted import check_checkpoint_matches
-        from sppo_megatron.models.dist_ckpt import load_model_checkpoint
-
         path = model_cfg.megatron_ckpt
         check_checkpoint_matches(path, bridge, "model.path", "model.megatron_ckpt")
         load_model_checkpoint(model, path, "model.megatron_ckpt")

@@ -44,6 +44,9 @@ from sppo_megatron.platform.distributed import broadcast_object, rank
 from sppo_megatron.platform.dtypes import DTYPES
 from sppo_megatron.platform.files import atomic_output_dir
 
+# The models and megatron-core are imported inside the commands that use them: `--help` and bad
+# arguments answer at once.
+
 PROG = "sppo-convert"
 
 DTYPE_CHOICES = tuple(DTYPES)

@@ -29,10 +29,15 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
+from sppo_megatron.config.loader import load_config
+from sppo_megatron.config.rules import reward_rules
 from sppo_megatron.config.schema import Config
-from sppo_megatron.errors import UserError
+from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.platform.console import say
 from sppo_megatron.platform.files import atomic_write_text, reporting_full_disk
+
+# The models, engines and trainer are imported inside the commands that use them, after the
+# config is checked: `--help` and bad arguments answer at once.
 
 PROG = "sppo-eval"
 
@@ -150,8 +155,6 @@ def default_out(evaluated: str, data: List[str]) -> str:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from sppo_megatron.config.loader import load_config
-
     return load_config(args.config, args.overrides, check_paths=False, cross_field=False)
 
 
@@ -177,8 +180,6 @@ def _check_reference_config(cfg: Config, reference: Optional[str]) -> None:
     """--reference needs a preference oracle that fits algorithm.preference (the reward rules)."""
     if reference is None:
         return
-    from sppo_megatron.config.rules import reward_rules
-    from sppo_megatron.errors import ConfigError
     from sppo_megatron.reward.oracles import oracle_problems
 
     if cfg.reward.source == "rule":

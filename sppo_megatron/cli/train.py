@@ -7,8 +7,12 @@ import sys
 from typing import List, Optional
 
 from sppo_megatron.cli.common import exit_on_user_error
+from sppo_megatron.config.loader import load_config
 from sppo_megatron.config.schema import GROUP_HELP
 from sppo_megatron.platform.console import say
+from sppo_megatron.platform.cpu_compat import silence_cpu_noise
+from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
+from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
 from sppo_megatron.trainer import PROG
 
 EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
@@ -31,15 +35,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 @exit_on_user_error(PROG)
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from sppo_megatron.platform.cpu_compat import silence_cpu_noise
-
     silence_cpu_noise()
-    from sppo_megatron.config.loader import load_config
-    from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
-    from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
+    cfg = load_config(args.config, args.overrides)
+    # the trainer's modules load only now (here and below): `--help` and config errors answer at once
     from sppo_megatron.trainer.preflight import preflight
 
-    cfg = load_config(args.config, args.overrides)
     notice = preflight(cfg)
     if notice:
         say(PROG, notice)

@@ -19,6 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 from sppo_megatron.config import rules
 from sppo_megatron.config.schema import Config
 from sppo_megatron.errors import ConfigError
+from sppo_megatron.platform.files import atomic_write_text
+
+# platform.distributed (torch) is imported where the world size is read: loading a config stays
+# torch-free (it runs first, and tools read configs).
 
 
 def iter_fields(cls: type = Config, prefix: str = "") -> Iterator[Tuple[str, dataclasses.Field]]:
@@ -185,8 +189,6 @@ def config_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the fully resolved config (atomically) so a run can be reproduced from it."""
-    from sppo_megatron.platform.files import atomic_write_text
-
     atomic_write_text(path, config_yaml(cfg))
 
 

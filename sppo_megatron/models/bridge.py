@@ -22,14 +22,22 @@ import math
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.models import layouts
 from sppo_megatron.models.arch import Architecture, Param, get_architecture
+from sppo_megatron.models.build import build_gpt_model
 from sppo_megatron.models.dist_ckpt import unwrap_model
+from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
 from sppo_megatron.models.rope import Rope, rope_settings
+from sppo_megatron.models.specs import layer_spec
+from sppo_megatron.models.transformer_config import transformer_config_kwargs
 from sppo_megatron.platform.distributed import current_device
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
 
 VOCAB_MULTIPLE = 128
 
@@ -115,15 +123,11 @@ class Bridge:
         self, model_cfg: Optional[ModelConfig] = None, parallel_cfg: Optional[ParallelConfig] = None
     ) -> Dict[str, Any]:
         """The keyword arguments of `transformer_config` (all TransformerConfig fields we set)."""
-        from sppo_megatron.models.transformer_config import transformer_config_kwargs
-
         return transformer_config_kwargs(self, model_cfg, parallel_cfg)
 
     def layer_spec(self, model_cfg: Optional[ModelConfig] = None, config: Any = None):
         """TE layer spec (transformer_impl=transformer_engine, or auto with TE) or local + SDPA;
         for MoE models the block spec of `config` (the TransformerConfig)."""
-        from sppo_megatron.models.specs import layer_spec
-
         return layer_spec(
             ModelConfig() if model_cfg is None else model_cfg, qk_layernorm=self.arch.qk_norm, config=config
         )
@@ -143,8 +147,6 @@ class Bridge:
         padded vocabulary rows are zeroed either way. padded_vocab_size None = our rule
         (`padded_vocab_size(tp)`); a checkpoint's own size (Megatron-LM's rule) is passed here.
         """
-        from sppo_megatron.models.build import build_gpt_model
-
         return build_gpt_model(
             self,
             model_cfg,
@@ -249,8 +251,6 @@ class Bridge:
         (safetensors `get_slice`), so memory stays bounded by the largest local shard plus one
         HF tensor slice.
         """
-        from sppo_megatron.models.hf_io import SafetensorsReader
-
         module = unwrap_model(model)
         groups = _TensorGroups()
         reader = SafetensorsReader(hf_dir)
@@ -287,7 +287,6 @@ class Bridge:
         the model is unchanged, and a consumer that keeps one past that (or writes to it) must
         copy it. At most one parameter's full tensors are alive at a time inside the generator.
         """
-        import torch.distributed as dist
         from megatron.core import parallel_state
 
         module = unwrap_model(model)
@@ -381,8 +380,6 @@ class _TensorGroups:
 
     def assemble(self, row: Param, data: torch.Tensor, dims: Any) -> List[torch.Tensor]:
         """The full HF tensor(s) of this rank's parameter of `row`, gathered over its TP split."""
-        import torch.distributed as dist
-
         size, _, group = self.etp if row.per_expert else self.tp
         if size > 1 and row.layout.tp_sharded and row.layout.rows_sharded:
             data = data.contiguous()
@@ -401,8 +398,6 @@ class _TensorGroups:
         self, tensors: Optional[List[torch.Tensor]], shapes: List[Any], dtype: torch.dtype, owner: int
     ) -> List[torch.Tensor]:
         """Expert-parallel rank `owner`'s assembled tensors, on every EP rank."""
-        import torch.distributed as dist
-
         size, rank, group = self.ep
         if size == 1:
             return tensors
@@ -428,7 +423,5 @@ def _is_moe_layer(cfg: Any, layer: int) -> bool:
 def get_bridge(hf_config: Any) -> Bridge:
     """The bridge for a transformers PretrainedConfig (or an HF directory path)."""
     if isinstance(hf_config, str):
-        from sppo_megatron.models.hf_io import load_hf_config
-
         hf_config = load_hf_config(hf_config, "model")
     return Bridge(hf_config)

@@ -10,6 +10,9 @@ from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.models.dist_ckpt import unwrap_model
 from sppo_megatron.models.rope import llama3_inv_freq
 
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
+
 # megatron-core's RotaryEmbedding._apply_scaling hard-codes these llama3 parameters
 _MEGATRON_LLAMA3 = (1.0, 4.0, 8192)
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib.metadata import version
 from typing import Any, Dict, Optional, Tuple
+
+import torch
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.bridge import get_bridge
 from sppo_megatron.models.dist_ckpt import (
     MODEL_KEY,
     check_checkpoint_dir,
@@ -26,6 +30,7 @@ from sppo_megatron.models.dist_ckpt import (
     save_model_checkpoint,
     unwrap_model,
 )
+from sppo_megatron.models.hf_io import copy_side_files, hf_dtype_name, load_hf_config
 from sppo_megatron.models.megatron_lm import (
     check_args_match,
     common_state,
@@ -134,10 +139,6 @@ def write_checkpoint_meta(
 ) -> None:
     """The converter's description of a checkpoint it wrote: META_FILE and HF_SUBDIR (the
     source's config.json and side files), which `resolve_megatron_checkpoint` reads back."""
-    import torch
-
-    from sppo_megatron.models.hf_io import copy_side_files
-
     hf_out = os.path.join(ckpt, HF_SUBDIR)
     os.makedirs(hf_out)
     shutil.copy2(os.path.join(hf_src, "config.json"), os.path.join(hf_out, "config.json"))
@@ -165,8 +166,6 @@ def write_checkpoint_meta(
 
 def _mcore_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("megatron-core")
     except Exception:  # noqa: BLE001
         return "unknown"
@@ -176,9 +175,6 @@ def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) 
     """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
     (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
     to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
-    from sppo_megatron.models.bridge import get_bridge
-    from sppo_megatron.models.hf_io import hf_dtype_name, load_hf_config
-
     ckpt_dir = resolve_checkpoint_dir(ckpt, "--ckpt")
     check_checkpoint_dir(ckpt_dir, "--ckpt")
     hf_dir = hf_config_dir or os.path.join(ckpt_dir, HF_SUBDIR)

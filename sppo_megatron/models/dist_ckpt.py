@@ -36,12 +36,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
+from multiprocessing.managers import SyncManager
 from typing import Any, Dict, Optional
+
+import torch.multiprocessing as mp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from sppo_megatron.errors import RunStopped, UserError, first_line
 from sppo_megatron.models.megatron_lm import resolve_checkpoint_dir
 from sppo_megatron.platform.distributed import barrier, is_rank0, rank
 from sppo_megatron.platform.process import install_fork_hygiene
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
 
 MODEL_KEY = "model"
 #: the sharded tensors whose first dimension is the padded vocabulary
@@ -78,10 +87,6 @@ class _SaveHelper:
             )
             cls.manager, fsa._results_queue = None, None
         if getattr(fsa, "_results_queue", "missing") is None:
-            from multiprocessing.managers import SyncManager
-
-            import torch.multiprocessing as mp
-
             try:
                 manager = SyncManager(ctx=mp.get_context("fork"))
                 manager.start()
@@ -134,7 +139,6 @@ def load_dist_checkpoint(
     stored = check_checkpoint_files(ckpt_dir)
     if MODEL_KEY in sharded_state:
         check_model_shapes(sharded_state[MODEL_KEY], stored, ckpt_dir, resize_vocab)
-    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
         return dist_checkpointing.load(sharded_state_dict=sharded_state, checkpoint_dir=ckpt_dir)
@@ -153,9 +157,6 @@ def _named_first_line(e: BaseException) -> str:
 def check_checkpoint_files(ckpt_dir: str) -> Any:
     """UserError naming the file unless metadata.json, common.pt and .metadata read and every
     shard file .metadata names is present and long enough; returns the tensor metadata."""
-    import zipfile
-
-    from torch.distributed.checkpoint import FileSystemReader
 
     def bad(name: str, why: str) -> UserError:
         return UserError(f"checkpoint {ckpt_dir}: {name} {why}")

@@ -19,9 +19,13 @@ import shutil
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.dtypes import DTYPES, dtype_name, torch_dtype_name
+
+# transformers is imported in load_hf_config only: the console scripts import this module, and
+# `--help` stays quick.
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -59,8 +63,6 @@ def hf_dtype_name(hf_config: Any) -> str:
 def _open_safetensors(path: str) -> Any:
     """safe_open(path), a truncated or corrupt file being one UserError naming it. safetensors
     checks that the header's tensors cover the file exactly, so a truncation is caught here."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         return safe_open(path, framework="pt")
     except (SafetensorError, OSError) as e:

@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from sppo_megatron.models.dist_ckpt import unwrap_model
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
 
 
 def forward_logits(model: Any, input_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -17,12 +23,9 @@ def forward_logits(model: Any, input_ids: torch.Tensor, vocab_size: int) -> torc
     Runs megatron's forward-only pipeline schedule (one micro-batch), gathers the
     vocab-parallel logits across TP on the last stage and broadcasts them to every stage.
     """
-    import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    from sppo_megatron.models.dist_ckpt import unwrap_model
 
     module = unwrap_model(model)
     b, s = input_ids.shape

@@ -26,7 +26,11 @@ import os
 import pickle
 from typing import Any, Dict, Optional
 
+from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError, first_line
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
 
 TRACKER = "latest_checkpointed_iteration.txt"
 RELEASE = "release"
@@ -82,8 +86,6 @@ def megatron_lm_args(bridge: Any, dtype: str, tp: int, pp: int, padded_vocab_siz
     """Megatron-LM's `args` for `bridge`'s model (names as `arguments.py` spells them, both
     epsilon names: layernorm_epsilon since 0.16, norm_epsilon before). Refuses llama3 RoPE
     factors Megatron-LM cannot express, and mixture-of-experts models (their args are not mapped)."""
-    from sppo_megatron.config.schema import ModelConfig, ParallelConfig
-
     if bridge.arch.moe:
         raise UserError(
             f"--layout megatron-lm: {bridge.model_type} (mixture of experts) is not supported for "

@@ -23,12 +23,13 @@ context parallelism, non-vanilla softmax types.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.utils import is_layer_window_attention
@@ -37,8 +38,6 @@ from torch import Tensor
 
 
 def _sdpa_supports_gqa() -> bool:
-    import inspect
-
     try:
         return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
     except (TypeError, ValueError):  # builtins without a signature: try a tiny call
@@ -81,8 +80,6 @@ class SDPAttention(MegatronModule):
         if pg_collection is not None and getattr(pg_collection, "tp", None) is not None:
             tp_size = pg_collection.tp.size()
         else:
-            from megatron.core import parallel_state
-
             tp_size = parallel_state.get_tensor_model_parallel_world_size()
         projection_size = config.kv_channels * config.num_attention_heads
         self.hidden_size_per_partition = divide(projection_size, tp_size)

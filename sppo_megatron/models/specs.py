@@ -14,6 +14,10 @@ import torch
 from sppo_megatron.config.schema import ModelConfig
 from sppo_megatron.errors import UserError
 
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# package before they silence megatron's import-time warnings, and `--help` stays quick.
+# Transformer Engine is optional; sdpa_attention and norms import megatron-core at their top.
+
 # FP8 compute-capability requirements (NVIDIA): FP8 tensor cores from Ada/Hopper (8.9) on;
 # MXFP8 needs Blackwell (10.0); TE's blockwise FP8 scaling needs Hopper (9.0).
 FP8_MIN_CAPABILITY = (8, 9)

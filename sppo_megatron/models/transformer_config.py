@@ -8,6 +8,7 @@ import torch
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.specs import check_fp8_support, resolve_transformer_impl
 from sppo_megatron.platform.dtypes import resolve_dtype
 
 
@@ -36,8 +37,6 @@ def transformer_config_kwargs(
     bridge: Any, model: Optional[ModelConfig] = None, parallel: Optional[ParallelConfig] = None
 ) -> Dict[str, Any]:
     """Every TransformerConfig field we set for `bridge`'s model (None = the schema defaults)."""
-    from sppo_megatron.models.specs import check_fp8_support
-
     model = ModelConfig() if model is None else model
     parallel = ParallelConfig() if parallel is None else parallel
     tp, pp = parallel.tp, parallel.pp
@@ -102,8 +101,6 @@ def moe_kwargs(bridge: Any, model: ModelConfig, parallel: ParallelConfig) -> Dic
     stable routing; the same as HF in fp32). Experts: TE grouped GEMM with Transformer Engine,
     SequentialMLP otherwise (the same checkpoint loads into either). The alltoall dispatcher
     runs on NCCL and, with the CPU layer, on gloo."""
-    from sppo_megatron.models.specs import resolve_transformer_impl
-
     cfg = bridge.hf_config
     renormalise = bool(getattr(cfg, "norm_topk_prob", True)) if bridge.model_type != "mixtral" else True
     kwargs: Dict[str, Any] = dict(

@@ -30,10 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from typing import Any
 
 import torch
+import torch.autograd as autograd
+import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# module before they silence megatron's import-time warnings (cpu_compat.silence_cpu_noise).
 
 _enabled = False
 _lock = threading.Lock()
@@ -85,8 +91,6 @@ def _patch_uneven_collectives() -> None:
     `_reduce_scatter_along_first_dim` with split sizes). Uneven all-gather: pad to the largest,
     gather, cut. Reduce-scatter: all-reduce the concatenation, keep this rank's part (the same
     sums; more traffic, irrelevant at CPU-test sizes). Even all-gathers are untouched."""
-    import torch.distributed as dist
-
     all_gather = dist.all_gather
 
     def uneven_all_gather(tensor_list, tensor, group=None, async_op=False):
@@ -117,8 +121,6 @@ def _patch_backward() -> None:
     through the mode's handler, where the mode is switched off, and the engine runs the whole
     backward pass with the thread-local state of that moment: without this, backward code that
     allocates on "cuda" (megatron's all-to-all, sequence-parallel gathers) fails."""
-    import torch.autograd as autograd
-
     engine = autograd._engine_run_backward
 
     def run_backward(*args: Any, **kwargs: Any) -> Any:
@@ -321,7 +323,6 @@ def silence_cpu_noise() -> None:
     """Filter CPU_NOISE when there is no GPU (console scripts call this first thing)."""
     if torch.cuda.is_available():
         return
-    import warnings
 
     for category, pattern in CPU_NOISE:
         warnings.filterwarnings("ignore", message=pattern, category=category)

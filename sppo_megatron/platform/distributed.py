@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import random
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform import cpu_compat
+
+# megatron-core is imported inside the functions that use it: the console scripts import this
+# module before they silence megatron's import-time warnings (cpu_compat.silence_cpu_noise).
 
 T = TypeVar("T")
 
@@ -93,8 +100,6 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> LaunchInfo:
 
 def free_port() -> int:
     """A TCP port that is free on this host right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -131,8 +136,6 @@ class Channel:
 
     def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         """`tensor` (CPU, contiguous) filled in place from channel rank `src`."""
-        import torch.distributed as dist
-
         opts = dist.BroadcastOptions()
         opts.rootRank = src
         opts.rootTensor = 0
@@ -145,8 +148,6 @@ class Channel:
 
     def broadcast_object(self, obj: Any = None, src: int = 0) -> Any:
         """Channel rank `src`'s `obj` on every channel rank."""
-        import pickle
-
         payload = pickle.dumps(obj) if self.rank == src else b""
         size = self.broadcast_tensor(torch.tensor([len(payload)], dtype=torch.int64), src)
         data = _bytes_tensor(payload) if payload else torch.empty(int(size), dtype=torch.uint8)
@@ -155,8 +156,6 @@ class Channel:
 
     def send_outcome(self, fn: Callable[[], T], dst: int = 0) -> None:
         """Run fn and send its result, or the exception it raised, to channel rank `dst`."""
-        import pickle
-
         try:
             outcome: Tuple[bool, Any] = (True, fn())
         except Exception as e:  # noqa: BLE001 - raised on the receiving side
@@ -169,8 +168,6 @@ class Channel:
 
     def recv_outcome(self, src: int = 1) -> Any:
         """What `send_outcome` on channel rank `src` sent: its result, or its exception raised here."""
-        import pickle
-
         size = torch.zeros(1, dtype=torch.int64)
         self.pg.recv([size], src, 0).wait()
         data = torch.empty(int(size), dtype=torch.uint8)
@@ -213,8 +210,6 @@ def is_rollout_rank() -> bool:
 
 def _init_split(info: LaunchInfo, rollout_ranks: int, backend: str, timeout: datetime.timedelta) -> None:
     """Two default groups (training ranks, rollout ranks) on one rendezvous store, and the channel."""
-    import torch.distributed as dist
-
     global _SPLIT
     port = info.master_port or free_port()
     store, _, _ = next(
@@ -256,10 +251,7 @@ def init_distributed(
     `rollout_ranks` > 0 splits the job (module docstring): megatron's state exists on the training
     ranks only.
     """
-    import torch.distributed as dist
     from megatron.core import parallel_state
-
-    from sppo_megatron.platform import cpu_compat
 
     info = detect_launch()
     use_cuda = torch.cuda.is_available()
@@ -312,8 +304,6 @@ def rank() -> int:
     """This process's global rank; before a process group exists, the launcher's (RANK or
     SLURM_PROCID, 0 for a single process), so CLIs can pick the rank that talks to the user.
     Rollout ranks of a split job keep their job rank (their default group is their own)."""
-    import torch.distributed as dist
-
     if _SPLIT is not None:
         return _SPLIT.rank
     if dist.is_initialized():
@@ -327,8 +317,6 @@ def is_rank0() -> bool:
 
 def barrier() -> None:
     """dist.barrier() when a process group exists; nothing otherwise."""
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.barrier()
 
@@ -336,8 +324,6 @@ def barrier() -> None:
 def broadcast_object(obj, src: int = 0, group=None):
     """Rank `src`'s `obj` on every rank of `group` (pickled; for small objects). Identity
     without a process group."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return obj
     box = [obj]
@@ -355,8 +341,6 @@ def share_outcomes(fn: Optional[Callable[[], T]], group=None) -> List[Optional[T
     does not survive pickling arrives as a RuntimeError with its type and message. Copies carry a
     note naming the rank it was raised on. Without a process group (or in a group of one) fn just
     runs."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return [fn() if fn is not None else None]
     mine: Tuple[bool, Any] = (True, None)
@@ -380,8 +364,6 @@ def share_outcomes(fn: Optional[Callable[[], T]], group=None) -> List[Optional[T
 
 def _portable(exc: Exception) -> Exception:
     """`exc` if it survives a pickle round trip, else a RuntimeError with its type and message."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - anything pickle cannot take or rebuild
@@ -391,7 +373,6 @@ def _portable(exc: Exception) -> Exception:
 
 def destroy_distributed() -> None:
     """Tear down megatron's parallel state and the process group (tests, clean exits)."""
-    import torch.distributed as dist
     from megatron.core import parallel_state
 
     global _SPLIT

@@ -13,6 +13,9 @@ from typing import Callable, Iterator, Optional
 
 from sppo_megatron.errors import UserError
 
+# platform.distributed (torch) is imported in atomic_output_dir only: config loading imports this
+# module and stays torch-free.
+
 _FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 #: what is not a failure of the write itself (torch's CheckpointException is a BaseException too)
 _NOT_FAILURES = (KeyboardInterrupt, SystemExit, GeneratorExit)

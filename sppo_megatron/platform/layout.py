@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+# megatron-core is imported in `current` only: config validation imports this module torch-free.
+
 
 def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
     """Contiguous [start, end) ranges covering range(count), sizes differing by at most one: each

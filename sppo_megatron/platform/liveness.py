@@ -21,6 +21,10 @@ import threading
 import time
 from typing import List, Optional
 
+import torch.distributed as dist
+
+from sppo_megatron.platform.distributed import detect_launch
+
 #: a counter this high means "finished cleanly": stop watching it
 DONE = 1 << 50
 #: how long a rank that failed on its own has to report its error before the others stop
@@ -157,9 +161,6 @@ def start_peer_monitor(timeout_s: float, prog: str) -> Optional[PeerMonitor]:
     """Start this rank's monitor when a process group of more than one rank exists and
     timeout_s > 0 (None otherwise). Call after init_distributed, on every rank."""
     global _current
-    import torch.distributed as dist
-
-    from sppo_megatron.platform.distributed import detect_launch
 
     info = detect_launch()  # the job's ranks: with rollout ranks the default group spans only one role
     if timeout_s <= 0 or not dist.is_initialized() or info.world_size == 1:

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from sppo_megatron.platform.process import die_with_parent
 
+# the scorer is imported once the worker knows its kind: a worker loads only what it runs.
+
 READY = "ready"
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Typ
 import torch
 import torch.distributed as dist
 
+from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import broadcast_object, share_outcomes
 from sppo_megatron.platform.layout import split_evenly
 
@@ -131,8 +132,6 @@ class EngineGroups:
 def make_engine_groups(group_size: int = 1) -> EngineGroups:
     """Build the placement (collective when torch.distributed is initialised: every rank must
     call it, in the same order as its other group creations)."""
-    from sppo_megatron.errors import UserError
-
     initialized = dist.is_available() and dist.is_initialized()
     world = dist.get_world_size() if initialized else 1
     if world % group_size:

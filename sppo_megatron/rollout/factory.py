@@ -23,6 +23,9 @@ from sppo_megatron.platform.dtypes import resolve_dtype
 from sppo_megatron.rollout.base import RolloutEngine, make_engine_groups
 from sppo_megatron.rollout.sglang import sglang_available
 
+# the engines are imported when built: preflight imports this module (choose_engine) alone, and
+# SGLang is optional.
+
 logger = logging.getLogger(__name__)
 
 

@@ -33,6 +33,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.rollout.base import (
@@ -113,8 +114,6 @@ class HFRolloutEngine(RolloutEngine):
         max_batch_size: int = 64,
         attn_implementation: str = "sdpa",
     ) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         eos = resolve_eos_token_ids(hf_dir) if eos_token_ids is None else tuple(eos_token_ids)
         super().__init__(placement, eos, dtype)
         self.hf_dir = hf_dir
@@ -152,8 +151,6 @@ class HFRolloutEngine(RolloutEngine):
         return out
 
     def _generate_rows(self, rows, sampling: SamplingParams, n: int) -> List[RolloutSample]:
-        from transformers import DynamicCache
-
         device = self.device
         batch = len(rows)
         width = max(len(p) for _, _, p in rows)

@@ -21,6 +21,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    MistralConfig,
+    MixtralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2MoeConfig,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
+
 ARCHS = ("llama", "llama3.1", "llama3.2-tied", "qwen2", "qwen2-tied", "qwen3", "mistral")
 #: mixture-of-experts variants (4 experts, top 2), kept apart: the dense suites loop over ARCHS
 MOE_ARCHS = ("qwen3-moe", "qwen2-moe", "mixtral")
@@ -36,9 +51,6 @@ CHAT_TEMPLATE = (
 
 def char_tokenizer(chars: str = TEXT_CHARS) -> Any:
     """A PreTrainedTokenizerFast: SPECIAL_TOKENS then one token per character of `chars` (others -> <pad>)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + list(chars))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
@@ -51,16 +63,6 @@ def char_tokenizer(chars: str = TEXT_CHARS) -> Any:
 
 def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
     """The HF config of the tiny `arch` (see ARCHS); `overrides` (HF config keys) win over everything."""
-    from transformers import (
-        LlamaConfig,
-        MistralConfig,
-        MixtralConfig,
-        Qwen2Config,
-        Qwen2MoeConfig,
-        Qwen3Config,
-        Qwen3MoeConfig,
-    )
-
     common = dict(
         vocab_size=VOCAB,
         hidden_size=64,
@@ -156,9 +158,6 @@ def tiny_config(arch: str = "qwen2", **overrides: Any) -> Any:
 def tiny_model(config: Any, seed: int = 0, random_norms: bool = False) -> Any:
     """An fp32 causal LM for `config`: HF's initialisation (std config.initializer_range) after
     torch.manual_seed(seed), or with random_norms every tensor redrawn (norms 1 + 0.1 N, others 0.08 N)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if random_norms:
@@ -174,8 +173,6 @@ def tiny_model(config: Any, seed: int = 0, random_norms: bool = False) -> Any:
 
 def make_tiny_hf_model(arch: str, out_dir: Any, seed: int = 0, max_shard_size: str = "60KB", **overrides: Any) -> str:
     """Write the tiny random (random_norms) `arch` model with its tokenizer to out_dir; return the path."""
-    from transformers import GenerationConfig
-
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     config = tiny_config(arch, **overrides)

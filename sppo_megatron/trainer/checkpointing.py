@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
+from sppo_megatron.actor.checkpoint import check_actor_files
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import barrier, rank, share_outcomes
 from sppo_megatron.platform.files import atomic_write_text, remove_dir, reporting_full_disk
@@ -73,8 +74,6 @@ class RunStart:
 
 
 def _check_actor_files(ckpt_dir: str) -> None:
-    from sppo_megatron.actor.checkpoint import check_actor_files
-
     check_actor_files(ckpt_dir)
 
 

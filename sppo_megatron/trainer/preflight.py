@@ -14,7 +14,13 @@ import importlib.util
 from typing import Any, Callable, List, Optional, Tuple
 
 from sppo_megatron.errors import ConfigError, UserError
+from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
+from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
+from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
+from sppo_megatron.models.hf_io import SafetensorsReader
 from sppo_megatron.reward.oracles.checks import oracle_problems
+from sppo_megatron.rollout import choose_engine
+from sppo_megatron.trainer.checkpointing import CheckpointManager
 from sppo_megatron.trainer.run_lock import RunLock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -42,11 +48,6 @@ def _model_problems(model: Any, parallel: Any, need_weights: bool) -> List[str]:
     """model.path must be an HF directory of a supported architecture whose sizes fit the parallel
     layout (heads, widths, experts), model.megatron_ckpt a dist checkpoint written for that
     model; without a checkpoint, model.path must hold the weights."""
-    from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
-    from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
-    from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
-    from sppo_megatron.models.hf_io import SafetensorsReader
-
     problems: List[str] = []
     _collect(problems, resolve_transformer_impl, model)
     _collect(problems, check_fp8_support, model)
@@ -68,16 +69,12 @@ def _engine_problems(requested: str) -> List[str]:
     """An explicit rollout.engine must be usable here (auto always is: it falls back loudly)."""
     problems: List[str] = []
     if requested != "auto":
-        from sppo_megatron.rollout import choose_engine
-
         _collect(problems, choose_engine, requested)
     return problems
 
 
 def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
     """(problems, checkpoint the run resumes from, notice for a run that is already finished)."""
-    from sppo_megatron.trainer.checkpointing import CheckpointManager
-
     problems: List[str] = []
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     start = _collect(problems, ckpts.decide_start, t.resume, t.overwrite)

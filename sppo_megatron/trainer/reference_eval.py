@@ -18,6 +18,7 @@ import torch
 
 from sppo_megatron.algorithm.targets import sample_win_rates
 from sppo_megatron.config.schema import AlgorithmConfig
+from sppo_megatron.data.prepare import read_records
 from sppo_megatron.errors import DataError
 from sppo_megatron.reward.oracles import Oracle
 from sppo_megatron.trainer.samples import RolloutBatch
@@ -29,8 +30,6 @@ def _key(messages: Any) -> str:
 
 def load_references(path: str, prompt_key: str) -> Dict[str, str]:
     """prompt messages (as a key) -> reference response, from a parquet or JSONL file."""
-    from sppo_megatron.data.prepare import read_records
-
     rows = read_records(path)
     refs: Dict[str, str] = {}
     for i, row in enumerate(rows):

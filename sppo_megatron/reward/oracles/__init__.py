@@ -8,6 +8,9 @@ from typing import Any
 from sppo_megatron.reward.oracles.base import Oracle
 from sppo_megatron.reward.oracles.checks import oracle_problems
 
+# each oracle's module (its model code, transformers) is imported by build_oracle: preflight imports
+# this package for its checks alone.
+
 
 def build_oracle(cfg: Any, preference: str) -> Oracle:
     """The oracle of the `reward` group (source != rule), its model loaded on the host.

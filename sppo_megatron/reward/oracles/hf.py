@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Tuple
 
 import torch
+from transformers import AutoTokenizer
 
 from sppo_megatron.errors import ConfigError
 from sppo_megatron.platform.distributed import current_device
@@ -15,8 +16,6 @@ from sppo_megatron.reward.oracles.checks import model_problems
 def load_oracle_model(cfg: Any, auto_class: Any) -> Tuple[torch.nn.Module, Any]:
     """(model in eval mode on the host, tokenizer) from reward.model_path; the checks of preflight
     run again here, so a direct caller gets the same one-line errors."""
-    from transformers import AutoTokenizer
-
     problems = model_problems(cfg.source, cfg.model_path)
     if problems:
         raise ConfigError(problems[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, List
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from sppo_megatron.errors import ConfigError
 from sppo_megatron.reward.oracles.base import PairOracle, render_conversation
@@ -28,8 +29,6 @@ DEFAULT_JUDGE_TEMPLATE = (
 
 class JudgeOracle(PairOracle):
     def __init__(self, cfg: Any):
-        from transformers import AutoModelForCausalLM
-
         self.model, self.tokenizer = load_oracle_model(cfg, AutoModelForCausalLM)
         self.tokenizer.truncation_side = "left"  # the verdict question is at the end
         self.tokenizer.padding_side = "left"  # the next token is read at the last position of every row

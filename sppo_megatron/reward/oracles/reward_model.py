@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, List
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from sppo_megatron.reward.oracles.base import Oracle, render_conversation
 from sppo_megatron.reward.oracles.hf import batches, load_oracle_model
@@ -17,8 +18,6 @@ class RewardModelOracle(Oracle):
     sigmoid of score differences)."""
 
     def __init__(self, cfg: Any):
-        from transformers import AutoModelForSequenceClassification
-
         self.model, self.tokenizer = load_oracle_model(cfg, AutoModelForSequenceClassification)
         self.tokenizer.truncation_side = "left"  # it scores at the last token: keep the response's end
         self.batch_size, self.max_length = cfg.batch_size, cfg.max_length
