@@ -118,7 +118,7 @@ class MegatronActor:
         self.device = current_device()
         self.pad_multiple = setup.sequence_pad_multiple(model, self.config)
         self.default_temperature = float(temperature)
-        self._offloaded = None
+        self._offloaded: Any = None  # actor.memory's handle on what offload() moved
         self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update
 
     # ------------------------------------------------------------------ helpers
@@ -176,7 +176,7 @@ class MegatronActor:
                 logits, mb.labels.to(logits.device, non_blocking=True), temperature, self.vocab_size, with_entropy
             )
             src, sample, col = (t.to(logits.device, non_blocking=True) for t in mb.response_index())
-            values = (lp, ent) if with_entropy else (lp,)
+            values = (lp, ent) if ent is not None else (lp,)
             flat_out.index_copy_(
                 1, sample * width + col, torch.stack(values).view(len(values), -1).index_select(1, src)
             )

@@ -20,7 +20,7 @@ Two micro-batching modes:
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, TypedDict
 
 Plan = List[List[List[int]]]  # [dp_rank][micro_batch] -> sample indices ([] = empty micro-batch)
 
@@ -109,7 +109,14 @@ def plan_micro_batches(
     return [_grow_to(b, num_micro, lengths) for b in per_rank]
 
 
-def micro_batch_sizes(train: Any, forward_only: bool) -> Dict[str, Optional[int]]:
+class MicroBatchSizes(TypedDict):
+    """`plan_micro_batches`' keyword arguments."""
+
+    micro_batch_size: int
+    max_tokens: Optional[int]
+
+
+def micro_batch_sizes(train: Any, forward_only: bool) -> MicroBatchSizes:
     """`plan_micro_batches`' micro_batch_size / max_tokens for the update or a forward-only pass
     (train.logprob_* when set, else the update's; a token budget overrides a count)."""
     if forward_only and train.logprob_max_tokens is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Tuple, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 def _rng_state() -> Dict[str, Any]:
     from megatron.core import tensor_parallel
 
-    np_state = np.random.get_state()
+    np_state = cast(Tuple[Any, ...], np.random.get_state())
     return {
         "random": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])),

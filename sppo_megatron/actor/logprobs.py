@@ -105,9 +105,9 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, shard: _Shard, entropy: b
             log_p = torch.log_softmax(x, dim=-1)
             label = labels[sl].unsqueeze(-1)
             lp[sl] = log_p.gather(-1, label).squeeze(-1)
-            if for_backward:  # log Z = x - log p at the label (a gather; CPU amax passes cost more)
+            if log_z is not None:  # log Z = x - log p at the label (a gather; CPU amax passes cost more)
                 log_z[sl] = x.gather(-1, label).squeeze(-1) - lp[sl]
-            if entropy:
+            if ent is not None:
                 ent[sl] = (log_p.exp() * log_p).sum(dim=-1).neg_()
         return lp, ent, (log_z,) if for_backward else ()
     col, here = shard.local_labels(labels)

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import functools
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -67,7 +67,7 @@ def _parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError("\n".join(f"{o!r}: overrides must look like dotted.key=value" for o in bad))
-    return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)
+    return cast(Dict[str, Any], OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False))
 
 
 def _type_problem(err: OmegaConfBaseException) -> str:
@@ -149,7 +149,7 @@ def load_config(
             raise ConfigError(f"--config: cannot parse {config_file}: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"--config: {config_file} must hold a mapping of config groups")
-        layers.append((raw, f" (in {config_file})"))
+        layers.append((cast(Dict[str, Any], raw), f" (in {config_file})"))
     layers.append((_parse_overrides(overrides), ""))
     problems = [p for raw, source in layers for p in _unknown_key_problems(raw, source)]
     if problems:
@@ -177,7 +177,7 @@ def load_config(
 def _to_config(merged: DictConfig) -> Config:
     """The merged layers as the frozen `Config` (interpolations resolved)."""
     try:
-        return OmegaConf.to_object(merged)
+        return cast(Config, OmegaConf.to_object(merged))
     except OmegaConfBaseException as e:  # e.g. an interpolation naming a missing key
         raise ConfigError(_type_problem(e)) from None
 

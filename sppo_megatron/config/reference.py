@@ -6,7 +6,6 @@ checks they match the schema, so the schema stays the single source of truth.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from sppo_megatron.config.loader import defaults_yaml, iter_fields
@@ -53,7 +52,8 @@ def reference_markdown() -> str:
                 "| key | default | allowed | meaning |",
                 "| --- | --- | --- | --- |",
             ]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        factory = f.default_factory
+        default = factory() if callable(factory) else f.default
         meta = f.metadata
         allowed = []
         if "choices" in meta:

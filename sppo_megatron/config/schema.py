@@ -22,7 +22,7 @@ DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 def opt(default: Any, help: str = "", **meta: Any) -> Any:
     """A dataclass field with a default and validation metadata."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
 
 

@@ -324,9 +324,9 @@ class Bridge:
             src, (shapes, dtype), owner_stage = owners[(layer, row.hf)]
             tensors = None
             if owner_stage == stage:
-                param = local.get((layer, expert, row.hf))
-                if param is not None:
-                    tensors = groups.assemble(row, param.detach(), self)
+                owned = local.get((layer, expert, row.hf))
+                if owned is not None:
+                    tensors = groups.assemble(row, owned.detach(), self)
                 if expert is not None:
                     tensors = groups.from_expert_owner(tensors, shapes, dtype, expert // num_local)
             if tensors is None:
@@ -399,12 +399,14 @@ class _TensorGroups:
     ) -> List[torch.Tensor]:
         """Expert-parallel rank `owner`'s assembled tensors, on every EP rank."""
         size, rank, group = self.ep
+        if rank == owner and tensors is None:
+            raise ValueError(f"expert-parallel rank {owner} owns the tensors but passed none")
         if size == 1:
-            return tensors
+            return tensors or []
         if rank != owner:
             tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
         else:
-            tensors = [t.contiguous() for t in tensors]
+            tensors = [t.contiguous() for t in tensors or []]
         src = dist.get_global_rank(group, owner)
         for t in tensors:
             dist.broadcast(t, src=src, group=group)

@@ -144,9 +144,10 @@ def load_dist_checkpoint(
         return dist_checkpointing.load(sharded_state_dict=sharded_state, checkpoint_dir=ckpt_dir)
     # torch's CheckpointException (e.g. a missing key) derives from BaseException, not Exception
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - a wrong / corrupt checkpoint is a user problem here
+        cause: BaseException = e
         if isinstance(e, CheckpointException) and e.failures:
-            e = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
-        raise UserError(f"cannot load {what} {ckpt_dir}: {_named_first_line(e)}") from e
+            cause = next(iter(e.failures.values()))[0]  # the first failing rank's own exception
+        raise UserError(f"cannot load {what} {ckpt_dir}: {_named_first_line(cause)}") from cause
 
 
 def _named_first_line(e: BaseException) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -168,16 +168,17 @@ class ShardedSafetensorsWriter:
         self.max_shard_bytes = max_shard_bytes
         self._files: List[Tuple[str, List[str]]] = []  # (temp file name, tensor names)
         self._entries: Dict[str, dict] = {}
-        self._fh = None
+        self._fh: Optional[BinaryIO] = None
         self._shard_bytes = 0
         self.total_bytes = 0
 
     def _tmp_name(self) -> str:
         return f"shard-{len(self._files):05d}.tmp.safetensors"
 
-    def _open(self) -> None:
+    def _open(self) -> BinaryIO:
         self._fh = open(os.path.join(self.out_dir, self._tmp_name()), "w+b")
         self._fh.write(b"\0" * (8 + self.HEADER_RESERVE))
+        return self._fh
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if tensor.dtype not in _ST_DTYPES:
@@ -188,10 +189,9 @@ class ShardedSafetensorsWriter:
         nbytes = t.numel() * t.element_size()
         if self._entries and self._shard_bytes + nbytes > self.max_shard_bytes:
             self._flush()
-        if self._fh is None:
-            self._open()
+        fh = self._fh if self._fh is not None else self._open()
         if nbytes:
-            self._fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            fh.write(t.reshape(-1).view(torch.uint8).numpy().data)
         self._entries[name] = {
             "dtype": _ST_DTYPES[t.dtype],
             "shape": list(t.shape),
@@ -201,8 +201,7 @@ class ShardedSafetensorsWriter:
         self.total_bytes += nbytes
 
     def _flush(self) -> None:
-        if self._fh is None:
-            self._open()
+        fh = self._fh if self._fh is not None else self._open()
         header = dict(self._entries)
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -210,13 +209,13 @@ class ShardedSafetensorsWriter:
         path = os.path.join(self.out_dir, fname)
         if len(raw) <= self.HEADER_RESERVE:
             raw += b" " * (self.HEADER_RESERVE - len(raw))
-            self._fh.seek(0)
-            self._fh.write(len(raw).to_bytes(8, "little"))
-            self._fh.write(raw)
-            self._fh.close()
+            fh.seek(0)
+            fh.write(len(raw).to_bytes(8, "little"))
+            fh.write(raw)
+            fh.close()
         else:  # header too large for the reservation: rewrite the shard behind a fitting header
             raw += b" " * (-len(raw) % 8)
-            self._fh.close()
+            fh.close()
             with open(path + ".big", "wb") as out, open(path, "rb") as data:
                 out.write(len(raw).to_bytes(8, "little"))
                 out.write(raw)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,7 @@ class SDPAttention(MegatronModule):
 
         allowed = self._mask(attention_mask, causal, sq, sk, q.device)
         dropout_p = self.dropout_p if self.training else 0.0
-        kw = dict(
+        kw: Dict[str, Any] = dict(
             attn_mask=allowed,
             dropout_p=dropout_p,
             is_causal=causal and allowed is None,

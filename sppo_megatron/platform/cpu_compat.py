@@ -29,6 +29,7 @@ GPU we redirect all of that to the CPU:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from typing import Any
@@ -183,7 +184,7 @@ def _zero_fn():
 
 
 def _patch_torch_cuda() -> None:
-    cuda = torch.cuda
+    cuda: Any = torch.cuda  # patched on purpose: its functions get CPU stand-ins
     cuda.current_device = _zero_fn()
     cuda.device_count = lambda: 1
     cuda.set_device = _noop_fn()
@@ -234,6 +235,7 @@ def _single_rank_identity(collective):
     that returns at once when G has one rank, the call is synchronous and output is input: the
     result is already in place."""
 
+    @functools.wraps(collective)
     def call(output, input, *args, **kwargs):
         if (
             "group" in kwargs
@@ -244,7 +246,6 @@ def _single_rank_identity(collective):
             return None
         return collective(output, input, *args, **kwargs)
 
-    call.__wrapped__ = collective
     return call
 
 

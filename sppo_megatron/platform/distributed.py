@@ -62,7 +62,10 @@ def first_slurm_host(nodelist: str) -> str:
 
 def _slurm_tasks_on_first_node(value: str) -> int:
     """SLURM_TASKS_PER_NODE looks like '8(x2),4'; the count on this kind of node is the first."""
-    return int(re.match(r"\d+", value).group(0))
+    match = re.match(r"\d+", value)
+    if match is None:
+        raise UserError(f"cannot parse SLURM_TASKS_PER_NODE={value!r}")
+    return int(match.group(0))
 
 
 def detect_launch(environ: Optional[Mapping[str, str]] = None) -> LaunchInfo:
@@ -355,7 +358,7 @@ def share_outcomes(fn: Optional[Callable[[], T]], group=None) -> List[Optional[T
     for index, (ok, value) in enumerate(outcomes):
         if ok:
             continue
-        if index == dist.get_rank(group):
+        if index == dist.get_rank(group) and raised is not None:
             raise raised  # the original, with its traceback
         value.add_note(f"(raised on rank {dist.get_global_rank(group, index) if group is not None else index})")
         raise value
