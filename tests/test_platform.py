@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sppo_megatron.platform.distributed import detect_launch, first_slurm_host
-from sppo_megatron.platform.layout import ParallelLayout, split_evenly
+from sppo_megatron.platform.parallel_dims import ParallelDims, split_evenly
 from tests.multirank import run_ranks
 
 
@@ -77,7 +77,7 @@ def _rank_state(tp, pp, seed):
         "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
         "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
         "dp": parallel_state.get_data_parallel_world_size(),
-        "layout": ParallelLayout.current(),
+        "layout": ParallelDims.current(),
         "python": random.random(),
         "tp_region": tp_region,
     }
@@ -88,7 +88,7 @@ def test_init_distributed_builds_megatron_groups_and_seeds():
     again = run_ranks(_rank_state, 4, 2, 1, 5)
     assert [s["backend"] for s in states] == ["gloo"] * 4
     assert [(s["tp_rank"], s["pp_rank"], s["dp"]) for s in states] == [(0, 0, 2), (1, 0, 2), (0, 0, 2), (1, 0, 2)]
-    assert {s["layout"] for s in states} == {ParallelLayout.for_world(4, 2, 1)} == {ParallelLayout(2, 1, 2)}
+    assert {s["layout"] for s in states} == {ParallelDims.for_world(4, 2, 1)} == {ParallelDims(2, 1, 2)}
     assert states == again, "same seed must give the same RNG streams"
     # the model-parallel RNG differs across TP ranks (dropout in TP regions) but not across DP ranks
     assert states[0]["tp_region"] != states[1]["tp_region"]
@@ -134,11 +134,11 @@ def test_resolve_dtype_auto_follows_the_device():
 
 
 def test_parallel_layout_for_world():
-    layout = ParallelLayout.for_world(8, 2, 2)
+    layout = ParallelDims.for_world(8, 2, 2)
     assert (layout.tp, layout.pp, layout.dp, layout.world) == (2, 2, 2, 8)
     assert layout.sizes() == {"tp": 2, "pp": 2, "dp": 2} and layout.describe() == "TP=2 PP=2 DP=2"
-    assert ParallelLayout.for_world(6, 4, 1) is None  # 4 does not divide 6
-    assert ParallelLayout.for_world(1, 1, 1) == ParallelLayout(1, 1, 1)
+    assert ParallelDims.for_world(6, 4, 1) is None  # 4 does not divide 6
+    assert ParallelDims.for_world(1, 1, 1) == ParallelDims(1, 1, 1)
 
 
 def test_config_dtype_choices_are_the_dtype_table():

@@ -295,7 +295,7 @@ def main(argv=None) -> dict:
         "tp": args.tp,
         "pp": args.pp,
         "ep": args.ep,
-        "dp": actor.layout.dp,
+        "dp": actor.parallel_dims.dp,
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,
         "model": args.preset

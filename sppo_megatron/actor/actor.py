@@ -42,7 +42,7 @@ from sppo_megatron.algorithm import sppo_loss
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig, TrainConfig
 from sppo_megatron.models import get_bridge, resolve_dtype
 from sppo_megatron.platform.distributed import current_device, init_distributed
-from sppo_megatron.platform.layout import ParallelLayout
+from sppo_megatron.platform.parallel_dims import ParallelDims
 
 # megatron-core is imported inside the functions that use it: the trainer and the tests import
 # the actor's batch types without paying for it.
@@ -97,8 +97,8 @@ class MegatronActor:
             init_distributed(
                 parallel.tp, parallel.pp, seed, parallel.distributed_timeout_minutes, ep=parallel.ep, etp=parallel.etp
             )
-        self.layout = ParallelLayout.current()
-        got = (self.layout.tp, self.layout.pp, self.layout.ep, self.layout.etp)
+        self.parallel_dims = ParallelDims.current()
+        got = (self.parallel_dims.tp, self.parallel_dims.pp, self.parallel_dims.ep, self.parallel_dims.etp)
         if got != (parallel.tp, parallel.pp, parallel.ep, parallel.etp):
             raise RuntimeError(
                 f"megatron parallel state is TP={got[0]} PP={got[1]} EP={got[2]} ETP={got[3]} but the config "
@@ -131,7 +131,7 @@ class MegatronActor:
         from megatron.core import parallel_state as ps
 
         plan = plan_micro_batches(
-            indices, batch.input_lengths, self.layout.dp, **micro_batch_sizes(self.train_cfg, forward_only)
+            indices, batch.input_lengths, self.parallel_dims.dp, **micro_batch_sizes(self.train_cfg, forward_only)
         )
         return [collate(batch, idx, self.pad_multiple) for idx in plan[ps.get_data_parallel_rank()]]
 
@@ -194,9 +194,9 @@ class MegatronActor:
                 self._run_schedule(micro, forward_step, forward_only=True)
         finally:
             self.ddp.train(was_training)
-        if self.layout.dp > 1:
+        if self.parallel_dims.dp > 1:
             dist.all_reduce(out, group=ps.get_data_parallel_group())
-        if self.layout.pp > 1:
+        if self.parallel_dims.pp > 1:
             dist.all_reduce(out, group=ps.get_pipeline_model_parallel_group())
         mask = torch.arange(width).unsqueeze(0) < torch.tensor(batch.response_lengths, dtype=torch.long).view(n, 1)
         out = out.cpu()
@@ -286,9 +286,9 @@ class MegatronActor:
         self.optimizer.zero_grad()
         self._run_schedule(micro, forward_step, forward_only=False)
 
-        if self.layout.dp > 1:
+        if self.parallel_dims.dp > 1:
             dist.all_reduce(stats, group=ps.get_data_parallel_group())
-        if self.layout.pp > 1:
+        if self.parallel_dims.pp > 1:
             dist.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())
         sum_sq, count, sum_ratio = (float(v) for v in stats.cpu())
         loss = sum_sq / max(count, 1.0)

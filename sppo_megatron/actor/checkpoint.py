@@ -41,7 +41,7 @@ from sppo_megatron.models.dist_ckpt import (
 )
 from sppo_megatron.platform.distributed import barrier, rank
 from sppo_megatron.platform.files import atomic_write_text
-from sppo_megatron.platform.layout import ParallelLayout
+from sppo_megatron.platform.parallel_dims import ParallelDims
 
 # megatron-core is imported inside the functions that use it: the trainer and the tests import
 # the actor's batch types without paying for it.
@@ -76,14 +76,14 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _rng_sharded(data: Any, layout: ParallelLayout):
+def _rng_sharded(data: Any, dims: ParallelDims):
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     return ShardedObject(
         key="rng_state",
         data=data,
-        global_shape=(layout.pp, layout.tp, layout.dp),
+        global_shape=(dims.pp, dims.tp, dims.dp),
         global_offset=(
             ps.get_pipeline_model_parallel_rank(),
             ps.get_tensor_model_parallel_rank(),
@@ -130,13 +130,13 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
         MODEL_KEY: model_sd,
         "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
         "scheduler": actor.scheduler.state_dict(),
-        "rng_state": _rng_sharded(_rng_state(), actor.layout),
+        "rng_state": _rng_sharded(_rng_state(), actor.parallel_dims),
     }
     save_dist_checkpoint(state, ckpt_dir)
     if rank() == 0:
         meta = {
             "format": FORMAT,
-            "layout": actor.layout.sizes(),
+            "layout": actor.parallel_dims.sizes(),
             "num_optimizer_steps": actor.num_optimizer_steps,
             "use_distributed_optimizer": bool(actor.parallel.use_distributed_optimizer),
             "optimizer_sharding": OPTIMIZER_METADATA["distrib_optim_sharding_type"],
@@ -175,9 +175,9 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
             model_sd, is_loading=True, metadata=OPTIMIZER_METADATA
         )
     # RNG streams are per rank: restored on a full resume in the same layout only
-    same_layout = load_optimizer and meta.get("layout") == actor.layout.sizes()
+    same_layout = load_optimizer and meta.get("layout") == actor.parallel_dims.sizes()
     if same_layout:
-        request["rng_state"] = _rng_sharded(None, actor.layout)
+        request["rng_state"] = _rng_sharded(None, actor.parallel_dims)
     loaded = load_dist_checkpoint(request, ckpt_dir)
     with torch.no_grad():
         actor.model.load_state_dict(loaded[MODEL_KEY])

@@ -10,7 +10,7 @@ import os
 from typing import Callable, List
 
 from sppo_megatron.config.schema import Config
-from sppo_megatron.platform.layout import ParallelLayout
+from sppo_megatron.platform.parallel_dims import ParallelDims
 
 Rule = Callable[[Config, int, bool], List[str]]
 
@@ -59,11 +59,11 @@ def parallel_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]
     p = cfg.parallel
     problems = []
     train_world = training_world_size(cfg, world_size)
-    if train_world >= 1 and ParallelLayout.for_world(train_world, p.tp, p.pp) is None:
+    if train_world >= 1 and ParallelDims.for_world(train_world, p.tp, p.pp) is None:
         problems.append(
             f"parallel.tp={p.tp} x parallel.pp={p.pp} = {p.tp * p.pp} does not divide {_world_words(cfg, world_size)}"
         )
-    elif ParallelLayout.for_world(world_size, p.tp, p.pp, p.ep, p.etp) is None:
+    elif ParallelDims.for_world(world_size, p.tp, p.pp, p.ep, p.etp) is None:
         problems.append(
             f"parallel.ep={p.ep} x parallel.etp={p.etp} = {p.ep * p.etp} does not divide the {world_size // p.pp} "
             f"ranks of a pipeline stage (world size {world_size} / parallel.pp={p.pp})"
@@ -185,18 +185,18 @@ def optim_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
 def train_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
     t, n = cfg.train, cfg.rollout.n
     train_world = training_world_size(cfg, world_size)
-    layout = ParallelLayout.for_world(train_world, cfg.parallel.tp, cfg.parallel.pp) if train_world >= 1 else None
-    if layout is None:
+    dims = ParallelDims.for_world(train_world, cfg.parallel.tp, cfg.parallel.pp) if train_world >= 1 else None
+    if dims is None:
         return []  # reported by parallel_rules; a data-parallel rule would only repeat it
     samples = t.mini_batch_size * n
-    if samples % layout.dp:
+    if samples % dims.dp:
         return [
             f"train.mini_batch_size={t.mini_batch_size} x rollout.n={n} = {samples} samples do not split across "
-            f"{layout.dp} data-parallel ranks"
+            f"{dims.dp} data-parallel ranks"
         ]
-    if t.max_tokens_per_micro_batch is None and (samples // layout.dp) % t.micro_batch_size:
+    if t.max_tokens_per_micro_batch is None and (samples // dims.dp) % t.micro_batch_size:
         return [
-            f"train.micro_batch_size={t.micro_batch_size} does not divide the {samples // layout.dp} samples per "
+            f"train.micro_batch_size={t.micro_batch_size} does not divide the {samples // dims.dp} samples per "
             f"data-parallel rank of a mini-batch (train.mini_batch_size x rollout.n / dp)"
         ]
     return []

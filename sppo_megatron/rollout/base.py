@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import broadcast_object, share_outcomes
-from sppo_megatron.platform.layout import split_evenly
+from sppo_megatron.platform.parallel_dims import split_evenly
 
 logger = logging.getLogger(__name__)
 

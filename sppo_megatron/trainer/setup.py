@@ -102,7 +102,7 @@ class RunComponents:
         val = f", {len(self.val_data)} validation prompts" if self.val_data is not None else ""
         filtered = f" ({self.train_data.num_filtered} overlong filtered)" if self.train_data.num_filtered else ""
         return (
-            f"{self.actor.layout.describe()}, rollout {self.rollouts.describe()}, "
+            f"{self.actor.parallel_dims.describe()}, rollout {self.rollouts.describe()}, "
             f"{len(self.train_data)} train prompts{filtered}{val}"
         )
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from sppo_megatron.platform.distributed import current_device, share_outcomes
-from sppo_megatron.platform.layout import split_evenly
+from sppo_megatron.platform.parallel_dims import split_evenly
 from sppo_megatron.reward.scoring import ScoredPrompt, Scorer, ScoreStats
 
 Messages = List[Dict[str, str]]

@@ -1,4 +1,4 @@
-"""`ParallelLayout`: how the world splits into tensor, pipeline and data parallel ranks, and
+"""`ParallelDims`: how the world splits into tensor, pipeline and data parallel ranks, and
 (mixture-of-experts layers) into expert-parallel and expert-tensor-parallel ranks.
 
 Expert layers use their own grid over the same ranks: world = etp x ep x edp x pp, where the
@@ -30,7 +30,7 @@ def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
 
 
 @dataclass(frozen=True)
-class ParallelLayout:
+class ParallelDims:
     """tp x pp x dp = world; data parallel is what the model-parallel ranks leave over."""
 
     tp: int
@@ -49,16 +49,16 @@ class ParallelLayout:
         return self.tp * self.dp // (self.ep * self.etp)
 
     @classmethod
-    def for_world(cls, world: int, tp: int, pp: int, ep: int = 1, etp: int = 1) -> Optional["ParallelLayout"]:
-        """The layout of `world` ranks at this TP, PP, EP and ETP, or None when tp x pp does not
+    def for_world(cls, world: int, tp: int, pp: int, ep: int = 1, etp: int = 1) -> Optional["ParallelDims"]:
+        """The sizes of `world` ranks at this TP, PP, EP and ETP, or None when tp x pp does not
         divide it or ep x etp does not divide tp x dp (the ranks of one pipeline stage)."""
         if world % (tp * pp) or (world // pp) % (ep * etp):
             return None
         return cls(tp, pp, world // (tp * pp), ep, etp)
 
     @classmethod
-    def current(cls) -> "ParallelLayout":
-        """The layout megatron's parallel state was initialised with (after init_distributed)."""
+    def current(cls) -> "ParallelDims":
+        """The sizes megatron's parallel state was initialised with (after init_distributed)."""
         from megatron.core import parallel_state as ps
 
         return cls(
