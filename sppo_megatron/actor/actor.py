@@ -112,11 +112,11 @@ class MegatronActor:
         self.vocab_size: Optional[int] = getattr(self.bridge, "vocab_size", None)
         self.dtype = resolve_dtype(model.dtype)
         self.model, self.ddp = setup.build_policy(model, parallel, self.bridge, load_weights=load_weights)
-        self.config = self.model.config
+        self.transformer_config = self.model.config
         self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
         self.device = current_device()
-        self.pad_multiple = setup.sequence_pad_multiple(model, self.config)
+        self.pad_multiple = setup.sequence_pad_multiple(model, self.transformer_config)
         self.default_temperature = float(temperature)
         self._offloaded: Any = None  # actor.memory's handle on what offload() moved
         self.last_steps: List[Dict[str, float]] = []  # per-optimizer-step metrics of the last update
@@ -311,7 +311,7 @@ class MegatronActor:
             "sppo/log_ratio_mean": sum_ratio / count if count else 0.0,
             "train/skipped": skipped,
             "train/num_selected": count,
-            **router_losses(len(micro), self.config),
+            **router_losses(len(micro), self.transformer_config),
         }
 
     def _grads_finite(self) -> bool:
