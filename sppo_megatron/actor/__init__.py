@@ -2,7 +2,7 @@
 
     from sppo_megatron.actor import MegatronActor, SequenceBatch, LogProbs
 
-Modules, one concern each: batch (rollout batches, LogProbs, collation), batching (mini-/micro-
+Modules, one concern each: batch (rollout batches, LogProbs, collation), batch_plan (mini-/micro-
 batch plans), logprobs (vocab-parallel log-probs and entropy), setup (model, DDP, optimizer, LR
 schedule), optimizer_state (torch-Adam checkpoint workarounds), checkpoint (save/load),
 memory (GPU offload), actor (MegatronActor).

@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from sppo_megatron.actor import setup
 from sppo_megatron.actor.batch import LogProbs, MicroBatch, SequenceBatch, collate
-from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
+from sppo_megatron.actor.batch_plan import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.actor.checkpoint import load_actor, load_policy_weights, save_actor, save_policy_weights
 from sppo_megatron.actor.logprobs import token_log_probs, token_log_probs_and_entropy
 from sppo_megatron.actor.memory import offload, onload

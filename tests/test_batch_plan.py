@@ -1,4 +1,4 @@
-"""Unit tests of the engine's pure parts: batch collation and the micro-batch planner."""
+"""Unit tests of the actor's pure parts: batch collation (actor/batch.py) and the micro-batch planner (actor/batch_plan.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sppo_megatron.actor.batch import LogProbs, SequenceBatch, collate
-from sppo_megatron.actor.batching import micro_batch_sizes, mini_batches, plan_micro_batches
+from sppo_megatron.actor.batch_plan import micro_batch_sizes, mini_batches, plan_micro_batches
 from sppo_megatron.config.schema import TrainConfig
 
 
