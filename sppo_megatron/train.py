@@ -1,4 +1,5 @@
-"""`python -m sppo_megatron.train` is the same as `sppo-train`."""
+"""`python -m sppo_megatron.train`, the same as `sppo-train` (cli/train.py): the module path the
+README, the Slurm examples and torchrun launches (`torchrun ... -m sppo_megatron.train`) use."""
 
 import sys
 

@@ -186,7 +186,11 @@ class RewardConfig:
         min=0.0,
         max=1.0,
     )
-    max_bad_steps: int = opt(3, "stop the run (exit 1) after this many such steps in a row", min=1)
+    max_bad_steps: int = opt(
+        3,
+        "stop the run (exit 1) after this many steps in a row with more than max_error_frac failed reward samples (trainer.max_bad_steps counts non-finite updates)",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,11 @@ class TrainerConfig:
     project_name: str = opt("sppo", "wandb project")
     experiment_name: str = opt("run", "wandb / tensorboard run name")
     log_samples_freq: int = opt(0, "write sample generations to samples.jsonl every N steps; 0 = never", min=0)
-    max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", min=1)
+    max_bad_steps: int = opt(
+        3,
+        "stop the run (exit 1) after this many steps in a row whose update was skipped for a non-finite loss or gradient (reward.max_bad_steps counts failing rewards)",
+        min=1,
+    )
     export_hf: bool = opt(False, "write a Hugging Face checkpoint to output_dir/hf at the end")
 
 
