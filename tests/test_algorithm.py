@@ -1,4 +1,4 @@
-"""SPPO math against hand-computed values (see notes/sppo-algorithm.md for the facts used)."""
+"""SPPO math against hand-computed values (the facts used are in sppo_megatron/algorithm/'s docstrings)."""
 
 import math
 

@@ -2,8 +2,8 @@
 
 Without Transformer Engine or apex, megatron's optimizers wrap `torch.optim.AdamW`, whose
 per-parameter state holds a `step` tensor. Resuming the distributed optimizer from a
-`fully_reshardable` checkpoint then goes wrong in five ways (see
-notes/megatron-core-on-cpu.md):
+`fully_reshardable` checkpoint then goes wrong in five ways (tests/test_actor.py resumes the
+distributed optimizer across layouts):
 
 1. a fresh optimizer has no state, and `state_dict()` asserts `len(steps) == 1` (so even
    building the sharded state dict to save or load fails);
@@ -17,7 +17,7 @@ notes/megatron-core-on-cpu.md):
 5. SILENT: the step built into the load request from the pre-load state can win over the
    restored one.
 
-The fixes, applied around every save and load by engine/checkpoint.py:
+The fixes, applied around every save and load by actor/checkpoint.py:
 * `init_state(optimizer)` (1): give an empty optimizer real state with a zero-learning-rate
   step on zero gradients (parameters unchanged bit for bit: AdamW with lr = 0 multiplies by
   1 - 0 * wd and adds 0), then reset every `step` to 0, which is exactly a fresh Adam state;

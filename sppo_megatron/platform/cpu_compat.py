@@ -11,7 +11,7 @@ GPU we redirect all of that to the CPU:
 * ``torch.cuda`` functions megatron calls get CPU stand-ins (a dummy Stream *class*:
   transformers evaluates ``torch.cuda.Stream | None`` at import time);
 * the CUDA RNG state helpers map to the CPU generator, and ``torch.cuda.manual_seed`` seeds it,
-  so megatron's RNG tracker keeps distinct, seeded states per name (see notes);
+  so megatron's RNG tracker keeps distinct, seeded states per name;
 * two copies megatron makes on CPU for nothing, each skipped only where it is exactly an
   identity: the distributed optimizer's grad reduce-scatter and param all-gather over a
   one-rank group (DP = 1) with the output aliasing the input (gloo copies the buffer onto
