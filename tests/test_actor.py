@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from sppo_megatron.testing.tiny import make_tiny_hf_model
+from tests.helpers import rel, tensor_rel
 from tests.multirank import run_ranks
 
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16], [20, 21], [20, 21]]
@@ -317,14 +318,6 @@ def _hf_first_step_grad_norm(model):
 LAYOUTS = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 1)]
 
 
-def _rel(a, b):
-    return abs(a - b) / max(abs(b), 1e-12)
-
-
-def _trel(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
-
-
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "tp%dpp%ddp%d" % lay)
 def test_log_probs_match_hf(runs, layout):
     path, results = runs
@@ -345,9 +338,9 @@ def test_first_step_gradient_is_that_of_the_mini_batch_mean(runs):
     for layout in LAYOUTS:
         for mode in ("count", "tokens"):
             loss, gn = results[layout][mode]["steps"][0]
-            assert _rel(gn, want) <= 1e-5, (layout, mode, gn, want)
+            assert rel(gn, want) <= 1e-5, (layout, mode, gn, want)
             selected = [TARGETS[i] ** 2 for i in range(4) if SAMPLE_MASK[i]]
-            assert _rel(loss, sum(selected) / len(selected)) <= 1e-5
+            assert rel(loss, sum(selected) / len(selected)) <= 1e-5
 
 
 @pytest.mark.parametrize("layout", LAYOUTS[1:], ids=lambda lay: "tp%dpp%ddp%d" % lay)
@@ -358,13 +351,13 @@ def test_update_is_layout_invariant(runs, layout, mode):
     want, have = ref[mode], got[mode]
     assert len(have["steps"]) == len(want["steps"]) == 2
     for (l1, g1), (l0, g0) in zip(have["steps"], want["steps"]):
-        assert _rel(l1, l0) <= 1e-5 and _rel(g1, g0) <= 1e-5, (have["steps"], want["steps"])
+        assert rel(l1, l0) <= 1e-5 and rel(g1, g0) <= 1e-5, (have["steps"], want["steps"])
     init = ref["initial"]
     for name, w0 in want["weights"].items():
         w1 = have["weights"][name]
-        assert _trel(w1, w0) <= 1e-5, name
+        assert tensor_rel(w1, w0) <= 1e-5, name
         # the update itself (not just the weights) agrees
-        assert _trel(w1 - init[name], w0 - init[name]) <= 1e-3, name
+        assert tensor_rel(w1 - init[name], w0 - init[name]) <= 1e-3, name
     m = have["metrics"]
     assert m["train/num_optimizer_steps"] == 2 and m["train/skipped"] == 0
     assert m["train/tokens"] == sum(len(p) + len(r) - 1 for p, r in zip(PROMPTS, RESPONSES))
@@ -390,20 +383,20 @@ def test_tied_embeddings_under_pipeline_parallelism(runs):
     model, _ = _hf_reference(results["tied_path"])
     want_gn = _hf_first_step_grad_norm(model)
     ref, got = results["tied"], results["tied_pp2"]
-    assert _rel(ref["steps"][0][1], want_gn) <= 1e-5 and _rel(got["steps"][0][1], want_gn) <= 1e-5
-    assert _rel(got["steps"][0][0], ref["steps"][0][0]) <= 1e-6
+    assert rel(ref["steps"][0][1], want_gn) <= 1e-5 and rel(got["steps"][0][1], want_gn) <= 1e-5
+    assert rel(got["steps"][0][0], ref["steps"][0][0]) <= 1e-6
     (l1, g1), (l0, g0) = got["steps"][1], ref["steps"][1]
-    assert _rel(l1, l0) <= 1e-5 and _rel(g1, g0) <= 1e-5, (got["steps"], ref["steps"])
+    assert rel(l1, l0) <= 1e-5 and rel(g1, g0) <= 1e-5, (got["steps"], ref["steps"])
     assert set(got["weights"]) == set(ref["weights"])
     for name, w0 in ref["weights"].items():
-        assert _trel(got["weights"][name], w0) <= 1e-5, name
+        assert tensor_rel(got["weights"][name], w0) <= 1e-5, name
 
 
 def test_count_and_token_micro_batching_agree(runs):
     _, results = runs
     ref = results[(1, 1, 1)]
     for (l1, g1), (l0, g0) in zip(ref["tokens"]["steps"], ref["count"]["steps"]):
-        assert _rel(l1, l0) <= 1e-5 and _rel(g1, g0) <= 1e-5
+        assert rel(l1, l0) <= 1e-5 and rel(g1, g0) <= 1e-5
 
 
 def test_recomputation_gives_the_same_update(runs):
@@ -411,7 +404,7 @@ def test_recomputation_gives_the_same_update(runs):
     want = results[(1, 1, 1)]["count"]["steps"]
     for mode, steps in results["recompute"].items():
         for (l1, g1), (l0, g0) in zip(steps, want):
-            assert _rel(l1, l0) <= 1e-6 and _rel(g1, g0) <= 1e-6, mode
+            assert rel(l1, l0) <= 1e-6 and rel(g1, g0) <= 1e-6, mode
 
 
 def test_updates_drive_the_sppo_loss_down(runs):
@@ -444,7 +437,7 @@ def test_resume_in_another_layout_reproduces_the_run(runs):
     assert (resumed["logp"] - saved["saved_logp"]).abs().max() <= 1e-6
     assert len(resumed["after"]) == len(saved["after"]) == 4
     for (l1, g1), (l0, g0) in zip(resumed["after"], saved["after"]):
-        assert _rel(l1, l0) <= 1e-6 and _rel(g1, g0) <= 1e-6, (resumed["after"], saved["after"])
+        assert rel(l1, l0) <= 1e-6 and rel(g1, g0) <= 1e-6, (resumed["after"], saved["after"])
 
 
 @pytest.mark.parametrize(
@@ -459,7 +452,7 @@ def test_checkpoint_resumes_under_another_tp(runs, source, target):
     assert len(resumed["after"]) == len(saved["after"]) == 4
     for (l1, g1), (l0, g0) in zip(resumed["after"], saved["after"]):
         # TP/DP change the rounding (see above); a wrong optimizer state is off by >= 1e-2
-        assert _rel(l1, l0) <= 2e-5 and _rel(g1, g0) <= 2e-5, (resumed["after"], saved["after"])
+        assert rel(l1, l0) <= 2e-5 and rel(g1, g0) <= 2e-5, (resumed["after"], saved["after"])
 
 
 def test_actor_checkpoint_loads_as_model_only(runs):

@@ -15,6 +15,8 @@ import zipfile
 import pytest
 import torch
 
+from tests.helpers import alive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["install", "env", "bench_train", "offload", "sppo_train", "logp_parity", "bench_sync", "gpu_tests"]
 
@@ -98,17 +100,9 @@ def test_time_limit_kills_the_whole_process_group(gc, tmp_path):
     assert status == "timeout" and 3 <= seconds < 20 and "started" in tail
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive([pid]):
         time.sleep(0.1)
-    assert not _alive(pid), "the step's grandchild survived the time-out"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not alive([pid]), "the step's grandchild survived the time-out"
 
 
 def test_failure_dependency_budget_and_output_checks(gc, ctx, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from tests.helpers import max_scaled_diff
 from tests.multirank import run_ranks
 
 VOCAB, PADDED, ROWS, SEQ = 200, 256, 3, 7
@@ -27,11 +28,6 @@ def _megatron_reference(shard, labels, temperature, vocab_size):
     valid = max(0, min(x.shape[-1], vocab_size - start))
     x[..., valid:] = float("-inf")
     return -vocab_parallel_cross_entropy(vocab_parallel_logits=x, target=labels)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max(1, |b|): absolute below 1, relative above."""
-    return ((a - b).abs() / b.abs().clamp(min=1.0)).max().item()
 
 
 def _body():
@@ -72,8 +68,8 @@ def _body():
                 ent_ref = -(p * torch.log_softmax(real, dim=-1)).sum(-1)
                 key = (tp, str(dtype), temperature)
                 report[key] = {
-                    "lp": _rel(new.detach(), ref.detach()),
-                    "lp_no_grad": _rel(lp, ref.detach()),
+                    "lp": max_scaled_diff(new.detach(), ref.detach()),
+                    "lp_no_grad": max_scaled_diff(lp, ref.detach()),
                     # relative to the gradient's scale (|upstream| / T): the softmax may round differently
                     "grad": (
                         (new_in.grad.float() - ref_in.grad.float()).abs().max()

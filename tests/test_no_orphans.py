@@ -13,20 +13,10 @@ import time
 import psutil
 import pytest
 
+from tests.helpers import alive
 from tests.tiny_run import ENV, ROOT, start_hanging_run
 
 pytestmark = pytest.mark.timeout(900)  # includes building the tiny assets when first
-
-
-def _alive(procs):
-    alive = []
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def test_sigkilled_trainer_leaves_no_process_behind(tiny_assets, tmp_path):
@@ -37,12 +27,13 @@ def test_sigkilled_trainer_leaves_no_process_behind(tiny_assets, tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while _alive(children) and time.monotonic() < deadline:
+    while alive(p.pid for p in children) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = _alive(children)
+    left = [p for p in children if p.pid in alive(p.pid for p in children)]
+    commands = [p.cmdline() for p in left]
     for p in left:
         p.kill()
-    assert not left, [p.cmdline() for p in left]
+    assert not left, commands
 
 
 SAVE_HELPER = """

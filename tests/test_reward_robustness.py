@@ -6,12 +6,12 @@ import sys
 import textwrap
 import time
 
-import psutil
 import pytest
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.reward import RewardScorer
 from sppo_megatron.reward.math import compute_score
+from tests.helpers import alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,11 +41,6 @@ SYMPY_BOMB = "\\boxed{\\binom{9^{99}}{9^{9}}}"
 
 def _cfg(timeout_s=1.0, num_workers=2, custom_fn=None):
     return RewardConfig(custom_fn=custom_fn, timeout_s=timeout_s, num_workers=num_workers)
-
-
-def _alive(pids):
-    """Those of `pids` still running (not exited, not a zombie left unreaped)."""
-    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
@@ -97,8 +92,8 @@ def test_timeouts_are_counted_and_workers_replaced():
         )
         assert scores == [1.0, 0.0] and stats.timeouts == 0
         assert pids[0] != pids[1], "the worker that timed out was replaced"
-        assert _alive(pids) == [pids[1]]
-    assert _alive(pids) == []
+        assert alive(pids) == [pids[1]]
+    assert alive(pids) == []
 
 
 def test_hanging_and_noisy_custom_function(tmp_path, capfd):
@@ -132,7 +127,7 @@ def test_hanging_and_noisy_custom_function(tmp_path, capfd):
     assert stats.first_error.startswith(("KeyError: 'boom'", "reward worker exited unexpectedly"))
     out, err = capfd.readouterr()
     assert len(out) + len(err) < 200
-    assert len(pids) == 2 and _alive(pids) == []
+    assert len(pids) == 2 and alive(pids) == []
 
 
 def test_close_kills_a_busy_worker_and_exit_leaves_no_process():
@@ -152,4 +147,4 @@ def test_close_kills_a_busy_worker_and_exit_leaves_no_process():
     pids = [int(p) for p in done.stdout.split()]
     assert len(pids) == 2
     time.sleep(0.2)
-    assert _alive(pids) == []
+    assert alive(pids) == []

@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.oracle_models import ScoringServer
-from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command
+from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command, wait_for_step
 
 
 def _errors(res: subprocess.CompletedProcess, prog: str) -> list:
@@ -136,17 +135,6 @@ def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(
     assert _tree(out / "checkpoints") == before and sorted(by_step(str(out))) == [1, 2]
 
 
-def _wait_for_step(out, step: int, proc, timeout: float = 240) -> None:
-    path = out / "metrics.jsonl"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        if path.exists() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} not reached")
-
-
 def test_second_run_in_one_output_dir_is_refused_and_a_killed_runs_lock_is_stale(tiny_assets, tmp_path):
     out = tmp_path / "run"
     overrides = base_overrides(tiny_assets, str(out)) + QUICK + ["trainer.save_freq=1"]
@@ -159,7 +147,7 @@ def test_second_run_in_one_output_dir_is_refused_and_a_killed_runs_lock_is_stale
         cwd=ROOT,
     )
     try:
-        _wait_for_step(out, 1, first)
+        wait_for_step(out, 1, first)
         lock = json.loads((out / ".sppo-train.lock").read_text())
         res = train([*overrides, "trainer.total_steps=200"], check=False)
         errors = _errors(res, "sppo-train")

@@ -15,7 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, latest, read_metrics, train, train_command
+from tests.tiny_run import (
+    ENV,
+    QUICK,
+    ROOT,
+    base_overrides,
+    by_step,
+    latest,
+    read_metrics,
+    train,
+    train_command,
+    wait_for_step,
+)
 
 DESIGN_KEYS = (
     "train/loss",
@@ -146,18 +157,6 @@ def test_resumed_run_reproduces_uninterrupted_run(tiny_assets, two_step_run, tmp
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def _wait_for_step(run_dir, step: int, proc, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    path = os.path.join(run_dir, "metrics.jsonl")
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        if os.path.exists(path) and any(json.loads(line)["step"] >= step for line in open(path) if line.strip()):
-            return
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"step {step} not reached")
-
-
 def _children(pid: int) -> list:
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
         return [int(p) for p in fh.read().split()]
@@ -172,7 +171,7 @@ def test_preemption_signal_checkpoints_and_exits_0(tiny_assets, tmp_path, nproc,
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV}, cwd=ROOT
     )
-    _wait_for_step(str(out), 1, proc)
+    wait_for_step(str(out), 1, proc)
     # one rank is enough (Slurm signals every task, but not necessarily at the same moment)
     target = proc.pid if nproc == 1 else _children(proc.pid)[-1]
     os.kill(target, sig)

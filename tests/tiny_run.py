@@ -173,3 +173,17 @@ def start_hanging_run(tiny_assets: Dict[str, str], tmp_path) -> Tuple[subprocess
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
         time.sleep(0.2)
     return proc, str(out)
+
+
+def wait_for_step(run_dir: str, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Return once the run of `proc` has logged `step` (or a later one) in run_dir/metrics.jsonl;
+    its stderr when it exits first; killed after `timeout` seconds."""
+    path = os.path.join(str(run_dir), "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else "the run exited"
+        if os.path.exists(path) and any(json.loads(line)["step"] >= step for line in open(path) if line.strip()):
+            return
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"step {step} not reached")
