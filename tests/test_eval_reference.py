@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sppo_megatron.cli.eval import main
+from sppo_megatron.testing.oracle_models import make_reward_model
 from sppo_megatron.testing.tiny import make_tiny_hf_model
-from tests.oracle_models import make_reward_model
 
 QUESTIONS = ["what is 2 + 3 ?", "name a color .", "say hi ."]
 

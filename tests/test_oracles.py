@@ -16,8 +16,14 @@ from sppo_megatron.config import load_config
 from sppo_megatron.config.schema import AlgorithmConfig, RewardConfig
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
+from sppo_megatron.testing.oracle_models import (
+    ScoringServer,
+    make_judge,
+    make_pairrm,
+    make_reward_model,
+    write_blender_layout,
+)
 from tests.multirank import run_ranks
-from tests.oracle_models import ScoringServer, make_judge, make_pairrm, make_reward_model, write_blender_layout
 
 PROMPTS = [[{"role": "user", "content": "what is 2 + 3 ?"}], [{"role": "user", "content": "name a color ."}]]
 RESPONSES = ["5", "it is 6", "five", "2 + 3 = 5 .", "red", "blue", "a b c", "green ."]

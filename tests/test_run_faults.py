@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.oracle_models import ScoringServer
+from sppo_megatron.testing.oracle_models import ScoringServer
 from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command, wait_for_step
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sppo_megatron.config.schema import RewardConfig  # noqa: E402
 from sppo_megatron.reward.oracles import build_oracle  # noqa: E402
-from tests.oracle_models import make_judge, make_pairrm, make_reward_model  # noqa: E402
+from sppo_megatron.testing.oracle_models import make_judge, make_pairrm, make_reward_model  # noqa: E402
 
 
 class _Scores(http.server.BaseHTTPRequestHandler):

@@ -1,6 +1,7 @@
 """Tiny random oracle models built on the fly (no hub): a Qwen2 reward model (one label), a
 DeBERTa-v2 PairRM ranker with its prefix tokens (in PairRM-hf's layout, and rewritten in
-llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for reward.source=remote."""
+llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for reward.source=remote. Used by
+the tests and tools/bench_oracles.py, so it lives in the package (tools never import tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import threading
 import time
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DebertaV2Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
+from sppo_megatron.reward.oracles.pairwise import CAND1_PREFIX, CAND2_PREFIX, SOURCE_PREFIX, DebertaV2PairRM
 from sppo_megatron.testing.tiny import EOS_ID, PAD_ID, VOCAB, char_tokenizer, make_tiny_hf_model
 
 
@@ -26,8 +36,6 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_reward_model(out_dir, num_labels: int = 1, seed: int = 0) -> str:
-    from transformers import AutoModelForSequenceClassification, Qwen2Config
-
     config = Qwen2Config(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -54,11 +62,6 @@ def make_judge(out_dir) -> str:
 def make_pairrm(out_dir, seed: int = 0) -> str:
     """A DebertaV2PairRM in the llm-blender/PairRM-hf layout: config.json (architectures, prefix
     token ids, n_tasks, drop_out), safetensors, and a [CLS] ... [SEP] tokenizer with the prefixes."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import DebertaV2Config, PreTrainedTokenizerFast
-
-    from sppo_megatron.reward.oracles.pairwise import CAND1_PREFIX, CAND2_PREFIX, SOURCE_PREFIX, DebertaV2PairRM
-
     specials = [
         "[PAD]",
         "[CLS]",
@@ -120,10 +123,6 @@ def write_blender_layout(
     backbone directory with the vocabulary before llm-blender's resize), the CrossCompareReranker
     state dict (`pretrained_model.*`, `head_layer.*`, plus the position_ids buffer older
     transformers saved) as `weights`, and the tokenizer."""
-    from transformers import AutoTokenizer, DebertaV2Config
-
-    from sppo_megatron.reward.oracles.pairwise import DebertaV2PairRM
-
     out_dir = str(out_dir)
     model = DebertaV2PairRM.from_pretrained(str(pairrm_hf_dir))
     c = model.config
