@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from tests.multirank import run_ranks
 
@@ -11,8 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bench(argv):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import bench_train
+    from tools import bench_train
 
     return bench_train.main(argv)
 
@@ -50,8 +48,7 @@ def test_bench_train_reports_throughput():
 
 
 def _profile(argv):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import profile_update
+    from tools import profile_update
 
     return profile_update.main(argv)
 
@@ -88,8 +85,7 @@ def test_update_at_dp1_copies_no_whole_buffer():
 
 
 def test_peak_table_and_flop_count():
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import bench_train
+    from tools import bench_train
 
     assert bench_train.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bench_train.peak_tflops("NVIDIA H100 PCIe") == 756.0

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from tools import plot_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "plot_metrics.py")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import plot_metrics  # noqa: E402
 
 TITLES = [
     "Held-out accuracy (greedy)",

@@ -206,13 +206,8 @@ def test_manifest_matches_real_source():
             "sglang source not available (pip download failed): set SPPO_SGLANG_SRC to the sglang-0.5.23 wheel "
             "(pip download --no-deps sglang==0.5.23) or install sglang to check the vendored manifest"
         )
-    import sys
+    from tools import extract_sglang_api
 
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import extract_sglang_api
-    finally:
-        sys.path.pop(0)
     real = json.loads(json.dumps(extract_sglang_api.extract(src)))
     if real["sglang_version"] != PINNED:
         pytest.skip(f"source at {src} is sglang {real['sglang_version']}, not the pinned {PINNED}")

@@ -5,18 +5,14 @@ reward.source=reward_model oracle feeds the saved model."""
 from __future__ import annotations
 
 import copy
-import os
 import random
-import sys
 
 import torch
 
 from sppo_megatron.config.schema import RewardConfig
 from sppo_megatron.reward.oracles import build_oracle, oracle_problems
 from sppo_megatron.testing.tiny import char_tokenizer, tiny_config, tiny_model
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import tiny_reward_model as trm  # noqa: E402
+from tools import tiny_reward_model as trm
 
 CHARS = "0123456789+="
 
@@ -89,7 +85,7 @@ def test_the_trained_model_scores_in_the_oracle_as_in_training(tmp_path):
 
 
 def test_echo_warm_start_trains_the_model_alone_and_saves_no_echo_head():
-    import make_tiny_assets as mta
+    from tools import make_tiny_assets as mta
 
     tok = char_tokenizer(CHARS)
     pairs = [(a, b) for a in range(10) for b in range(10)]

@@ -11,6 +11,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from sppo_megatron.platform.distributed import free_port
+from tools.make_tiny_assets import build_and_convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -18,37 +19,7 @@ ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 def build_assets(out: str, warm_steps: int = 200) -> Dict[str, str]:
     """tools/make_tiny_assets.py + sppo-convert hf-to-megatron; returns the paths a config needs."""
-    env = {**os.environ, **ENV}
-    subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "make_tiny_assets.py"),
-            "--out",
-            out,
-            "--warm-steps",
-            str(warm_steps),
-            "--num-test",
-            "64",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sppo_megatron.cli.convert",
-            "hf-to-megatron",
-            "--hf",
-            f"{out}/model",
-            "--out",
-            f"{out}/megatron",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
+    build_and_convert(out, "--warm-steps", str(warm_steps), "--num-test", "64", env={**os.environ, **ENV}, capture=True)
     return {
         "hf": f"{out}/model",
         "megatron": f"{out}/megatron",

@@ -27,24 +27,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from sppo_megatron.platform.distributed import free_port  # noqa: E402
+from tools.make_tiny_assets import build_and_convert  # noqa: E402
 
 
 def build_assets(out: str) -> str:
     if not os.path.exists(os.path.join(out, "megatron", "sppo_checkpoint.json")):
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_tiny_assets.py"), "--out", out], check=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sppo_megatron.cli.convert",
-                "hf-to-megatron",
-                "--hf",
-                f"{out}/model",
-                "--out",
-                f"{out}/megatron",
-            ],
-            check=True,
-        )
+        build_and_convert(out)
     return out
 
 

@@ -48,7 +48,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from model_shapes import LLAMA_3_2_1B  # noqa: E402
+
+from tools.model_shapes import LLAMA_3_2_1B  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by device-name substring; first match wins.
 PEAK_BF16_TFLOPS = [

@@ -29,10 +29,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_train  # noqa: E402
 import torch  # noqa: E402
+
+from tools import bench_train  # noqa: E402
 
 
 class PlainLoop:

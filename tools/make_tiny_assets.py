@@ -22,13 +22,17 @@ import argparse
 import json
 import os
 import random
+import subprocess
+import sys
 import time
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import pandas as pd
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sppo_megatron.testing.tiny import char_tokenizer, tiny_config, tiny_model
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from sppo_megatron.testing.tiny import char_tokenizer, tiny_config, tiny_model  # noqa: E402
 
 CHARS = "0123456789+="
 MAX_OPERAND = 49
@@ -194,7 +198,7 @@ def main() -> None:
         "held_out_greedy_accuracy": round(acc, 4),
     }
     if args.reward_model:
-        from tiny_reward_model import train_reward_model  # tools/, next to this script
+        from tools.tiny_reward_model import train_reward_model  # only for --reward-model
 
         def more_sums(lm, steps: int, seed: int) -> None:
             warm_start(lm, tokenizer, train, steps, args.warm_batch, args.rm_lm_lr, seed, echo=args.rm_echo)
@@ -222,6 +226,27 @@ def main() -> None:
     with open(os.path.join(args.out, "assets.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     print(f"tiny assets in {args.out}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+def build_and_convert(out: str, *args: str, env: Optional[Dict[str, str]] = None, capture: bool = False) -> None:
+    """This script on OUT (with `args`), then `sppo-convert hf-to-megatron` of OUT/model into
+    OUT/megatron, each in a fresh process: the assets a tiny `sppo-train` run needs (the tests,
+    the benches)."""
+    commands = [
+        [sys.executable, os.path.abspath(__file__), "--out", out, *args],
+        [
+            sys.executable,
+            "-m",
+            "sppo_megatron.cli.convert",
+            "hf-to-megatron",
+            "--hf",
+            f"{out}/model",
+            "--out",
+            f"{out}/megatron",
+        ],
+    ]
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=capture, env=env)
 
 
 if __name__ == "__main__":
