@@ -28,6 +28,8 @@ from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.helpers import rel, tensor_rel
 from tests.multirank import run_ranks
 
+pytestmark = pytest.mark.slow
+
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16], [20, 21], [20, 21]]
 RESPONSES = [
     [30, 31, 32, 33],

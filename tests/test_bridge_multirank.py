@@ -20,6 +20,8 @@ from sppo_megatron.testing.tiny import ARCHS
 from tests.multirank import run_ranks
 from tests.tiny_models import hf_logits, hf_state_dict, tiny_models_root
 
+pytestmark = pytest.mark.slow
+
 LAYOUTS = [(2, 2), (1, 1), (2, 1), (1, 2)]
 WORLD = 4
 SEQ = 16

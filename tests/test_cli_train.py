@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def run(args, env=None, timeout=120):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
@@ -29,6 +31,7 @@ def test_missing_config_file_exits_2(tmp_path):
     assert out.returncode == 2 and "nope.yaml" in out.stderr
 
 
+@pytest.mark.slow
 def test_tp_not_dividing_world_size_under_torchrun(tmp_path):
     out = run(
         [

@@ -8,6 +8,8 @@ import pytest
 
 from tests.multirank import run_ranks
 
+pytestmark = pytest.mark.slow
+
 
 def _init():
     """The group, once per process: one spawn runs several of the bodies below in turn."""

@@ -84,6 +84,7 @@ def _assert_same_tensors(out_dir, src_dir, cast=None):
         assert got[k].dtype == ref.dtype and torch.equal(got[k], ref), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cli_round_trip_is_bit_exact(converted, arch):
     root, work, codes, _ = converted
@@ -100,6 +101,7 @@ def test_cli_round_trip_is_bit_exact(converted, arch):
     assert not [d for d in os.listdir(os.path.join(work, arch)) if ".tmp-" in d]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exported_model_loads_with_from_pretrained_without_key_warnings(converted, arch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,12 +128,14 @@ def test_exported_model_loads_with_from_pretrained_without_key_warnings(converte
     assert tok.apply_chat_template([{"role": "user", "content": "1 + 1 ?"}], tokenize=False, add_generation_prompt=True)
 
 
+@pytest.mark.slow
 def test_verify_passes_on_matching_and_fails_on_other_weights(converted):
     _, _, codes, _ = converted
     assert codes["verify"] == 0
     assert codes["verify-other-weights"] == 1
 
 
+@pytest.mark.slow
 def test_bf16_checkpoint_exports_to_fp32(converted):
     root, work, codes, _ = converted
     assert codes["h2m-bf16"] == 0 and codes["m2h-bf16"] == 0
@@ -141,6 +145,7 @@ def test_bf16_checkpoint_exports_to_fp32(converted):
     _assert_same_tensors(os.path.join(work, "bf16-hf"), os.path.join(root, "qwen3"), cast=torch.bfloat16)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_output(converted):
     root, work, codes, _ = converted
     assert codes["overwrite"] == 0
@@ -149,6 +154,7 @@ def test_overwrite_replaces_output(converted):
     assert not [d for d in os.listdir(os.path.join(work, "llama")) if ".old-" in d or ".tmp-" in d]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", TORCHRUN_ARCHS)
 def test_torchrun_tp2_pp2_convert_verify_export(converted, arch):
     root, work, _, multi = converted
@@ -222,6 +228,7 @@ def test_missing_and_non_checkpoint_dirs(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["plain"]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture(converted, tmp_path, capsys):
     root, work, _, _ = converted
     qwen_ckpt = os.path.join(work, "qwen2", "mg")
@@ -242,6 +249,7 @@ def test_checkpoint_of_another_architecture(converted, tmp_path, capsys):
     assert "model_type" in line
 
 
+@pytest.mark.slow
 def test_checkpoint_without_hf_config(converted, tmp_path, capsys):
     import shutil
 
@@ -253,6 +261,7 @@ def test_checkpoint_without_hf_config(converted, tmp_path, capsys):
     assert "--hf-config" in line
 
 
+@pytest.mark.slow
 def test_bad_shard_size(converted, tmp_path, capsys):
     _, work, _, _ = converted
     line = _error(

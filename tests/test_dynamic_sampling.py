@@ -215,6 +215,7 @@ ON = [
 ]
 
 
+@pytest.mark.slow
 def test_resume_and_tp2_take_the_uninterrupted_single_process_decisions(tiny_assets, tmp_path):
     common = base_overrides(tiny_assets, "") + ON + ["trainer.save_freq=2"]
     full, split, tp2 = tmp_path / "full", tmp_path / "split", tmp_path / "tp2"
@@ -237,6 +238,7 @@ def test_resume_and_tp2_take_the_uninterrupted_single_process_decisions(tiny_ass
         assert c[step]["train/loss"] == pytest.approx(a[step]["train/loss"], rel=1e-3, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_a_step_without_any_signal_skips_the_update_and_says_so(tiny_assets, tmp_path):
     reward = tmp_path / "constant.py"
     reward.write_text("def score(solution_str, ground_truth):\n    return 1.0\n")

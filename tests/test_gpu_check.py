@@ -42,6 +42,7 @@ def ctx(gc, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_dry_run_reaches_every_step_and_skips_each_for_lack_of_cuda(tmp_path):
     out = tmp_path / "out"
     start = time.monotonic()
@@ -75,6 +76,7 @@ def test_dry_run_reaches_every_step_and_skips_each_for_lack_of_cuda(tmp_path):
     assert (out / "gpu_check.log").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_dry_run_fails_when_a_step_command_has_rotted(gc, ctx, monkeypatch, tmp_path):
     monkeypatch.setattr(gc, "BENCH_SYNC", gc.BENCH_SYNC + ["--no-such-flag"])
     step = next(s for s in gc.STEPS if s.name == "bench_sync")

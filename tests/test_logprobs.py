@@ -9,10 +9,13 @@ pass). Exactness: log-probs within 1e-6 (absolute below 1, relative above; fp32)
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.helpers import max_scaled_diff
 from tests.multirank import run_ranks
+
+pytestmark = pytest.mark.slow
 
 VOCAB, PADDED, ROWS, SEQ = 200, 256, 3, 7
 

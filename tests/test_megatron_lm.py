@@ -336,12 +336,14 @@ def tp2(spawned):
 
 
 # ----------------------------------------------------------------- tests
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", MLM_ARCHS)
 def test_megatron_lm_load_path_gives_bitwise_equal_weights(done, arch):
     _, _, single = done
     assert single["equal"][arch]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", MLM_ARCHS)
 def test_args_match_the_model_config(done, arch):
     _, work, single = done
@@ -380,6 +382,7 @@ def test_args_match_the_model_config(done, arch):
     assert meta["layout"] == "megatron-lm" and meta["padded_vocab_size"] == 128
 
 
+@pytest.mark.slow
 def test_common_pt_loads_with_default_torch_load(done):
     import megatron.core  # noqa: F401 - registers argparse.Namespace as a weights_only-safe global
 
@@ -389,6 +392,7 @@ def test_common_pt_loads_with_default_torch_load(done):
     assert common["checkpoint_version"] == 3.0 and common["iteration"] == 0
 
 
+@pytest.mark.slow
 def test_cli_megatron_lm_layout_round_trips_bit_exact(done):
     root, work, single = done
     codes = single["codes"]
@@ -399,6 +403,7 @@ def test_cli_megatron_lm_layout_round_trips_bit_exact(done):
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_default_layout_is_unchanged(done):
     _, work, single = done
     assert single["codes"]["h2m-sppo"] == 0
@@ -411,12 +416,14 @@ def test_default_layout_is_unchanged(done):
     assert dist_checkpointing.load_common_state_dict(os.path.join(work, "sppo")) == {}
 
 
+@pytest.mark.slow
 def test_llama3_rope_factors_megatron_lm_cannot_express_are_refused(done):
     _, work, single = done
     assert single["codes"]["h2m-llama3.1-mlm"] == 2
     assert not os.path.exists(os.path.join(work, "llama3.1-mlm"))
 
 
+@pytest.mark.slow
 def test_bare_megatron_lm_directory_loads_with_hf_config(done):
     root, work, single = done
     assert single["codes"]["m2h-bare"] == 0
@@ -424,6 +431,7 @@ def test_bare_megatron_lm_directory_loads_with_hf_config(done):
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_training_checkpoint_exports_as_iter_step(done):
     root, work, single = done
     assert single["codes"]["m2l-step"] == 0 and single["codes"]["m2h-step-mlm"] == 0
@@ -433,10 +441,12 @@ def test_training_checkpoint_exports_as_iter_step(done):
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_trainer_loads_a_bare_megatron_lm_directory(done):
     assert done[2]["trainer_load_equal"]
 
 
+@pytest.mark.slow
 def test_padded_vocab_mismatch_is_one_line_naming_both_sizes(done):
     _, _, single = done
     for key in ("vocab", "trainer-vocab"):
@@ -444,18 +454,21 @@ def test_padded_vocab_mismatch_is_one_line_naming_both_sizes(done):
         assert msg and "\n" not in msg and "128" in msg and "256" in msg, (key, msg)
 
 
+@pytest.mark.slow
 def test_args_hf_config_mismatch_is_refused_in_one_line(done):
     _, _, single = done
     msg = single["errors"]["trainer-args"]
     assert msg and "\n" not in msg and "num_layers=3" in msg and "num_layers=5" in msg, msg
 
 
+@pytest.mark.slow
 def test_missing_key_is_one_clean_line(done):
     _, _, single = done
     msg = single["errors"]["missing-key"]
     assert msg and "\n" not in msg and "nodesc" in msg and "output_layer.weight" in msg, msg
 
 
+@pytest.mark.slow
 def test_tp2_megatron_lm_padding_and_repadding_export(done, tp2):
     from megatron.core import dist_checkpointing
 
@@ -488,6 +501,7 @@ def test_tracker_pointing_at_missing_dir_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "iter_0000040" in err[0], err
 
 
+@pytest.mark.slow
 def test_bare_megatron_lm_dir_without_hf_config_is_one_line(done, capsys):
     _, work, _ = done
     assert _run(["megatron-to-hf", "--ckpt", os.path.join(work, "bare"), "--out", os.path.join(work, "x")]) == 2
@@ -495,6 +509,7 @@ def test_bare_megatron_lm_dir_without_hf_config_is_one_line(done, capsys):
     assert len(err) == 1 and "--hf-config" in err[0], err
 
 
+@pytest.mark.slow
 def test_args_mismatch_in_megatron_to_hf_is_one_line(done, capsys):
     _, work, _ = done
     code = _run(
@@ -513,6 +528,7 @@ def test_args_mismatch_in_megatron_to_hf_is_one_line(done, capsys):
     assert not os.path.exists(os.path.join(work, "y"))
 
 
+@pytest.mark.slow
 def test_checkpoint_without_common_pt_is_one_line(done, tmp_path, capsys):
     """megatron-core >= 0.19 writes no common.pt; 0.16 cannot read such a checkpoint."""
     root, work, _ = done

@@ -17,6 +17,8 @@ from tests.multirank import run_ranks
 from tests.tiny_models import convert as _run
 from tests.tiny_models import hf_state_dict, moe_models_root
 
+pytestmark = pytest.mark.slow
+
 
 def _body(root, work):
     codes = {}

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.tiny_run import base_overrides, by_step, latest, train
+
+pytestmark = pytest.mark.slow
 
 
 def test_sppo_train_under_torchrun_with_ep2(tiny_assets, tmp_path):

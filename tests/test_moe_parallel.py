@@ -27,6 +27,8 @@ from tests.multirank import run_ranks
 from tests.sync_probe import engine_logits, megatron_logits
 from tests.tiny_models import hf_logits, hf_state_dict
 
+pytestmark = pytest.mark.slow
+
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13, 14, 15, 16], [10, 11, 12, 13, 14, 15, 16]]
 RESPONSES = [[30, 31, 32, 33], [40], [50, 51, 52, 53, 54, 55, 56, 57, 58], [60, 61]]
 TARGETS = [0.4, -0.4, 0.25, -0.25]

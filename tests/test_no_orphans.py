@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import alive
 from tests.tiny_run import ENV, ROOT, start_hanging_run
 
-pytestmark = pytest.mark.timeout(900)  # includes building the tiny assets when first
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # includes building the tiny assets when first
 
 
 def test_sigkilled_trainer_leaves_no_process_behind(tiny_assets, tmp_path):

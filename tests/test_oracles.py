@@ -316,6 +316,7 @@ def _score_on_two_ranks(path):
     return rows, seen
 
 
+@pytest.mark.slow
 def test_scoring_is_split_across_two_ranks_and_gathered_in_order(models):
     single, _ = build_oracle(
         reward_cfg(source="pairwise", model_path=models["pairwise"], max_length=64), "matrix"

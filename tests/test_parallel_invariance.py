@@ -13,6 +13,8 @@ import pytest
 
 from tests.multirank import run_ranks
 
+pytestmark = pytest.mark.slow
+
 STEPS = 3
 GLOBAL_BATCH = 4
 SEQ = 16

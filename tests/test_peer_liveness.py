@@ -15,7 +15,7 @@ import pytest
 from tests.multirank import launch_rank_processes
 from tests.tiny_run import ENV, ROOT
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def _start(mode: str, victim: int, timeout_s: float):

@@ -14,6 +14,8 @@ from sppo_megatron.errors import ConfigError
 from tests.multirank import run_ranks
 from tests.tiny_run import base_overrides, by_step, train
 
+pytestmark = pytest.mark.slow
+
 SEPARATE = ["rollout.placement=separate", "rollout.num_ranks=2"]
 #: metrics that measure time or throughput, not what was computed
 _TIMING = ("timing/", "perf/", "sync/gb_per_s", "rollout/policy_lag", "timing/gen_busy_s")

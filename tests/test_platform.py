@@ -83,6 +83,7 @@ def _rank_state(tp, pp, seed):
     }
 
 
+@pytest.mark.slow
 def test_init_distributed_builds_megatron_groups_and_seeds():
     states = run_ranks(_rank_state, 4, 2, 1, 5)
     again = run_ranks(_rank_state, 4, 2, 1, 5)
@@ -95,6 +96,7 @@ def test_init_distributed_builds_megatron_groups_and_seeds():
     assert states[0]["tp_region"] == states[2]["tp_region"]
 
 
+@pytest.mark.slow
 def test_single_process_without_launcher():
     (state,) = run_ranks(_rank_state, 1, 1, 1, 0)
     assert state["dp"] == 1

@@ -177,6 +177,7 @@ def test_run_directory_states(tmp_path, hf_dir, make_cfg):
         lock.release()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sglang_available(), reason="needs a machine without sglang")
 def test_sppo_train_reports_before_building_anything(tmp_path, hf_dir, prompts):
     """Under torchrun, every problem at once, exit 2, nothing written: no model or engine was built."""

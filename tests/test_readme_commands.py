@@ -131,6 +131,7 @@ def _shell(root, env: Dict[str, str], command: str, timeout: int = 300) -> subpr
     )
 
 
+@pytest.mark.slow
 def test_demo_command(checkout):
     root, _, demo = checkout
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
@@ -150,6 +151,7 @@ def _on_demo(checkout, command: str):
     return root, res
 
 
+@pytest.mark.slow
 def test_eval_command_reproduces_the_final_validation(checkout):
     root, res = _on_demo(checkout, EVAL)
     out = root / "outputs/tiny_cpu/eval/hf-test.json"
@@ -160,6 +162,7 @@ def test_eval_command_reproduces_the_final_validation(checkout):
     assert result["metrics"]["eval/accuracy"] == final["val/accuracy"]
 
 
+@pytest.mark.slow
 def test_plot_command(checkout):
     root, res = _on_demo(checkout, PLOT)
     png = root / "outputs/tiny_cpu/plots/dashboard.png"

@@ -38,6 +38,7 @@ def _verdicts(items: list) -> tuple[dict, dict, int]:
     return fast, reference, len(undecided)
 
 
+@pytest.mark.slow
 def test_fast_path_has_no_false_positives_against_math_verify():
     items = build_corpus(GENERATED, seed=13)
     assert len(items) >= GENERATED >= 2000 and {kind for kind, _, _ in items} >= set(GENERATORS)

@@ -75,6 +75,7 @@ def test_guard_warns_then_stops_and_a_good_step_resets_it(capsys):
         guard.check(4, bad, 4)
 
 
+@pytest.mark.slow
 def test_a_raising_reward_stops_the_run_with_exit_1(tiny_assets, tmp_path, rewards):
     res = train(
         base_overrides(tiny_assets, str(tmp_path / "run"))

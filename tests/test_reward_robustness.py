@@ -74,6 +74,7 @@ def test_batch_of_hostile_inputs_with_workers(capfd):
     assert len(out) + len(err) < 200
 
 
+@pytest.mark.slow
 def test_timeouts_are_counted_and_workers_replaced():
     # The limit must leave room for the honest sample (0.2 s of SymPy when idle, several times that
     # on a loaded machine) while the bomb runs for minutes; the bound on the elapsed time also covers

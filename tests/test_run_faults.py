@@ -19,6 +19,8 @@ import pytest
 from sppo_megatron.testing.oracle_models import ScoringServer
 from tests.tiny_run import ENV, QUICK, ROOT, base_overrides, by_step, train, train_command, wait_for_step
 
+pytestmark = pytest.mark.slow
+
 
 def _errors(res: subprocess.CompletedProcess, prog: str) -> list:
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])

@@ -489,6 +489,7 @@ def _two_ranks():
     return results
 
 
+@pytest.mark.slow
 def test_two_ranks_tp2_and_tp1():
     r0, r1 = run_ranks(_two_ranks, 2, env={"CUDA_VISIBLE_DEVICES": ""})  # gloo on CPU everywhere
     assert r0["tp2"] == r1["tp2"] == r0["tp1"] == r1["tp1"]

@@ -199,6 +199,7 @@ def _real_source():
     return _download_wheel()
 
 
+@pytest.mark.slow
 def test_manifest_matches_real_source():
     src = _real_source()
     if src is None:

@@ -55,6 +55,7 @@ def test_first_signal_asks_second_exits_at_once(first, second):
     assert f"{second.name} received a second time: exiting now" in err
 
 
+@pytest.mark.slow
 def test_sigterm_interrupts_a_hanging_scorer_then_checkpoints(tiny_assets, tmp_path):
     proc, out = start_hanging_run(tiny_assets, tmp_path)
     os.kill(proc.pid, signal.SIGTERM)

@@ -17,6 +17,8 @@ from sppo_megatron.platform.distributed import free_port
 from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
 from tests.tiny_run import ENV, ROOT, base_overrides, by_step
 
+pytestmark = pytest.mark.slow
+
 CONFIG = os.path.join(ROOT, "examples", "tiny_cpu", "config.yaml")
 SBATCH = os.path.join(ROOT, "examples", "slurm", "sppo_2x8.sbatch")
 STEPS = 4

@@ -28,6 +28,8 @@ from tests.tiny_run import (
     wait_for_step,
 )
 
+pytestmark = pytest.mark.slow
+
 DESIGN_KEYS = (
     "train/loss",
     "train/grad_norm",
