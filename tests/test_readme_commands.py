@@ -62,6 +62,7 @@ NOT_RUN = {
     "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
     "sppo-train --help": "checked: --help runs",
     ".venv/bin/python -m pytest -q": "runs this suite",
+    '.venv/bin/python -m pytest -q -m "not slow and not engine and not gpu"': "runs this suite's fast tier",
     ".venv/bin/python -m pytest -q -m gpu": "needs a GPU",
     ".venv/bin/python -m sppo_megatron.config.reference": "rewrites tracked files (test_config checks they are current)",
 }
