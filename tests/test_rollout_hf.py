@@ -16,7 +16,8 @@ from sppo_megatron.rollout import (
     samples_logprobs,
     split_evenly,
 )
-from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
+from sppo_megatron.rollout.base import sample_seed
+from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits
 from sppo_megatron.sync import WeightSync, bucketize
 from tests.tiny_models import PEAKY_EOS, peaky_qwen2
 

@@ -84,6 +84,19 @@ class RolloutSample:
     logprobs: Optional[List[float]] = None
 
 
+_SEED_MIX = 0x9E3779B97F4A7C15
+
+
+def sample_seed(seed: int, global_sample_index: int) -> int:
+    """Per-sample generator seed from the call seed and the sample's global index (the HF engine
+    seeds every sample with it; SGLang reseeds its sampler per call with it)."""
+    x = (int(seed) * 1_000_003 + int(global_sample_index) * _SEED_MIX + 0x632BE59BD9B4E019) & ((1 << 64) - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 29
+    return x & ((1 << 63) - 1)
+
+
 def split_evenly(count: int, parts: int) -> List[Tuple[int, int]]:
     """Contiguous [start, end) ranges covering range(count), sizes differing by at most one."""
     base, extra = divmod(count, parts)

@@ -44,21 +44,11 @@ from sppo_megatron.rollout.base import (
     RolloutSample,
     SamplingParams,
     resolve_eos_token_ids,
+    sample_seed,
 )
 from sppo_megatron.rollout.hf_experts import ExpertSlots
 
 logger = logging.getLogger(__name__)
-
-_SEED_MIX = 0x9E3779B97F4A7C15
-
-
-def sample_seed(seed: int, global_sample_index: int) -> int:
-    """Per-sample generator seed from the call seed and the sample's global index."""
-    x = (int(seed) * 1_000_003 + int(global_sample_index) * _SEED_MIX + 0x632BE59BD9B4E019) & ((1 << 64) - 1)
-    x ^= x >> 31
-    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    x ^= x >> 29
-    return x & ((1 << 63) - 1)
 
 
 def filter_logits(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
