@@ -91,7 +91,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = opt("auto", "rollout engine; auto = sglang with a GPU, hf without", choices=("auto", "sglang", "hf"))
+    engine: str = opt(
+        "auto",
+        "rollout engine; auto = sglang with a GPU, hf without (sglang on the CPU: tools/install_cpu_engines.sh)",
+        choices=("auto", "sglang", "hf"),
+    )
     n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
     temperature: float = opt(1.0, "sampling temperature", min=0.0)
     top_p: float = opt(1.0, "nucleus sampling", min=0.0, max=1.0)
@@ -101,6 +105,11 @@ class RolloutConfig:
     val_n: int = opt(1, "validation samples per prompt", min=1)
     tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
     mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
+    max_total_tokens: int = opt(
+        0,
+        "KV-cache capacity of each SGLang engine in tokens; 0 = sized from mem_fraction on a GPU, 32768 on the CPU",
+        min=0,
+    )
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
     max_extra_rounds: int = opt(
         2,

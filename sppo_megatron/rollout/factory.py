@@ -2,7 +2,8 @@
 
 - auto: SGLang when a CUDA GPU is present and sglang is importable; the HF engine otherwise. On a
   GPU without sglang, auto falls back to HF with a LOUD warning (HF generation is much slower).
-- sglang: needs a GPU and sglang (UserError pointing at `pip install -e .[sglang]` / docker/).
+- sglang: needs sglang (UserError pointing at `pip install -e .[sglang]` / docker/ on a GPU, at
+  tools/install_cpu_engines.sh on the CPU, where SGLang runs its CPU backend).
 - hf: the transformers engine (CPU, or the local GPU).
 Collective when torch.distributed is initialised: every rank must call it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -36,10 +37,9 @@ def choose_engine(requested: str, has_gpu: Optional[bool] = None, has_sglang: Op
         if not has_sglang:
             raise UserError(
                 "rollout.engine=sglang but sglang is not installed: `pip install -e .[sglang]` on a CUDA "
-                "machine, or use the image built from docker/ (or set rollout.engine=hf)"
+                "machine, or use the image built from docker/; on the CPU `bash tools/install_cpu_engines.sh "
+                "--python PYTHON` (or set rollout.engine=hf)"
             )
-        if not has_gpu:
-            raise UserError("rollout.engine=sglang needs a CUDA GPU; use rollout.engine=hf (or auto) on CPU")
         return "sglang"
     if requested != "auto":
         raise UserError(f"rollout.engine must be auto, sglang or hf, got {requested!r}")
@@ -65,14 +65,13 @@ def create_rollout_engine(
     *,
     seed: int,
     log_dir: str,
-    api: Any = None,
 ) -> RolloutEngine:
     """Build the rollout engine for the `rollout` config group serving the HF model directory
     `hf_dir` (config, tokenizer files; weights optional: the first sync fills them).
 
     `seed`: the engine's sampling seed base (trainer.seed); `log_dir`: where SGLang engine logs
-    go. `api`: a stand-in for the sglang module (tests)."""
-    kind = choose_engine(rollout.engine, has_sglang=True if api is not None else None)
+    go."""
+    kind = choose_engine(rollout.engine)
     if kind == "hf":
         from sppo_megatron.rollout.hf_engine import HFRolloutEngine
 
@@ -93,10 +92,10 @@ def create_rollout_engine(
         hf_dir,
         tp=tp,
         mem_fraction=rollout.mem_fraction,
-        dtype=resolve_dtype(rollout.dtype, torch.device("cuda")),
+        max_total_tokens=rollout.max_total_tokens,
+        dtype=resolve_dtype(rollout.dtype, current_device()),
         bucket_mb=float(rollout.sync_bucket_mb),
         placement=make_placement(tp),
         seed=seed,
         log_dir=log_dir,
-        api=api,
     )
