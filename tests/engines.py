@@ -1,4 +1,5 @@
-"""Test-side helpers for the real rollout engines (`engine` marker): whether one is installed.
+"""Test-side helpers for the real rollout engines (`engine` marker): whether one is installed, and
+which engine processes are alive (the suite fails if it leaves one behind: tests/conftest.py).
 
 Tests that need an engine call `require_sglang()`: without the CPU install
 (`bash tools/install_cpu_engines.sh --python PYTHON`) they skip with the reason, or fail where
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import List
 
+import psutil
 import pytest
 import torch
 
@@ -28,3 +31,12 @@ def require_sglang() -> None:
 
         if not sglang_cpu.startup_file_installed():
             _missing("SGLang's CPU start-up file is missing: bash tools/install_cpu_engines.sh --python PYTHON")
+
+
+def engine_processes() -> List[psutil.Process]:
+    """Live processes of a rollout engine on this machine (SGLang names its own `sglang::...`)."""
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        if (proc.info["name"] or "").startswith("sglang::") and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
