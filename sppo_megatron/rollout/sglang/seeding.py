@@ -7,8 +7,8 @@ reseed, a resumed run (a new engine) samples differently from the uninterrupted 
 that has been sampling since step 1). SGLang's extension point for code in its scheduler is a
 custom weight loader (`custom_weight_loader` server arg, then `update_weights_from_tensor` with
 that `load_format`): `reseed` is one, loaded with a single tensor holding the seed, and seeds the
-scheduler's RNGs the way SGLang's own `set_random_seed` does. The engine sends it together with
-the whole batch of the call (the scheduler sees all requests before it samples: see
+scheduler's RNGs the way SGLang's own `set_random_seed` does. The engine reseeds right before each
+sampled generate call, whose requests the scheduler takes as one batch (see
 `SglangRolloutEngine._generate_local`), so equal calls give equal samples.
 
 This module is imported inside SGLang's scheduler process: keep it light.
