@@ -1,25 +1,23 @@
-"""reward.source=pairwise: PairRM (llm-blender/PairRM-hf), loaded natively on transformers >= 5.
+"""PairRM's network and its loading from either checkpoint layout, on transformers >= 5.
 
 The llm-blender package no longer imports with transformers 5, so its DebertaV2PairRM head
 (llm_blender/pair_ranker/pairrm.py) is rebuilt here with the same module names, hence the same
-checkpoint keys, and the same input construction as the checkpoint's model card
-(`<|source|>prompt`, `<|candidate1|>A`, `<|candidate2|>B`, each encoded with the tokenizer's
-[CLS]/[SEP], the source truncated to its budget and the candidates sharing what is left). The
-logit is > 0 when candidate 1 is better. Each pair is compared in both orders and the two logits
-averaged, as llm-blender's compare(mode="[A,B]+[B,A]"): P(y_i > y_j) = sigmoid((l_ij - l_ji) / 2).
-
-Two checkpoint layouts load into that one module: PairRM-hf's (config.json with architectures
-[DebertaV2PairRM], HF weights) and llm-blender's own (llm-blender/PairRM: a RankerConfig, the
-CrossCompareReranker state dict, whose keys are the same `pretrained_model.*` / `head_layer.*`;
-the DeBERTa config comes from its model_name, the vocabulary size from the resized embeddings,
-the prefix ids from the tokenizer after llm-blender's add_tokens).
+checkpoint keys. Two layouts load into it:
+- PairRM-hf (llm-blender/PairRM-hf): config.json with architectures [DebertaV2PairRM] and the
+  prefix token ids, HF weights, the tokenizer beside them;
+- llm-blender's own (llm-blender/PairRM, what uclaml/SPPO's scripts/rank.py loads): a
+  RankerConfig and the CrossCompareReranker state dict, whose keys are the same
+  `pretrained_model.*` / `head_layer.*`; the DeBERTa config and, when the directory has none, the
+  tokenizer come from its model_name; the vocabulary size from the resized embeddings; the prefix
+  ids from the tokenizer after llm-blender's add_tokens (llm_blender/blender/blender_utils.py
+  load_ranker, pair_ranker/collator.py CrossCompareCollator).
+Either tokenizer gets its sentencepiece normaliser back (spm_tokenizer.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from torch import nn
@@ -28,14 +26,18 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Model, D
 from sppo_megatron.errors import ConfigError
 from sppo_megatron.platform.distributed import current_device
 from sppo_megatron.platform.dtypes import resolve_dtype
-from sppo_megatron.reward.oracles.base import PairOracle
 from sppo_megatron.reward.oracles.checks import BLENDER_WEIGHTS, PAIRRM_ARCH, blender_ranker_config, model_problems
-from sppo_megatron.reward.oracles.hf import batches, load_oracle_model
+from sppo_megatron.reward.oracles.spm_tokenizer import load_spm_tokenizer
 
 SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
-CAND_PREFIX = "<|candidate|>"  # llm-blender adds it too (its collator's order), so the ids match
-#: PairRM's budget split (source 1224 + 2 x 412 candidate tokens of 2048), scaled to reward.max_length
-_CANDIDATE_SHARE = 412 / 2048
+#: llm-blender's collator encodes candidates after this prefix and swaps it for CAND1 / CAND2
+CAND_PREFIX = "<|candidate|>"
+#: llm-blender adds them in this order (CrossCompareCollator.__init__), which fixes their ids
+PREFIXES = (SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX)
+#: the config keys of the prefix ids (PairRM-hf's config.json)
+PREFIX_ID_KEYS = ("source_prefix_id", "cand1_prefix_id", "cand2_prefix_id", "cand_prefix_id")
+#: the two layouts, as `load_pairrm` names them
+BLENDER, PAIRRM_HF = "llm-blender", "pairrm-hf"
 
 
 class DebertaV2PairRM(DebertaV2PreTrainedModel):
@@ -72,16 +74,8 @@ class DebertaV2PairRM(DebertaV2PreTrainedModel):
         return (left - right).mean(dim=-1)
 
 
-def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
-    """(DebertaV2PairRM in eval mode on the host, tokenizer) from reward.model_path in llm-blender's
-    layout, as llm_blender.blender.blender_utils.load_ranker builds it."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    path = cfg.model_path
-    problems = model_problems("pairwise", path)
-    if problems:
-        raise ConfigError(problems[0])
-    ranker = blender_ranker_config(path)
+def _blender_state(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The CrossCompareReranker state dict of an llm-blender directory, and its file."""
     file = next(os.path.join(path, w) for w in BLENDER_WEIGHTS if os.path.isfile(os.path.join(path, w)))
     try:
         if file.endswith(".safetensors"):
@@ -92,12 +86,19 @@ def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: name it
         raise ConfigError(f"reward.model_path: cannot read {file}: {e}") from None
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer older transformers saved
+    # position_ids: a buffer older transformers saved
+    return {k: v for k, v in state.items() if not k.endswith("position_ids")}, file
+
+
+def _load_blender(cfg: Any, ranker: Dict[str, Any]) -> Tuple[nn.Module, Any]:
+    """(DebertaV2PairRM, tokenizer) from an llm-blender directory, as load_ranker builds them."""
+    from transformers import AutoConfig
+
+    path = cfg.model_path
+    state, file = _blender_state(path)
     has_tokenizer = os.path.isfile(os.path.join(path, "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(
-        path if has_tokenizer else ranker["model_name"], trust_remote_code=cfg.trust_remote_code
-    )
-    tokenizer.add_tokens([SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX])
+    tokenizer = load_spm_tokenizer(path if has_tokenizer else ranker["model_name"], cfg.trust_remote_code)
+    tokenizer.add_tokens(list(PREFIXES))
     embeddings = state.get("pretrained_model.embeddings.word_embeddings.weight")
     if embeddings is None:
         raise ConfigError(
@@ -117,15 +118,7 @@ def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
             drop_out=ranker.get("drop_out", 0.05),
             sep_token_id=tokenizer.sep_token_id,
             architectures=[PAIRRM_ARCH],
-            **{
-                name: tokenizer.convert_tokens_to_ids(token)
-                for name, token in (
-                    ("source_prefix_id", SOURCE_PREFIX),
-                    ("cand1_prefix_id", CAND1_PREFIX),
-                    ("cand2_prefix_id", CAND2_PREFIX),
-                    ("cand_prefix_id", CAND_PREFIX),
-                )
-            },
+            **{key: tokenizer.convert_tokens_to_ids(token) for key, token in zip(PREFIX_ID_KEYS, PREFIXES)},
         )
     )
     model = DebertaV2PairRM(config)
@@ -135,57 +128,32 @@ def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
             f"reward.model_path: {file} does not fit PairRM on {ranker['model_name']}: "
             f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
         )
-    return model.to(resolve_dtype(cfg.dtype, current_device())).eval(), tokenizer
+    return model, tokenizer
 
 
-def load_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
-    """PairRM from reward.model_path in either layout (see the module docstring)."""
-    if os.path.isdir(cfg.model_path) and blender_ranker_config(cfg.model_path) is not None:
-        return load_blender_pairrm(cfg)
-    return load_oracle_model(cfg, DebertaV2PairRM)
+def _check_prefix_ids(path: str, config: Any, tokenizer: Any) -> None:
+    """The tokenizer must map PairRM's source and candidate prefixes to the ids its head reads."""
+    vocab = tokenizer.get_vocab()
+    for key, token in zip(PREFIX_ID_KEYS[:3], PREFIXES[:3]):
+        if vocab.get(token) != getattr(config, key):
+            raise ConfigError(
+                f"reward.model_path: {path}: its tokenizer maps {token} to {vocab.get(token)}, its config.json "
+                f"{key} is {getattr(config, key)} (the tokenizer is not the checkpoint's own)"
+            )
 
 
-def source_text(messages: List[dict]) -> str:
-    """PairRM reads the instruction as plain text: the message contents, one per line."""
-    return "\n".join(m["content"] for m in messages)
-
-
-class PairRMOracle(PairOracle):
-    def __init__(self, cfg: Any, model: Optional[nn.Module] = None, tokenizer: Any = None):
-        if model is None:
-            model, tokenizer = load_pairrm(cfg)
-        self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size = cfg.batch_size
-        self.max_length = cfg.max_length
-        self.candidate_max = int(cfg.max_length * _CANDIDATE_SHARE)
-        self.source_max = cfg.max_length - 2 * self.candidate_max
-
-    def encode(self, source: str, first: str, second: str) -> List[int]:
-        """The model card's tokenize_pair for one (source, candidate1, candidate2)."""
-        enc = self.tokenizer.encode
-        source_ids = enc(SOURCE_PREFIX + source, max_length=self.source_max, truncation=True)
-        budget = (self.max_length - len(source_ids)) // 2
-        return (
-            source_ids
-            + enc(CAND1_PREFIX + first, max_length=budget, truncation=True)
-            + enc(CAND2_PREFIX + second, max_length=budget, truncation=True)
-        )
-
-    def logits(self, triples: List[tuple]) -> List[float]:
-        """PairRM's logit for each (source, candidate1, candidate2)."""
-        out: List[float] = []
-        for batch in batches(triples, self.batch_size):
-            encoded = self.tokenizer.pad({"input_ids": [self.encode(*t) for t in batch]}, return_tensors="pt")
-            with torch.no_grad():
-                out += (
-                    self.model(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
-                    .float()
-                    .tolist()
-                )
-        return out
-
-    def compute(self, units: List[Any]) -> List[float]:
-        return self.logits([(source_text(messages), a, b) for messages, a, b in units])
-
-    def combine(self, q_ij: float, q_ji: float) -> float:
-        return 1.0 / (1.0 + math.exp(-(q_ij - q_ji) / 2))
+def load_pairrm(cfg: Any) -> Tuple[nn.Module, Any, str]:
+    """(DebertaV2PairRM in eval mode on the host in reward.dtype, its tokenizer, the layout:
+    BLENDER or PAIRRM_HF) from reward.model_path."""
+    path = cfg.model_path
+    problems = model_problems("pairwise", path)
+    if problems:
+        raise ConfigError(problems[0])
+    ranker = blender_ranker_config(path) if os.path.isdir(path) else None
+    if ranker is not None:
+        (model, tokenizer), layout = _load_blender(cfg, ranker), BLENDER
+    else:
+        tokenizer = load_spm_tokenizer(path, cfg.trust_remote_code)
+        model, layout = DebertaV2PairRM.from_pretrained(path), PAIRRM_HF
+    _check_prefix_ids(path, model.config, tokenizer)
+    return model.to(resolve_dtype(cfg.dtype, current_device())).eval(), tokenizer, layout
