@@ -169,9 +169,23 @@ class RewardConfig:
     batch_size: int = opt(
         8, "oracle sequences (reward_model) or pairs (pairwise, judge) per forward; samples per request (remote)", min=1
     )
-    max_length: int = opt(2048, "oracle input tokens; longer inputs keep their last max_length tokens", min=8)
+    max_length: int = opt(
+        2048,
+        "oracle input tokens. reward_model, judge: longer inputs keep their last max_length tokens; pairwise: PairRM's budget, the prompt cut to max_length x 1224/2048 tokens and each response to half of what it leaves, the first tokens kept (llm-blender's 1224 + 2 x 412 at 2048)",
+        min=8,
+    )
     dtype: str = opt("auto", "oracle model dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     trust_remote_code: bool = opt(False, "let transformers run the oracle checkpoint's own modelling code")
+    pairwise_prob: str = opt(
+        "sppo",
+        "pairwise: P from PairRM's logits l_ij; sppo = uclaml/SPPO's, from llm-blender's rank scores s_i = mean_j (l_ij - l_ji): P_ij = 1 / (1 + exp(s_j - s_i)); pair = sigmoid((l_ij - l_ji) / 2) per pair (docs/reward.md)",
+        choices=("sppo", "pair"),
+    )
+    pairwise_prompt_template: Optional[str] = opt(
+        "${model.path}",
+        "pairwise: tokenizer directory whose chat template renders the prompt PairRM reads, cut where the answer starts (uclaml/SPPO scripts/rank.py: the policy's); null = the message contents, one per line",
+        must_exist=True,
+    )
     judge_template: Optional[str] = opt(
         None,
         "judge prompt with {prompt}, {response_a}, {response_b}; null = the shipped template (reward/oracles/judge.py)",
