@@ -190,7 +190,7 @@ def server_args(
     extra: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Keyword arguments of sglang.Engine (ServerArgs fields): dummy weights (the first sync fills
-    them), token ids in and out, the reseeding loader allowed (seeding.py). On a GPU: the memory
+    them), token ids in and out, the reseeding loader allowed (seeding.py), no busy wait when idle. On a GPU: the memory
     saver on (sleep frees weights and KV cache), the KV cache sized by `mem_fraction` unless
     `max_total_tokens` is set. On the CPU: SGLang's CPU backend with torch_native attention, no
     CUDA graphs or memory saver, and a KV cache of `max_total_tokens` (0: CPU_MAX_TOTAL_TOKENS;
@@ -206,6 +206,9 @@ def server_args(
         "nccl_port": nccl_port,
         "log_level": "warning",
         "custom_weight_loader": [RESEED_LOADER],
+        # an idle scheduler waits on its sockets instead of spinning: colocated, it idles while the
+        # trainer trains, and a spinning one takes a core from it (7x slower updates on 2 CPU cores)
+        "sleep_on_idle": True,
     }
     if device.type == "cuda":
         args.update(base_gpu_id=device.index or 0, gpu_id_step=1, enable_memory_saver=True)
