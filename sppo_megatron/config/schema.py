@@ -91,7 +91,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = opt("auto", "rollout engine; auto = sglang with a GPU, hf without", choices=("auto", "sglang", "hf"))
+    engine: str = opt(
+        "auto",
+        "rollout engine; auto = sglang with a GPU, hf without; vllm (GPU, or its CPU build) only when named",
+        choices=("auto", "sglang", "vllm", "hf"),
+    )
     n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
     temperature: float = opt(1.0, "sampling temperature", min=0.0)
     top_p: float = opt(1.0, "nucleus sampling", min=0.0, max=1.0)
@@ -99,8 +103,14 @@ class RolloutConfig:
     val_temperature: float = opt(0.0, "validation temperature; 0 = greedy", min=0.0)
     val_top_p: float = opt(1.0, "validation nucleus sampling", min=0.0, max=1.0)
     val_n: int = opt(1, "validation samples per prompt", min=1)
-    tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
-    mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
+    tp: int = opt(1, "rollout engine tensor-parallel size (ranks per SGLang / vLLM engine)", min=1)
+    mem_fraction: float = opt(
+        0.5,
+        "GPU memory fraction of the engine (SGLang mem_fraction_static, vLLM gpu_memory_utilization)",
+        min=0.0,
+        max=1.0,
+    )
+    kv_cache_mb: int = opt(0, "vLLM KV cache size in MB; 0 = from rollout.mem_fraction on a GPU, 256 MB on CPU", min=0)
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
     max_extra_rounds: int = opt(
         2,
@@ -261,7 +271,7 @@ GROUP_HELP = {
     "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
     "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
+    "rollout": "rollout engine (sglang | vllm | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
     "algorithm": "SPPO preference model, eta, loss variant, no-signal filtering",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",
