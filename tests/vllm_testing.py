@@ -53,8 +53,8 @@ def shm_files() -> Set[str]:
 
 
 def leftover_shm(before: Set[str]) -> Set[str]:
-    """/dev/shm files this process still maps or holds open (unlinked ones are gone already), and
-    new ones with vLLM's names."""
+    """/dev/shm files (paths) this process still maps or holds open (unlinked ones are gone
+    already), and new ones with vLLM's names."""
     held = {line.split()[5] for line in open("/proc/self/maps") if "/dev/shm/" in line and "(deleted)" not in line}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -63,7 +63,7 @@ def leftover_shm(before: Set[str]) -> Set[str]:
             continue
         if target.startswith("/dev/shm/"):
             held.add(target)
-    new = {f for f in shm_files() - before if any(p in f for p in SHM_PATTERNS)}
+    new = {os.path.join("/dev/shm", f) for f in shm_files() - before if any(p in f for p in SHM_PATTERNS)}
     return held | new
 
 
