@@ -1,5 +1,5 @@
 """The vLLM rollout engine for real (the CPU build), in this process, tiny fp32 models, one engine
-shared by the module: log-probs and greedy tokens equal transformers', generations follow the
+shared by the module (tied embeddings): log-probs and greedy tokens equal transformers', generations follow the
 weights after an update (with prompts long enough to hit a stale prefix cache) and after
 sleep -> wake, per-request seeds, stop ids, bad streams, the process state the engine would
 change, and a shutdown that leaves no process and no /dev/shm file. A mixture-of-experts model
@@ -35,7 +35,8 @@ def setup(tmp_path_factory):
     from sppo_megatron.rollout.vllm import VllmRolloutEngine
 
     root = tmp_path_factory.mktemp("vllm_engine")
-    dirs = {k: make_model("qwen2", str(root / k), seed=s) for k, s in (("a", 0), ("b", 1))}
+    # tied embeddings, as the demo's model: vLLM's CPU LM head must be remade after a reload
+    dirs = {k: make_model("qwen2-tied", str(root / k), seed=s) for k, s in (("a", 0), ("b", 1))}
     models = {k: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval() for k, d in dirs.items()}
     env, rng = dict(os.environ), random.getstate()
     set_threads, threads, shm = torch.set_num_threads, torch.get_num_threads(), shm_files()
@@ -130,6 +131,9 @@ def test_seeded_samples_do_not_depend_on_the_split_and_stop_ids_end_them(setup):
 
 
 def test_a_bad_stream_is_one_line_and_leaves_the_weights_invalid(setup):
+    """A stream that misses a tensor fails after the reload (vLLM only logs it) and the next full
+    sync recovers; one with a name the model lacks fails inside vLLM's loader, which leaves its
+    reload state half-done: the weights stay invalid (a run stops on the error anyway)."""
     engine, dirs, _, _ = setup
     weights = list(iter_hf_weights(dirs["a"]))
     for stream, match in (
@@ -143,8 +147,9 @@ def test_a_bad_stream_is_one_line_and_leaves_the_weights_invalid(setup):
         assert not engine.weights_valid
         with pytest.raises(RuntimeError, match="before a weight sync"):
             engine.generate(PROMPTS, SamplingParams(), n=1)
-    engine.update_weights(iter(weights))
-    assert engine.weights_valid
+        if match == "not loaded":
+            engine.update_weights(iter(weights))
+            assert engine.weights_valid
 
 
 def test_shutdown_leaves_no_process_no_shm_file_and_no_process_group(setup):
@@ -157,13 +162,14 @@ def test_shutdown_leaves_no_process_no_shm_file_and_no_process_group(setup):
     assert engine_children() == []
     assert leftover_shm(state["shm"]) == set()
     assert not dist.is_initialized()  # the group vLLM created for itself went with it
-    with pytest.raises(RuntimeError, match="shut down"):
-        engine.generate(PROMPTS, SamplingParams(), n=1)
+    with pytest.raises(RuntimeError, match="is shut down"):
+        engine.update_weights(iter([]))
 
 
 def test_moe_model_syncs_twice(tmp_path):
     """vLLM 0.32.0's CPU MoE kernel prepacks its expert weights after the first load only: without
-    the adapter's repack a reload gives log-probs off by ~3 nats."""
+    the adapter's repack a reload gives log-probs off by ~3 nats (so does a tied LM head, which the
+    module's engine covers)."""
     from transformers import AutoModelForCausalLM
 
     from sppo_megatron.rollout.vllm import VllmRolloutEngine

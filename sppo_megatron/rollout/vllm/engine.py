@@ -130,8 +130,7 @@ class VllmRolloutEngine(RolloutEngine):
         """Every LLM call goes through here (contract-checked names and keywords)."""
         if method not in LLM_CALLS or not set(kwargs) <= set(LLM_CALLS[method]):
             raise AssertionError(f"undeclared vLLM call {method}({sorted(kwargs)})")
-        if self.llm is None:
-            raise RuntimeError(f"vLLM {method} on rank {self.placement.rank}: the engine is shut down")
+        self._live()
         try:
             with self.hosted.calling():
                 return getattr(self.llm, method)(**kwargs)
@@ -140,8 +139,13 @@ class VllmRolloutEngine(RolloutEngine):
                 f"vLLM {method} (engine on rank {self.placement.rank}) failed: {first_line(exc)}"
             ) from exc
 
+    def _live(self) -> None:
+        if self.llm is None:
+            raise RuntimeError(f"the vLLM engine on rank {self.placement.rank} is shut down")
+
     def _runner(self) -> Any:
         """The model runner of this rank's worker (in-process: contract.RUNNER_PATH)."""
+        self._live()
         return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
 
     # ---- generation ---------------------------------------------------------------------
@@ -199,7 +203,7 @@ class VllmRolloutEngine(RolloutEngine):
                 self._runner().reload_weights(weights_iterator=self._cast(stream))
             if missing.messages:
                 raise RuntimeError(missing.messages[0])
-            self._repack_cpu_experts()
+            self._refresh_cpu_kernels()
         except Exception as exc:
             for _ in stream:  # the other ranks' export gathers need this rank's part
                 pass
@@ -211,16 +215,21 @@ class VllmRolloutEngine(RolloutEngine):
         for name, tensor in stream:
             yield name, tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
-    def _repack_cpu_experts(self) -> None:
-        """vLLM 0.32.0 prepacks CPU MoE expert weights after the first load only: a reload leaves
-        them unpacked (garbage outputs). Run the CPU experts' prepack again."""
-        cpu_experts = getattr(self.api, "CPUUnquantizedExperts", None)
-        if cpu_experts is None:
+    def _refresh_cpu_kernels(self) -> None:
+        """vLLM 0.32.0's CPU kernels keep their own copy of some weights, made after the first load,
+        which its in-place reload does not remake (stale outputs, log-probs off by nats): the MoE
+        experts' prepacked weights, and the LM head's GEMM handle when the head is tied to the
+        embeddings (the reload fills the embeddings only). Remake them."""
+        if self.on_gpu:
             return
-        for module in self._runner().get_model().modules():
+        model = self._runner().get_model()
+        for module in model.modules():
             kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
-            if kernel is not None and isinstance(kernel.fused_experts, cpu_experts):
+            if kernel is not None and isinstance(kernel.fused_experts, self.api.CPUUnquantizedExperts):
                 kernel.fused_experts.process_weights_after_loading(module)
+        head = getattr(model, "lm_head", None)
+        if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and head is not None:
+            head.quant_method.process_weights_after_loading(head)
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """The first `rows` rows of HF tensor `name` from the host's TP shard, where they are the
