@@ -57,6 +57,21 @@ RUNNER_PATH: Tuple[Tuple[str, str], ...] = (
 #: model-runner methods we call and their keywords
 RUNNER_CALLS: Dict[str, Tuple[str, ...]] = {"reload_weights": ("weights_iterator",), "get_model": ()}
 
+#: what _refresh_cpu_kernels reaches (class, attribute or method): the MoE method's kernel, its
+#: experts and their prepack; the model's LM head and HF config, the head's quant method and its
+#: post-load processing
+CPU_KERNEL_REFRESH: Tuple[Tuple[str, str], ...] = (
+    ("UnquantizedFusedMoEMethod", "moe_kernel"),
+    ("FusedMoEKernel", "fused_experts"),
+    ("CPUUnquantizedExperts", "process_weights_after_loading"),
+    ("Qwen2ForCausalLM", "lm_head"),
+    ("Qwen2ForCausalLM", "config"),
+    ("ParallelLMHead", "quant_method"),
+    ("UnquantizedEmbeddingMethod", "process_weights_after_loading"),
+)
+#: shutdown: the engine client of the LLM engine and its teardown
+SHUTDOWN_PATH: Tuple[Tuple[str, str], ...] = (("LLMEngine", "engine_core"), ("InprocClient", "shutdown"))
+
 #: vLLM's in-place reload only logs the parameters a stream did not fill: the logger and message
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.inplace"
 RELOAD_MISSING_MESSAGE = "Following weights were not loaded from checkpoint"
