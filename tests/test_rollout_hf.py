@@ -238,6 +238,12 @@ def test_choose_engine():
         choose_engine("sglang", has_gpu=True, has_sglang=False)
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         choose_engine("sglang", has_gpu=False, has_sglang=True)
+    # vllm: on a GPU or CPU (its CPU build), only when named
+    for gpu in (True, False):
+        assert choose_engine("vllm", has_gpu=gpu, has_vllm=True) == "vllm"
+    assert choose_engine("auto", has_gpu=False, has_sglang=False, has_vllm=True) == "hf"
+    with pytest.raises(UserError, match=r"pip install -e \.\[vllm\].*install_cpu_engines\.sh"):
+        choose_engine("vllm", has_gpu=False, has_vllm=False)
 
 
 def test_create_rollout_engine_from_config(tiny):
