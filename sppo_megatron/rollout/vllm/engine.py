@@ -89,7 +89,7 @@ class VllmRolloutEngine(RolloutEngine):
         if self.on_gpu:  # sleep mode discards the weights
             self.capabilities = replace(self.capabilities, keeps_weights_asleep=False)
         self.tp = tp
-        self.hosted = HostedEngine(pl.rank)
+        self.hosted = HostedEngine()
         self.api: Any = None
         self.llm: Any = None
         self._released: Set[str] = set()

@@ -54,9 +54,7 @@ class _ThreadState:
 class HostedEngine:
     """The process state around the engine's start and calls (see module docstring)."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.threads = _ThreadState()
+    def __init__(self) -> None:
         #: whether torch's default process group existed before the engine (the trainer's)
         self.owns_default_group = False
 
@@ -64,7 +62,7 @@ class HostedEngine:
     def starting(self, group_rank: Optional[int]) -> Iterator[None]:
         """Start the engine inside this block; on the way out, however it ends, the environment
         (but VLLM_*), torch's threads and the random states are as they were."""
-        env = dict(os.environ)
+        env, threads = dict(os.environ), _ThreadState()
         rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.owns_default_group = not dist.is_initialized()
@@ -78,7 +76,7 @@ class HostedEngine:
             for key, value in env.items():
                 if os.environ.get(key) != value and not key.startswith(_OWN_ENV_PREFIX):
                     os.environ[key] = value
-            self.threads.restore()
+            threads.restore()
             random.setstate(rng[0])
             np.random.set_state(rng[1])
             torch.set_rng_state(rng[2])
@@ -88,10 +86,11 @@ class HostedEngine:
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
         """Around every engine call: torch's threads come back afterwards."""
+        threads = _ThreadState()
         try:
             yield
         finally:
-            self.threads.restore()
+            threads.restore()
 
     def shutdown(self, engine_shutdown: Callable[[], None], parallel_state: Any) -> None:
         """Run the engine core's teardown; unless the engine created the default process group,
