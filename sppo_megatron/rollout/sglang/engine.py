@@ -34,11 +34,13 @@ import torch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import free_port
 from sppo_megatron.rollout.base import (
+    CPU_KV_CACHE_MB,
     EngineCapabilities,
     RolloutEngine,
     RolloutPlacement,
     RolloutSample,
     SamplingParams,
+    kv_bytes_per_token,
     resolve_eos_token_ids,
     sample_seed,
 )
@@ -79,7 +81,7 @@ class SglangRolloutEngine(RolloutEngine):
         *,
         tp: int = 1,
         mem_fraction: float = 0.5,
-        max_total_tokens: int = 0,
+        kv_cache_mb: int = 0,
         dtype: torch.dtype = torch.bfloat16,
         bucket_mb: float = 512,
         placement: Optional[RolloutPlacement] = None,
@@ -91,6 +93,7 @@ class SglangRolloutEngine(RolloutEngine):
         local_device: Optional[int] = None,
     ) -> None:
         eos = resolve_eos_token_ids(hf_dir) if eos_token_ids is None else tuple(eos_token_ids)
+        kv_cache_mb = kv_cache_mb or (CPU_KV_CACHE_MB if not torch.cuda.is_available() else 0)
         super().__init__(placement, eos, dtype)
         pl = self.placement
         if pl.group_size != tp:
@@ -131,7 +134,7 @@ class SglangRolloutEngine(RolloutEngine):
                     tp=tp,
                     device=self.device,
                     mem_fraction=mem_fraction,
-                    max_total_tokens=max_total_tokens,
+                    max_total_tokens=kv_cache_mb * 2**20 // kv_bytes_per_token(hf_dir, dtype),
                     dtype=dtype,
                     seed=seed,
                     nccl_port=free_port(),
