@@ -121,6 +121,10 @@ def parse_args(argv=None):
     p.add_argument("--sdpa-backend", default="auto", choices=("auto",) + tuple(SDPA_BACKENDS))
     p.add_argument("--measure-offload", action="store_true", help="time offload()/onload() after the steps")
     p.add_argument("--json-out", help="append the result as one JSON line to this file")
+    p.add_argument(
+        "--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (alpha 2x rank); 0 = all weights"
+    )
+    p.add_argument("--lora-experts", action="store_true", help="LoRA on the routed experts too")
     return p.parse_args(argv)
 
 
@@ -169,6 +173,7 @@ def build_config(args):
     from sppo_megatron.config.schema import (
         Config,
         DataConfig,
+        LoraConfig,
         ModelConfig,
         OptimConfig,
         ParallelConfig,
@@ -178,7 +183,11 @@ def build_config(args):
     )
 
     return Config(
-        model=ModelConfig(dtype=args.dtype, recompute=args.recompute),
+        model=ModelConfig(
+            dtype=args.dtype,
+            recompute=args.recompute,
+            lora=LoraConfig(rank=args.lora_rank, alpha=2.0 * max(args.lora_rank, 1), experts=args.lora_experts),
+        ),
         parallel=ParallelConfig(
             tp=args.tp,
             pp=args.pp,
@@ -298,6 +307,7 @@ def main(argv=None) -> dict:
         "dp": actor.layout.dp,
         "dtype": str(actor.dtype).replace("torch.", ""),
         "recompute": args.recompute,
+        "lora_rank": args.lora_rank,
         "model": args.preset
         or args.hf_config
         or f"qwen2-like h{hf.hidden_size} L{hf.num_hidden_layers} heads{hf.num_attention_heads}/{getattr(hf, 'num_key_value_heads', None)} ffn{hf.intermediate_size} V{hf.vocab_size}",
