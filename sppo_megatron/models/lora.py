@@ -261,6 +261,35 @@ def _global_key(model: Any, name: str, first_expert: int) -> str:
     return f"decoder.layers.{layer}.{rest}"
 
 
+def _foldable(t: torch.Tensor) -> torch.Tensor:
+    """`t` with the strides of a contiguous tensor where a view gives them (no copy). Batch-1
+    activations keep the strides of the transposed [1, s, h] embedding ([s, 1, h], stride s * h on
+    the size-1 axis; their gradients those of the transposed logits), and torch.matmul, which
+    megatron calls for frozen weights (forward and input gradient), then multiplies by batched
+    GEMM instead of one GEMM: up to 15x slower (the LM head on CPU), and another kernel than a
+    trainable weight gets (rounding differences)."""
+    if t.dim() < 3:
+        return t
+    try:
+        return t.view(-1, t.shape[-1]).view(t.shape)
+    except RuntimeError:  # not viewable as a matrix: torch.matmul copies it anyway
+        return t
+
+
+def _foldable_input(module: Any, args: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+    """Forward pre-hook of a frozen megatron-core linear layer: `_foldable` input."""
+    if not isinstance(args[0], torch.Tensor):
+        return None
+    return (_foldable(args[0]),) + tuple(args[1:])
+
+
+def _foldable_output_grad(module: Any, args: Tuple[Any, ...], output: Any) -> None:
+    """Forward hook of a frozen megatron-core linear layer: `_foldable` gradient of its output."""
+    out = output[0]
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        out.register_hook(_foldable)
+
+
 def attach_lora(model: Any, cfg: LoraConfig, seed: int) -> List[str]:
     """Add an adapter to every targeted linear layer of this rank's stage and freeze the rest;
     returns the adapted layers' names. UserError when nothing of the model is targeted."""
@@ -273,6 +302,10 @@ def attach_lora(model: Any, cfg: LoraConfig, seed: int) -> List[str]:
         first_expert = parallel_state.get_expert_model_parallel_rank() * local
     for p in model.parameters():
         p.requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            module.register_forward_pre_hook(_foldable_input)
+            module.register_forward_hook(_foldable_output_grad)
     attached = []
     for name, module in list(model.named_modules()):
         parent_name, _, leaf = name.rpartition(".")
