@@ -24,7 +24,7 @@ from sppo_megatron.rollout.base import EngineCapabilities, RolloutEngine
 from sppo_megatron.sync import WeightSync
 from sppo_megatron.testing.tiny import make_tiny_hf_model
 from tests.multirank import run_ranks
-from tests.sync_probe import megatron_logits
+from tests.sync_probe import engine_logits, megatron_logits
 
 PROMPTS = [[5, 6, 7], [5, 6, 7], [10, 11, 12, 13], [10, 11, 12, 13]]
 RESPONSES = [[30, 31, 32, 33], [40], [50, 51, 52], [60, 61]]
@@ -226,9 +226,11 @@ def _fused_norm_case():
 def _one_rank(dense, moe, work):
     from sppo_megatron.actor.memory import expected_memory, measured_memory
     from sppo_megatron.actor.optimizer_state import torch_optimizers
+    from sppo_megatron.cli.eval import load_weights
     from sppo_megatron.errors import UserError
     from sppo_megatron.models.lora import LoRAAdapter
     from sppo_megatron.platform.distributed import init_distributed
+    from sppo_megatron.rollout import create_rollout_engine
     from sppo_megatron.trainer.setup import build_actor
 
     init_distributed(1, 1, 7)
@@ -257,6 +259,9 @@ def _one_rank(dense, moe, work):
     out["fused_norm"] = _fused_norm_case()
     out["logits"] = megatron_logits(actor, PROBE)
     actor.save_checkpoint(f"{work}/dense_ckpt")
+    engine = create_rollout_engine(_cfg(dense).rollout, dense, seed=7, log_dir=work)
+    load_weights(engine, dense, f"{work}/dense_ckpt", 1, 1)  # what sppo-eval does with a LoRA run's checkpoint
+    out["eval_logits"] = engine_logits(engine, PROBE)
 
     def refusal(fn):
         try:
@@ -359,6 +364,11 @@ def test_peft_adapter_and_merged_export_reproduce_the_actor(one, model):
     assert (_hf_logits(str(merged_dir)) - want).abs().max() <= 1e-5
 
 
+def test_sppo_eval_loads_a_lora_checkpoint_as_its_merged_policy(one):
+    out = one[3]
+    assert (out["eval_logits"] - out["logits"]).abs().max() <= 1e-5
+
+
 def test_convert_refuses_what_a_lora_checkpoint_cannot_give(one, tmp_path):
     work, dense, _, _ = one
     result = _convert("megatron-to-megatron-lm", "--ckpt", f"{work}/dense_ckpt", "--out", str(tmp_path / "lm"))
@@ -377,3 +387,37 @@ def test_lora_7b_recipe_is_a_valid_config():
     overrides = re.findall(r"^\s+([a-z_]+\.[a-z_.]+=\S+)$", script, flags=re.M)
     cfg = load_config(os.path.join(root, "config.yaml"), overrides, world_size=4, check_paths=False)
     assert cfg.model.lora.rank == 64 and cfg.rollout.engine == "sglang" and len(overrides) == 4
+
+
+def _te_body(path):
+    """On a GPU with Transformer Engine: adapters on TE layers (the fused-norm linear_qkv and
+    linear_fc1 included), B = 0 exact, only adapters change, the merged export equals the actor."""
+    from sppo_megatron.models.lora import LoRAAdapter
+    from sppo_megatron.platform.distributed import init_distributed
+    from sppo_megatron.rollout import create_rollout_engine
+    from sppo_megatron.sync import WeightSync
+    from sppo_megatron.trainer.setup import build_actor
+
+    init_distributed(1, 1, 7)
+    from sppo_megatron.actor.batch import SequenceBatch
+
+    batch = SequenceBatch(PROMPTS, RESPONSES)
+    te = dict(transformer_impl="transformer_engine")
+    base = build_actor(_cfg(path, rank=0, **te)).log_probs(batch).logp
+    actor = build_actor(_cfg(path, **te))
+    adapters = [m for m in actor.model.modules() if isinstance(m, LoRAAdapter)]
+    assert adapters and sum(a.site.fused_norm for a in adapters) == 2 * len(actor.model.decoder.layers)
+    assert torch.equal(actor.log_probs(batch).logp, base)
+    frozen = {n: p.detach().clone() for n, p in actor.model.named_parameters() if not p.requires_grad}
+    _train(actor)
+    assert all(torch.equal(p, frozen[n]) for n, p in actor.model.named_parameters() if not p.requires_grad)
+    engine = create_rollout_engine(_cfg(path).rollout, path, seed=7, log_dir=os.path.dirname(path))
+    WeightSync(engine).sync(actor.export_hf_weights())
+    diff = (engine_logits(engine, PROBE).cpu() - megatron_logits(actor, PROBE).cpu()).abs().max()
+    assert diff <= 1e-4, diff
+
+
+@pytest.mark.gpu
+def test_lora_on_transformer_engine_layers(tmp_path):
+    pytest.importorskip("transformer_engine.pytorch")
+    run_ranks(_te_body, 1, make_tiny_hf_model("qwen2", tmp_path / "qwen2"), timeout=300)

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel import mappings
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
@@ -164,8 +165,6 @@ class LoRAAdapter(torch.nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's contribution to the base layer's output (this rank's share of it)."""
-        from megatron.core.tensor_parallel import mappings
-
         site, group = self.site, self.site.group
         a, b = self.lora_A, self.lora_B
         if self._sum_grad_of == "A":
