@@ -270,6 +270,15 @@ def _lora_base(args: argparse.Namespace, base: Dict[str, Optional[str]]) -> Dict
     return base
 
 
+def _peft_base_name(base: Dict[str, Optional[str]], hf_dir: str) -> str:
+    """What a PEFT adapter names as its base: the HF weights, i.e. a base megatron checkpoint's
+    conversion source when it is there, else model.path."""
+    from sppo_megatron.models.converted import read_checkpoint_meta
+
+    source = (read_checkpoint_meta(base["megatron_ckpt"]) or {}).get("source") if base.get("megatron_ckpt") else None
+    return source if source and os.path.isdir(source) else base.get("path") or hf_dir
+
+
 def _source_checkpoint(args: argparse.Namespace, hf_config: Optional[str] = None):
     """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes
     (hf_config: the HF config directory when --hf-config is not given)."""
@@ -307,7 +316,7 @@ def megatron_to_hf(args: argparse.Namespace) -> int:
         else:
             model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
         if args.peft:
-            base_name = base.get("path") or hf_dir
+            base_name = _peft_base_name(base, hf_dir)
             write_peft_dir(
                 bridge.export_lora_factors(model), lora[0], base_name, tmp, DTYPES[out_dtype], write=rank() == 0
             )
