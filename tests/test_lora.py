@@ -293,12 +293,14 @@ def one(tmp_path_factory):
     return work, dense, moe, torch.load(io.BytesIO(raw))
 
 
+@pytest.mark.slow
 def test_base_is_frozen_without_grads_buffers_or_optimizer_state(one):
     frozen = one[3]["frozen"]
     assert frozen["buffer_numel"] == frozen["optimized_numel"] == frozen["adapter_numel"] > 0
     assert frozen["base_grads"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_memory_rule_equals_the_allocated_actor(one, kind):
     """Up to DDP's buffer padding (a parameter starts at a multiple of 64 elements, a bucket ends
@@ -317,11 +319,13 @@ def test_memory_rule_equals_the_allocated_actor(one, kind):
         assert expected["grads"] < full["grads"] / 10 and expected["optimizer"] < full["optimizer"] / 10
 
 
+@pytest.mark.slow
 def test_adapter_on_a_fused_norm_layer_reads_the_norm_output(one):
     case = one[3]["fused_norm"]
     assert case["fused"] and case["bias"] is None and case["diff"] <= 1e-6
 
 
+@pytest.mark.slow
 def test_checkpoint_refusals_name_the_setting(one):
     refusals = one[3]["refusals"]
     assert "model.lora.rank=4 but the config says 8" in refusals["other rank"]
@@ -347,6 +351,7 @@ def _hf_logits(path, adapter=None):
         return model(torch.tensor(PROBE)).logits.float()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["dense", "moe"])
 def test_peft_adapter_and_merged_export_reproduce_the_actor(one, model):
     work, dense, moe, out = one
@@ -364,11 +369,13 @@ def test_peft_adapter_and_merged_export_reproduce_the_actor(one, model):
     assert (_hf_logits(str(merged_dir)) - want).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_sppo_eval_loads_a_lora_checkpoint_as_its_merged_policy(one):
     out = one[3]
     assert (out["eval_logits"] - out["logits"]).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_convert_refuses_what_a_lora_checkpoint_cannot_give(one, tmp_path):
     work, dense, _, _ = one
     result = _convert("megatron-to-megatron-lm", "--ckpt", f"{work}/dense_ckpt", "--out", str(tmp_path / "lm"))

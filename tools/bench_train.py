@@ -276,20 +276,21 @@ def main(argv=None) -> dict:
     targets = torch.randn(len(batch), generator=torch.Generator().manual_seed(args.seed)) * 0.1
     tokens = sum(batch.input_lengths)
 
-    logp_times, update_times = [], []
+    logp_times, update_times, update_cpu = [], [], []
     with sdpa_kernels(args.sdpa_backend):
         for i in range(args.warmup + args.steps):
             _sync()
             t0 = time.perf_counter()
             old = actor.log_probs(batch)
             _sync()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             metrics = actor.update(batch, targets, old)
             _sync()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             if i >= args.warmup:
                 logp_times.append(t1 - t0)
                 update_times.append(t2 - t1)
+                update_cpu.append(c2 - c1)
         offload = measure_offload(actor, batch) if args.measure_offload else {}
     step = sum(update_times) / len(update_times)
     logp = sum(logp_times) / len(logp_times)
@@ -320,6 +321,8 @@ def main(argv=None) -> dict:
         else f"micro_batch_size={args.micro_batch_size}",
         "tokens_per_step": tokens,
         "update_step_s": round(step, 4),
+        # CPU seconds of this process per update: on a shared CPU the figure others' load moves least
+        "update_step_cpu_s": round(sum(update_cpu) / len(update_cpu), 4),
         "update_tokens_per_s": round(tokens / step, 1),
         "log_probs_s": round(logp, 4),
         "log_probs_tokens_per_s": round(tokens / logp, 1),
