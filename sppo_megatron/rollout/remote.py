@@ -75,7 +75,8 @@ class RemoteRolloutEngine(RolloutEngine):
         hello = self._call(("hello",))
         super().__init__(eos_token_ids=hello["eos_token_ids"], dtype=hello["dtype"])
         # the weights cross the channel whole: partial updates are the remote engine's own business
-        self.capabilities = dataclasses.replace(hello["capabilities"], partial_updates=False)
+        caps = hello["capabilities"]
+        self.capabilities = dataclasses.replace(caps, partial_updates=False) if caps is not None else caps
         self.remote_name = hello["describe"]
 
     # ---- the channel ----------------------------------------------------------------------
