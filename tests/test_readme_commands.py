@@ -62,6 +62,10 @@ NOT_RUN = {
     "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out mlm/qwen7b --layout megatron-lm": "needs the 7B model",
     "sppo-convert megatron-to-megatron-lm --ckpt outputs/run/checkpoints/step_160 --out mlm/run": "needs a 7B training run",
     "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
+    "bash examples/tiny_cpu/run.sh outputs/tiny_lora model.lora.rank=16 model.lora.alpha=32 optim.lr=2e-3": "minutes of "
+    "compute (the 150-step demo with LoRA adapters)",
+    "sppo-convert megatron-to-hf --ckpt outputs/tiny_lora/checkpoints/step_150 --out tiny-adapter --peft": "needs the "
+    "LoRA demo run",
     "sppo-train --help": "checked: --help runs",
     ".venv/bin/python -m pytest -q": "runs this suite",
     ".venv/bin/python -m pytest -q -m gpu": "needs a GPU",

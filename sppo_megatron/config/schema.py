@@ -26,6 +26,31 @@ def opt(default: Any, help: str = "", **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+#: the linear layers LoRA can adapt (megatron-core names; each maps onto HF names through the bridge tables)
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = opt(0, "LoRA rank r; 0 = off (full fine-tuning); > 0 freezes the base and trains adapters", min=0)
+    alpha: float = opt(16.0, "LoRA alpha: the adapter output is scaled by alpha / rank", min=0.0)
+    dropout: float = opt(0.0, "dropout on the adapter input (training only)", min=0.0, max=1.0)
+    target_modules: List[str] = opt(
+        list(LORA_TARGETS),
+        "linear layers to adapt: attention q/k/v (linear_qkv) and output (linear_proj), MLP gate/up (linear_fc1) and down (linear_fc2), dense MLPs and shared experts",
+        choices=LORA_TARGETS,
+    )
+    experts: bool = opt(
+        False,
+        "mixture-of-experts models: adapt the routed experts' linear_fc1 / linear_fc2 too (one adapter per expert)",
+    )
+    init: str = opt(
+        "kaiming",
+        "init of A (B starts at zero): kaiming = PEFT's Kaiming-uniform, gaussian = N(0, 1/rank)",
+        choices=("kaiming", "gaussian"),
+    )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: Optional[str] = opt(
@@ -51,6 +76,7 @@ class ModelConfig:
         min=0.0,
     )
     moe_z_loss_coeff: float = opt(0.0, "MoE router z-loss coefficient; 0 = off; logged as moe/z_loss", min=0.0)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -286,7 +312,7 @@ class Config:
 
 
 GROUP_HELP = {
-    "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
+    "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation, LoRA adapters (model.lora)",
     "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
     "rollout": "rollout engine (sglang | vllm | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",

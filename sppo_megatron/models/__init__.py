@@ -4,7 +4,8 @@ Public API:
     get_bridge(hf_config) -> Bridge
     build_model(hf_config, model_cfg, parallel_cfg) -> GPTModel   (this rank's pipeline stage)
     Bridge.transformer_config / layer_spec / load_hf_weights / export_hf_weights /
-          padded_vocab_size / vocab_size / hf_names / mask_padded_logits_
+          export_lora_factors / padded_vocab_size / vocab_size / hf_names / mask_padded_logits_
+    lora.attach_lora(model, lora_cfg, seed)   (LoRA adapters; models/lora.py, PEFT output: peft.py)
     check_fp8_support(model_cfg)
     save_dist_checkpoint(state, ckpt_dir) / load_dist_checkpoint(sharded_state, ckpt_dir)
     resolve_dtype(name)   (re-exported from sppo_megatron.platform.dtypes, the one dtype table)

@@ -230,6 +230,8 @@ class EngineCapabilities:
     #: one engine per TP rank, in the trainer's process), so `_generate_local` runs on all of them
     #: with the same prompts; the host's samples are the group's
     group_generates: bool = False
+    #: update_weights(..., partial=True) takes some of the tensors and keeps the others as they are
+    partial_updates: bool = False
 
 
 class RolloutEngine(abc.ABC):
@@ -318,16 +320,31 @@ class RolloutEngine(abc.ABC):
         return tuple(ids)
 
     # ---- weights and memory -------------------------------------------------------------
-    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], partial: bool = False) -> None:
         """Consume the bridge's stream of (HF name, full tensor); collective. The weights are valid
-        once the whole stream was taken (a failure part-way leaves them invalid)."""
+        once the whole stream was taken (a failure part-way leaves them invalid). partial=True:
+        the stream holds only the tensors that changed since the last update, the engine keeps the
+        rest (needs `capabilities.partial_updates` and valid weights)."""
+        if partial and not (self.capabilities.partial_updates and self._weights_valid):
+            raise RuntimeError(
+                f"{self.name} rollout engine: a partial weight update needs an engine that takes them "
+                f"(partial_updates={self.capabilities.partial_updates}) holding valid weights "
+                f"(weights_valid={self._weights_valid})"
+            )
         self._weights_valid = False
-        self._load_weights(named_tensors)
+        if partial:
+            self._load_some_weights(named_tensors)
+        else:
+            self._load_weights(named_tensors)
         self._weights_valid = True
 
     @abc.abstractmethod
     def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Take the whole stream into the engine, asleep or awake."""
+
+    def _load_some_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Take a stream of some of the tensors, keeping the others (engines with partial_updates)."""
+        raise NotImplementedError(f"{self.name} rollout engine takes whole weight updates only")
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """The engine's current value of HF tensor `name` (at least its first `rows` rows), on
