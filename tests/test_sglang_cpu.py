@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -283,7 +284,8 @@ def test_engine_start_leaves_this_process_as_it_was(tmp_path, process_state):
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"], "model_type": "qwen2"}')
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "architectures": ["NoSuchModelForCausalLM"]}))
     before = _engine_children()
     with pytest.raises(RuntimeError, match="starting the SGLang engine on rank 0 failed"):
         _start_engine(str(broken), tmp_path)

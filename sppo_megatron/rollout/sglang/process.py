@@ -64,11 +64,16 @@ _HOST = {"rank": 0, "log": "?"}
 
 
 def engine_died_handler(signum=None, frame=None) -> None:  # noqa: ARG001 - signal handler
-    """SIGQUIT handler (SGLang's children send SIGQUIT to the parent when they fail). Module-level
-    so that it pickles by reference: ServerArgs, which carries it, is pickled to the schedulers."""
-    raise RolloutEngineDied(
-        f"the SGLang engine hosted by rank {_HOST['rank']} died: a child process reported a failure "
-        f"(SIGQUIT); see its log {_HOST['log']}"
+    """SIGQUIT handler: SGLang signals its host when one of its processes fails, and its own handler
+    would kill the whole process tree, trainer included. This one only says so: the next engine
+    call, or the one waiting (`EngineProcesses.watching`), fails with RolloutEngineDied. Raising
+    here would not do: under the engine's event loop the signal runs inside a loop callback, and
+    the loop only logs an exception raised there. Module-level so that it pickles by reference:
+    ServerArgs, which carries it, is pickled to the schedulers."""
+    logger.warning(
+        "the SGLang engine hosted by rank %d reported a failed process (SIGQUIT); see its log %s",
+        _HOST["rank"],
+        _HOST["log"],
     )
 
 
