@@ -22,6 +22,10 @@ class RunStopped(UserError):
     exit_code = 1
 
 
+class RolloutEngineDied(RunStopped):
+    """A rollout engine's process is gone (killed, crashed): one line naming the engine and its log, exit 1."""
+
+
 class TrainingDiverged(RunStopped):
     """The run stopped itself (e.g. too many non-finite steps in a row): one clear line, exit 1."""
 

@@ -1,7 +1,24 @@
-"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA; fixtures several modules use."""
+"""Shared pytest setup: GPU tests skip cleanly on machines without CUDA; a rollout engine's process
+left running by the suite fails it; fixtures several modules use."""
 
 import pytest
 import torch
+
+from tests.engines import engine_processes
+
+_ENGINES_BEFORE: set = set()
+
+
+def pytest_sessionstart(session):
+    _ENGINES_BEFORE.update(p.pid for p in engine_processes())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    left = [p for p in engine_processes() if p.pid not in _ENGINES_BEFORE]
+    if left:
+        names = ", ".join(f"{p.pid} {p.name()}" for p in left)
+        print(f"\nrollout engine processes left running by the tests: {names}", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

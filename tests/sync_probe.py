@@ -38,4 +38,5 @@ def megatron_logits(actor, tokens):
 
 def engine_logits(engine, tokens):
     with torch.no_grad():
-        return engine.model(torch.tensor(tokens)).logits.float()
+        ids = torch.tensor(tokens, device=next(engine.model.parameters()).device)
+        return engine.model(ids).logits.float()

@@ -18,7 +18,17 @@ import torch
 from tests.helpers import alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ["install", "env", "bench_train", "offload", "sppo_train", "logp_parity", "bench_sync", "gpu_tests"]
+STEPS = [
+    "install",
+    "env",
+    "bench_train",
+    "offload",
+    "sppo_train",
+    "logp_parity",
+    "bench_sync",
+    "gpu_tests",
+    "vllm_train",
+]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,7 +78,10 @@ def test_dry_run_reaches_every_step_and_skips_each_for_lack_of_cuda(tmp_path):
     for entry in report["steps"]:
         assert entry["status"] == "skipped" and entry["reason"].startswith(reason), entry
     checked = {e["step"]: e["checked"] for e in report["steps"]}
-    assert all(checked[s] >= 1 for s in ("env", "bench_train", "offload", "sppo_train", "bench_sync", "gpu_tests"))
+    assert all(
+        checked[s] >= 1
+        for s in ("env", "bench_train", "offload", "sppo_train", "bench_sync", "gpu_tests", "vllm_train")
+    )
     table = (out / "gpu_check.md").read_text()
     for step in STEPS:
         assert f"| {step} | skipped |" in table
@@ -89,6 +102,17 @@ def test_dry_run_fails_when_a_step_command_has_rotted(gc, ctx, monkeypatch, tmp_
     with open(tmp_path / "log", "w") as log:
         entry = gc.run_step(step, ctx, "dry run", 100, log)
     assert entry["status"] == "failed" and "trainer.no_such_key" in entry["tail"]
+
+
+def test_vllm_step_is_skipped_where_vllm_is_not_carried(gc, ctx, tmp_path):
+    """The vllm_train step runs only where vllm imports (never on the bare GPU machine so far)."""
+    step = next(s for s in gc.STEPS if s.name == "vllm_train")
+    ctx.python = "false"  # an interpreter that cannot import vllm
+    assert "not importable" in gc.vllm_unavailable(ctx)
+    ctx.results["sppo_train"] = {"status": "ok"}
+    with open(tmp_path / "log", "w") as log:
+        entry = gc.run_step(step, ctx, None, 100, log)
+    assert entry["status"] == "skipped" and "not importable" in entry["reason"]
 
 
 def test_time_limit_kills_the_whole_process_group(gc, tmp_path):

@@ -38,7 +38,9 @@ RUN = [ACTIVATE, DEMO, EVAL, PLOT]
 
 NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh": "installs packages; the demo script runs above with 3 steps instead of 150",
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
+    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash tools/install_cpu_engines.sh "
+    "--python .venv/bin/python && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
+    "bash examples/qwen2.5-7b-math/run_vllm.sh": "needs 4 GPUs, vllm and the 7B model",
     "sppo-eval --model outputs/qwen2.5-7b-math --data data/math/test.parquet --n 4 --temperature 1.0 --out math.json": "needs the 7B run (GPU)",
     "pip install torch": "installer (CUDA build)",
     "bash examples/tiny_cpu_rm/run.sh": "minutes of compute (trains a reward model, then 100 SPPO steps)",
@@ -60,6 +62,10 @@ NOT_RUN = {
     "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out mlm/qwen7b --layout megatron-lm": "needs the 7B model",
     "sppo-convert megatron-to-megatron-lm --ckpt outputs/run/checkpoints/step_160 --out mlm/run": "needs a 7B training run",
     "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
+    "bash examples/tiny_cpu/run.sh outputs/tiny_lora model.lora.rank=16 model.lora.alpha=32 optim.lr=2e-3": "minutes of "
+    "compute (the 150-step demo with LoRA adapters)",
+    "sppo-convert megatron-to-hf --ckpt outputs/tiny_lora/checkpoints/step_150 --out tiny-adapter --peft": "needs the "
+    "LoRA demo run",
     "sppo-train --help": "checked: --help runs",
     ".venv/bin/python -m pytest -q": "runs this suite",
     '.venv/bin/python -m pytest -q -m "not slow and not engine and not gpu"': "runs this suite's fast tier",

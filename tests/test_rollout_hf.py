@@ -15,7 +15,8 @@ from sppo_megatron.rollout import (
     logp_abs_diff,
     samples_logprobs,
 )
-from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits, sample_seed
+from sppo_megatron.rollout.base import sample_seed
+from sppo_megatron.rollout.hf_engine import HFRolloutEngine, filter_logits
 from sppo_megatron.sync import WeightSync, bucketize
 from tests.tiny_models import PEAKY_EOS, peaky_qwen2
 
@@ -233,10 +234,15 @@ def test_choose_engine():
     assert choose_engine("hf", has_gpu=True, has_sglang=True) == "hf"
     with pytest.warns(RuntimeWarning, match="FALLING BACK"):
         assert choose_engine("auto", has_gpu=True, has_sglang=False) == "hf"
-    with pytest.raises(UserError, match=r"pip install -e \.\[sglang\].*docker/"):
+    with pytest.raises(UserError, match=r"pip install -e \.\[sglang\].*docker/.*install_cpu_engines\.sh"):
         choose_engine("sglang", has_gpu=True, has_sglang=False)
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
-        choose_engine("sglang", has_gpu=False, has_sglang=True)
+    assert choose_engine("sglang", has_gpu=False, has_sglang=True) == "sglang"  # its CPU backend
+    # vllm: on a GPU or CPU (its CPU build), only when named
+    for gpu in (True, False):
+        assert choose_engine("vllm", has_gpu=gpu, has_vllm=True) == "vllm"
+    assert choose_engine("auto", has_gpu=False, has_sglang=False, has_vllm=True) == "hf"
+    with pytest.raises(UserError, match=r"pip install -e \.\[vllm\].*install_cpu_engines\.sh"):
+        choose_engine("vllm", has_gpu=False, has_vllm=False)
 
 
 def test_create_rollout_engine_from_config(tiny):
@@ -245,6 +251,3 @@ def test_create_rollout_engine_from_config(tiny):
     eng = create_rollout_engine(RolloutConfig(engine="hf"), tiny[0], seed=1, log_dir="unused")
     auto_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # rollout.dtype=auto
     assert isinstance(eng, HFRolloutEngine) and eng.dtype == auto_dtype and eng.eos_token_ids == (PEAKY_EOS,)
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError):
-            create_rollout_engine(RolloutConfig(engine="sglang"), tiny[0], seed=1, log_dir="unused")

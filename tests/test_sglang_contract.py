@@ -1,7 +1,7 @@
 """Contract of the SGLang adapter with the pinned sglang version.
 
 Always (offline): every Engine method / keyword, ServerArgs field, sampling key, module path,
-payload key and memory tag the adapter uses exists in the vendored API manifest
+payload key, memory tag and environment switch the adapter uses exists in the vendored API manifest
 tests/data/sglang_api_<version>.json, extracted from the sglang source by
 tools/extract_sglang_api.py.
 
@@ -27,10 +27,12 @@ import tomllib
 import pytest
 import torch
 
+from sppo_megatron.platform import sglang_cpu
 from sppo_megatron.rollout.base import SamplingParams
 from sppo_megatron.rollout.sglang import contract as adapter
 from sppo_megatron.rollout.sglang import engine as adapter_engine
 from sppo_megatron.rollout.sglang.process import engine_died_handler
+from sppo_megatron.rollout.sglang.seeding import RESEED_LOADER
 from tests.sglang_manifest import PINNED, load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,11 @@ def test_engine_methods_and_keywords_exist():
         for kw in keywords:
             assert _accepts(methods[name], kw), f"Engine.{name} has no parameter {kw!r} in sglang {PINNED}"
     assert methods["__init__"]["varkw"]  # Engine(**server_args)
+
+
+#: what the adapter touches on the Engine object outside `_call`: shutdown(), the tokenizer manager
+#: (its event loop's signal handlers) and the event loop (stopped when an engine process dies)
+ENGINE_ATTRIBUTES = ("shutdown", "tokenizer_manager", "loop")
 
 
 def test_adapter_calls_only_declared_engine_methods():
@@ -82,17 +89,21 @@ def test_adapter_calls_only_declared_engine_methods():
             and isinstance(node.value.value, ast.Name)
             and node.value.value.id == "self"
         ):
-            assert node.attr in ("shutdown", "tokenizer_manager"), f"direct use of self.engine.{node.attr}"
+            assert node.attr in ENGINE_ATTRIBUTES, f"direct use of self.engine.{node.attr}"
+            if node.attr != "shutdown":
+                assert node.attr in load_manifest()["engine"]["attributes"], node.attr
     assert seen >= set(adapter.ENGINE_CALLS) - {"shutdown"}
 
 
-def test_server_args_fields_exist():
+@pytest.mark.parametrize("device", [torch.device("cuda", 2), torch.device("cpu")], ids=["gpu", "cpu"])
+def test_server_args_fields_exist(device):
     fields = set(load_manifest()["server_args_fields"])
     args = adapter.server_args(
         "/m",
         tp=2,
-        base_gpu_id=2,
+        device=device,
         mem_fraction=0.5,
+        max_total_tokens=4096,
         dtype=torch.bfloat16,
         seed=1,
         nccl_port=12345,
@@ -100,14 +111,29 @@ def test_server_args_fields_exist():
     )
     missing = sorted(set(args) - fields)
     assert not missing, f"ServerArgs of sglang {PINNED} has no field(s) {missing}"
+    assert args["custom_weight_loader"] == [RESEED_LOADER]
+    assert args.get("device", "cuda") == device.type and args.get("base_gpu_id", 2) == 2
+    if device.type == "cpu":  # the KV cache never sized from the machine's free RAM
+        assert args["max_total_tokens"] == 4096 and not args["enable_memory_saver"]
     import pickle
 
     pickle.loads(pickle.dumps(args))  # ServerArgs (with the SIGQUIT handler) is pickled to the schedulers
 
 
+def test_environment_switches_and_reseed_loader_exist():
+    """The switches the adapter sets are read by the modules that act on them, and
+    update_weights_from_tensor dispatches a custom load_format to its loader (seeding.py)."""
+    m = load_manifest()
+    switches = m["environment_switches"]
+    assert "sglang.srt.managers.scheduler" in switches[adapter.COLOCATED_BATCH_ENV]
+    assert "sglang.srt.managers.tokenizer_manager" in switches[adapter.COLOCATED_BATCH_ENV]
+    assert "sglang.srt.platforms" in switches[sglang_cpu.CPU_ENGINE_ENV]
+    assert m["custom_weight_loader_dispatch"]
+
+
 def test_sampling_keys_exist():
     fields = set(load_manifest()["sampling_params_fields"])
-    keys = adapter.sampling_params_dict(SamplingParams(temperature=0.5, top_k=3), 2, [2])
+    keys = adapter.sampling_params_dict(SamplingParams(temperature=0.5, top_k=3), [2])
     assert set(keys) <= fields, sorted(set(keys) - fields)
     assert set(adapter.SAMPLING_KEYS) <= fields
 

@@ -50,7 +50,10 @@ def main() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kinds = {
         "reward_model": (dict(model_path=make_reward_model(os.path.join(root, "rm"))), "bradley_terry"),
-        "pairwise": (dict(model_path=make_pairrm(os.path.join(root, "pairrm"))), "matrix"),
+        "pairwise": (
+            dict(model_path=make_pairrm(os.path.join(root, "pairrm")), pairwise_prompt_template=None),
+            "matrix",
+        ),
         "judge": (dict(model_path=make_judge(os.path.join(root, "judge")), judge_choices=["a", "b"]), "matrix"),
         "remote": (dict(url=f"http://127.0.0.1:{server.server_address[1]}/"), "bradley_terry"),
     }

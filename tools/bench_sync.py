@@ -5,6 +5,7 @@ bytes on the same device (host memcpy on CPU, device-to-device copy on GPU).
     python tools/bench_sync.py [--preset small|tiny|moe-small | --hf DIR] [--tp 1] [--pp 1] [--ep 1]
                                [--engine hf|sglang] [--bucket-mb 512] [--iters 5]
                                [--source megatron|hf] [--rollout-tp 1] [--json OUT]
+                               [--lora-rank R [--lora-experts]]
 
 --source megatron (default): a megatron-core GPTModel built by the bridge at (TP, PP) on
 PP*lcm(TP, EP) ranks (the script starts them itself with torch.distributed.run when not launched
@@ -21,6 +22,10 @@ median sync over the best floor, the median of the per-iteration ratios (sync ov
 right after it: on a loaded machine the figure that the load moves least), the export-alone
 seconds and the page faults per sync. On a shared machine the spread between iterations is the load of other
 processes: quote the best and the median.
+
+--lora-rank R attaches LoRA adapters (rank R, alpha 2R; --lora-experts: the routed experts too)
+and streams the actor's export: merged weights, the whole model in the warm-up sync
+(`first_sync_gb`), then only the adapted tensors (the HF engine keeps the rest: `partial`).
 """
 
 from __future__ import annotations
@@ -152,14 +157,20 @@ def run(args) -> dict:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     if args.source == "megatron":
+        from sppo_megatron.config.schema import LoraConfig, ModelConfig
         from sppo_megatron.models.bridge import get_bridge
+        from sppo_megatron.models.export import WeightExport
+        from sppo_megatron.models.lora import attach_lora
 
         bridge = get_bridge(hf_dir)
-        model = bridge.build_model(None, ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep))
+        lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * max(args.lora_rank, 1), experts=args.lora_experts)
+        model = bridge.build_model(ModelConfig(lora=lora), ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep))
+        if args.lora_rank:
+            attach_lora(model, lora, seed=0)
         model_dtype = next(model.parameters()).dtype
 
         def stream():
-            return bridge.export_hf_weights(model)
+            return WeightExport(bridge, model)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -194,12 +205,13 @@ def run(args) -> dict:
     sync = WeightSync(engine)
     tensors = [t.detach().clone() for _, t in stream()]
     dst = [torch.empty_like(t) for t in tensors]
-    times, floors, exports, faults, last = [], [], [], [], {}
+    times, floors, exports, faults, last, first = [], [], [], [], {}, None
     for i in range(args.iters + 1):  # each sync paired with a floor copy right after it
         if distributed:
             dist.barrier()
         before = minor_faults()
         last = sync.sync(stream())
+        first = first or last
         after = minor_faults()
         floor_s = copy_once(dst, tensors)
         if distributed:
@@ -226,6 +238,9 @@ def run(args) -> dict:
         "engine_dtype": str(engine.dtype).replace("torch.", ""),
         "tensors": int(last["sync/tensors"]),
         "gb": nbytes / 1e9,
+        "lora_rank": args.lora_rank,
+        "partial": bool(last["sync/partial"]),
+        "first_sync_gb": first["sync/bytes"] / 1e9,
         "sync_s_median": sync_s,
         "sync_s_min": min(times),
         "sync_s_all": times,
@@ -257,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--sync-mode", choices=("flattened_bucket", "tensor"), default="flattened_bucket")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0 = none)")
+    p.add_argument("--lora-experts", action="store_true", help="LoRA on the routed experts too")
     args = p.parse_args(argv)
     world = world_size(args.tp, args.pp, args.ep) if args.source == "megatron" else 1
     if args.source == "hf" and (args.tp, args.pp, args.ep) != (1, 1, 1):

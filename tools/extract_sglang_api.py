@@ -8,11 +8,12 @@ SRC is a sglang wheel (.whl), or a directory holding the `sglang` package (an un
 site-packages dir). `pip download --no-deps sglang==0.5.23 -d /tmp/wheels` fetches the wheel.
 
 The manifest records: the version; Engine's public methods with their parameter names (Engine
-and its bases); ServerArgs fields (the msgspec namespaces of 0.5.23 plus fields declared on
+and its bases) and the attributes it assigns; ServerArgs fields (the msgspec namespaces of 0.5.23 plus fields declared on
 ServerArgs itself, or dataclass fields in older layouts); SamplingParams fields; where the
 helper symbols are defined; FlattenedTensorBucket / FlattenedTensorMetadata /
 LocalSerializedTensor / MultiprocessingSerializer signatures; the keys the scheduler reads from a
-flattened-bucket payload; the safe unpickler's allowed globals; the memory tags; which names the
+flattened-bucket payload; the safe unpickler's allowed globals; the memory tags; which modules read the environment
+switches the adapter sets; whether update_weights_from_tensor dispatches to custom weight loaders; which names the
 engine module has at module level (shutdown patches `kill_process_tree` there); whether the
 result-dict keys the adapter reads occur in the tokenizer manager; and, per mixture-of-experts
 model, the per-expert checkpoint names its load_weights maps (the path update_weights_from_tensor
@@ -42,6 +43,9 @@ SYMBOLS = (
     "SamplingParams",
 )
 RESULT_KEYS = ("output_ids", "meta_info", "finish_reason", "output_token_logprobs")
+#: environment variables the adapter sets for SGLang (its CPU backend; one batch per generate call;
+#: the cores of each TP rank on the CPU)
+ENV_SWITCHES = ("SGLANG_USE_CPU_ENGINE", "SGLANG_ENABLE_COLOCATED_BATCH_GEN", "SGLANG_CPU_OMP_THREADS_BIND")
 #: SGLang model modules (sglang/srt/models/) of the mixture-of-experts architectures we sync into
 MOE_MODELS = ("qwen3_moe", "qwen2_moe", "mixtral")
 
@@ -177,6 +181,18 @@ def engine_methods(src: Source, module: str) -> Dict[str, Dict[str, object]]:
     return {m: p for m, p in sorted(methods.items()) if not m.startswith("_") or m == "__init__"}
 
 
+def engine_attributes(src: Source, module: str) -> List[str]:
+    """The attributes Engine's own methods assign on self (`self.loop = ...`)."""
+    cls = find_class(src, module, "Engine")
+    names = set()
+    for node in ast.walk(cls) if cls is not None else ():
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                    names.add(t.attr)
+    return sorted(names)
+
+
 def server_args_fields(src: Source) -> List[str]:
     fields: List[str] = []
     tree = src.tree("sglang/srt/server_args.py")
@@ -254,6 +270,12 @@ def memory_tags(src: Source) -> List[str]:
                 if isinstance(t, ast.Name) and t.id.startswith("GPU_MEMORY_TYPE_"):
                     tags.append(node.value.value)
     return sorted(tags)
+
+
+def environment_switches(src: Source) -> Dict[str, List[str]]:
+    """For each ENV_SWITCHES name, the sglang modules that mention it."""
+    texts = {module_of(n): src.read(n) or "" for n in src.names}
+    return {env: sorted(m for m, text in texts.items() if env in text) for env in ENV_SWITCHES}
 
 
 def module_level_names(src: Source, module: str) -> List[str]:
@@ -342,7 +364,11 @@ def extract(src_path: str) -> Dict[str, object]:
     tm_text = src.read("sglang/srt/managers/tokenizer_manager.py") or ""
     return {
         "sglang_version": version_of(src),
-        "engine": {"module": engine_module, "methods": engine_methods(src, engine_module)},
+        "engine": {
+            "module": engine_module,
+            "methods": engine_methods(src, engine_module),
+            "attributes": engine_attributes(src, engine_module),
+        },
         "engine_module_names": module_level_names(src, engine_module),
         "server_args_fields": server_args_fields(src),
         "sampling_params_fields": sampling_fields(src),
@@ -361,6 +387,9 @@ def extract(src_path: str) -> Dict[str, object]:
         ),
         "safe_unpickler_allowed_globals": allowed_globals(src),
         "memory_tags": memory_tags(src),
+        "environment_switches": environment_switches(src),
+        "custom_weight_loader_dispatch": "load_format in self.custom_weight_loaders"
+        in (src.read("sglang/srt/model_executor/model_runner_components/weight_updater.py") or ""),
         "result_keys_in_tokenizer_manager": {k: (f'"{k}"' in tm_text or f"'{k}'" in tm_text) for k in RESULT_KEYS},
         "moe_models": {m: moe_weight_names(src, m) for m in MOE_MODELS},
     }

@@ -17,7 +17,11 @@ Steps, in order (each has its own time limit; together they stay inside --budget
   logp_parity  rollout/logp_abs_diff of that run (bf16) against LOGP_BOUND
   bench_sync   tools/bench_sync.py: Megatron export -> HF engine against the device copy floor
   gpu_tests    pytest -m gpu (tests that need SGLang / TE skip themselves)
-A step is skipped when the step it needs (install; for logp_parity, sppo_train) ran and failed.
+  vllm_train   sppo-train of sppo_train's setup with rollout.engine=vllm (bf16, sleep mode), its
+               rollout/logp_abs_diff against LOGP_BOUND; skipped when vllm is not importable (the
+               bare machine does not carry it). Never run on a GPU yet.
+A step is skipped when the step it needs (install; for logp_parity and vllm_train, sppo_train)
+ran and failed, or when what it exercises is not installed.
 
 Writes DIR/gpu_check.json (everything), DIR/gpu_check.md (the table) and DIR/gpu_check.log (the
 end of each step's output). With --dry-run, or without CUDA, every step is skipped with the
@@ -89,6 +93,8 @@ OFFLOAD = [
 ]
 BENCH_SYNC = ["--preset", "small", "--source", "megatron", "--engine", "hf", "--dtype", "bf16", "--iters", "5"]
 TRAIN_STEPS = 20
+VLLM_STEPS = 5
+VLLM_OVERRIDES = ["rollout.engine=vllm", f"trainer.total_steps={VLLM_STEPS}", "trainer.test_freq=0"]
 TRAIN_OVERRIDES = [
     "parallel.tp=1",
     "model.dtype=bf16",
@@ -126,6 +132,8 @@ class Step:
     figures: Callable[[Ctx], Dict[str, Any]] = lambda ctx: {}
     checks: Callable[[Ctx], List[List[str]]] = lambda ctx: []  # what the dry run runs instead
     needs: Optional[str] = "install"  # skipped when that step ran and did not pass
+    #: a reason to skip the step on this machine (what it exercises is not installed), or None
+    unavailable: Callable[[Ctx], Optional[str]] = lambda ctx: None
 
 
 def flag_check(ctx: Ctx, script: str, argv: List[str]) -> List[str]:
@@ -384,7 +392,7 @@ def assets(ctx: Ctx) -> Dict[str, str]:
     }
 
 
-def train_argv(ctx: Ctx) -> List[str]:
+def train_argv(ctx: Ctx, run: str = "run", overrides: Optional[List[str]] = None) -> List[str]:
     a = assets(ctx)
     return [
         "--config",
@@ -393,8 +401,9 @@ def train_argv(ctx: Ctx) -> List[str]:
         f"model.megatron_ckpt={a['megatron']}",
         f"data.train_files=[{a['train']}]",
         f"data.val_files=[{a['test']}]",
-        f"trainer.output_dir={ctx.path('tiny', 'run')}",
+        f"trainer.output_dir={ctx.path('tiny', run)}",
         *TRAIN_OVERRIDES,
+        *(overrides or []),
     ]
 
 
@@ -416,19 +425,21 @@ def sppo_train_commands(ctx: Ctx) -> List[List[str]]:
     ]
 
 
+VALIDATE = (
+    "import sys; from sppo_megatron.config.loader import load_config; "
+    "load_config(sys.argv[2], sys.argv[3:], world_size=1, check_paths=False)"
+)
+
+
 def sppo_train_checks(ctx: Ctx) -> List[List[str]]:
-    validate = (
-        "import sys; from sppo_megatron.config.loader import load_config; "
-        "load_config(sys.argv[2], sys.argv[3:], world_size=1, check_paths=False)"
-    )
     return [
         flag_check(ctx, "make_tiny_assets.py", ["--out", assets(ctx)["dir"]]),
-        [ctx.python, "-c", validate, *train_argv(ctx)],
+        [ctx.python, "-c", VALIDATE, *train_argv(ctx)],
     ]
 
 
-def train_rows(ctx: Ctx) -> List[Dict[str, Any]]:
-    return [r for r in read_json_lines(ctx.path("tiny", "run", "metrics.jsonl")) if "train/loss" in r]
+def train_rows(ctx: Ctx, run: str = "run") -> List[Dict[str, Any]]:
+    return [r for r in read_json_lines(ctx.path("tiny", run, "metrics.jsonl")) if "train/loss" in r]
 
 
 def sppo_train_figures(ctx: Ctx) -> Dict[str, Any]:
@@ -451,12 +462,27 @@ def sppo_train_figures(ctx: Ctx) -> Dict[str, Any]:
     }
 
 
-def logp_parity_figures(ctx: Ctx) -> Dict[str, Any]:
-    diffs = [float(r["rollout/logp_abs_diff"]) for r in train_rows(ctx)]
+def logp_parity_figures(ctx: Ctx, run: str = "run") -> Dict[str, Any]:
+    diffs = [float(r["rollout/logp_abs_diff"]) for r in train_rows(ctx, run)]
     figures = {"mean": sum(diffs) / len(diffs), "max": max(diffs), "bound": LOGP_BOUND, "steps": len(diffs)}
     if not all(d == d for d in diffs) or figures["max"] > LOGP_BOUND:
         raise CheckFailed(f"rollout/logp_abs_diff max {figures['max']:.3g} is not within {LOGP_BOUND}")
     return figures
+
+
+def vllm_unavailable(ctx: Ctx) -> Optional[str]:
+    probe = subprocess.run([ctx.python, "-c", "import vllm"], env=ctx.env, capture_output=True, timeout=120)
+    return None if probe.returncode == 0 else "vllm is not importable here (the machine does not carry it)"
+
+
+def vllm_train_figures(ctx: Ctx) -> Dict[str, Any]:
+    rows = train_rows(ctx, "vllm_run")
+    if len(rows) != VLLM_STEPS:
+        raise CheckFailed(f"vllm_run/metrics.jsonl has {len(rows)} training steps, expected {VLLM_STEPS}")
+    return {
+        "gen_s": round(statistics.median(r["timing/gen_s"] for r in rows), 4),
+        **logp_parity_figures(ctx, "vllm_run"),
+    }
 
 
 STEPS = [  # the figures that matter most first, in case the budget runs out
@@ -491,6 +517,15 @@ STEPS = [  # the figures that matter most first, in case the budget runs out
         gpu_tests_commands,
         gpu_tests_figures,
         checks=lambda ctx: [[ctx.python, "-c", "import pytest, pytest_timeout"]],
+    ),
+    Step(
+        "vllm_train",
+        150,
+        lambda ctx: [[ctx.python, "-m", "sppo_megatron.train", *train_argv(ctx, "vllm_run", VLLM_OVERRIDES)]],
+        vllm_train_figures,
+        checks=lambda ctx: [[ctx.python, "-c", VALIDATE, *train_argv(ctx, "vllm_run", VLLM_OVERRIDES)]],
+        needs="sppo_train",
+        unavailable=vllm_unavailable,
     ),
 ]
 
@@ -573,6 +608,10 @@ def run_step(step: Step, ctx: Ctx, skip_reason: Optional[str], remaining_s: floa
             entry.update(
                 status="skipped", reason=f"needs {step.needs}, which {dependency.replace('timeout', 'timed out')}"
             )
+            return entry
+        missing = step.unavailable(ctx)
+        if missing is not None:
+            entry.update(status="skipped", reason=missing)
             return entry
         limit = min(step.limit_s, remaining_s)
         if limit < min(MIN_STEP_S, step.limit_s):

@@ -89,8 +89,9 @@ class MegatronActor:
         `group_size` (rollout.n) and `temperature` (rollout.temperature) are update's and
         log_probs' defaults, `seed` seeds the RNGs when torch.distributed / megatron parallel state
         are initialised here (when not done yet). hf_config: the transformers config (None = read
-        model.path). load_weights=False skips model.megatron_ckpt / model.path (random weights:
-        benchmarks)."""
+        model.path). load_weights=False skips model.megatron_ckpt / model.path (the weights come
+        from a checkpoint restored next, or stay random: benchmarks; a LoRA policy still loads its
+        frozen base, see setup.build_policy)."""
         from megatron.core import parallel_state as ps
 
         if not ps.model_parallel_is_initialized():
@@ -111,7 +112,8 @@ class MegatronActor:
         self.bridge = bridge if bridge is not None else get_bridge(hf_config if hf_config is not None else model.path)
         self.vocab_size: Optional[int] = getattr(self.bridge, "vocab_size", None)
         self.dtype = resolve_dtype(model.dtype)
-        self.model, self.ddp = setup.build_policy(model, parallel, self.bridge, load_weights=load_weights)
+        self.model_cfg = model
+        self.model, self.ddp = setup.build_policy(model, parallel, self.bridge, load_weights=load_weights, seed=seed)
         self.transformer_config = self.model.config
         self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
@@ -350,9 +352,14 @@ class MegatronActor:
     def load_checkpoint(self, ckpt_dir: str, load_optimizer: bool = True) -> None:
         load_actor(self, ckpt_dir, load_optimizer=load_optimizer)
 
+    def _trained_params(self) -> List[torch.nn.Parameter]:
+        """The parameters the optimizer changes (all of them, or the LoRA adapters)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def snapshot_weights(self) -> List[torch.Tensor]:
-        """A copy of this rank's model parameters (the policy behind an off-policy batch in flight)."""
-        return [p.detach().clone() for p in self.model.parameters()]
+        """A copy of this rank's trained parameters (the policy behind an off-policy batch in
+        flight; a frozen base never changes)."""
+        return [p.detach().clone() for p in self._trained_params()]
 
     @contextmanager
     def weights(self, snapshot: Optional[List[torch.Tensor]]) -> Iterator[None]:
@@ -361,7 +368,7 @@ class MegatronActor:
         if snapshot is None:
             yield
             return
-        params = list(self.model.parameters())
+        params = self._trained_params()
         current = self.snapshot_weights()
         with torch.no_grad():
             for p, s in zip(params, snapshot):
@@ -394,5 +401,9 @@ class MegatronActor:
         self._offloaded = None
 
     def export_hf_weights(self):
-        """Stream (hf_name, full tensor) pairs through the bridge (collective)."""
-        return self.bridge.export_hf_weights(self.model)
+        """The policy's (hf_name, full tensor) pairs through the bridge, LoRA adapters merged: an
+        iterable streaming them (collective), whose `changed_only()` streams only those training
+        can change (see models.export.WeightExport)."""
+        from sppo_megatron.models.export import WeightExport
+
+        return WeightExport(self.bridge, self.model)

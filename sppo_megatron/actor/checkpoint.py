@@ -14,7 +14,12 @@ Layout of the state written by `save_actor` (one `dist_checkpointing` directory)
               (a different layout has different per-rank streams; the run keeps its fresh
               seeding then);
   actor_meta.json  (rank 0, after the collective save) layout, optimizer steps, padded
-              vocabulary, versions.
+              vocabulary, versions; with LoRA the adapter settings and the base they adapt.
+
+With LoRA (model.lora.rank > 0) `model` holds the adapters alone (their sharded state, so they
+load under any TP/PP/EP too) and the optimizer state is theirs alone: the frozen base is named by
+`base` in actor_meta.json (model.path / model.megatron_ckpt), which a resume must load from
+the same place (build_policy loads it; the adapters come from here).
 
 The torch-Adam workarounds needed to save/load the optimizer live in optimizer_state.py.
 """
@@ -24,7 +29,8 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Any, Dict, Tuple, cast
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -93,6 +99,65 @@ def _rng_sharded(data: Any, dims: ParallelDims):
     )
 
 
+def _model_state(actor: Any) -> Dict[str, Any]:
+    """The model's sharded state a checkpoint holds: all of it, or with LoRA the adapters."""
+    if actor.model_cfg.lora.rank == 0:
+        return actor.model.sharded_state_dict()
+    from sppo_megatron.models.lora import adapter_sharded_state
+
+    return adapter_sharded_state(actor.model)
+
+
+def _load_model_state(actor: Any, state: Dict[str, Any]) -> None:
+    """Copy loaded tensors into the model: every parameter, or with LoRA every adapter one."""
+    if actor.model_cfg.lora.rank > 0:
+        from sppo_megatron.models.lora import load_adapter_state
+
+        load_adapter_state(actor.model, state)
+        return
+    with torch.no_grad():
+        actor.model.load_state_dict(state)
+
+
+def base_pointer(model_cfg: Any) -> Dict[str, Optional[str]]:
+    """Where a LoRA policy's frozen base comes from (absolute paths)."""
+    return {
+        key: os.path.realpath(value) if value else None
+        for key, value in (("path", model_cfg.path), ("megatron_ckpt", model_cfg.megatron_ckpt))
+    }
+
+
+def check_lora_matches(meta: Dict[str, Any], model_cfg: Any, ckpt_dir: str) -> None:
+    """UserError unless the checkpoint's adapters (or their absence) and base fit `model_cfg`."""
+    saved, lora = meta.get("lora"), model_cfg.lora
+    if saved is None and lora.rank == 0:
+        return
+    if saved is None:
+        raise UserError(
+            f"checkpoint {ckpt_dir} holds a fully trained model (no LoRA adapters) but model.lora.rank={lora.rank}; "
+            "resume it with model.lora.rank=0"
+        )
+    if lora.rank == 0:
+        raise UserError(
+            f"checkpoint {ckpt_dir} holds LoRA adapters (rank {saved['rank']}) but model.lora.rank=0; resume it "
+            f"with model.lora.rank={saved['rank']}, or export it with sppo-convert megatron-to-hf"
+        )
+    mine = asdict(lora)
+    for key in ("rank", "alpha", "target_modules", "experts"):
+        if saved.get(key) != mine[key]:
+            raise UserError(
+                f"checkpoint {ckpt_dir} holds LoRA adapters with model.lora.{key}={saved.get(key)!r} but the "
+                f"config says {mine[key]!r}"
+            )
+    base, want = meta.get("base") or {}, base_pointer(model_cfg)
+    for key, value in want.items():
+        if base.get(key) != value:
+            raise UserError(
+                f"checkpoint {ckpt_dir} holds LoRA adapters of the base model.{key}={base.get(key)} but this "
+                f"run's model.{key}={value}: point it at the base the adapters were trained on"
+            )
+
+
 def read_meta(ckpt_dir: str) -> Dict[str, Any]:
     """actor_meta.json ({} for a model-only checkpoint); UserError naming it when it is garbage."""
     path = os.path.join(ckpt_dir, META_FILE)
@@ -106,6 +171,16 @@ def read_meta(ckpt_dir: str) -> Dict[str, Any]:
     if not isinstance(meta, dict) or not isinstance(meta.get("layout"), dict):
         raise UserError(f"checkpoint {ckpt_dir}: {META_FILE} is not an actor checkpoint description")
     return meta
+
+
+def read_lora(ckpt_dir: str) -> Optional[Tuple[Any, Dict[str, Optional[str]]]]:
+    """(LoraConfig, base pointer) of a LoRA run's checkpoint, None for any other directory."""
+    from sppo_megatron.config.schema import LoraConfig
+
+    meta = read_meta(ckpt_dir) if os.path.isdir(ckpt_dir) else {}
+    if not meta.get("lora"):
+        return None
+    return LoraConfig(**meta["lora"]), dict(meta.get("base") or {})
 
 
 def check_actor_files(ckpt_dir: str) -> None:
@@ -125,7 +200,7 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
         os.makedirs(ckpt_dir, exist_ok=True)
     barrier()
     optimizer_state.init_state(actor.optimizer)  # workaround (1): a fresh optimizer cannot build its state dict
-    model_sd = actor.model.sharded_state_dict()
+    model_sd = _model_state(actor)
     state = {
         MODEL_KEY: model_sd,
         "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
@@ -144,6 +219,9 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
             "padded_vocab_size": int(unwrap_model(actor.model).vocab_size),
             "megatron_core": mcore_version,
         }
+        if actor.model_cfg.lora.rank > 0:
+            meta["lora"] = asdict(actor.model_cfg.lora)
+            meta["base"] = base_pointer(actor.model_cfg)
         atomic_write_text(os.path.join(ckpt_dir, META_FILE), json.dumps(meta, indent=2))
     barrier()
 
@@ -166,8 +244,10 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
             f"{ckpt_dir} holds {'distributed' if not want else 'plain'}-optimizer state but "
             f"parallel.use_distributed_optimizer={want}; resume with the setting it was saved with"
         )
+    if meta:
+        check_lora_matches(meta, actor.model_cfg, ckpt_dir)
     check_padded_vocab(actor.model, ckpt_dir, "checkpoint")
-    model_sd = actor.model.sharded_state_dict()
+    model_sd = _model_state(actor)
     request: Dict[str, Any] = {MODEL_KEY: model_sd}
     if load_optimizer:
         optimizer_state.init_state(actor.optimizer)  # workaround (1)
@@ -179,8 +259,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
     if same_layout:
         request["rng_state"] = _rng_sharded(None, actor.parallel_dims)
     loaded = load_dist_checkpoint(request, ckpt_dir)
-    with torch.no_grad():
-        actor.model.load_state_dict(loaded[MODEL_KEY])
+    _load_model_state(actor, loaded[MODEL_KEY])
     if load_optimizer:
         with optimizer_state.loading(actor.optimizer):  # workarounds (2), (3)
             actor.optimizer.load_state_dict(loaded["optimizer"])
@@ -200,12 +279,11 @@ def save_policy_weights(actor: Any, ckpt_dir: str) -> None:
     if rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
     barrier()
-    save_dist_checkpoint({MODEL_KEY: actor.model.sharded_state_dict()}, ckpt_dir)
+    save_dist_checkpoint({MODEL_KEY: _model_state(actor)}, ckpt_dir)
     barrier()
 
 
 def load_policy_weights(actor: Any, ckpt_dir: str) -> None:
     """Load what `save_policy_weights` wrote into the model (collective); the optimizer is left alone."""
-    loaded = load_dist_checkpoint({MODEL_KEY: actor.model.sharded_state_dict()}, ckpt_dir)
-    with torch.no_grad():
-        actor.model.load_state_dict(loaded[MODEL_KEY])
+    loaded = load_dist_checkpoint({MODEL_KEY: _model_state(actor)}, ckpt_dir)
+    _load_model_state(actor, loaded[MODEL_KEY])

@@ -22,10 +22,12 @@ shapes before each activation).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional
 
 import torch
 
+from sppo_megatron.actor.checkpoint import read_meta
 from sppo_megatron.config.schema import ModelConfig, OptimConfig, ParallelConfig
 from sppo_megatron.errors import UserError
 from sppo_megatron.models.converted import check_checkpoint_matches
@@ -51,24 +53,38 @@ def sequence_pad_multiple(model: ModelConfig, tconfig: Any) -> int:
     return multiple
 
 
-def build_policy(model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, load_weights: bool = True):
+def build_policy(
+    model_cfg: ModelConfig, parallel: ParallelConfig, bridge: Any, load_weights: bool = True, seed: int = 1234
+):
     """This rank's GPTModel stage with its weights, and its DDP wrapper: (model, ddp).
 
-    load_weights=False keeps megatron's random initialisation (benchmarks only)."""
+    load_weights=False leaves the weights to a checkpoint restored next (or random: benchmarks);
+    a LoRA policy (model.lora.rank > 0) still loads its frozen base from model.megatron_ckpt /
+    model.path when the config names weights there, since its checkpoints hold the adapters only.
+    The adapters are attached after the base is loaded (seeded by `seed` and the layer, so every
+    layout starts from the same ones) and before DDP, which then holds the adapters alone."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
+    lora = model_cfg.lora.rank > 0
+    if lora and model_cfg.lora.experts and not bridge.arch.moe:
+        raise UserError(f"model.lora.experts=true but this {bridge.model_type} model has no routed experts")
+    load_base = load_weights or (lora and bool(model_cfg.megatron_ckpt or model_cfg.path))
     # perform_initialization must stay on even though the weights are loaded next: megatron-core
     # 0.16.1 sets the `tensor_model_parallel` attribute of TP weights only inside the random
     # init, and without it the grad norm (and so clipping) drops TP>1 shards as "duplicates".
     model = bridge.build_model(
-        model_cfg, parallel, padded_vocab_size=initial_padded_vocab(model_cfg, parallel) if load_weights else None
+        model_cfg, parallel, padded_vocab_size=initial_padded_vocab(model_cfg, parallel) if load_base else None
     )
     tconfig = model.config
     tconfig.calculate_per_token_loss = True
     tconfig.variable_seq_lengths = True
     tconfig.finalize_model_grads_func = finalize_model_grads
-    if load_weights:
+    if load_base:
         load_initial_weights(model_cfg, model, bridge)
+    if lora:
+        from sppo_megatron.models.lora import attach_lora
+
+        attach_lora(model, model_cfg.lora, seed)
     ddp = DistributedDataParallel(
         config=tconfig,
         ddp_config=DistributedDataParallelConfig(
@@ -94,6 +110,11 @@ def load_initial_weights(model_cfg: ModelConfig, model: Any, bridge: Any) -> Non
     the HF weights at model.path."""
     if model_cfg.megatron_ckpt:
         path = model_cfg.megatron_ckpt
+        if os.path.isdir(path) and read_meta(path).get("lora"):
+            raise UserError(
+                f"model.megatron_ckpt={path} holds LoRA adapters, not a model: resume its run with trainer.resume, "
+                "or merge it into weights with sppo-convert megatron-to-hf"
+            )
         check_checkpoint_matches(path, bridge, "model.path", "model.megatron_ckpt")
         load_model_checkpoint(model, path, "model.megatron_ckpt")
     elif model_cfg.path:

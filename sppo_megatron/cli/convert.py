@@ -3,6 +3,7 @@
     sppo-convert hf-to-megatron --hf DIR --out DIR [--dtype bf16|fp16|fp32] [--tp N --pp M]
                                 [--layout sppo|megatron-lm] [--overwrite]
     sppo-convert megatron-to-hf --ckpt DIR --out DIR [--dtype ...] [--hf-config DIR] [--overwrite]
+                                [--peft] [--base DIR]
     sppo-convert megatron-to-megatron-lm --ckpt DIR --out DIR [--hf-config DIR] [--iteration N]
                                 [--tp N --pp M] [--overwrite]
     sppo-convert verify --hf DIR --ckpt DIR [--tp N --pp M] [--atol 1e-4]
@@ -24,6 +25,10 @@ checkpoint_version 3.0 and iteration 0, and the vocabulary is padded by Megatron
 (a multiple of 128 * --tp). megatron-to-megatron-lm re-writes any checkpoint (a training run's
 checkpoints/step_N included) that way as OUT/iter_%07d/ (iteration = --iteration, else the
 run's step, else release/). Every --ckpt may also be a Megatron-LM load directory.
+
+A checkpoint of a LoRA run (model.lora.rank > 0) holds the adapters and names its frozen base:
+megatron-to-hf loads that base (or --base) and writes the merged weights, or with --peft a PEFT
+adapter directory (adapter_config.json + adapter_model.safetensors) for the HF base.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
@@ -87,6 +92,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--max-shard-size", default="5GB", help="max safetensors shard size, e.g. 5GB, 500MB (default 5GB)"
     )
     m2h.add_argument("--overwrite", action="store_true", help="replace OUT if it exists and is not empty")
+    m2h.add_argument(
+        "--peft",
+        action="store_true",
+        help="a LoRA run's checkpoint: write its adapters as a PEFT adapter directory instead of merged weights",
+    )
+    m2h.add_argument(
+        "--base",
+        metavar="DIR",
+        help="a LoRA run's checkpoint: its base (HF directory or megatron checkpoint; default: the one it names)",
+    )
 
     m2l = sub.add_parser(
         "megatron-to-megatron-lm", help="dist checkpoint (e.g. checkpoints/step_N) -> Megatron-LM layout"
@@ -216,11 +231,54 @@ def hf_to_megatron(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source_checkpoint(args: argparse.Namespace):
-    """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes."""
+def _lora_run(ckpt: str) -> Optional[Tuple[Any, Dict[str, Optional[str]]]]:
+    from sppo_megatron.actor.checkpoint import read_lora
+    from sppo_megatron.models.megatron_lm import resolve_checkpoint_dir
+
+    return read_lora(resolve_checkpoint_dir(ckpt, "--ckpt"))
+
+
+def _refuse_lora(args: argparse.Namespace) -> None:
+    if _lora_run(args.ckpt) is not None:
+        raise UserError(
+            f"--ckpt {args.ckpt} holds LoRA adapters, not a model: merge them into HF weights with "
+            "sppo-convert megatron-to-hf first"
+        )
+
+
+def _lora_base(args: argparse.Namespace, base: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    """The base of a LoRA checkpoint: --base (an HF directory or a megatron checkpoint), else the
+    one the checkpoint names; UserError when it is not there."""
+    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
+
+    if args.base:
+        if is_dist_checkpoint(args.base):
+            return {"path": base.get("path"), "megatron_ckpt": args.base}
+        return {"path": args.base, "megatron_ckpt": None}
+    for key in ("megatron_ckpt", "path"):
+        if base.get(key) and not os.path.exists(base[key]):
+            raise UserError(
+                f"--ckpt {args.ckpt}: its base model.{key}={base[key]} does not exist; pass --base DIR "
+                "(the HF directory or megatron checkpoint the adapters were trained on)"
+            )
+    return base
+
+
+def _peft_base_name(base: Dict[str, Optional[str]], hf_dir: str) -> str:
+    """What a PEFT adapter names as its base: the HF weights, i.e. a base megatron checkpoint's
+    conversion source when it is there, else model.path."""
+    from sppo_megatron.models.converted import read_checkpoint_meta
+
+    source = (read_checkpoint_meta(base["megatron_ckpt"]) or {}).get("source") if base.get("megatron_ckpt") else None
+    return source if source and os.path.isdir(source) else base.get("path") or hf_dir
+
+
+def _source_checkpoint(args: argparse.Namespace, hf_config: Optional[str] = None):
+    """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes
+    (hf_config: the HF config directory when --hf-config is not given)."""
     from sppo_megatron.models.converted import resolve_megatron_checkpoint
 
-    hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config)
+    hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config or hf_config)
     _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)
@@ -228,22 +286,48 @@ def _source_checkpoint(args: argparse.Namespace):
 
 
 def megatron_to_hf(args: argparse.Namespace) -> int:
-    from sppo_megatron.models.converted import load_megatron_model
+    from sppo_megatron.models.converted import load_lora_model, load_megatron_model
     from sppo_megatron.models.hf_io import write_hf_dir
+    from sppo_megatron.models.peft import write_peft_dir
 
-    hf_dir, bridge, ckpt_dtype = _source_checkpoint(args)
+    lora = _lora_run(args.ckpt)
+    if lora is None and (args.peft or args.base):
+        raise UserError(f"--{'peft' if args.peft else 'base'}: --ckpt {args.ckpt} is not a LoRA run's checkpoint")
+    base = _lora_base(args, lora[1]) if lora else {}
+    hf_dir, bridge, ckpt_dtype = _source_checkpoint(args, base.get("path"))
+    if args.peft and lora[0].experts and bridge.arch.moe:
+        raise UserError(
+            f"--peft: --ckpt {args.ckpt} adapts the routed experts, which PEFT cannot hold (transformers fuses "
+            "them into one tensor per layer): export the merged weights without --peft"
+        )
     max_shard = _parse_size(args.max_shard_size)
     out_dtype = args.dtype or ckpt_dtype
 
     t0 = time.time()
     _start_distributed(args.tp, args.pp)
     with atomic_output_dir(args.out) as tmp:
-        model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
-        write_hf_dir(
-            bridge.export_hf_weights(model), hf_dir, tmp, out_dtype, bridge.arch.hf_class, max_shard, write=rank() == 0
-        )
+        if lora:
+            model = load_lora_model(bridge, args.ckpt, lora[0], base, ckpt_dtype, args.tp, args.pp)
+        else:
+            model = load_megatron_model(bridge, args.ckpt, ckpt_dtype, args.tp, args.pp)
+        if args.peft:
+            base_name = _peft_base_name(base, hf_dir)
+            write_peft_dir(
+                bridge.export_lora_factors(model), lora[0], base_name, tmp, DTYPES[out_dtype], write=rank() == 0
+            )
+        else:
+            write_hf_dir(
+                bridge.export_hf_weights(model),
+                hf_dir,
+                tmp,
+                out_dtype,
+                bridge.arch.hf_class,
+                max_shard,
+                write=rank() == 0,
+            )
         del model
-    say(PROG, f"wrote {args.out} ({bridge.model_type}, {out_dtype}) in {time.time() - t0:.1f}s")
+    what = "PEFT adapter" if args.peft else "merged LoRA weights" if lora else bridge.model_type
+    say(PROG, f"wrote {args.out} ({what}, {out_dtype}) in {time.time() - t0:.1f}s")
     return 0
 
 
@@ -251,6 +335,7 @@ def megatron_to_megatron_lm(args: argparse.Namespace) -> int:
     from sppo_megatron.models.converted import layout_padded_vocab, load_megatron_model, write_converted_checkpoint
     from sppo_megatron.models.megatron_lm import megatron_lm_args, resolve_checkpoint_dir
 
+    _refuse_lora(args)
     hf_dir, bridge, dtype = _source_checkpoint(args)
     if args.iteration is not None and args.iteration < 0:
         raise UserError(f"--iteration {args.iteration} must be >= 0")
@@ -288,6 +373,7 @@ def verify(args: argparse.Namespace) -> int:
     from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
     from sppo_megatron.models.inference import forward_logits
 
+    _refuse_lora(args)
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
     SafetensorsReader(args.hf).close()  # a truncated file is one line here, not a transformers traceback

@@ -160,7 +160,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int) -> None:
     """Fill the engine, whichever it is, as training syncs it: a Megatron checkpoint through the
-    bridge's export stream, HF weights from the safetensors files."""
+    bridge's export stream (a LoRA run's: its base with the adapters merged), HF weights from the
+    safetensors files."""
     from sppo_megatron.sync import WeightSync
 
     if ckpt is None:
@@ -168,10 +169,16 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
 
         WeightSync(engine).sync(iter_hf_weights(hf_dir))
         return
-    from sppo_megatron.models.converted import load_megatron_model, resolve_megatron_checkpoint
+    from sppo_megatron.actor.checkpoint import read_lora
+    from sppo_megatron.models.converted import load_lora_model, load_megatron_model, resolve_megatron_checkpoint
+    from sppo_megatron.models.megatron_lm import resolve_checkpoint_dir
 
     _, bridge, dtype = resolve_megatron_checkpoint(ckpt, hf_dir)
-    model = load_megatron_model(bridge, ckpt, dtype, tp, pp)
+    lora = read_lora(resolve_checkpoint_dir(ckpt, "--model"))  # a LoRA run's: its base + adapters
+    if lora is not None:
+        model = load_lora_model(bridge, ckpt, lora[0], lora[1], dtype, tp, pp)
+    else:
+        model = load_megatron_model(bridge, ckpt, dtype, tp, pp)
     WeightSync(engine).sync(bridge.export_hf_weights(model))
     del model
 

@@ -52,6 +52,13 @@ def model_rules(cfg: Config, world_size: int, check_paths: bool) -> List[str]:
         problems.append("model.dtype=fp16: fp16 training (loss scaling) is not supported; use bf16 (or auto)")
     if m.fp8 is not None and m.transformer_impl == "local":
         problems.append("model.fp8: needs Transformer Engine (model.transformer_impl=auto or transformer_engine)")
+    if m.lora.rank > 0 and not m.lora.target_modules and not m.lora.experts:
+        problems.append(
+            "model.lora.target_modules: empty, so LoRA would adapt nothing; list linear layers (e.g. "
+            "[linear_qkv, linear_proj, linear_fc1, linear_fc2]) or set model.lora.experts=true"
+        )
+    if m.lora.rank > 0 and m.lora.alpha == 0:
+        problems.append("model.lora.alpha=0: the adapters' output would be scaled to nothing (e.g. 2 x rank)")
     return problems
 
 

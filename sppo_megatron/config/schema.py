@@ -26,6 +26,31 @@ def opt(default: Any, help: str = "", **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+#: the linear layers LoRA can adapt (megatron-core names; each maps onto HF names through the bridge tables)
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = opt(0, "LoRA rank r; 0 = off (full fine-tuning); > 0 freezes the base and trains adapters", min=0)
+    alpha: float = opt(16.0, "LoRA alpha: the adapter output is scaled by alpha / rank", min=0.0)
+    dropout: float = opt(0.0, "dropout on the adapter input (training only)", min=0.0, max=1.0)
+    target_modules: List[str] = opt(
+        list(LORA_TARGETS),
+        "linear layers to adapt: attention q/k/v (linear_qkv) and output (linear_proj), MLP gate/up (linear_fc1) and down (linear_fc2), dense MLPs and shared experts",
+        choices=LORA_TARGETS,
+    )
+    experts: bool = opt(
+        False,
+        "mixture-of-experts models: adapt the routed experts' linear_fc1 / linear_fc2 too (one adapter per expert)",
+    )
+    init: str = opt(
+        "kaiming",
+        "init of A (B starts at zero): kaiming = PEFT's Kaiming-uniform, gaussian = N(0, 1/rank)",
+        choices=("kaiming", "gaussian"),
+    )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: Optional[str] = opt(
@@ -51,6 +76,7 @@ class ModelConfig:
         min=0.0,
     )
     moe_z_loss_coeff: float = opt(0.0, "MoE router z-loss coefficient; 0 = off; logged as moe/z_loss", min=0.0)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -91,7 +117,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = opt("auto", "rollout engine; auto = sglang with a GPU, hf without", choices=("auto", "sglang", "hf"))
+    engine: str = opt(
+        "auto",
+        "rollout engine; auto = sglang with a GPU, hf without; vllm only when named; on the CPU sglang and vllm need tools/install_cpu_engines.sh",
+        choices=("auto", "sglang", "vllm", "hf"),
+    )
     n: int = opt(4, "samples per prompt (K); SPPO needs >= 2 unless algorithm.preference=batch_softmean", min=1)
     temperature: float = opt(1.0, "sampling temperature", min=0.0)
     top_p: float = opt(1.0, "nucleus sampling", min=0.0, max=1.0)
@@ -99,8 +129,18 @@ class RolloutConfig:
     val_temperature: float = opt(0.0, "validation temperature; 0 = greedy", min=0.0)
     val_top_p: float = opt(1.0, "validation nucleus sampling", min=0.0, max=1.0)
     val_n: int = opt(1, "validation samples per prompt", min=1)
-    tp: int = opt(1, "rollout engine tensor-parallel size (GPUs per SGLang engine)", min=1)
-    mem_fraction: float = opt(0.5, "SGLang mem_fraction_static", min=0.0, max=1.0)
+    tp: int = opt(1, "rollout engine tensor-parallel size (ranks per SGLang / vLLM engine)", min=1)
+    mem_fraction: float = opt(
+        0.5,
+        "GPU memory fraction of the engine (SGLang mem_fraction_static, vLLM gpu_memory_utilization)",
+        min=0.0,
+        max=1.0,
+    )
+    kv_cache_mb: int = opt(
+        0,
+        "KV cache of each SGLang / vLLM engine in MB; 0 = from rollout.mem_fraction on a GPU, 256 MB on the CPU (where the engines would size it from the whole machine's free RAM)",
+        min=0,
+    )
     sync_bucket_mb: int = opt(512, "weight-sync bucket size in MB", min=1)
     max_extra_rounds: int = opt(
         2,
@@ -160,9 +200,23 @@ class RewardConfig:
     batch_size: int = opt(
         8, "oracle sequences (reward_model) or pairs (pairwise, judge) per forward; samples per request (remote)", min=1
     )
-    max_length: int = opt(2048, "oracle input tokens; longer inputs keep their last max_length tokens", min=8)
+    max_length: int = opt(
+        2048,
+        "oracle input tokens. reward_model, judge: longer inputs keep their last max_length tokens; pairwise: PairRM's budget, the prompt cut to max_length x 1224/2048 tokens and each response to half of what it leaves, the first tokens kept (llm-blender's 1224 + 2 x 412 at 2048)",
+        min=8,
+    )
     dtype: str = opt("auto", "oracle model dtype; auto = bf16 on GPU, fp32 on CPU", choices=DTYPE_CHOICES)
     trust_remote_code: bool = opt(False, "let transformers run the oracle checkpoint's own modelling code")
+    pairwise_prob: str = opt(
+        "sppo",
+        "pairwise: P from PairRM's logits l_ij; sppo = uclaml/SPPO's, from llm-blender's rank scores s_i = mean_j (l_ij - l_ji): P_ij = 1 / (1 + exp(s_j - s_i)); pair = sigmoid((l_ij - l_ji) / 2) per pair (docs/reward.md)",
+        choices=("sppo", "pair"),
+    )
+    pairwise_prompt_template: Optional[str] = opt(
+        "${model.path}",
+        "pairwise: tokenizer directory whose chat template renders the prompt PairRM reads, cut where the answer starts (uclaml/SPPO scripts/rank.py: the policy's); null = the message contents, one per line",
+        must_exist=True,
+    )
     judge_template: Optional[str] = opt(
         None,
         "judge prompt with {prompt}, {response_a}, {response_b}; null = the shipped template (reward/oracles/judge.py)",
@@ -266,10 +320,10 @@ class Config:
 
 
 GROUP_HELP = {
-    "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation",
+    "model": "HF model, Megatron checkpoint, layer implementation, precision, FP8, recomputation, LoRA adapters (model.lora)",
     "parallel": "tensor / pipeline parallel sizes (data parallel = training ranks / (tp * pp))",
     "data": "prompt parquet files, batch size, prompt/response lengths, chat template, oversampling",
-    "rollout": "rollout engine (sglang | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
+    "rollout": "rollout engine (sglang | vllm | hf), samples per prompt, sampling, weight-sync buckets, refill rounds, placement (colocated | separate), off-policy overlap",
     "algorithm": "SPPO preference model, eta, loss variant, no-signal filtering",
     "reward": "the preference oracle (rule | reward_model | pairwise | judge | remote); rule-based scoring: time limit, workers, custom function",
     "optim": "AdamW, learning-rate schedule, gradient clipping",

@@ -3,8 +3,9 @@
 Public API:
     get_bridge(hf_config) -> Bridge
     Bridge.build_model (this rank's pipeline stage of a GPTModel) / transformer_config / layer_spec /
-          load_hf_weights / export_hf_weights / padded_vocab_size / vocab_size / hf_names /
-          mask_padded_logits_
+          load_hf_weights / export_hf_weights / export_lora_factors / padded_vocab_size /
+          vocab_size / hf_names / mask_padded_logits_
+    lora.attach_lora(model, lora_cfg, seed)   (LoRA adapters; models/lora.py, PEFT output: peft.py)
     check_fp8_support(model_cfg)
     save_dist_checkpoint(state, ckpt_dir) / load_dist_checkpoint(sharded_state, ckpt_dir)
     resolve_dtype(name)   (re-exported from sppo_megatron.platform.dtypes, the one dtype table)

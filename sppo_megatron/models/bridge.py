@@ -22,7 +22,6 @@ import math
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
@@ -34,7 +33,6 @@ from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
 from sppo_megatron.models.rope import Rope, rope_settings
 from sppo_megatron.models.specs import layer_spec
 from sppo_megatron.models.transformer_config import transformer_config_kwargs
-from sppo_megatron.platform.distributed import current_device
 
 # megatron-core is imported inside the functions that use it: the console scripts import this
 # package before they silence megatron's import-time warnings, and `--help` stays quick.
@@ -204,6 +202,8 @@ class Bridge:
     ) -> List[Tuple[Optional[int], Optional[int], Param, str, torch.nn.Parameter, Tuple[str, ...]]]:
         """(global layer, global expert, row, megatron name, parameter, HF names) for every table
         row on this rank (expert rows: the experts of this expert-parallel rank)."""
+        from sppo_megatron.models.groups import local_expert_range
+
         params = dict(module.named_parameters())
         local = self._local_layers(module)
         first_expert, num_local = local_expert_range(self.num_experts)
@@ -251,8 +251,10 @@ class Bridge:
         (safetensors `get_slice`), so memory stays bounded by the largest local shard plus one
         HF tensor slice.
         """
+        from sppo_megatron.models.groups import TensorGroups
+
         module = unwrap_model(model)
-        groups = _TensorGroups()
+        groups = TensorGroups()
         reader = SafetensorsReader(hf_dir)
         loaded = set()
         try:
@@ -274,143 +276,39 @@ class Bridge:
             raise RuntimeError(f"{self.model_type}: the bridge table does not cover model parameters {missing[:5]}")
 
     # ------------------------------------------------------------------ megatron -> HF
-    def export_hf_weights(self, model: Any) -> Iterator[Tuple[str, torch.Tensor]]:
+    def export_hf_weights(self, model: Any, trainable_only: bool = False) -> Iterator[Tuple[str, torch.Tensor]]:
         """Yield (HF name, full tensor) for the whole model, one parameter at a time.
 
         Collective: every rank of the model-parallel group must iterate it to the end, in step.
         Every rank receives every tensor (gathered across TP -- expert rows across expert TP --,
         broadcast from the expert-parallel rank holding the expert and from the owning pipeline
         stage), in the deterministic order of `hf_names()`; padded vocabulary rows are stripped
-        and `lm_head.weight` is omitted when embeddings are tied. Tensors have the model's
+        and `lm_head.weight` is omitted when embeddings are tied. A weight with a LoRA adapter is
+        exported merged (W + alpha / rank * B A, in W's dtype). Tensors have the model's
         parameter dtype and may be views of the model's parameters (TP=PP=EP=1 and replicated
-        tensors: no copy where the layout allows, see `Layout.assemble`): they are valid while
-        the model is unchanged, and a consumer that keeps one past that (or writes to it) must
-        copy it. At most one parameter's full tensors are alive at a time inside the generator.
+        tensors without an adapter: no copy where the layout allows, see `Layout.assemble`):
+        they are valid while the model is unchanged, and a consumer that keeps one past that (or
+        writes to it) must copy it. At most one parameter's full tensors are alive at a time
+        inside the generator. trainable_only: only the tensors training can change (with LoRA,
+        the adapted ones: the rest of the base is frozen).
         """
-        from megatron.core import parallel_state
+        from sppo_megatron.models import export
 
-        module = unwrap_model(model)
-        groups = _TensorGroups()
-        pp = parallel_state.get_pipeline_model_parallel_world_size()
-        pp_group = parallel_state.get_pipeline_model_parallel_group()
-        stage = parallel_state.get_pipeline_model_parallel_rank()
-        _, num_local = local_expert_range(self.num_experts)
+        for _, names, tensors in export.stream(self, model, export.weight_pieces(trainable_only)):
+            yield from zip(names, tensors)
 
-        # expert rows are keyed without the expert: every expert of a layer has the same shape,
-        # and the pipeline peers of this rank (same EP rank) hold other experts than the owner's
-        local = {}
-        meta = {}
-        for layer, expert, row, _, param, _ in self._local_params(module):
-            if row.layout is layouts.OUTPUT and self.tied:
-                continue  # last-stage copy of a tied embedding: exported once, as the embedding
-            local[(layer, expert, row.hf)] = param
-            tp, _ = groups.split(row)
-            meta[(layer, row.hf)] = (row.layout.hf_shapes(tuple(param.shape), tp, self), param.dtype)
-        owners: Dict[Any, Tuple[Optional[int], Any, int]] = {}
-        if pp > 1:
-            gathered: List[Any] = [None] * pp
-            dist.all_gather_object(gathered, meta, group=pp_group)
-            pp_ranks = dist.get_process_group_ranks(pp_group)
-            for s, m in enumerate(gathered):
-                for key, value in m.items():
-                    owners.setdefault(key, (pp_ranks[s], value, s))
-        else:
-            owners = {key: (None, value, stage) for key, value in meta.items()}
+    def export_lora_factors(self, model: Any) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        """Yield (HF name of an adapted weight, "lora_A" | "lora_B", full factor) in the HF
+        layout: A is rank x in_features and B out_features x rank of that HF tensor, so
+        W_hf + alpha / rank * B A is its merged weight (a fused megatron weight's factors are
+        split like the weight: q/k/v and gate/up share A). Collective, like `export_hf_weights`."""
+        from sppo_megatron.models import export
 
-        for layer, expert, row in self._plan():
-            names = [h.format(layer=layer, expert=expert) for h in row.hf]
-            if (layer, row.hf) not in owners:
-                raise RuntimeError(f"no pipeline stage holds {names[0]}")
-            src, (shapes, dtype), owner_stage = owners[(layer, row.hf)]
-            tensors = None
-            if owner_stage == stage:
-                owned = local.get((layer, expert, row.hf))
-                if owned is not None:
-                    tensors = groups.assemble(row, owned.detach(), self)
-                if expert is not None:
-                    tensors = groups.from_expert_owner(tensors, shapes, dtype, expert // num_local)
-            if tensors is None:
-                tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
-            if pp > 1:
-                for t in tensors:
-                    dist.broadcast(t, src=src, group=pp_group)
+        for tag, names, tensors in export.stream(self, model, export.factor_pieces):
+            if tag is None:
+                raise RuntimeError(f"{names[0]}: a LoRA factor without its lora_A / lora_B tag")
             for name, t in zip(names, tensors):
-                yield name, t
-            del tensors
-
-
-def local_expert_range(num_experts: int) -> Tuple[int, int]:
-    """(first global expert, number of experts) held by this expert-parallel rank."""
-    if not num_experts:
-        return 0, 0
-    from megatron.core import parallel_state
-
-    ep = parallel_state.get_expert_model_parallel_world_size()
-    per_rank = num_experts // ep
-    return parallel_state.get_expert_model_parallel_rank() * per_rank, per_rank
-
-
-class _TensorGroups:
-    """The process groups one table row is split over: TP for dense rows, expert TP (ETP) for
-    expert rows, and EP for the experts themselves."""
-
-    def __init__(self) -> None:
-        from megatron.core import parallel_state as ps
-
-        self.tp = (
-            ps.get_tensor_model_parallel_world_size(),
-            ps.get_tensor_model_parallel_rank(),
-            ps.get_tensor_model_parallel_group(),
-        )
-        self.etp = (
-            ps.get_expert_tensor_parallel_world_size(),
-            ps.get_expert_tensor_parallel_rank(),
-            ps.get_expert_tensor_parallel_group(check_initialized=False),
-        )
-        self.ep = (
-            ps.get_expert_model_parallel_world_size(),
-            ps.get_expert_model_parallel_rank(),
-            ps.get_expert_model_parallel_group(check_initialized=False),
-        )
-
-    def split(self, row: Param) -> Tuple[int, int]:
-        """(size, rank) of the tensor-parallel split of `row` on this rank."""
-        size, rank, _ = self.etp if row.per_expert else self.tp
-        return size, rank
-
-    def assemble(self, row: Param, data: torch.Tensor, dims: Any) -> List[torch.Tensor]:
-        """The full HF tensor(s) of this rank's parameter of `row`, gathered over its TP split."""
-        size, _, group = self.etp if row.per_expert else self.tp
-        if size > 1 and row.layout.tp_sharded and row.layout.rows_sharded:
-            data = data.contiguous()
-            full = torch.empty((size * data.shape[0],) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
-            dist.all_gather_into_tensor(full, data, group=group)
-            shards = [full]  # one allocation and no join copy (the biggest tensors: embedding, qkv)
-        elif size > 1 and row.layout.tp_sharded:
-            data = data.contiguous()
-            shards = [torch.empty_like(data) for _ in range(size)]
-            dist.all_gather(shards, data, group=group)
-        else:
-            shards = [data]
-        return row.layout.assemble(shards, dims)
-
-    def from_expert_owner(
-        self, tensors: Optional[List[torch.Tensor]], shapes: List[Any], dtype: torch.dtype, owner: int
-    ) -> List[torch.Tensor]:
-        """Expert-parallel rank `owner`'s assembled tensors, on every EP rank."""
-        size, rank, group = self.ep
-        if rank == owner and tensors is None:
-            raise ValueError(f"expert-parallel rank {owner} owns the tensors but passed none")
-        if size == 1:
-            return tensors or []
-        if rank != owner:
-            tensors = [torch.empty(s, dtype=dtype, device=current_device()) for s in shapes]
-        else:
-            tensors = [t.contiguous() for t in tensors or []]
-        src = dist.get_global_rank(group, owner)
-        for t in tensors:
-            dist.broadcast(t, src=src, group=group)
-        return tensors
+                yield name, tag, t
 
 
 def _is_moe_layer(cfg: Any, layer: int) -> bool:

@@ -215,3 +215,26 @@ def load_megatron_model(
     )
     load_model_checkpoint(model, ckpt, resize_vocab=padded_vocab_size is not None)
     return model
+
+
+def load_lora_model(
+    bridge: Any, ckpt: str, lora: Any, base: Dict[str, Optional[str]], dtype: str, tp: int = 1, pp: int = 1
+) -> Any:
+    """This rank's stage of a LoRA run's policy (call after init_distributed): its frozen base
+    (`base["megatron_ckpt"]` if set, else the HF weights at `base["path"]`) with the adapters
+    (`lora`: their LoraConfig) of the run's checkpoint `ckpt`."""
+    from sppo_megatron.models.dist_ckpt import load_dist_checkpoint
+    from sppo_megatron.models.lora import adapter_sharded_state, attach_lora, load_adapter_state
+
+    base_ckpt = base.get("megatron_ckpt")
+    if base_ckpt:
+        model = load_megatron_model(bridge, base_ckpt, dtype, tp, pp)
+    else:
+        model = bridge.build_model(
+            conversion_model_config(dtype), ParallelConfig(tp=tp, pp=pp), perform_initialization=False
+        )
+        bridge.load_hf_weights(model, base["path"])
+    attach_lora(model, lora, seed=0)  # the init is overwritten next
+    state = load_dist_checkpoint({MODEL_KEY: adapter_sharded_state(model)}, ckpt, "--ckpt")
+    load_adapter_state(model, state[MODEL_KEY])
+    return model

@@ -99,7 +99,7 @@ def moe_kwargs(bridge: Any, model: ModelConfig, parallel: ParallelConfig) -> Dic
     moe_router_pre_softmax=True (no renormalisation) or, with False, a softmax over the top-k
     logits, which equals the renormalised form. Router logits in fp32 (megatron's advice for
     stable routing; the same as HF in fp32). Experts: TE grouped GEMM with Transformer Engine,
-    SequentialMLP otherwise (the same checkpoint loads into either). The alltoall dispatcher
+    SequentialMLP otherwise, and with LoRA on the experts (the same checkpoint loads into either). The alltoall dispatcher
     runs on NCCL and, with the CPU layer, on gloo."""
     cfg = bridge.hf_config
     renormalise = bool(getattr(cfg, "norm_topk_prob", True)) if bridge.model_type != "mixtral" else True
@@ -110,7 +110,9 @@ def moe_kwargs(bridge: Any, model: ModelConfig, parallel: ParallelConfig) -> Dic
         moe_router_score_function="softmax",
         moe_router_pre_softmax=not renormalise,
         moe_router_dtype="fp32",
-        moe_grouped_gemm=resolve_transformer_impl(model) == "transformer_engine",
+        # LoRA on routed experts needs one linear layer per expert (SequentialMLP), not TE's grouped GEMM
+        moe_grouped_gemm=resolve_transformer_impl(model) == "transformer_engine"
+        and not (model.lora.rank and model.lora.experts),
         moe_token_dispatcher_type="alltoall",
         moe_router_load_balancing_type="aux_loss" if model.moe_aux_loss_coeff > 0 else "none",
         moe_aux_loss_coeff=float(model.moe_aux_loss_coeff),

@@ -13,7 +13,7 @@ Kept free of torch: the reward workers import this package.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 
@@ -29,51 +29,47 @@ class ScoredPrompt(Protocol):
 
 @dataclass(frozen=True)
 class ScoreStats:
-    """What one scoring call reports: failed samples, time, and a scalar oracle's raw score spread.
+    """What one scoring call reports: failed samples, time, and an oracle's own metrics.
 
     `slow_path`: rule samples sent to the worker processes; `first_error`: the first failure's
-    message (the first error's, else the first timeout's) when any sample failed."""
+    message (the first error's, else the first timeout's) when any sample failed; `oracle`: an
+    oracle's own `reward/*` metrics (a scalar oracle's score mean and std, a pairwise model's
+    agreement figures), the same on every rank."""
 
     timeouts: int = 0
     errors: int = 0
     seconds: float = 0.0
     slow_path: int = 0
     first_error: Optional[str] = None
-    score_mean: Optional[float] = None
-    score_std: Optional[float] = None
+    oracle: Dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def merge(parts: Sequence[Tuple[int, "ScoreStats"]]) -> "ScoreStats":
         """(samples, stats) of several scoring calls as one: counts and seconds summed, the first
-        error kept, a scalar oracle's score mean and spread averaged weighted by samples."""
+        error kept, an oracle's own metrics averaged weighted by samples (when every call has them)."""
         total = sum(count for count, _ in parts)
         first = next((stats.first_error for _, stats in parts if stats.first_error), None)
-
-        def weighted(values: List[Optional[float]]) -> Optional[float]:
-            known = [(count, v) for (count, _), v in zip(parts, values) if v is not None]
-            return sum(count * v for count, v in known) / total if len(known) == len(parts) else None
-
+        keys = set(parts[0][1].oracle) if parts else set()
+        if any(set(stats.oracle) != keys for _, stats in parts):
+            keys = set()
         return ScoreStats(
             timeouts=sum(stats.timeouts for _, stats in parts),
             errors=sum(stats.errors for _, stats in parts),
             seconds=sum(stats.seconds for _, stats in parts),
             slow_path=sum(stats.slow_path for _, stats in parts),
             first_error=first,
-            score_mean=weighted([stats.score_mean for _, stats in parts]),
-            score_std=weighted([stats.score_std for _, stats in parts]),
+            oracle={key: sum(count * stats.oracle[key] for count, stats in parts) / total for key in sorted(keys)},
         )
 
     def metrics(self) -> Dict[str, Any]:
-        """`reward/timeouts`, `reward/errors`, `timing/reward_s`; `reward/score_mean` and
-        `reward/score_std` for a scalar oracle; `reward/first_error` when a sample failed."""
+        """`reward/timeouts`, `reward/errors`, `timing/reward_s`, an oracle's own metrics;
+        `reward/first_error` when a sample failed."""
         out: Dict[str, Any] = {
             "reward/timeouts": float(self.timeouts),
             "reward/errors": float(self.errors),
             "timing/reward_s": float(self.seconds),
         }
-        if self.score_mean is not None:
-            out["reward/score_mean"] = self.score_mean
-            out["reward/score_std"] = self.score_std
+        out.update(self.oracle)
         if self.first_error:
             out["reward/first_error"] = self.first_error
         return out

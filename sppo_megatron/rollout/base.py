@@ -1,16 +1,19 @@
-"""The rollout-engine contract shared by the SGLang and Hugging Face engines.
+"""The rollout-engine contract shared by the SGLang, vLLM and Hugging Face engines.
 
 Every rank of the job calls the same methods with the same arguments (SPMD, like the rest of the
 trainer): `generate` splits the prompts across the job's engines, each engine samples its share,
 and the samples are gathered back, in prompt order, to every rank. Engines are placed in
 *rollout groups* of consecutive ranks: a group of `rollout.tp` ranks shares one SGLang engine
-hosted by its first rank; the HF engine uses groups of one (every rank holds a full copy of the
-model and samples its own share of prompts: data-parallel rollouts).
+hosted by its first rank; a vLLM engine spans its group too, one TP rank in each member's process;
+the HF engine uses groups of one (every rank holds a full copy of the model and samples its own
+share of prompts: data-parallel rollouts).
 
 Log-probs: engines report, per response token, the log-prob of the sampled token under the
 temperature-scaled FULL distribution, log_softmax(logits / T), before top-k / top-p filtering
 (temperature 0 = greedy reports log_softmax(logits), i.e. T = 1). This is what the trainer
-recomputes (`actor.log_probs(batch, temperature=T)`) and what SGLang returns by default.
+recomputes (`actor.log_probs(batch, temperature=T)`) and what SGLang returns by default. vLLM
+reports the log-probs of the distribution it samples from: the same unless top-k / top-p filter
+it (then renormalised over the kept tokens).
 """
 
 from __future__ import annotations
@@ -86,6 +89,19 @@ class RolloutSample:
     logprobs: Optional[List[float]] = None
 
 
+_SEED_MIX = 0x9E3779B97F4A7C15
+
+
+def sample_seed(seed: int, global_sample_index: int) -> int:
+    """Per-sample generator seed from the call seed and the sample's global index (the HF engine
+    seeds every sample with it; SGLang reseeds its sampler per call with it)."""
+    x = (int(seed) * 1_000_003 + int(global_sample_index) * _SEED_MIX + 0x632BE59BD9B4E019) & ((1 << 64) - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 29
+    return x & ((1 << 63) - 1)
+
+
 @dataclass
 class EngineGroups:
     """Where this rank sits among the rollout engines.
@@ -153,6 +169,23 @@ def make_engine_groups(group_size: int = 1) -> EngineGroups:
     return EngineGroups(rank, world, group_size, object_group, rollout_group, mine)
 
 
+#: KV cache of an engine on the CPU when rollout.kv_cache_mb is 0 (the engines would size it from the
+#: whole machine's free RAM, which other processes move)
+CPU_KV_CACHE_MB = 256
+
+
+def kv_bytes_per_token(hf_dir: str, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in a model of the HF directory `hf_dir` (keys and values of
+    every layer), for turning rollout.kv_cache_mb into an engine's token capacity."""
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * itemsize
+
+
 def resolve_eos_token_ids(hf_dir: str) -> Tuple[int, ...]:
     """EOS ids of a HF model directory: generation_config.json and config.json eos_token_id."""
     ids: List[int] = []
@@ -178,6 +211,12 @@ class EngineCapabilities:
     returns_logprobs: bool
     #: sleep() keeps the weights; if not, the next update_weights must refill them
     keeps_weights_asleep: bool
+    #: every rank of a rollout group drives its own part of the engine (vLLM's external launcher:
+    #: one engine per TP rank, in the trainer's process), so `_generate_local` runs on all of them
+    #: with the same prompts; the host's samples are the group's
+    group_generates: bool = False
+    #: update_weights(..., partial=True) takes some of the tensors and keeps the others as they are
+    partial_updates: bool = False
 
 
 class RolloutEngine(abc.ABC):
@@ -244,7 +283,11 @@ class RolloutEngine(abc.ABC):
                 )
             return samples
 
-        parts = share_outcomes(local if pl.is_host and end > start else None, group=pl.object_group)
+        def member() -> None:
+            local()  # the host's samples are the group's
+
+        runs = end > start and (pl.is_host or self.capabilities.group_generates)
+        parts = share_outcomes((local if pl.is_host else member) if runs else None, group=pl.object_group)
         out = [sample for part in parts if part for sample in part]
         if len(out) != len(prompt_token_ids) * n:
             raise RuntimeError(f"gathered {len(out)} samples, expected {len(prompt_token_ids) * n}")
@@ -262,16 +305,31 @@ class RolloutEngine(abc.ABC):
         return tuple(ids)
 
     # ---- weights and memory -------------------------------------------------------------
-    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], partial: bool = False) -> None:
         """Consume the bridge's stream of (HF name, full tensor); collective. The weights are valid
-        once the whole stream was taken (a failure part-way leaves them invalid)."""
+        once the whole stream was taken (a failure part-way leaves them invalid). partial=True:
+        the stream holds only the tensors that changed since the last update, the engine keeps the
+        rest (needs `capabilities.partial_updates` and valid weights)."""
+        if partial and not (self.capabilities.partial_updates and self._weights_valid):
+            raise RuntimeError(
+                f"{self.name} rollout engine: a partial weight update needs an engine that takes them "
+                f"(partial_updates={self.capabilities.partial_updates}) holding valid weights "
+                f"(weights_valid={self._weights_valid})"
+            )
         self._weights_valid = False
-        self._load_weights(named_tensors)
+        if partial:
+            self._load_some_weights(named_tensors)
+        else:
+            self._load_weights(named_tensors)
         self._weights_valid = True
 
     @abc.abstractmethod
     def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Take the whole stream into the engine, asleep or awake."""
+
+    def _load_some_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Take a stream of some of the tensors, keeping the others (engines with partial_updates)."""
+        raise NotImplementedError(f"{self.name} rollout engine takes whole weight updates only")
 
     def read_weight(self, name: str, rows: int = 4) -> Optional[torch.Tensor]:
         """The engine's current value of HF tensor `name` (at least its first `rows` rows), on

@@ -21,7 +21,8 @@ Placement on a multi-rank job: every rank hosts one HF engine (a full model copy
 contiguous share of the prompts (data-parallel rollouts); the samples are all-gathered in order.
 Weights: every rank receives the full HF tensors from the bridge's export stream and copies them
 in place (`param.copy_`); names are checked both ways (unknown name = error; parameter not
-received = error; lm_head may be absent when embeddings are tied). Mixture-of-experts weights
+received = error, except in a partial update, which the engine takes: the tensors not sent keep
+their values; lm_head may be absent when embeddings are tied). Mixture-of-experts weights
 arrive per expert and fill transformers' fused expert tensors (hf_experts.py).
 """
 
@@ -45,21 +46,11 @@ from sppo_megatron.rollout.base import (
     RolloutSample,
     SamplingParams,
     resolve_eos_token_ids,
+    sample_seed,
 )
 from sppo_megatron.rollout.hf_experts import ExpertSlots
 
 logger = logging.getLogger(__name__)
-
-_SEED_MIX = 0x9E3779B97F4A7C15
-
-
-def sample_seed(seed: int, global_sample_index: int) -> int:
-    """Per-sample generator seed from the call seed and the sample's global index."""
-    x = (int(seed) * 1_000_003 + int(global_sample_index) * _SEED_MIX + 0x632BE59BD9B4E019) & ((1 << 64) - 1)
-    x ^= x >> 31
-    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    x ^= x >> 29
-    return x & ((1 << 63) - 1)
 
 
 def filter_logits(z: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -102,7 +93,7 @@ class HFRolloutEngine(RolloutEngine):
     """transformers AutoModelForCausalLM with its own sampling loop (see module docstring)."""
 
     name = "hf"
-    capabilities = EngineCapabilities(returns_logprobs=True, keeps_weights_asleep=True)
+    capabilities = EngineCapabilities(returns_logprobs=True, keeps_weights_asleep=True, partial_updates=True)
 
     def __init__(
         self,
@@ -209,9 +200,16 @@ class HFRolloutEngine(RolloutEngine):
         return [RolloutSample(pi, j, tokens_out[r], reasons[r], logps_out[r]) for r, (pi, j, _) in enumerate(rows)]
 
     # ---- weights ------------------------------------------------------------------------
-    @torch.no_grad()
     def _load_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
-        """In-place copies (into the CPU copy while asleep on a GPU), names checked both ways."""
+        self._copy_in(named_tensors, complete=True)
+
+    def _load_some_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        self._copy_in(named_tensors, complete=False)
+
+    @torch.no_grad()
+    def _copy_in(self, named_tensors: Iterable[Tuple[str, torch.Tensor]], complete: bool) -> None:
+        """In-place copies (into the CPU copy while asleep on a GPU), names checked both ways
+        (`complete`: every parameter must arrive; else the others keep their values)."""
         seen: Set[str] = set()
         unknown: List[str] = []
         experts = ExpertSlots(self._params)
@@ -239,7 +237,7 @@ class HFRolloutEngine(RolloutEngine):
                 f"weight sync: {len(unknown)} tensor name(s) unknown to the rollout model "
                 f"({type(self.model).__name__}), e.g. {unknown[:5]}"
             )
-        missing = sorted(self._required - seen)
+        missing = sorted(self._required - seen) if complete else []
         if missing:
             raise RuntimeError(
                 f"weight sync: {len(missing)} parameter(s) of the rollout model were not in the "

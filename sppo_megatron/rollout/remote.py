@@ -17,6 +17,7 @@ command first collects it, so a weight sync or a validation pass never interleav
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -73,7 +74,9 @@ class RemoteRolloutEngine(RolloutEngine):
         self._closed = False
         hello = self._call(("hello",))
         super().__init__(eos_token_ids=hello["eos_token_ids"], dtype=hello["dtype"])
-        self.capabilities = hello["capabilities"]
+        # the weights cross the channel whole: partial updates are the remote engine's own business
+        caps = hello["capabilities"]
+        self.capabilities = dataclasses.replace(caps, partial_updates=False) if caps is not None else caps
         self.remote_name = hello["describe"]
 
     # ---- the channel ----------------------------------------------------------------------

@@ -12,7 +12,15 @@ exactly, with the engine's own copy (`engine.read_weight`: the HF engine reads i
 SGLang uses get_weights_by_name, which 0.5.23 supports for Llama but not for Qwen2/Qwen3: then
 the check is skipped and `sync/checked` = 0).
 
-Metrics: timing/sync_s, sync/bytes, sync/gb_per_s (1e9 bytes/s), sync/tensors, sync/checked.
+Changed tensors only: a stream that can say which of its tensors training changes
+(`changed_only()`, the actor's export: with LoRA the adapted weights, merged; the frozen rest of
+the base never changes) is sent whole the first time and, after that, only its changed tensors
+while the engine keeps its weights and takes partial updates (`capabilities.partial_updates`:
+the HF engine; not SGLang with its memory saver, which drops them asleep, nor the rollout ranks
+of placement=separate). Anything else is sent whole every time.
+
+Metrics: timing/sync_s, sync/bytes, sync/gb_per_s (1e9 bytes/s), sync/tensors, sync/checked,
+sync/partial (1: only the changed tensors were sent).
 """
 
 from __future__ import annotations
@@ -70,14 +78,28 @@ class WeightSync:
         self.check = check
         self.probe_rows = probe_rows
         self._noted = False
+        self._synced_whole = False  # this sync gave the engine a whole stream that knows its changed tensors
 
     def sync(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> Dict[str, float]:
-        """Push one full set of weights; returns the metrics. Collective."""
+        """Push the weights (all, or the changed ones: see the module docstring); returns the
+        metrics. Collective."""
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        tap = _Tap(named_tensors, self.probe_rows, self.engine.dtype)
-        self.engine.update_weights(tap)
+        changed = getattr(named_tensors, "changed_only", lambda: None)()
+        partial = (
+            changed is not None
+            and self._synced_whole
+            and self.engine.capabilities.partial_updates
+            and self.engine.weights_valid
+        )
+        tap = _Tap(changed if partial else named_tensors, self.probe_rows, self.engine.dtype)
+        self._synced_whole = False  # until this update went through
+        if partial:
+            self.engine.update_weights(tap, partial=True)
+        else:
+            self.engine.update_weights(tap)
+        self._synced_whole = changed is not None
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
@@ -89,6 +111,7 @@ class WeightSync:
             "sync/gb_per_s": tap.bytes / max(elapsed, 1e-12) / 1e9,
             "sync/tensors": float(tap.tensors),
             "sync/checked": 1.0 if checked else 0.0,
+            "sync/partial": 1.0 if partial else 0.0,
         }
 
     def _verify(self, tap: _Tap) -> bool:

@@ -1,27 +1,23 @@
 """Tiny random oracle models built on the fly (no hub): a Qwen2 reward model (one label), a
-DeBERTa-v2 PairRM ranker with its prefix tokens (in PairRM-hf's layout, and rewritten in
-llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for reward.source=remote. Used by
-the tests and tools/bench_oracles.py, so it lives in the package (tools never import tests)."""
+DeBERTa-v2 PairRM ranker with a sentencepiece tokenizer and its prefix tokens (in PairRM-hf's
+layout, and rewritten in llm-blender's own), a tiny causal LM judge; and a local HTTP scorer for
+reward.source=remote. Used by the tests and tools/bench_oracles.py, so it lives in the package
+(tools never import tests)."""
 
 from __future__ import annotations
 
 import http.server
 import json
 import os
+import shutil
 import threading
 import time
 
+import sentencepiece
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DebertaV2Config,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import AutoModelForSequenceClassification, DebertaV2Config, Qwen2Config
 
-from sppo_megatron.reward.oracles.pairwise import CAND1_PREFIX, CAND2_PREFIX, SOURCE_PREFIX, DebertaV2PairRM
+from sppo_megatron.reward.oracles.pairrm_model import PREFIX_ID_KEYS, PREFIXES, DebertaV2PairRM
 from sppo_megatron.testing.tiny import EOS_ID, PAD_ID, VOCAB, char_tokenizer, make_tiny_hf_model
 
 
@@ -59,83 +55,150 @@ def make_judge(out_dir) -> str:
     return make_tiny_hf_model("qwen2", out_dir, num_hidden_layers=2)
 
 
-def make_pairrm(out_dir, seed: int = 0) -> str:
-    """A DebertaV2PairRM in the llm-blender/PairRM-hf layout: config.json (architectures, prefix
-    token ids, n_tasks, drop_out), safetensors, and a [CLS] ... [SEP] tokenizer with the prefixes."""
-    specials = [
-        "[PAD]",
-        "[CLS]",
-        "[SEP]",
-        "[UNK]",
-        "[MASK]",
-        SOURCE_PREFIX,
-        CAND1_PREFIX,
-        CAND2_PREFIX,
-        "<|candidate|>",
-    ]
-    words = [str(i) for i in range(10)] + list("abcdefghijklmnopqrstuvwxyz") + ["+", "-", "=", "?", "."]
-    vocab = {t: i for i, t in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+#: text the tiny sentencepiece model is trained on: words of the oracle tests, and the characters
+#: whose normalisation (nmt_nfkc) tests/test_pairrm.py probes, so that they become pieces
+SPM_CORPUS = [
+    "what is 2 + 3 ? name a color . it is 6 five 2 + 3 = 5 . red blue a b c green .",
+    "the quick brown fox jumps over the lazy dog and then some more words follow here",
+    "hello world , how are you ? i am fine , thanks ! please say it again : yes / no ; (maybe) [sure] {ok}",
+    "fine file office , wait ... tm 1/2 x2 cafe naive abc 123 -- ' \" < > | _ * # @ % & ^ ~ ` $",
+    "café naïve über straße 中文 日本語 αβγ «quote» ‘single’ “double” — – é è ê à ç",
+]
+
+
+def make_spm_model(out_dir) -> str:
+    """A tiny sentencepiece unigram model (nmt_nfkc, as DeBERTa-v3's) with DeBERTa-v3's special
+    pieces [PAD] [CLS] [SEP] [UNK] at ids 0-3; returns the path of its spm.model."""
+
+    os.makedirs(str(out_dir), exist_ok=True)
+    path = os.path.join(str(out_dir), "spm.model")
+    with open(path, "wb") as fh:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(SPM_CORPUS * 20),
+            model_writer=fh,
+            model_type="unigram",
+            vocab_size=160,
+            hard_vocab_limit=False,
+            character_coverage=1.0,
+            num_threads=1,
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            pad_piece="[PAD]",
+            bos_piece="[CLS]",
+            eos_piece="[SEP]",
+            unk_piece="[UNK]",
+            minloglevel=2,
+        )
+    return path
+
+
+def write_deberta_tokenizer(out_dir, spm_model: str, prefixes: bool) -> int:
+    """A DeBERTa-v2 tokenizer as transformers 4 saved microsoft/deberta-v3-large's (`prefixes`
+    False) or PairRM-hf's (True, the four prefix tokens added after [MASK]): spm.model and
+    tokenizer_config.json, no tokenizer.json. Returns its length."""
+
+    pieces = sentencepiece.SentencePieceProcessor(model_file=spm_model).get_piece_size()
+
+    def added(content: str, special: bool) -> dict:
+        return dict(
+            content=content, lstrip=False, normalized=not special, rstrip=False, single_word=False, special=special
+        )
+
+    decoder = {str(i): added(t, True) for i, t in enumerate(["[PAD]", "[CLS]", "[SEP]", "[UNK]"])}
+    decoder[str(pieces)] = added("[MASK]", True)
+    if prefixes:
+        decoder.update({str(pieces + 1 + i): added(t, False) for i, t in enumerate(PREFIXES)})
+    os.makedirs(str(out_dir), exist_ok=True)
+    if os.path.abspath(spm_model) != os.path.abspath(os.path.join(str(out_dir), "spm.model")):
+        shutil.copy(spm_model, os.path.join(str(out_dir), "spm.model"))
+    config = dict(
+        added_tokens_decoder=decoder,
+        bos_token="[CLS]",
         cls_token="[CLS]",
+        eos_token="[SEP]",
         sep_token="[SEP]",
         pad_token="[PAD]",
         unk_token="[UNK]",
         mask_token="[MASK]",
-        additional_special_tokens=[SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX],
+        do_lower_case=False,
+        split_by_punct=False,
+        vocab_type="spm",
+        model_max_length=1000000000000000019884624838656,
+        tokenizer_class="DebertaV2Tokenizer",
     )
+    with open(os.path.join(str(out_dir), "tokenizer_config.json"), "w") as fh:
+        json.dump(config, fh, indent=2)
+    return pieces + 1 + (len(PREFIXES) if prefixes else 0)
+
+
+#: PairRM's random weights x this per top-level module (on _randomize's 0.08)
+SCALE = {"pretrained_model": 6.0, "head_layer": 12.0}
+
+
+def make_pairrm(out_dir, seed: int = 0) -> str:
+    """A DebertaV2PairRM in the llm-blender/PairRM-hf layout: config.json (architectures, prefix
+    token ids, n_tasks, drop_out; DeBERTa-v3's relative attention), safetensors, and a DeBERTa-v2
+    tokenizer given as a tiny sentencepiece model with the prefixes added."""
+    out_dir = str(out_dir)
+    vocab = write_deberta_tokenizer(out_dir, make_spm_model(out_dir), prefixes=True)
     config = DebertaV2Config(
-        vocab_size=64,
+        vocab_size=vocab,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=48,
         max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=16,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        type_vocab_size=0,
         pad_token_id=0,
         n_tasks=2,
         drop_out=0.05,
         sep_token_id=2,
-        source_prefix_id=vocab[SOURCE_PREFIX],
-        cand_prefix_id=vocab["<|candidate|>"],
-        cand1_prefix_id=vocab[CAND1_PREFIX],
-        cand2_prefix_id=vocab[CAND2_PREFIX],
         architectures=["DebertaV2PairRM"],
+        **{key: vocab - 4 + i for i, key in enumerate(PREFIX_ID_KEYS)},
     )
     torch.manual_seed(seed)
     model = DebertaV2PairRM(config)
     _randomize(model, seed)
-    os.makedirs(str(out_dir), exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    fast.save_pretrained(str(out_dir))
-    return str(out_dir)
+    with torch.no_grad():  # weights large enough that the candidates' text moves the logit by order 1
+        for name, p in model.named_parameters():
+            if "LayerNorm" not in name:
+                p.mul_(SCALE.get(name.split(".")[0], 1.0))
+    model.save_pretrained(out_dir)
+    return out_dir
 
 
 def write_blender_layout(
-    pairrm_hf_dir, out_dir, config_name: str = "ranker_config.json", weights: str = "pytorch_model.bin"
+    pairrm_hf_dir,
+    out_dir,
+    config_name: str = "ranker_config.json",
+    weights: str = "pytorch_model.bin",
+    with_tokenizer: bool = False,
 ) -> str:
     """The weights of a PairRM-hf-layout directory rewritten in llm-blender's own layout
-    (llm-blender/PairRM): a RankerConfig JSON (`config_name`, whose model_name is a DeBERTa-v2
-    backbone directory with the vocabulary before llm-blender's resize), the CrossCompareReranker
-    state dict (`pretrained_model.*`, `head_layer.*`, plus the position_ids buffer older
-    transformers saved) as `weights`, and the tokenizer."""
+    (llm-blender/PairRM): a RankerConfig JSON (`config_name`) whose model_name is a DeBERTa-v2
+    backbone directory with the tokenizer before llm-blender's add_tokens (spm.model only, as
+    microsoft/deberta-v3-large), the CrossCompareReranker state dict (`pretrained_model.*`,
+    `head_layer.*`, plus the position_ids buffer older transformers saved) as `weights`, and
+    (`with_tokenizer`) the PairRM-hf tokenizer beside them."""
+
     out_dir = str(out_dir)
     model = DebertaV2PairRM.from_pretrained(str(pairrm_hf_dir))
     c = model.config
     backbone = os.path.join(out_dir, "backbone")
-    DebertaV2Config(
-        vocab_size=c.vocab_size - 4,
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        intermediate_size=c.intermediate_size,
-        max_position_embeddings=c.max_position_embeddings,
-        pad_token_id=c.pad_token_id,
-    ).save_pretrained(backbone)
+    fields = (
+        "hidden_size num_hidden_layers num_attention_heads intermediate_size max_position_embeddings relative_attention "
+        "position_buckets norm_rel_ebd share_att_key pos_att_type position_biased_input type_vocab_size pad_token_id"
+    )
+    DebertaV2Config(vocab_size=c.vocab_size - 4, **{f: getattr(c, f) for f in fields.split()}).save_pretrained(backbone)
+    write_deberta_tokenizer(backbone, os.path.join(str(pairrm_hf_dir), "spm.model"), prefixes=False)
     ranker = {
         "ranker_type": "pairranker",
         "model_type": "deberta",
@@ -166,7 +229,9 @@ def write_blender_layout(
     else:
         state["pretrained_model.embeddings.position_ids"] = torch.arange(c.max_position_embeddings)[None]
         torch.save(state, os.path.join(out_dir, weights))
-    AutoTokenizer.from_pretrained(str(pairrm_hf_dir)).save_pretrained(out_dir)
+    if with_tokenizer:
+        for name in ("spm.model", "tokenizer_config.json"):
+            shutil.copy(os.path.join(str(pairrm_hf_dir), name), os.path.join(out_dir, name))
     return out_dir
 
 

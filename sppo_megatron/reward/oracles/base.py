@@ -73,16 +73,17 @@ class Oracle(Scorer):
         units = self.units(messages, responses, n)
         mine = units[rank_slice(len(units))]
         parts = share_outcomes(lambda: self._compute_resident(mine))
-        values = self.assemble([value for part in parts for value in part], len(responses), n)
-        seconds = time.monotonic() - start
+        results = [value for part in parts for value in part]
+        values = self.assemble(results, len(responses), n)
+        return values, ScoreStats(seconds=time.monotonic() - start, oracle=self.metrics(results, values, n))
+
+    def metrics(self, results: List[Any], values: List[Any], n: int) -> Dict[str, float]:
+        """This oracle's own `reward/*` metrics of one scoring call, from the gathered `results`
+        and the assembled `values` (the same on every rank): a scalar oracle's score mean and std."""
         if self.matrix:
-            return values, ScoreStats(seconds=seconds)
+            return {}
         scores = torch.tensor(values, dtype=torch.float64)
-        return values, ScoreStats(
-            seconds=seconds,
-            score_mean=float(scores.mean()),
-            score_std=float(scores.std(unbiased=False)),
-        )
+        return {"reward/score_mean": float(scores.mean()), "reward/score_std": float(scores.std(unbiased=False))}
 
     def _compute_resident(self, units: List[Any]) -> List[Any]:
         if not units:
@@ -115,8 +116,9 @@ class Oracle(Scorer):
 
 class PairOracle(Oracle):
     """A preference oracle that compares two responses at a time: every ordered pair (i, j), i != j,
-    of a prompt's samples is one unit; `combine(q_ij, q_ji)` turns the two orders into P(y_i > y_j),
-    so that P(y_i > y_j) + P(y_j > y_i) = 1 and position bias cancels."""
+    of a prompt's samples is one unit; `preferences` turns a prompt's K x K results into its
+    P(y_i > y_j), by default `combine(q_ij, q_ji)` per pair, so that P(y_i > y_j) + P(y_j > y_i) = 1
+    and position bias cancels."""
 
     matrix = True
 
@@ -132,11 +134,15 @@ class PairOracle(Oracle):
     def combine(self, q_ij: float, q_ji: float) -> float:
         raise NotImplementedError
 
+    def preferences(self, raw: List[List[float]]) -> List[List[float]]:
+        """A prompt's K x K P from its results (raw[i][j] for the order (i, j); 0 on the diagonal)."""
+        k = len(raw)
+        return [[0.5 if i == j else self.combine(raw[i][j], raw[j][i]) for j in range(k)] for i in range(k)]
+
     def assemble(self, results: List[Any], num_samples: int, n: int) -> List[Any]:
         rows: List[List[float]] = []
         per_group = n * (n - 1)
         for g in range(num_samples // n):
             q = iter(results[g * per_group : (g + 1) * per_group])
-            raw = [[0.0 if i == j else next(q) for j in range(n)] for i in range(n)]
-            rows += [[0.5 if i == j else self.combine(raw[i][j], raw[j][i]) for j in range(n)] for i in range(n)]
+            rows += self.preferences([[0.0 if i == j else next(q) for j in range(n)] for i in range(n)])
         return rows

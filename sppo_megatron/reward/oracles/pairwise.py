@@ -1,191 +1,224 @@
-"""reward.source=pairwise: PairRM (llm-blender/PairRM-hf), loaded natively on transformers >= 5.
+"""reward.source=pairwise: PairRM's K x K preference matrix, as the SPPO authors computed it.
 
-The llm-blender package no longer imports with transformers 5, so its DebertaV2PairRM head
-(llm_blender/pair_ranker/pairrm.py) is rebuilt here with the same module names, hence the same
-checkpoint keys, and the same input construction as the checkpoint's model card
-(`<|source|>prompt`, `<|candidate1|>A`, `<|candidate2|>B`, each encoded with the tokenizer's
-[CLS]/[SEP], the source truncated to its budget and the candidates sharing what is left). The
-logit is > 0 when candidate 1 is better. Each pair is compared in both orders and the two logits
-averaged, as llm-blender's compare(mode="[A,B]+[B,A]"): P(y_i > y_j) = sigmoid((l_ij - l_ji) / 2).
+uclaml/SPPO ranks each prompt's K samples with llm-blender (scripts/rank.py:
+`Blender.rank(prompts, candidates, return_scores=True)`), then turns the scores into
+probabilities (scripts/compute_prob.py). With l_ij PairRM's logit for [prompt; y_i; y_j]
+(> 0: y_i better), every ordered pair i != j is scored and (reward.pairwise_prob):
 
-Two checkpoint layouts load into that one module: PairRM-hf's (config.json with architectures
-[DebertaV2PairRM], HF weights) and llm-blender's own (llm-blender/PairRM: a RankerConfig, the
-CrossCompareReranker state dict, whose keys are the same `pretrained_model.*` / `head_layer.*`;
-the DeBERTa config comes from its model_name, the vocabulary size from the resized embeddings,
-the prefix ids from the tokenizer after llm-blender's add_tokens).
+  sppo  s_i = 1/K sum_j (l_ij - l_ji), the zero diagonal included (llm-blender
+        gpt_eval/utils.py get_scores_from_cmps, policy max_logits, on ranker._full_predict's
+        K x K logits), then P_ij = 1 / (1 + exp(s_j - s_i)) (compute_prob.py from_ranks)
+  pair  P_ij = sigmoid((l_ij - l_ji) / 2), each pair alone (not the authors'; llm-blender's
+        compare(mode="[A,B]+[B,A]", return_logits=True) returns l_ij - l_ji, twice this argument)
+
+Both give P_ij + P_ji = 1 and P_ii = 1/2.
+
+The inputs follow the checkpoint's layout (pairrm_model.py). Each part is [CLS] prefix text
+[SEP]: the prompt after <|source|>, truncated to max_length x 1224/2048 tokens (PairRM's
+source_maxlength of 2048), each response after its candidate prefix truncated to half of what
+the prompt leaves, the first tokens kept. llm-blender's layout follows its collator
+(pair_ranker/collator.py CrossCompareCollator): a literal [SEP] in any text becomes a space and
+candidates are encoded after <|candidate|>, which is then swapped for <|candidate1|> /
+<|candidate2|>; PairRM-hf follows its model card (tokenize_pair): texts as they are, each
+candidate encoded after its own prefix. Prefix tokens inside a text (which abort both
+references) become spaces, as llm-blender treats [SEP], and are counted in
+`reward/pairrm_prefix_frac`. The prompt is rendered by reward.pairwise_prompt_template's chat
+template as uclaml/SPPO's apply_template does (scripts/rank.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
-from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Model, DebertaV2PreTrainedModel
+from jinja2 import TemplateError
+from transformers import AutoTokenizer
 
 from sppo_megatron.errors import ConfigError
-from sppo_megatron.platform.distributed import current_device
-from sppo_megatron.platform.dtypes import resolve_dtype
 from sppo_megatron.reward.oracles.base import PairOracle
-from sppo_megatron.reward.oracles.checks import BLENDER_WEIGHTS, PAIRRM_ARCH, blender_ranker_config, model_problems
-from sppo_megatron.reward.oracles.hf import batches, load_oracle_model
+from sppo_megatron.reward.oracles.hf import batches
+from sppo_megatron.reward.oracles.pairrm_model import (
+    BLENDER,
+    CAND1_PREFIX,
+    CAND2_PREFIX,
+    CAND_PREFIX,
+    PREFIXES,
+    SOURCE_PREFIX,
+    load_pairrm,
+)
 
-SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX = "<|source|>", "<|candidate1|>", "<|candidate2|>"
-CAND_PREFIX = "<|candidate|>"  # llm-blender adds it too (its collator's order), so the ids match
 #: PairRM's budget split (source 1224 + 2 x 412 candidate tokens of 2048), scaled to reward.max_length
 _CANDIDATE_SHARE = 412 / 2048
-
-
-class DebertaV2PairRM(DebertaV2PreTrainedModel):
-    """PairRM: DeBERTa-v2 encoder; a shared head scores [source; candidate] at the two candidate
-    prefix tokens, and the logit is their difference (averaged over n_tasks)."""
-
-    def __init__(self, config: Any):
-        super().__init__(config)
-        self.pretrained_model = DebertaV2Model(config)
-        hidden = config.hidden_size
-        self.head_layer = nn.Sequential(
-            nn.Dropout(config.drop_out),
-            nn.Linear(2 * hidden, hidden),
-            nn.Tanh(),
-            nn.Dropout(config.drop_out),
-            nn.Linear(hidden, config.n_tasks),
-        )
-        self.post_init()
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        keep = attention_mask.ne(0).any(dim=0)
-        input_ids, attention_mask = input_ids[:, keep], attention_mask[:, keep]
-        encs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        def at(token_id: int) -> torch.Tensor:
-            rows, cols = torch.where(input_ids == token_id)
-            if rows.numel() != input_ids.shape[0]:
-                raise ValueError(f"PairRM input: token id {token_id} must appear exactly once per row")
-            return encs[rows, cols, :]
-
-        source = at(self.config.source_prefix_id)
-        left = self.head_layer(torch.cat([source, at(self.config.cand1_prefix_id)], dim=-1))
-        right = self.head_layer(torch.cat([source, at(self.config.cand2_prefix_id)], dim=-1))
-        return (left - right).mean(dim=-1)
-
-
-def load_blender_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
-    """(DebertaV2PairRM in eval mode on the host, tokenizer) from reward.model_path in llm-blender's
-    layout, as llm_blender.blender.blender_utils.load_ranker builds it."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    path = cfg.model_path
-    problems = model_problems("pairwise", path)
-    if problems:
-        raise ConfigError(problems[0])
-    ranker = blender_ranker_config(path)
-    file = next(os.path.join(path, w) for w in BLENDER_WEIGHTS if os.path.isfile(os.path.join(path, w)))
-    try:
-        if file.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(file)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file: name it
-        raise ConfigError(f"reward.model_path: cannot read {file}: {e}") from None
-    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # a buffer older transformers saved
-    has_tokenizer = os.path.isfile(os.path.join(path, "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(
-        path if has_tokenizer else ranker["model_name"], trust_remote_code=cfg.trust_remote_code
-    )
-    tokenizer.add_tokens([SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX])
-    embeddings = state.get("pretrained_model.embeddings.word_embeddings.weight")
-    if embeddings is None:
-        raise ConfigError(
-            f"reward.model_path: {file} has no pretrained_model.embeddings.word_embeddings.weight "
-            "(not an llm-blender PairRanker state dict)"
-        )
-    config = AutoConfig.from_pretrained(ranker["model_name"], trust_remote_code=cfg.trust_remote_code)
-    if config.model_type != "deberta-v2":
-        raise ConfigError(
-            f"reward.model_path: {path}: model_name {ranker['model_name']} is a {config.model_type} "
-            "model; PairRM is built on deberta-v2 (DeBERTa-v3)"
-        )
-    config.update(
-        dict(
-            vocab_size=embeddings.shape[0],
-            n_tasks=ranker.get("n_tasks", 1),
-            drop_out=ranker.get("drop_out", 0.05),
-            sep_token_id=tokenizer.sep_token_id,
-            architectures=[PAIRRM_ARCH],
-            **{
-                name: tokenizer.convert_tokens_to_ids(token)
-                for name, token in (
-                    ("source_prefix_id", SOURCE_PREFIX),
-                    ("cand1_prefix_id", CAND1_PREFIX),
-                    ("cand2_prefix_id", CAND2_PREFIX),
-                    ("cand_prefix_id", CAND_PREFIX),
-                )
-            },
-        )
-    )
-    model = DebertaV2PairRM(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"reward.model_path: {file} does not fit PairRM on {ranker['model_name']}: "
-            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-        )
-    return model.to(resolve_dtype(cfg.dtype, current_device())).eval(), tokenizer
-
-
-def load_pairrm(cfg: Any) -> Tuple[nn.Module, Any]:
-    """PairRM from reward.model_path in either layout (see the module docstring)."""
-    if os.path.isdir(cfg.model_path) and blender_ranker_config(cfg.model_path) is not None:
-        return load_blender_pairrm(cfg)
-    return load_oracle_model(cfg, DebertaV2PairRM)
+#: the assistant content rendered after the prompt and cut off (uclaml/SPPO apply_template's)
+_CUT = "None"
 
 
 def source_text(messages: List[dict]) -> str:
-    """PairRM reads the instruction as plain text: the message contents, one per line."""
+    """The prompt as plain text: the message contents, one per line."""
     return "\n".join(m["content"] for m in messages)
 
 
+def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)) without overflow."""
+    return 0.5 * (1.0 + math.tanh(x / 2))
+
+
+def sppo_probabilities(logits: Sequence[Sequence[float]]) -> List[List[float]]:
+    """uclaml/SPPO's P from PairRM's K x K logits (zero diagonal): llm-blender's rank scores
+    s_i = mean_j (l_ij - l_ji), then P_ij = 1 / (1 + exp(s_j - s_i))."""
+    k = len(logits)
+    s = [sum(logits[i][j] - logits[j][i] for j in range(k)) / k for i in range(k)]
+    return [[sigmoid(s[i] - s[j]) for j in range(k)] for i in range(k)]
+
+
+def pair_probabilities(logits: Sequence[Sequence[float]]) -> List[List[float]]:
+    """P_ij = sigmoid((l_ij - l_ji) / 2) per pair (reward.pairwise_prob=pair)."""
+    k = len(logits)
+    return [[sigmoid((logits[i][j] - logits[j][i]) / 2) for j in range(k)] for i in range(k)]
+
+
+#: reward.pairwise_prob
+PROBABILITIES = {"sppo": sppo_probabilities, "pair": pair_probabilities}
+
+
+class PromptText:
+    """The prompt text PairRM reads: the messages and an assistant turn in the chat template of
+    the tokenizer at `path`, cut where the assistant's content starts (uclaml/SPPO scripts/rank.py
+    apply_template, which cut at the first "None": the last is taken here, so a prompt that
+    says None is kept whole); the contents one per line when there is no template."""
+
+    def __init__(self, path: Optional[str], trust_remote_code: bool = False):
+        self.path, self.tokenizer = path, None
+        if path:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError, ImportError) as e:
+                raise ConfigError(
+                    f"reward.pairwise_prompt_template: cannot load a tokenizer from {path}: {e}"
+                ) from None
+
+    def __call__(self, messages: List[dict]) -> str:
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            return source_text(messages)
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                list(messages) + [{"role": "assistant", "content": _CUT}], tokenize=False
+            )
+        except TemplateError as e:
+            raise ConfigError(
+                f"reward.pairwise_prompt_template: the chat template of {self.path} cannot render a prompt "
+                f"({[m['role'] for m in messages]}): {e}"
+            ) from None
+        cut = rendered.rfind(_CUT)
+        if cut < 0:
+            raise ConfigError(
+                f"reward.pairwise_prompt_template: the chat template of {self.path} does not render the "
+                "assistant's answer, so the prompt cannot be cut from it"
+            )
+        return rendered[:cut]
+
+
 class PairRMOracle(PairOracle):
-    def __init__(self, cfg: Any, model: Optional[nn.Module] = None, tokenizer: Any = None):
-        if model is None:
-            model, tokenizer = load_pairrm(cfg)
-        self.model, self.tokenizer = model.eval(), tokenizer
+    def __init__(self, cfg: Any):
+        self.model, self.tokenizer, self.layout = load_pairrm(cfg)
+        self.probabilities = PROBABILITIES[cfg.pairwise_prob]
+        self.prompt_text = PromptText(cfg.pairwise_prompt_template, cfg.trust_remote_code)
         self.batch_size = cfg.batch_size
         self.max_length = cfg.max_length
         self.candidate_max = int(cfg.max_length * _CANDIDATE_SHARE)
         self.source_max = cfg.max_length - 2 * self.candidate_max
+        if self.candidate_max < 3:
+            raise ConfigError(
+                f"reward.max_length={cfg.max_length} leaves PairRM {self.candidate_max} tokens per response; it "
+                "needs 3 ([CLS], the prefix, [SEP]): use at least 15"
+            )
+        self.cls_id, self.sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        self.cand_ids = (self.model.config.cand1_prefix_id, self.model.config.cand2_prefix_id)
 
-    def encode(self, source: str, first: str, second: str) -> List[int]:
-        """The model card's tokenize_pair for one (source, candidate1, candidate2)."""
-        enc = self.tokenizer.encode
-        source_ids = enc(SOURCE_PREFIX + source, max_length=self.source_max, truncation=True)
-        budget = (self.max_length - len(source_ids)) // 2
-        return (
-            source_ids
-            + enc(CAND1_PREFIX + first, max_length=budget, truncation=True)
-            + enc(CAND2_PREFIX + second, max_length=budget, truncation=True)
-        )
+    def neutralise(self, text: str) -> Tuple[str, bool]:
+        """`text`, or, when PairRM's prefix tokens appear in it as the tokenizer normalises it,
+        its normalised form with each replaced by a space (until none is left); and whether
+        there were any."""
+        normalize, hit = self.tokenizer.backend_tokenizer.normalizer.normalize_str, False
+        while any(p in (norm := normalize(text)) for p in PREFIXES):
+            text, hit = functools.reduce(lambda t, p: t.replace(p, " "), PREFIXES, norm), True
+        return text, hit
 
-    def logits(self, triples: List[tuple]) -> List[float]:
-        """PairRM's logit for each (source, candidate1, candidate2)."""
+    def encode(self, prefix: str, text: str) -> Tuple[List[int], bool]:
+        """The ids of prefix + text (no [CLS]/[SEP], not truncated) under the layout's rules,
+        and whether text held prefix tokens (neutralised)."""
+        if self.layout == BLENDER:
+            text = text.replace(self.tokenizer.sep_token, " ")
+        text, hit = self.neutralise(text)
+        return self.tokenizer.encode(prefix + text, add_special_tokens=False), hit
+
+    def wrap(self, ids: List[int], max_length: int) -> List[int]:
+        """[CLS] ids [SEP] in at most max_length tokens, the first kept (encode's truncation)."""
+        return [self.cls_id] + ids[: max_length - 2] + [self.sep_id]
+
+    def pair_ids(self, source: List[int], first: List[int], second: List[int]) -> List[int]:
+        """The input of one ordered pair from the encoded prompt and candidates."""
+        head = self.wrap(source, self.source_max)
+        budget = (self.max_length - len(head)) // 2
+        return head + self.wrap(first, budget) + self.wrap(second, budget)
+
+    def compute(self, units: List[Any]) -> List[Tuple[float, Tuple[bool, bool, bool]]]:
+        """(l_ij, whether the prompt, y_i, y_j held prefix tokens) per (messages, y_i, y_j); each
+        prompt and response is encoded once."""
+        sources: Dict[Any, Tuple[List[int], bool]] = {}
+        candidates: Dict[Any, Tuple[List[int], bool]] = {}
+
+        def candidate(text: str, slot: int) -> Tuple[List[int], bool]:
+            if self.layout == BLENDER:  # encoded once after <|candidate|>, its id swapped
+                if text not in candidates:
+                    candidates[text] = self.encode(CAND_PREFIX, text)
+                ids, hit = candidates[text]
+                return [self.cand_ids[slot]] + ids[1:], hit
+            if (slot, text) not in candidates:
+                candidates[slot, text] = self.encode((CAND1_PREFIX, CAND2_PREFIX)[slot], text)
+            return candidates[slot, text]
+
+        rows, flags = [], []
+        for messages, a, b in units:
+            key = tuple((m["role"], m["content"]) for m in messages)
+            if key not in sources:
+                sources[key] = self.encode(SOURCE_PREFIX, self.prompt_text(messages))
+            (source, s_hit), (first, a_hit), (second, b_hit) = sources[key], candidate(a, 0), candidate(b, 1)
+            rows.append(self.pair_ids(source, first, second))
+            flags.append((s_hit, a_hit, b_hit))
+        return list(zip(self.logits(rows), flags))
+
+    @torch.no_grad()
+    def logits(self, rows: List[List[int]]) -> List[float]:
+        """PairRM's logit for each input."""
         out: List[float] = []
-        for batch in batches(triples, self.batch_size):
-            encoded = self.tokenizer.pad({"input_ids": [self.encode(*t) for t in batch]}, return_tensors="pt")
-            with torch.no_grad():
-                out += (
-                    self.model(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
-                    .float()
-                    .tolist()
-                )
+        for batch in batches(rows, self.batch_size):
+            encoded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt")
+            out += (
+                self.model(encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device))
+                .float()
+                .tolist()
+            )
         return out
 
-    def compute(self, units: List[Any]) -> List[float]:
-        return self.logits([(source_text(messages), a, b) for messages, a, b in units])
+    def assemble(self, results: List[Any], num_samples: int, n: int) -> List[Any]:
+        return super().assemble([logit for logit, _ in results], num_samples, n)
 
-    def combine(self, q_ij: float, q_ji: float) -> float:
-        return 1.0 / (1.0 + math.exp(-(q_ij - q_ji) / 2))
+    def preferences(self, logits: List[List[float]]) -> List[List[float]]:
+        return self.probabilities(logits)
+
+    def metrics(self, results: List[Any], values: List[Any], n: int) -> Dict[str, float]:
+        """reward/pairrm_prefix_frac: the fraction of samples whose prompt or response held
+        PairRM's prefix tokens (replaced by spaces, see the module docstring)."""
+        hit = [False] * len(values)
+        flags = iter(flags for _, flags in results)
+        for g in range(len(values) // n):
+            for i in range(n):
+                for j in range(n):
+                    if i != j:
+                        s_hit, a_hit, b_hit = next(flags)
+                        hit[g * n + i] |= s_hit or a_hit
+                        hit[g * n + j] |= s_hit or b_hit
+        return {"reward/pairrm_prefix_frac": sum(hit) / max(len(hit), 1)}

@@ -17,9 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from sppo_megatron.errors import UserError
+from sppo_megatron.platform import sglang_cpu
 from sppo_megatron.platform.dtypes import torch_dtype_name
 from sppo_megatron.rollout.base import FINISH_LENGTH, FINISH_STOP, RolloutSample, SamplingParams
-from sppo_megatron.sync import ipc_buckets
+from sppo_megatron.rollout.sglang.seeding import RESEED_LOADER
 
 #: sglang versions this adapter was written against: [min, max)
 SUPPORTED_SGLANG_MIN = (0, 5, 23)
@@ -54,10 +55,30 @@ ENGINE_CALLS: Dict[str, Tuple[str, ...]] = {
 }
 
 #: sampling_params keys we send
-SAMPLING_KEYS: Tuple[str, ...] = ("max_new_tokens", "temperature", "top_p", "top_k", "n", "stop_token_ids")
+SAMPLING_KEYS: Tuple[str, ...] = ("max_new_tokens", "temperature", "top_p", "top_k", "stop_token_ids")
 
-#: keys of the flattened-bucket payload the scheduler reads (defined where the payload is built)
-FLATTENED_PAYLOAD_KEYS = ipc_buckets.FLATTENED_PAYLOAD_KEYS
+#: keys of the flattened-bucket payload the scheduler reads
+FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
+
+#: environment switch under which the requests of one generate call reach the scheduler together
+#: (SGLang's input blocker for colocated batch generation; read by the scheduler and tokenizer manager)
+COLOCATED_BATCH_ENV = "SGLANG_ENABLE_COLOCATED_BATCH_GEN"
+
+#: the CPU cores of each TP rank of an SGLang engine on the CPU ("0-3|4-7"); without it SGLang wants
+#: a NUMA node per rank
+THREADS_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
+
+
+def cpu_threads_binding(tp: int, cpus: Sequence[int]) -> str:
+    """THREADS_BIND_ENV's value: `cpus` split into `tp` contiguous shares (a core shared when
+    there are fewer cores than ranks)."""
+    cpus = sorted(cpus)
+    shares = []
+    for r in range(tp):
+        share = cpus[r * len(cpus) // tp : (r + 1) * len(cpus) // tp] or [cpus[r % len(cpus)]]
+        shares.append(str(share[0]) if len(share) == 1 else f"{share[0]}-{share[-1]}")
+    return "|".join(shares)
+
 
 #: memory tags of release/resume_memory_occupation
 MEMORY_TAGS: Tuple[str, ...] = ("weights", "kv_cache", "cuda_graph")
@@ -91,12 +112,20 @@ class SglangAPI:
     """The sglang symbols the adapter uses, imported lazily (tests substitute a fake)."""
 
     def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            if not sglang_cpu.startup_file_installed():
+                raise UserError(
+                    "rollout.engine=sglang on the CPU needs SGLang's CPU install: "
+                    f"`bash tools/install_cpu_engines.sh --python {sys.executable}`"
+                )
+            sglang_cpu.enable()  # before sglang is imported
         try:
             import sglang  # noqa: F401
         except ImportError as exc:
             raise UserError(
                 f"rollout.engine=sglang but sglang is not importable ({exc}). Install it with "
-                "`pip install -e .[sglang]` (GPU machine, CUDA 12) or use the image built from docker/."
+                "`pip install -e .[sglang]` (GPU machine, CUDA 12) or use the image built from docker/; "
+                "on the CPU `bash tools/install_cpu_engines.sh --python PYTHON`."
             ) from exc
         self.version = getattr(sys.modules["sglang"], "__version__", "0")
         check_sglang_version(self.version)
@@ -109,8 +138,8 @@ def sglang_available() -> bool:
     return importlib.util.find_spec("sglang") is not None
 
 
-def check_result(call: str, result: Any, where: str = "") -> Tuple[bool, str]:
-    """Normalise an SGLang result and raise RuntimeError on a refusal.
+def check_result(call: str, result: Any, where: str = "", tolerate_refusal: bool = False) -> Tuple[bool, str]:
+    """Normalise an SGLang result and raise RuntimeError on a refusal (unless `tolerate_refusal`).
 
     Accepted shapes: (ok, message) tuples/lists, objects with .success/.message (e.g.
     FlushCacheReqOutput), bools, and None (release/resume_memory_occupation return None in
@@ -125,19 +154,19 @@ def check_result(call: str, result: Any, where: str = "") -> Tuple[bool, str]:
         ok, msg = bool(result.success), str(getattr(result, "message", ""))
     else:
         raise RuntimeError(f"SGLang {call}{where}: unexpected result {result!r}")
-    if not ok:
+    if not ok and not tolerate_refusal:
         raise RuntimeError(f"SGLang {call}{where} refused: {msg}")
     return ok, msg
 
 
-def sampling_params_dict(sampling: SamplingParams, n: int, stop_ids: Sequence[int]) -> Dict[str, Any]:
-    """Our SamplingParams -> the sglang sampling_params dict (keys: SAMPLING_KEYS)."""
+def sampling_params_dict(sampling: SamplingParams, stop_ids: Sequence[int]) -> Dict[str, Any]:
+    """Our SamplingParams -> the sglang sampling_params dict of one request (keys: SAMPLING_KEYS;
+    the engine sends the n samples of a prompt as n requests, see engine.py)."""
     params = {
         "max_new_tokens": int(sampling.max_new_tokens),
         "temperature": float(sampling.temperature),
         "top_p": float(sampling.top_p),
         "top_k": int(sampling.top_k) if sampling.top_k > 0 else -1,
-        "n": int(n),
         "stop_token_ids": [int(t) for t in stop_ids],
     }
     assert set(params) == set(SAMPLING_KEYS)
@@ -148,8 +177,9 @@ def server_args(
     hf_dir: str,
     *,
     tp: int,
-    base_gpu_id: int,
+    device: torch.device,
     mem_fraction: float,
+    max_total_tokens: int,
     dtype: torch.dtype,
     seed: int,
     nccl_port: int,
@@ -157,21 +187,41 @@ def server_args(
     extra: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Keyword arguments of sglang.Engine (ServerArgs fields): dummy weights (the first sync fills
-    them), memory saver on, token ids in and out."""
+    them), token ids in and out, the reseeding loader allowed (seeding.py), no busy wait when idle. On a GPU: the memory
+    saver on (sleep frees weights and KV cache), the KV cache sized by `mem_fraction` unless
+    `max_total_tokens` is set. On the CPU: SGLang's CPU backend with torch_native attention, no
+    CUDA graphs or memory saver, and a KV cache of `max_total_tokens` (required: SGLang would size
+    it from the whole machine's free RAM, which moves under other processes)."""
     args: Dict[str, Any] = {
         "model_path": hf_dir,
         "load_format": "dummy",
         "dtype": torch_dtype_name(dtype),
         "tp_size": tp,
-        "base_gpu_id": base_gpu_id,
-        "gpu_id_step": 1,
         "mem_fraction_static": mem_fraction,
-        "enable_memory_saver": True,
         "skip_tokenizer_init": True,
         "random_seed": seed,
         "nccl_port": nccl_port,
         "log_level": "warning",
+        "custom_weight_loader": [RESEED_LOADER],
+        # an idle scheduler waits on its sockets instead of spinning: colocated, it idles while the
+        # trainer trains, and a spinning one takes a core from it (7x slower updates on 2 CPU cores)
+        "sleep_on_idle": True,
     }
+    if device.type == "cuda":
+        args.update(base_gpu_id=device.index or 0, gpu_id_step=1, enable_memory_saver=True)
+        if max_total_tokens:
+            args["max_total_tokens"] = max_total_tokens
+    else:
+        if max_total_tokens < 1:
+            raise ValueError("an SGLang engine on the CPU needs max_total_tokens")
+        args.update(
+            device="cpu",
+            attention_backend="torch_native",
+            disable_cuda_graph=True,
+            enable_memory_saver=False,
+            skip_server_warmup=True,
+            max_total_tokens=max_total_tokens,
+        )
     if sigquit_handler is not None:
         args["custom_sigquit_handler"] = sigquit_handler
     args.update(extra or {})

@@ -1,18 +1,20 @@
 """SGLang rollout engine (`rollout.engine: sglang`): an offline `sglang.Engine` colocated on the
 training GPUs, one per rollout group of `rollout.tp` consecutive ranks, hosted by the group's
 first rank (tp_size = rollout.tp, base_gpu_id = that rank's GPU; rank host+r sits on GPU
-base+r, the GPU of engine TP rank r).
+base+r, the GPU of engine TP rank r). Without CUDA the same class runs SGLang's CPU backend
+(contract.server_args; platform/sglang_cpu.py): tests and laptops.
 
 Life cycle (see docs/rollout.md; the asleep/awake and weights-valid rules are RolloutEngine's):
-- start once, with the HF config and `load_format="dummy"` (random weights), memory saver on,
-  `mem_fraction_static = rollout.mem_fraction`, `skip_tokenizer_init` (we pass token ids); what
-  the start does to this process is undone by process.EngineProcesses;
+- start once, with the HF config and `load_format="dummy"` (random weights), memory saver on
+  (GPU), `mem_fraction_static = rollout.mem_fraction`, `skip_tokenizer_init` (we pass token
+  ids); what the start does to this process is undone by process.EngineProcesses;
 - every step: `update_weights(stream)` resumes the weights (if released), opens a weight-update
-  session (`begin_weight_update`), pushes the stream in CUDA-IPC buckets of
-  `rollout.sync_bucket_mb` (sync.ipc_buckets), then `end_weight_update`, `flush_cache`;
-- `wake` resumes the KV cache and CUDA graphs; `generate` generates the host's share, and the
-  results are gathered to every rank in order;
-- `sleep` releases everything (weights are discarded: the next sync refills them).
+  session (`begin_weight_update`), pushes the stream in buckets of `rollout.sync_bucket_mb`
+  (weight_push.py: CUDA IPC, or shared memory on the CPU), then `end_weight_update`, `flush_cache`;
+- `wake` resumes the KV cache and CUDA graphs; `generate` reseeds the sampler (seeding.py) and
+  generates the host's share, and the results are gathered to every rank in order;
+- `sleep` releases everything (on a GPU the weights are discarded: the next sync refills them;
+  on the CPU release and resume are called all the same and free nothing).
 Every (ok, message) result is checked; a refusal raises RuntimeError naming the call. Every
 Engine call goes through `_call`, against contract.ENGINE_CALLS.
 """
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing as mp
 import os
 import tempfile
+import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -30,18 +34,24 @@ import torch
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import free_port
 from sppo_megatron.rollout.base import (
+    CPU_KV_CACHE_MB,
     EngineCapabilities,
     EngineGroups,
     RolloutEngine,
     RolloutSample,
     SamplingParams,
+    kv_bytes_per_token,
     resolve_eos_token_ids,
+    sample_seed,
 )
 from sppo_megatron.rollout.sglang.contract import (
+    COLOCATED_BATCH_ENV,
     ENGINE_CALLS,
     MEMORY_TAGS,
+    THREADS_BIND_ENV,
     SglangAPI,
     check_result,
+    cpu_threads_binding,
     parse_output,
     sampling_params_dict,
     server_args,
@@ -52,8 +62,9 @@ from sppo_megatron.rollout.sglang.process import (
     remove_loop_signal_handlers,
     wait_memory_settled,
 )
+from sppo_megatron.rollout.sglang.seeding import RESEED_LOADER, SEED_TENSOR
+from sppo_megatron.rollout.sglang.weight_push import LOAD_FORMATS, push_buckets
 from sppo_megatron.sync.buckets import mb_to_bytes
-from sppo_megatron.sync.ipc_buckets import LOAD_FORMATS, push_ipc_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +81,7 @@ class SglangRolloutEngine(RolloutEngine):
         *,
         tp: int = 1,
         mem_fraction: float = 0.5,
+        kv_cache_mb: int = 0,
         dtype: torch.dtype = torch.bfloat16,
         bucket_mb: float = 512,
         placement: Optional[EngineGroups] = None,
@@ -77,11 +89,11 @@ class SglangRolloutEngine(RolloutEngine):
         eos_token_ids: Optional[Sequence[int]] = None,
         log_dir: Optional[str] = None,
         sync_mode: str = "flattened_bucket",
-        api: Any = None,
         engine_kwargs: Optional[Dict[str, Any]] = None,
         local_device: Optional[int] = None,
     ) -> None:
         eos = resolve_eos_token_ids(hf_dir) if eos_token_ids is None else tuple(eos_token_ids)
+        kv_cache_mb = kv_cache_mb or (CPU_KV_CACHE_MB if not torch.cuda.is_available() else 0)
         super().__init__(placement, eos, dtype)
         pl = self.placement
         if pl.group_size != tp:
@@ -91,7 +103,7 @@ class SglangRolloutEngine(RolloutEngine):
             )
         if sync_mode not in LOAD_FORMATS:
             raise ValueError(f"sync_mode must be one of {sorted(LOAD_FORMATS)}, got {sync_mode}")
-        self.api = api if api is not None else SglangAPI()
+        self.api = SglangAPI()
         self.hf_dir = hf_dir
         self.tp = tp
         self.bucket_bytes = mb_to_bytes(bucket_mb)
@@ -101,20 +113,28 @@ class SglangRolloutEngine(RolloutEngine):
             if torch.cuda.is_available()
             else torch.device("cpu")
         )
+        # without the memory saver (CPU) sleep frees nothing, and the weights stay
+        self.capabilities = EngineCapabilities(returns_logprobs=True, keeps_weights_asleep=self.device.type == "cpu")
         self.log_path = os.path.join(log_dir or tempfile.gettempdir(), f"sglang_engine_rank{pl.rank}.log")
         self.processes = EngineProcesses(pl.rank, self.log_path)
         self.engine: Any = None
         self._released: Set[str] = set()
         self._read_supported = True
         self._closed = False
+        if self.device.type == "cpu" and tp > 1:
+            # Host tensors travel as file descriptors that the engine's scheduler, a child of the
+            # host, fetches from each member's multiprocessing resource sharer, which only answers
+            # a process holding the same authkey: the members take the host's.
+            mp.current_process().authkey = pl.on_host(lambda: bytes(mp.current_process().authkey))
         # the host starts the engine; the group's members learn whether it came up
         pl.on_host(
             lambda: self._start(
                 server_args(
                     hf_dir,
                     tp=tp,
-                    base_gpu_id=self.device.index or 0,
+                    device=self.device,
                     mem_fraction=mem_fraction,
+                    max_total_tokens=kv_cache_mb * 2**20 // kv_bytes_per_token(hf_dir, dtype),
                     dtype=dtype,
                     seed=seed,
                     nccl_port=free_port(),
@@ -125,7 +145,11 @@ class SglangRolloutEngine(RolloutEngine):
         )
 
     def _start(self, kwargs: Dict[str, Any]) -> None:
-        with self.processes.hosting():
+        os.environ[COLOCATED_BATCH_ENV] = "1"  # read by the scheduler at start, by this process per call
+        spawn_env = {}
+        if self.device.type == "cpu" and self.tp > 1:
+            spawn_env[THREADS_BIND_ENV] = cpu_threads_binding(self.tp, sorted(os.sched_getaffinity(0)))
+        with self.processes.hosting(spawn_env):
             with self.processes.stderr_to_log():
                 self.engine = self.api.Engine(**kwargs)
             atexit.unregister(self.engine.shutdown)
@@ -150,11 +174,12 @@ class SglangRolloutEngine(RolloutEngine):
             raise AssertionError(f"undeclared SGLang call {method}({sorted(kwargs)}): add it to ENGINE_CALLS")
         self.processes.check_alive()
         try:
-            return getattr(self.engine, method)(**kwargs)
-        except RuntimeError:
-            raise
+            with self.processes.watching(self.engine.loop):
+                return getattr(self.engine, method)(**kwargs)
         except Exception as exc:
-            self.processes.check_alive()
+            self.processes.check_alive()  # a dead engine is named as such, whatever the call saw
+            if isinstance(exc, RuntimeError):
+                raise
             raise RuntimeError(
                 f"SGLang {method} on rank {self.placement.rank} failed: {exc} (log: {self.log_path})"
             ) from exc
@@ -166,10 +191,16 @@ class SglangRolloutEngine(RolloutEngine):
     def _generate_local(
         self, prompts: List[List[int]], sampling: SamplingParams, n: int, first_prompt_index: int
     ) -> List[RolloutSample]:
+        """The n samples of a prompt go as n requests: SGLang's own n > 1 first caches each prompt in a
+        round trip of its own and then hands the samples to the scheduler one by one, while requests
+        sent in one call reach it together (COLOCATED_BATCH_ENV). With the sampler reseeded first,
+        equal calls give equal samples, in a resumed run too."""
+        if not sampling.greedy:
+            self._reseed(sample_seed(sampling.seed, first_prompt_index * n))
         outs = self._call(
             "generate",
-            input_ids=[list(p) for p in prompts],
-            sampling_params=sampling_params_dict(sampling, n, self.stop_ids(sampling)),
+            input_ids=[list(p) for p in prompts for _ in range(n)],
+            sampling_params=sampling_params_dict(sampling, self.stop_ids(sampling)),
             return_logprob=True,
         )
         if isinstance(outs, dict):
@@ -177,6 +208,19 @@ class SglangRolloutEngine(RolloutEngine):
         if len(outs) != len(prompts) * n:
             raise RuntimeError(f"SGLang returned {len(outs)} results for {len(prompts)} prompts x n={n}")
         return [parse_output(o, first_prompt_index + k // n, k % n) for k, o in enumerate(outs)]
+
+    def _reseed(self, seed: int) -> None:
+        """Seed the scheduler's sampler (seeding.py: through the custom weight loader it allows)."""
+        self._checked("begin_weight_update")
+        try:
+            self._checked(
+                "update_weights_from_tensor",
+                named_tensors=[(SEED_TENSOR, torch.tensor([seed], dtype=torch.int64))],
+                load_format=RESEED_LOADER,
+                flush_cache=False,
+            )
+        finally:
+            self._checked("end_weight_update")
 
     # ---- memory -------------------------------------------------------------------------
     def _release_tags(self, tags: Sequence[str]) -> None:
@@ -191,9 +235,19 @@ class SglangRolloutEngine(RolloutEngine):
             self._checked("resume_memory_occupation", tags=todo)
             self._released.difference_update(todo)
 
+    def _wait_idle(self, timeout: float = 60.0) -> None:
+        """Until the scheduler is idle: it answers a generate call before it has retired the call's
+        last batch, and release_memory_occupation asserts idleness (an assertion that kills the
+        scheduler). flush_cache refuses, harmlessly, until then."""
+        deadline = time.monotonic() + timeout
+        while not check_result("flush_cache", self._call("flush_cache"), tolerate_refusal=True)[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SGLang engine on rank {self.placement.rank} still busy after {timeout:.0f}s")
+            time.sleep(0.01)
+
     def _release(self) -> None:
-        """Release weights, KV cache and CUDA graphs (only what is still held)."""
-        self.placement.on_host(lambda: self._release_tags(MEMORY_TAGS))
+        """Release weights, KV cache and CUDA graphs (only what is still held), once idle."""
+        self.placement.on_host(lambda: (self._wait_idle(), self._release_tags(MEMORY_TAGS)))
         self._released.update(MEMORY_TAGS)
         wait_memory_settled(self.device)
 
@@ -211,7 +265,7 @@ class SglangRolloutEngine(RolloutEngine):
         self.placement.on_host(lambda: self._checked("begin_weight_update"))
         load_format = LOAD_FORMATS[self.sync_mode]
         try:
-            push_ipc_buckets(
+            push_buckets(
                 named_tensors,
                 api=self.api,
                 placement=self.placement,
@@ -267,7 +321,7 @@ class SglangRolloutEngine(RolloutEngine):
         if self.engine is None:
             return
         try:
-            self.processes.shutdown(self.engine.shutdown, getattr(self.api, "engine_module", None))
+            self.processes.shutdown(self.engine.shutdown, self.api.engine_module)
         finally:
             self.engine = None
             atexit.unregister(self.shutdown)

@@ -2,6 +2,9 @@
 
 What the Engine constructor and its first request do to the calling process, and what we do:
 - set CUDA_DEVICE_MAX_CONNECTIONS=8, NCCL_CUMEM_ENABLE/NCCL_NVLS_ENABLE (if unset): restored;
+- its processes must not inherit the launcher's rendezvous variables: under torchrun,
+  TORCHELASTIC_USE_AGENT_STORE makes the scheduler's own process group a client of a store no one
+  hosts, and it waits forever. They are removed while the engine processes are spawned;
 - force the multiprocessing start method to spawn: restored;
 - install SIGQUIT (child died -> kill the whole tree) and, on the first request, asyncio
   SIGTERM/SIGQUIT handlers (which would swallow the trainer's preemption SIGTERM): the engine
@@ -19,16 +22,19 @@ What the Engine constructor and its first request do to the calling process, and
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set
 
 import torch
 
+from sppo_megatron.errors import RolloutEngineDied
 from sppo_megatron.rollout.sglang.contract import ENGINE_MODULE_PATCHED
 
 logger = logging.getLogger(__name__)
@@ -37,17 +43,37 @@ logger = logging.getLogger(__name__)
 _ENV_RESTORED = ("CUDA_DEVICE_MAX_CONNECTIONS", "NCCL_CUMEM_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_GRAPH_MIXING_SUPPORT")
 _ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+#: what torchrun (and srun's launch through platform.distributed) sets for the trainer's own rendezvous
+_LAUNCHER_ENV = (
+    "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_RUN_ID",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+)
 
 #: who hosts the engine of this process (for the message of engine_died_handler)
 _HOST = {"rank": 0, "log": "?"}
 
 
 def engine_died_handler(signum=None, frame=None) -> None:  # noqa: ARG001 - signal handler
-    """SIGQUIT handler (SGLang's children send SIGQUIT to the parent when they fail). Module-level
-    so that it pickles by reference: ServerArgs, which carries it, is pickled to the schedulers."""
-    raise RuntimeError(
-        f"the SGLang engine hosted by rank {_HOST['rank']} died: a child process reported a failure "
-        f"(SIGQUIT); see its log {_HOST['log']}"
+    """SIGQUIT handler: SGLang signals its host when one of its processes fails, and its own handler
+    would kill the whole process tree, trainer included. This one only says so: the next engine
+    call, or the one waiting (`EngineProcesses.watching`), fails with RolloutEngineDied. Raising
+    here would not do: under the engine's event loop the signal runs inside a loop callback, and
+    the loop only logs an exception raised there. Module-level so that it pickles by reference:
+    ServerArgs, which carries it, is pickled to the schedulers."""
+    logger.warning(
+        "the SGLang engine hosted by rank %d reported a failed process (SIGQUIT); see its log %s",
+        _HOST["rank"],
+        _HOST["log"],
     )
 
 
@@ -99,6 +125,22 @@ def _kill_pids(pids: Set[int], wait_timeout: Optional[float]) -> None:
         psutil.wait_procs(procs, timeout=wait_timeout)
 
 
+def _zmq_contexts() -> Set[Any]:
+    """The live pyzmq contexts of this process (SGLang's engine and tokenizer manager make theirs)."""
+    import zmq
+
+    return {obj for obj in gc.get_objects() if issubclass(type(obj), zmq.Context) and not obj.closed}
+
+
+def _abandon(pids: Set[int], contexts: Set[Any]) -> None:
+    """What a failed start leaves: the processes it spawned (a detokenizer outlives a scheduler that
+    failed) and its zmq contexts, closed without lingering (collected later, they would wait
+    forever to deliver to a peer that is gone, and so would this process at exit)."""
+    _kill_pids(pids, 30)
+    for context in contexts:
+        context.destroy(linger=0)
+
+
 def wait_memory_settled(device: torch.device, timeout: float = 5.0) -> None:
     """release_memory_occupation may return before the memory is free: poll until the free
     memory of this GPU stops growing."""
@@ -124,22 +166,30 @@ class EngineProcesses:
         self.pids: Set[int] = set()
 
     @contextlib.contextmanager
-    def hosting(self) -> Iterator[None]:
-        """Start the engine and send its first request inside this block. On the way out, however
-        it ends, the environment, start method and signal handlers are as they were, except that
+    def hosting(self, spawn_env: Optional[Dict[str, str]] = None) -> Iterator[None]:
+        """Start the engine and send its first request inside this block (without the launcher's
+        rendezvous variables, with `spawn_env`; if it fails, what it spawned is killed). On the way out, however it ends, the environment, start method and
+        signal handlers are as they were, except that
         SIGQUIT reports the engine's death once it started; the engine's new children are tracked."""
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         _HOST.update(rank=self.rank, log=self.log_path)
-        env = {k: os.environ.get(k) for k in _ENV_RESTORED + (_ALLOC_CONF,)}
+        spawn_env = spawn_env or {}
+        env = {k: os.environ.get(k) for k in _ENV_RESTORED + _LAUNCHER_ENV + (_ALLOC_CONF,) + tuple(spawn_env)}
         method = mp.get_start_method(allow_none=True)
         handlers = {s: signal.getsignal(s) for s in _SIGNALS}
-        before = _children_pids()
+        before, contexts = _children_pids(), _zmq_contexts()
         _set_env(_ALLOC_CONF, strip_expandable_segments(env[_ALLOC_CONF]))
+        for key in _LAUNCHER_ENV:
+            os.environ.pop(key, None)
+        os.environ.update(spawn_env)
         started = False
         try:
             yield
             self.pids |= _children_pids() - before
             started = True
+        except BaseException:
+            _abandon(_children_pids() - before, _zmq_contexts() - contexts)
+            raise
         finally:
             try:
                 for key, value in env.items():
@@ -175,23 +225,49 @@ class EngineProcesses:
         """Add the processes the engine reports as its own."""
         self.pids |= set(pids)
 
-    def check_alive(self) -> None:
-        """RuntimeError naming the rank and log if one of the engine's processes is gone."""
-        if not self.pids:
-            return
+    def _dead_pid(self) -> Optional[int]:
         import psutil
 
         for pid in self.pids:
             try:
                 proc = psutil.Process(pid)
-                alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    continue
             except psutil.NoSuchProcess:
-                alive = False
-            if not alive:
-                raise RuntimeError(
-                    f"the SGLang engine hosted by rank {self.rank} died: engine process {pid} "
-                    f"exited; see its log {self.log_path}"
-                )
+                pass
+            return pid
+        return None
+
+    def check_alive(self) -> None:
+        """RolloutEngineDied naming the rank and log if one of the engine's processes is gone."""
+        pid = self._dead_pid()
+        if pid is not None:
+            raise RolloutEngineDied(
+                f"the SGLang engine hosted by rank {self.rank} died: engine process {pid} "
+                f"exited; see its log {self.log_path}"
+            )
+
+    @contextlib.contextmanager
+    def watching(self, loop: Any, interval: float = 0.5) -> Iterator[None]:
+        """While an engine call waits on the engine's event loop `loop`, stop that loop if an engine
+        process dies: the call then fails instead of waiting forever for an answer. (The SIGQUIT
+        a dying scheduler sends cannot be relied on here: raised inside an event-loop callback,
+        asyncio logs the exception and keeps waiting.)"""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(interval):
+                if self._dead_pid() is not None:
+                    loop.call_soon_threadsafe(loop.stop)
+                    return
+
+        watcher = threading.Thread(target=watch, name="sglang-engine-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
 
     def shutdown(self, engine_shutdown: Callable[[], None], engine_module: Any) -> None:
         """Run SGLang's shutdown with `kill_process_tree(<this process>)` narrowed to the engine's

@@ -1,8 +1,10 @@
-"""Push a weight stream to an SGLang engine in CUDA-IPC buckets.
+"""Push a weight stream into an SGLang engine in buckets, by reference rather than by copy.
 
-The stream is cast to the engine's dtype on this rank's GPU and cut into single-dtype buckets
-(`bucketize`). Per bucket, every rank of the rollout group serializes its own GPU copy as CUDA
-IPC handles (after `monkey_patch_torch_reductions()`): `flattened_bucket` mode packs the bucket
+The stream is cast to the engine's dtype on this rank's device and cut into single-dtype buckets
+(`bucketize`). Per bucket, every rank of the rollout group serializes its own copy with torch's
+multiprocessing reductions: CUDA IPC handles on a GPU (after SGLang's
+`monkey_patch_torch_reductions()`, which rewrites the device index of CUDA tensors), shared-memory
+host tensors on the CPU (the file descriptor travels, not the bytes). `flattened_bucket` mode packs the bucket
 into one `FlattenedTensorBucket`, `tensor` mode sends one handle per tensor
 (`LocalSerializedTensor`). The group's host gathers the handles (`gather_object` on the group's
 gloo group) and hands one payload per engine TP rank to `send`; every rank keeps its bucket
@@ -12,15 +14,14 @@ follows.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from sppo_megatron.rollout.sglang.contract import FLATTENED_PAYLOAD_KEYS
 from sppo_megatron.sync.buckets import NamedTensor, bucketize
 
-#: keys of the flattened-bucket payload SGLang's scheduler reads (rollout/sglang/contract.py pins them)
-FLATTENED_PAYLOAD_KEYS: Tuple[str, ...] = ("flattened_tensor", "metadata")
 #: sync modes (how a bucket travels) and SGLang's load_format for each
 LOAD_FORMATS: Dict[str, Optional[str]] = {"flattened_bucket": "flattened_bucket", "tensor": None}
 
@@ -35,7 +36,7 @@ def _on_device(named_tensors: Iterable[NamedTensor], dtype: torch.dtype, device:
         yield name, t.contiguous()
 
 
-def push_ipc_buckets(
+def push_buckets(
     named_tensors: Iterable[NamedTensor],
     *,
     api: Any,
@@ -50,23 +51,28 @@ def push_ipc_buckets(
     `placement`. `api` provides the sglang symbols, `send(payload)` runs on the host only; `mode`
     is one of LOAD_FORMATS."""
     for bucket in bucketize(_on_device(named_tensors, dtype, device), bucket_bytes):
-        _push_bucket(bucket, api, placement, mode, send)
+        _push_bucket(bucket, api, placement, mode, device, send)
 
 
-def _serialize(api: Any, obj: Any) -> Any:
-    api.monkey_patch_torch_reductions()
+def _serialize(api: Any, obj: Any, device: torch.device) -> Any:
+    if device.type == "cuda":  # the patch indexes CUDA reductions' arguments; host tensors have fewer
+        api.monkey_patch_torch_reductions()
     return api.MultiprocessingSerializer.serialize(obj)
 
 
-def _push_bucket(bucket: List[NamedTensor], api: Any, pl: Any, mode: str, send: Callable[[Any], None]) -> None:
+def _push_bucket(
+    bucket: List[NamedTensor], api: Any, pl: Any, mode: str, device: torch.device, send: Callable[[Any], None]
+) -> None:
     keep_alive: List[Any] = []
     if mode == "flattened_bucket":
         flat = api.FlattenedTensorBucket(named_tensors=bucket)
         keep_alive.append(flat)
-        mine = _serialize(api, dict(zip(FLATTENED_PAYLOAD_KEYS, (flat.get_flattened_tensor(), flat.get_metadata()))))
+        mine = _serialize(
+            api, dict(zip(FLATTENED_PAYLOAD_KEYS, (flat.get_flattened_tensor(), flat.get_metadata()))), device
+        )
     else:
         keep_alive.append(bucket)
-        mine = [(name, _serialize(api, t)) for name, t in bucket]
+        mine = [(name, _serialize(api, t, device)) for name, t in bucket]
     per_rank: List[Any] = [mine]
     if pl.group_size > 1:
         gathered: Optional[List[Any]] = [None] * pl.group_size if pl.is_host else None
