@@ -217,8 +217,6 @@ def _start_engine(hf_dir, log_dir, **kwargs):
 @pytest.fixture
 def process_state():
     """What starting an engine may change in this (pytest's) process, restored afterwards."""
-    import multiprocessing as mp
-
     handlers = {s: signal.getsignal(s) for s in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT)}
     keys = (
         "CUDA_DEVICE_MAX_CONNECTIONS",
@@ -227,7 +225,6 @@ def process_state():
         "TORCHELASTIC_USE_AGENT_STORE",
     )
     env = {k: os.environ.get(k) for k in keys}
-    method = mp.get_start_method(allow_none=True)
     signal.signal(signal.SIGTERM, _preemption_handler)
     os.environ.update(
         CUDA_DEVICE_MAX_CONNECTIONS="1",
@@ -235,7 +232,7 @@ def process_state():
         TORCHELASTIC_USE_AGENT_STORE="True",  # as under torchrun: the engine's processes must not see it
     )
     os.environ.pop("NCCL_CUMEM_ENABLE", None)
-    yield method
+    yield
     for sig, handler in handlers.items():
         signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     for key, value in env.items():
@@ -255,12 +252,13 @@ def test_engine_start_leaves_this_process_as_it_was(tmp_path, process_state):
 
     hf_dir = str(tmp_path / "hf")
     peaky_qwen2(hf_dir, seed=1)
+    method = mp.get_start_method(allow_none=True)  # writing the model may have fixed it already
     engine = _start_engine(hf_dir, tmp_path, sync_mode="tensor")
     try:
         assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and "NCCL_CUMEM_ENABLE" not in os.environ
         assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True,max_split_size_mb:64"
         assert os.environ["TORCHELASTIC_USE_AGENT_STORE"] == "True"
-        assert mp.get_start_method(allow_none=True) == process_state
+        assert mp.get_start_method(allow_none=True) == method
         assert signal.getsignal(signal.SIGTERM) is _preemption_handler
         assert signal.getsignal(signal.SIGQUIT) is engine_died_handler
         assert (tmp_path / "sglang_engine_rank0.log").stat().st_size > 0  # the engine processes' stderr
@@ -270,6 +268,7 @@ def test_engine_start_leaves_this_process_as_it_was(tmp_path, process_state):
             engine._checked("update_weights_from_tensor", named_tensors=[], load_format=None, flush_cache=False)
         weights = hf_state_dict(hf_dir)
         engine.update_weights(weights.items())
+        assert not any(t.is_shared() for t in weights.values())  # the caller's tensors stay where they were
         hf = HFRolloutEngine(hf_dir, device="cpu")
         hf.update_weights(weights.items())
         greedy = SamplingParams(temperature=0.0, max_new_tokens=8)

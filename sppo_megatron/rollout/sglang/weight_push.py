@@ -71,6 +71,8 @@ def _push_bucket(
             api, dict(zip(FLATTENED_PAYLOAD_KEYS, (flat.get_flattened_tensor(), flat.get_metadata()))), device
         )
     else:
+        if device.type == "cpu":  # serializing moves a host storage into shared memory in place: never the caller's
+            bucket = [(name, t.clone()) for name, t in bucket]
         keep_alive.append(bucket)
         mine = [(name, _serialize(api, t, device)) for name, t in bucket]
     per_rank: List[Any] = [mine]
