@@ -135,7 +135,9 @@ def panels(records: Sequence[Record]) -> List[Panel]:
                 ("optimizer steps with a clipped gradient", _key("train/grad_clip_frac", 100.0)),
             ],
         ),
-        Panel("Policy entropy (sampling policy)", "nats per response token", [("policy/entropy", _key("policy/entropy"))]),
+        Panel(
+            "Policy entropy (sampling policy)", "nats per response token", [("policy/entropy", _key("policy/entropy"))]
+        ),
         Panel(
             "KL to the step's old policy (in the update)",
             "nats per response token",
