@@ -235,10 +235,13 @@ def _launch1(path, tied_path, ckpt_dir):
     actor = _actor(path, 1, 1, lr=3e-5)
     batch = _batch()
     old = actor.log_probs(batch)
-    losses = []
+    losses, kl = [], []
     for _ in range(6):
+        now = actor.log_probs(batch).logp  # the weights the update's first mini-batch sees
         losses.append(actor.update(batch, torch.tensor(TARGETS), old, torch.tensor(SAMPLE_MASK))["train/loss"])
+        kl.append((now, actor.last_steps[0]["policy/kl_old"]))
     out["descent"] = losses
+    out["kl"] = {"old": old.logp, "mask": old.mask, "checks": kl}
     # a non-finite target: every step skipped, weights untouched, Adam state not advanced
     before = _weights(actor)
     steps_before = adam_steps(actor.optimizer)
@@ -413,6 +416,33 @@ def test_updates_drive_the_sppo_loss_down(runs):
     _, results = runs
     losses = results["descent"]
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_kl_to_the_old_policy_is_the_k3_estimate_over_the_selected_tokens(runs):
+    """policy/kl_old of an update's first mini-batch (samples 0-3, sample 3 not selected) against
+    the k3 estimate from log-probs recomputed under the weights it saw."""
+    _, results = runs
+    kl = results["kl"]
+    mask = kl["mask"].clone()
+    mask[3:] = False
+    got = []
+    for now, reported in kl["checks"]:
+        r = (now.double() - kl["old"].double())[mask]
+        want = float((torch.expm1(r) - r).mean())
+        got.append(reported)
+        assert reported == pytest.approx(want, rel=1e-2, abs=1e-12), (reported, want)
+    assert got[0] < 1e-9 and got[-1] > 1e-7 and got == sorted(got), got
+
+
+def test_update_reports_kl_and_clipped_gradient_share(runs):
+    _, results = runs
+    for layout in LAYOUTS:
+        steps = results[layout]["count"]["steps"]
+        m = results[layout]["count"]["metrics"]
+        assert m["train/grad_clip_frac"] == sum(gn > 1.0 for _, gn in steps) / len(steps), layout
+        assert m["policy/kl_old"] > 0.0, "the second mini-batch sees the first one's step"
+        ref = results[(1, 1, 1)]["count"]["metrics"]["policy/kl_old"]
+        assert m["policy/kl_old"] == pytest.approx(ref, rel=1e-2), layout
 
 
 def test_non_finite_step_is_skipped(runs):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from sppo_megatron.platform.distributed import detect_launch, first_slurm_host
+from sppo_megatron.platform.distributed import default_cpu_threads, detect_launch, first_slurm_host
 from sppo_megatron.platform.parallel_dims import ParallelDims, split_evenly
 from tests.multirank import run_ranks
 
@@ -186,3 +187,15 @@ def test_single_rank_collective_is_skipped_only_when_it_is_an_identity(monkeypat
 def test_split_evenly():
     assert split_evenly(5, 2) == [(0, 3), (3, 5)]
     assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_a_cpu_process_without_omp_num_threads_takes_one_thread():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert default_cpu_threads({"OMP_NUM_THREADS": "2"}) is None and torch.get_num_threads() == 2
+        line = default_cpu_threads({})
+        assert torch.get_num_threads() == 1 and "OMP_NUM_THREADS is unset" in line
+        assert default_cpu_threads({}) is None, "nothing to say when it already runs one thread"
+    finally:
+        torch.set_num_threads(before)

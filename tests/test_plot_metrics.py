@@ -1,5 +1,6 @@
 """tools/plot_metrics.py: one dashboard PNG with labeled panels, checked through the figure it draws."""
 
+import html
 import json
 import math
 import os
@@ -20,6 +21,10 @@ TITLES = [
     "Gradient norm",
     "SPPO targets vs log-ratios",
     "Prompts without signal / clipped responses",
+    "Policy entropy (sampling policy)",
+    "KL to the step's old policy (in the update)",
+    "Response length",
+    "Learning rate",
     "Time per step, by phase",
     "Throughput (rollout + training)",
 ]
@@ -40,6 +45,12 @@ def _records(steps=60):
             "sppo/log_ratio_mean": 0.001,
             "sppo/no_signal_frac": 0.2 + 0.005 * step,
             "response/clip_frac": 0.0,
+            "response/length_mean": 5.0 + step % 3,
+            "response/length_max": 8.0,
+            "train/grad_clip_frac": 0.5,
+            "train/lr": 2e-4 * min(1.0, step / 5),
+            "policy/entropy": 1.2 - 0.01 * step,
+            "policy/kl_old": 1e-3,
             "timing/sync_s": 0.01,
             "timing/gen_s": 0.05,
             "timing/reward_s": 0.001,
@@ -118,6 +129,17 @@ def test_what_moves_instead_of_the_win_rate(dashboard):
     assert no_signal["prompts whose samples all scored the same"][1][0] == pytest.approx(20.5)
 
 
+def test_what_rl_users_look_for(dashboard):
+    _, panels = dashboard
+    assert panels["Policy entropy (sampling policy)"].drawn["policy/entropy"][1][0] == pytest.approx(1.19)
+    assert panels["KL to the step's old policy (in the update)"].drawn["policy/kl_old"][1][0] == 1e-3
+    lengths = panels["Response length"].drawn
+    assert lengths["mean"][1][:3] == [6.0, 7.0, 5.0] and lengths["max"][1][0] == 8.0
+    assert panels["Learning rate"].drawn["train/lr"][1][:2] == pytest.approx([4e-5, 8e-5])
+    clipped = panels["Prompts without signal / clipped responses"].drawn
+    assert clipped["optimizer steps with a clipped gradient"][1][0] == 50.0
+
+
 def test_phase_times_are_stacked_per_step_with_old_logprobs(dashboard):
     fig, panels = dashboard
     phases = panels["Time per step, by phase"].drawn
@@ -146,9 +168,9 @@ def test_command_writes_png_and_html(tmp_path):
     assert out.returncode == 0, out.stderr
     png = (tmp_path / "plots" / "dashboard.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert int.from_bytes(png[16:20], "big") == 1400 and int.from_bytes(png[20:24], "big") == 1440
+    assert int.from_bytes(png[16:20], "big") == 1400 and int.from_bytes(png[20:24], "big") == 2160
     page = (tmp_path / "plots" / "dashboard.html").read_text()
-    assert "data:image/png;base64," in page and all(title in page for title in TITLES)
+    assert "data:image/png;base64," in page and all(html.escape(title) in page for title in TITLES)
 
 
 def test_missing_metrics_is_exit_2(tmp_path):

@@ -1,8 +1,9 @@
 """Every command in README.md's ```bash blocks, as written, so README and behaviour cannot drift.
 
-RUN commands are executed through the shell (`bash -c`) in a scratch directory laid out like a
-checkout (examples/ and tools/ link to this repository, .venv/bin runs this interpreter), on a
-3-step demo run made once for the module by the README's own demo command. The others need a
+RUN commands (the Quickstart) are executed through the shell (`bash -c`) in README order in one
+scratch directory laid out like a fresh checkout (examples/ and tools/ link to this repository,
+.venv/bin runs this interpreter), each on what the commands before it left: command (a) runs the
+full 150-step demo, with its venv-and-install prefix taken by the prepared .venv. The others need a
 GPU, the hub, an installer or minutes of compute; they are checked without running: scripts with
 `bash -n`, every --flag against the program's --help, every key=value against the config
 schema, every file, extra and pytest marker they name. A README command in neither table fails
@@ -28,16 +29,33 @@ import pytest
 from sppo_megatron.config.loader import all_keys, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTALL = "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && "
+DEMO = INSTALL + "bash examples/tiny_cpu/run.sh"  # command (a)
 ACTIVATE = "source .venv/bin/activate"
-DEMO = "bash examples/tiny_cpu/run.sh trainer.total_steps=3"
 EVAL = (
     "sppo-eval --model outputs/tiny_cpu/hf --data outputs/tiny_cpu/assets/data/test.parquet data.max_response_length=6"
 )
 PLOT = "python tools/plot_metrics.py outputs/tiny_cpu"
-RUN = [ACTIVATE, DEMO, EVAL, PLOT]
+SMOKE = "bash examples/tiny_cpu/run.sh outputs/smoke trainer.total_steps=3"
+#: the Quickstart, run in this order in one checkout (each command sees what the ones before left)
+RUN = [DEMO, ACTIVATE, EVAL, PLOT, SMOKE]
+
+#: the README's Conversion block, run in order on the demo's model and training checkpoint
+#: (the names a user would have there replaced by the demo's)
+CONVERSION = [
+    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out ckpt/qwen7b --dtype bf16",
+    "sppo-convert verify --hf Qwen2.5-7B-Instruct --ckpt ckpt/qwen7b",
+    "sppo-convert megatron-to-hf --ckpt outputs/run/checkpoints/step_160 --out qwen7b-sppo "
+    "--hf-config Qwen2.5-7B-Instruct",
+    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out mlm/qwen7b --layout megatron-lm",
+    "sppo-convert megatron-to-megatron-lm --ckpt outputs/run/checkpoints/step_160 --out mlm/run",
+]
+ON_THE_DEMO = {
+    "Qwen2.5-7B-Instruct": "outputs/tiny_cpu/assets/model",
+    "outputs/run/checkpoints/step_160": "outputs/tiny_cpu/checkpoints/step_150",
+}
 
 NOT_RUN = {
-    "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash examples/tiny_cpu/run.sh": "installs packages; the demo script runs above with 3 steps instead of 150",
     "python3 -m venv .venv && .venv/bin/pip install -r requirements-cpu.txt && bash tools/install_cpu_engines.sh "
     "--python .venv/bin/python && .venv/bin/python -m pytest -q": "installs packages and runs this suite",
     "bash examples/qwen2.5-7b-math/run_vllm.sh": "needs 4 GPUs, vllm and the 7B model",
@@ -55,18 +73,15 @@ NOT_RUN = {
     "bash examples/qwen2.5-7b-math/run.sh": "needs 4 GPUs and the 7B model",
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint $HEAD:29500 "
     "-m sppo_megatron.train --config run.yaml parallel.tp=4 parallel.pp=2": "needs 2 GPU nodes",
-    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out ckpt/qwen7b --dtype bf16": "needs the 7B model",
-    "sppo-convert verify --hf Qwen2.5-7B-Instruct --ckpt ckpt/qwen7b": "needs the 7B model",
-    "sppo-convert megatron-to-hf --ckpt outputs/run/checkpoints/step_160 --out qwen7b-sppo "
-    "--hf-config Qwen2.5-7B-Instruct": "needs a 7B training run",
-    "sppo-convert hf-to-megatron --hf Qwen2.5-7B-Instruct --out mlm/qwen7b --layout megatron-lm": "needs the 7B model",
-    "sppo-convert megatron-to-megatron-lm --ckpt outputs/run/checkpoints/step_160 --out mlm/run": "needs a 7B training run",
     "sppo-train --config run.yaml trainer.total_steps=100 rollout.n=8": "run.yaml is the user's own config",
     "bash examples/tiny_cpu/run.sh outputs/tiny_lora model.lora.rank=16 model.lora.alpha=32 optim.lr=2e-3": "minutes of "
     "compute (the 150-step demo with LoRA adapters)",
     "sppo-convert megatron-to-hf --ckpt outputs/tiny_lora/checkpoints/step_150 --out tiny-adapter --peft": "needs the "
     "LoRA demo run",
     "sppo-train --help": "checked: --help runs",
+    "python tools/prepare_math.py --input my_problems.jsonl --out data/mine --test-size 200": "the user's own file",
+    "sppo-train --config examples/qwen2.5-7b-math/config.yaml data.train_files=[data/mine/train.parquet] "
+    "data.val_files=[data/mine/test.parquet] trainer.output_dir=outputs/mine": "needs GPUs and the 7B model",
     ".venv/bin/python -m pytest -q": "runs this suite",
     '.venv/bin/python -m pytest -q -m "not slow and not engine and not gpu"': "runs this suite's fast tier",
     ".venv/bin/python -m pytest -q -m gpu": "needs a GPU",
@@ -99,7 +114,7 @@ def readme_commands() -> List[str]:
 
 
 def test_every_readme_command_is_covered():
-    assert set(readme_commands()) == set(RUN) | set(NOT_RUN)
+    assert set(readme_commands()) == set(RUN) | set(CONVERSION) | set(NOT_RUN)
 
 
 # --- commands run as written --------------------------------------------------------------
@@ -128,8 +143,9 @@ def checkout(tmp_path_factory):
     _venv_bin(str(root / ".venv" / "bin"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONWARNINGS": "ignore"}
     env.pop("PYTHON", None)
-    demo = _shell(root, env, DEMO, timeout=600)
-    return root, env, demo
+    assert DEMO.startswith(INSTALL)
+    demo = _shell(root, env, DEMO[len(INSTALL) :], timeout=1500)
+    return root, env, demo, {}
 
 
 def _shell(root, env: Dict[str, str], command: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -140,27 +156,32 @@ def _shell(root, env: Dict[str, str], command: str, timeout: int = 300) -> subpr
 
 @pytest.mark.slow
 def test_demo_command(checkout):
-    root, _, demo = checkout
+    root, _, demo, _ = checkout
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
-    assert not (root / "trainer.total_steps=3").exists(), "the override is not taken for the output directory"
     rows = [json.loads(line) for line in open(root / "outputs/tiny_cpu/metrics.jsonl")]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    assert "held-out accuracy:" in demo.stdout and "at step 3" in demo.stdout
+    assert [r["step"] for r in rows] == list(range(151))
+    assert "held-out accuracy:" in demo.stdout and "at step 150" in demo.stdout
     assert (root / "outputs/tiny_cpu/hf/config.json").is_file()
+    for key in ("policy/entropy", "policy/kl_old", "response/length_mean", "response/clip_frac", "train/lr"):
+        assert all(isinstance(r[key], float) for r in rows[1:]), key
+    assert max(r["policy/kl_old"] for r in rows[1:]) > 0.0
 
 
-def _on_demo(checkout, command: str):
-    """(scratch root, result) of a README command run on the demo's output; it must exit 0."""
-    root, env, demo = checkout
+def _in_order(checkout, command: str):
+    """Run `command` after every RUN command before it (each once per module), like a user would."""
+    root, env, demo, done = checkout
     assert demo.returncode == 0, "the demo command failed (see test_demo_command)"
-    res = _shell(root, env, command)
-    assert res.returncode == 0, res.stderr[-3000:]
+    for previous in RUN[2 : RUN.index(command) + 1]:
+        if previous not in done:
+            done[previous] = _shell(root, env, previous)
+    res = done[command]
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return root, res
 
 
 @pytest.mark.slow
 def test_eval_command_reproduces_the_final_validation(checkout):
-    root, res = _on_demo(checkout, EVAL)
+    root, res = _in_order(checkout, EVAL)
     out = root / "outputs/tiny_cpu/eval/hf-test.json"
     assert f"wrote {out}" in res.stdout and not (root / "sppo_eval.json").exists()
     result = json.loads(out.read_text())
@@ -171,10 +192,36 @@ def test_eval_command_reproduces_the_final_validation(checkout):
 
 @pytest.mark.slow
 def test_plot_command(checkout):
-    root, res = _on_demo(checkout, PLOT)
+    root, res = _in_order(checkout, PLOT)
     png = root / "outputs/tiny_cpu/plots/dashboard.png"
     assert res.stdout.split() == ["outputs/tiny_cpu/plots/dashboard.png"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_smoke_run_after_the_demo_trains(checkout):
+    root, res = _in_order(checkout, SMOKE)
+    assert "steps 1..3" in res.stdout + res.stderr and "resumed" not in res.stdout + res.stderr
+    rows = [json.loads(line) for line in open(root / "outputs/smoke/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert [json.loads(line)["step"] for line in open(root / "outputs/tiny_cpu/metrics.jsonl")][-1] == 150
+
+
+@pytest.mark.slow
+def test_conversion_commands_in_order_on_the_demo(checkout):
+    """The Conversion block as written but on the demo's files: a bf16 conversion of the fp32 model
+    verifies, a training checkpoint converts without --hf-config."""
+    root, env, demo, _ = checkout
+    assert demo.returncode == 0, "the demo command failed (see test_demo_command)"
+    for command in CONVERSION:
+        for name, demo_name in ON_THE_DEMO.items():
+            command = command.replace(name, demo_name)
+        res = _shell(root, env, command)
+        assert res.returncode == 0, command + "\n" + res.stdout[-2000:] + res.stderr[-3000:]
+        if " verify " in command:
+            assert ": OK" in res.stderr + res.stdout and "rounded to bf16" in res.stderr + res.stdout
+    assert (root / "qwen7b-sppo/config.json").is_file()
+    assert (root / "mlm/run/latest_checkpointed_iteration.txt").read_text().strip() == "150"
 
 
 # --- commands checked without running ------------------------------------------------------
@@ -251,7 +298,7 @@ def _check_part(tokens: List[str]) -> None:
         raise AssertionError(f"no check for {prog!r}: add one")
 
 
-@pytest.mark.parametrize("command", sorted(NOT_RUN))
+@pytest.mark.parametrize("command", sorted(NOT_RUN) + CONVERSION)
 def test_command_that_needs_a_gpu_hub_or_installer_is_well_formed(command):
     for part in command.split("&&"):
         _check_part(shlex.split(part))

@@ -54,3 +54,18 @@ def test_refill_rounds_add_their_generation_and_sync_time():
     # a step that kept no prompt trains nothing
     assert metrics["train/tokens"] == 0.0 and metrics["perf/tokens_per_s"] == 0.0
     assert "train/loss" not in metrics and "timing/update_s" not in metrics
+
+
+def test_policy_entropy_is_the_mean_over_response_tokens_only():
+    import torch
+
+    from sppo_megatron.actor.batch import LogProbs
+
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    entropy = torch.tensor([[1.0, 2.0, 100.0], [4.0, 100.0, 100.0]])
+    logp = LogProbs(torch.zeros(2, 3), mask, entropy)
+    assert logp.mean_entropy() == pytest.approx(7.0 / 3)
+    assert LogProbs(torch.zeros(2, 3), mask).mean_entropy() is None
+    record = StepRecord(_rollout([RoundStats(gen_s=1.0, sync={})]), entropy=logp.mean_entropy(), step_s=1.0)
+    assert record.metrics()["policy/entropy"] == pytest.approx(7.0 / 3)
+    assert "policy/entropy" not in StepRecord(_rollout([RoundStats(gen_s=1.0, sync={})]), step_s=1.0).metrics()

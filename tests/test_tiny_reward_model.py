@@ -108,3 +108,14 @@ def test_echo_warm_start_trains_the_model_alone_and_saves_no_echo_head():
         assert model.state_dict().keys() == base.state_dict().keys()  # the echo head is dropped
         trained[echo] = model.state_dict()
     assert any(not torch.equal(trained[0.0][k], trained[2.0][k]) for k in trained[0.0])  # the echo loss trains it
+
+
+def test_the_build_reports_progress_about_every_eighth_of_a_loop(capsys):
+    progress = trm.Progress("reward model classifier", 20)
+    for step in range(20):
+        progress(step, torch.tensor(0.5))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0].strip() for line in lines] == [
+        f"reward model classifier: step {s}/20" for s in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+    ]
+    assert "loss 0.5000" in lines[-1]

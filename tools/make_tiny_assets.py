@@ -75,11 +75,13 @@ def build_model(tokenizer, hidden: int, layers: int, seed: int):
     return tiny_model(config, seed)
 
 
-def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int, echo: float = 0.0) -> float:
+def warm_start(
+    model, tokenizer, pairs, steps: int, batch_size: int, lr: float, seed: int, echo: float = 0.0, progress=None
+) -> float:
     """Supervised training on `prompt -> answer<eos>` (loss on the answer only). `echo` > 0 adds,
     with that weight, a loss that each position's last hidden state still tells its own token
     (through a linear head dropped afterwards): the reward model's backbone needs it (see
-    tools/tiny_reward_model.py), the policy does not."""
+    tools/tiny_reward_model.py), the policy does not. `progress(step, loss)` follows each step."""
     gen = torch.Generator().manual_seed(seed)
     prompts = [
         tokenizer.apply_chat_template(
@@ -104,7 +106,7 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     loss = torch.tensor(0.0)
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, len(seqs), (batch_size,), generator=gen)
         hidden = model.model(input_ids=ids[idx]).last_hidden_state
         logits = model.lm_head(hidden)[:, :-1]
@@ -118,6 +120,8 @@ def warm_start(model, tokenizer, pairs, steps: int, batch_size: int, lr: float, 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step, loss.detach())
     model.eval()
     return float(loss.detach())
 
@@ -198,10 +202,20 @@ def main() -> None:
         "held_out_greedy_accuracy": round(acc, 4),
     }
     if args.reward_model:
-        from tools.tiny_reward_model import train_reward_model  # only for --reward-model
+        from tools.tiny_reward_model import Progress, train_reward_model  # only for --reward-model
 
         def more_sums(lm, steps: int, seed: int) -> None:
-            warm_start(lm, tokenizer, train, steps, args.warm_batch, args.rm_lm_lr, seed, echo=args.rm_echo)
+            warm_start(
+                lm,
+                tokenizer,
+                train,
+                steps,
+                args.warm_batch,
+                args.rm_lm_lr,
+                seed,
+                echo=args.rm_echo,
+                progress=Progress("reward model backbone", steps),
+            )
 
         rm_start = time.time()
         rm, rm_tokenizer, rm_accuracy = train_reward_model(

@@ -6,8 +6,9 @@ Writes RUN_DIR/plots/dashboard.png (needs matplotlib); --html also writes dashbo
 it (the PNG embedded, plus the latest value of every panel's series). Noisy per-step series are
 drawn faint with an exponential moving average over about N steps on top (default: a twentieth
 of the run). Panels: held-out accuracy (%), training reward, loss and gradient norm (separate
-axes: they differ by orders of magnitude), SPPO targets vs log-ratios, prompts without signal,
-phase time stacked per step, throughput. The mean win rate is not drawn: with the soft loss it
+axes: they differ by orders of magnitude), SPPO targets vs log-ratios, prompts without signal and
+clipped responses and gradients, policy entropy, KL to the step's old policy, response length,
+learning rate, phase time stacked per step, throughput. The mean win rate is not drawn: with the soft loss it
 is 1/2 by construction.
 """
 
@@ -131,8 +132,23 @@ def panels(records: Sequence[Record]) -> List[Panel]:
             [
                 ("prompts whose samples all scored the same", _key("sppo/no_signal_frac", 100.0)),
                 ("responses cut at max length", _key("response/clip_frac", 100.0)),
+                ("optimizer steps with a clipped gradient", _key("train/grad_clip_frac", 100.0)),
             ],
         ),
+        Panel(
+            "Policy entropy (sampling policy)", "nats per response token", [("policy/entropy", _key("policy/entropy"))]
+        ),
+        Panel(
+            "KL to the step's old policy (in the update)",
+            "nats per response token",
+            [("policy/kl_old", _key("policy/kl_old"))],
+        ),
+        Panel(
+            "Response length",
+            "tokens",
+            [("mean", _key("response/length_mean")), ("max", _key("response/length_max"))],
+        ),
+        Panel("Learning rate", "lr", [("train/lr", _key("train/lr"))], noisy=False),
         Panel("Time per step, by phase", "seconds", noisy=False, stacked=True),
         Panel("Throughput (rollout + training)", "tokens / s", [("perf/tokens_per_s", _key("perf/tokens_per_s"))]),
     ]

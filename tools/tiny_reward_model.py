@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
+import time
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -36,6 +38,22 @@ RM_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 DIGITS = "0123456789"
+
+
+class Progress:
+    """`label: step i/N, loss x, Ts` on stderr about every eighth of a loop: the reward model's
+    build runs for minutes, and a silent one looks hung."""
+
+    def __init__(self, label: str, steps: int) -> None:
+        self.label, self.steps, self.every, self.start = label, steps, max(1, steps // 8), time.time()
+
+    def __call__(self, step: int, loss: torch.Tensor) -> None:
+        if (step + 1) % self.every == 0 or step + 1 == self.steps:
+            print(
+                f"   {self.label}: step {step + 1}/{self.steps}, loss {float(loss):.4f}, {time.time() - self.start:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def near_miss(a: int, b: int, rng: random.Random, chars: str) -> str:
@@ -169,7 +187,8 @@ class RewardModelTrainer:
         decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)
         model.train()
         loss = torch.tensor(0.0)
-        for _ in range(steps):
+        progress = Progress("reward model classifier", steps)
+        for step in range(steps):
             problems = [self.rng.choice(self.train) for _ in range(batch_size)]
             samples = [(a, b, r) for a, b in problems for r in (str(a + b), self.wrong(a, b))]
             rows = [self.encode(a, b, r) for a, b, r in samples]
@@ -190,6 +209,7 @@ class RewardModelTrainer:
             loss.backward()
             opt.step()
             decay.step()
+            progress(step, loss.detach())
         model.eval()
         return float(loss.detach())
 

@@ -67,6 +67,14 @@ def _sequence_logp(old: OldLogProbs, n: int) -> torch.Tensor:
     return _as_1d(t, n, "old_logp")
 
 
+def _token_logp(old: OldLogProbs) -> Optional[torch.Tensor]:
+    """old log pi_t per response token [N, R] (zero-padded), or None when only sums were given."""
+    if isinstance(old, LogProbs):
+        return old.logp.detach().to("cpu", torch.float32)
+    t = torch.as_tensor(old)
+    return t.detach().to("cpu", torch.float32) if t.dim() == 2 else None
+
+
 class MegatronActor:
     """The policy, its optimizer and LR schedule on this rank (see the module docstring)."""
 
@@ -117,6 +125,7 @@ class MegatronActor:
         self.transformer_config = self.model.config
         self.optimizer = setup.build_optimizer(optim, parallel, self.ddp, self.dtype)
         self.scheduler = setup.build_scheduler(optim, total_optimizer_steps, self.optimizer)
+        self.clip_grad = float(optim.clip_grad)
         self.device = current_device()
         self.pad_multiple = setup.sequence_pad_multiple(model, self.transformer_config)
         self.default_temperature = float(temperature)
@@ -223,7 +232,9 @@ class MegatronActor:
         `sample_mask` [N] bool selects the samples in the loss (all when None). `temperature`
         divides the logits as in `log_probs` (None: old_logp's own, else rollout.temperature).
         A step whose loss or gradient is not finite is skipped (weights untouched) and counted
-        in `train/skipped`.
+        in `train/skipped`. `policy/kl_old` is KL(pi_t || pi_theta) per response token (the k3
+        estimator on the selected samples, from per-token old log-probs), as each mini-batch's
+        forward pass sees it: 0 for the first mini-batch of an on-policy step.
         """
         n = len(batch)
         k = int(group_size or self.group_size)
@@ -232,6 +243,7 @@ class MegatronActor:
         temperature = float(temperature)
         targets_t = _as_1d(targets, n, "targets")
         old_t = _sequence_logp(old_logp, n)
+        old_tokens = _token_logp(old_logp)
         mask_t = (
             torch.ones(n, dtype=torch.bool)
             if sample_mask is None
@@ -243,17 +255,18 @@ class MegatronActor:
         self.ddp.train()
         for _ in range(int(self.train_cfg.epochs_per_rollout)):
             for indices in mini_batches(n, k, int(self.train_cfg.mini_batch_size)):
-                metrics = self._train_step(batch, indices, targets_t, old_t, mask_t, temperature)
+                metrics = self._train_step(batch, indices, targets_t, old_t, old_tokens, mask_t, temperature)
                 metrics["train/tokens"] = float(sum(lengths[i] for i in indices))
                 steps.append(metrics)
         self.last_steps = steps
         return self._summarise(steps, time.perf_counter() - start)
 
-    def _train_step(self, batch, indices, targets, old, mask, temperature) -> Dict[str, float]:
+    def _train_step(self, batch, indices, targets, old, old_tokens, mask, temperature) -> Dict[str, float]:
         from megatron.core import parallel_state as ps
 
         micro = self._plan(batch, indices)
-        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum sq err, n selected, sum log-ratio
+        # sum sq err, n selected, sum log-ratio, sum per-token KL to pi_t, tokens it covers
+        stats = torch.zeros(5, dtype=torch.float64, device=self.device)
 
         def loss_func(mb: MicroBatch, logits: torch.Tensor):
             # nothing here waits for the device: inputs go up asynchronously, the mask stays on the
@@ -277,6 +290,8 @@ class MegatronActor:
             stats[0].add_(m["loss"])
             stats[1].add_(count)
             stats[2].add_(m["log_ratio_mean"] * count)
+            if old_tokens is not None:
+                self._add_kl(stats, lp, mb, old_tokens, mask)
             return loss, torch.full((), count, dtype=torch.int, device=dev), {}
 
         def forward_step(data_iterator, model):
@@ -292,7 +307,7 @@ class MegatronActor:
             dist.all_reduce(stats, group=ps.get_data_parallel_group())
         if self.parallel_dims.pp > 1:
             dist.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())
-        sum_sq, count, sum_ratio = (float(v) for v in stats.cpu())
+        sum_sq, count, sum_ratio, sum_kl, kl_tokens = (float(v) for v in stats.cpu())
         loss = sum_sq / max(count, 1.0)
 
         finite = math.isfinite(loss) and self._grads_finite()
@@ -306,15 +321,36 @@ class MegatronActor:
                 grad_norm = float(norm)
                 self.scheduler.step(increment=1)
                 skipped = 0.0
-        return {
+        metrics = {
             "train/loss": loss,
             "train/grad_norm": grad_norm,
             "train/lr": lr,
+            "train/grad_clipped": float(0.0 < self.clip_grad < grad_norm),
             "sppo/log_ratio_mean": sum_ratio / count if count else 0.0,
             "train/skipped": skipped,
             "train/num_selected": count,
             **router_losses(len(micro), self.transformer_config),
         }
+        if old_tokens is not None and kl_tokens:
+            metrics["policy/kl_old"] = sum_kl / kl_tokens
+        return metrics
+
+    @staticmethod
+    def _add_kl(
+        stats: torch.Tensor, lp: torch.Tensor, mb: MicroBatch, old_tokens: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        """Add the k3 estimate of KL(pi_t || pi_theta) over mb's selected response tokens to
+        stats[3] and their count to stats[4]: exp(r) - 1 - r, r = log pi_theta - log pi_t per token
+        (unbiased for samples of pi_t, never negative). A gather on the response tokens: nothing
+        waits for the device."""
+        src, sample, col = mb.response_index()
+        keep = mask[sample]
+        src, sample, col = src[keep], sample[keep], col[keep]
+        dev = lp.device
+        new = lp.detach().reshape(-1).index_select(0, src.to(dev, non_blocking=True)).double()
+        r = new - old_tokens[sample, col].to(dev, non_blocking=True).double()
+        stats[3].add_((torch.expm1(r) - r).sum())
+        stats[4].add_(float(src.numel()))
 
     def _grads_finite(self) -> bool:
         """True when every rank's gradient buffers are finite: one sum per buffer (not finite iff an
@@ -337,6 +373,11 @@ class MegatronActor:
         for key in ("train/loss", "train/grad_norm", "train/lr", "sppo/log_ratio_mean"):
             vals = [s[key] for s in steps if not (key == "train/grad_norm" and s["train/skipped"])]
             out[key] = sum(vals) / len(vals) if vals else float("nan")
+        taken = [s for s in steps if not s["train/skipped"]]
+        out["train/grad_clip_frac"] = sum(s["train/grad_clipped"] for s in taken) / len(taken) if taken else 0.0
+        kls = [s["policy/kl_old"] for s in steps if "policy/kl_old" in s]
+        if kls:
+            out["policy/kl_old"] = sum(kls) / len(kls)
         out["train/skipped"] = float(sum(s["train/skipped"] for s in steps))
         out["train/num_optimizer_steps"] = float(len(steps) - out["train/skipped"])
         out["train/tokens"] = float(sum(s["train/tokens"] for s in steps))

@@ -74,6 +74,13 @@ class LogProbs:
         the hundreds): float64 keeps that difference free of the sums' own rounding."""
         return torch.where(self.mask, self.logp.double(), torch.zeros((), dtype=torch.float64)).sum(dim=1)
 
+    def mean_entropy(self) -> Optional[float]:
+        """The policy's entropy per response token, averaged over every response token (None
+        without entropies)."""
+        if self.entropy is None or not bool(self.mask.any()):
+            return None
+        return float(self.entropy.double()[self.mask].mean())
+
     def __len__(self) -> int:
         return self.logp.shape[0]
 

@@ -42,11 +42,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
-from sppo_megatron.models.converted import LAYOUTS, check_checkpoint_matches
+from sppo_megatron.models.converted import LAYOUTS, resolve_megatron_checkpoint
 from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
 from sppo_megatron.platform.console import say
 from sppo_megatron.platform.distributed import broadcast_object, rank
-from sppo_megatron.platform.dtypes import DTYPES
+from sppo_megatron.platform.dtypes import DTYPES, resolve_dtype
 from sppo_megatron.platform.files import atomic_output_dir
 
 # The models and megatron-core are imported inside the commands that use them: `--help` and bad
@@ -377,7 +377,7 @@ def verify(args: argparse.Namespace) -> int:
     hf_config = load_hf_config(args.hf, "--hf")
     bridge = get_bridge(hf_config)
     SafetensorsReader(args.hf).close()  # a truncated file is one line here, not a transformers traceback
-    check_checkpoint_matches(args.ckpt, bridge, args.hf)
+    ckpt_dtype = resolve_megatron_checkpoint(args.ckpt, args.hf)[2]
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)
     padded = model_vocab_for(args.ckpt, args.tp)
@@ -405,6 +405,8 @@ def verify(args: argparse.Namespace) -> int:
         hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
         hf.eval()
         with torch.no_grad():
+            for param in hf.parameters():  # the checkpoint's rounding, so that atol measures the conversion
+                param.copy_(param.to(resolve_dtype(ckpt_dtype)))
             ref = hf(input_ids=ids).logits.float()
         diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
     diff = broadcast_object(diff)
@@ -413,7 +415,8 @@ def verify(args: argparse.Namespace) -> int:
     say(
         PROG,
         f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
-        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}): {'OK' if ok else 'FAIL'}",
+        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}; both sides in fp32 from the checkpoint's {ckpt_dtype} "
+        f"weights, the HF ones rounded to {ckpt_dtype} like them): {'OK' if ok else 'FAIL'}",
     )
     return 0 if ok else 1
 

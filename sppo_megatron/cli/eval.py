@@ -94,19 +94,9 @@ def _latest_checkpoint(run_dir: str) -> Optional[str]:
     return CheckpointManager(run_dir, keep_last=1).latest()
 
 
-def _run_config_model_path(step_dir: str) -> Optional[str]:
-    """model.path of the run a training checkpoint belongs to (OUTPUT_DIR/config.yaml)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    from omegaconf import OmegaConf
-
-    return OmegaConf.select(OmegaConf.load(path), "model.path")
-
-
 def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[str]]:
     """(HF directory with config + tokenizer, Megatron checkpoint or None)."""
-    from sppo_megatron.models.converted import HF_SUBDIR
+    from sppo_megatron.models.converted import model_dir_of
     from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
 
     if not os.path.isdir(model):
@@ -117,11 +107,7 @@ def resolve_model(model: str, hf_config: Optional[str]) -> Tuple[str, Optional[s
             raise UserError(f"--model: run directory {model} has no complete checkpoint (checkpoints/latest)")
         model = latest
     if is_dist_checkpoint(model):
-        hf_dir = hf_config or (
-            os.path.join(model, HF_SUBDIR)
-            if os.path.isfile(os.path.join(model, HF_SUBDIR, "config.json"))
-            else _run_config_model_path(model)
-        )
+        hf_dir = hf_config or model_dir_of(model)
         if hf_dir is None:
             raise UserError(f"--model {model}: cannot tell which HF model this checkpoint is; pass --hf-config DIR")
         return hf_dir, model

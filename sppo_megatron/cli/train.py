@@ -11,7 +11,7 @@ from sppo_megatron.config.loader import load_config
 from sppo_megatron.config.schema import GROUP_HELP
 from sppo_megatron.platform.console import say
 from sppo_megatron.platform.cpu_compat import silence_cpu_noise
-from sppo_megatron.platform.distributed import destroy_distributed, init_distributed
+from sppo_megatron.platform.distributed import default_cpu_threads, destroy_distributed, init_distributed
 from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
 from sppo_megatron.trainer import PROG
 
@@ -40,9 +40,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the trainer's modules load only now (here and below): `--help` and config errors answer at once
     from sppo_megatron.trainer.preflight import preflight
 
-    notice = preflight(cfg)
-    if notice:
-        say(PROG, notice)
+    for notice in (preflight(cfg), default_cpu_threads()):
+        if notice:
+            say(PROG, notice)
     init_distributed(
         tp=cfg.parallel.tp,
         pp=cfg.parallel.pp,

@@ -18,6 +18,7 @@ from importlib.metadata import version
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
@@ -171,16 +172,31 @@ def _mcore_version() -> str:
         return "unknown"
 
 
+def model_dir_of(ckpt_dir: str) -> Optional[str]:
+    """The HF directory (config, tokenizer) of a Megatron checkpoint, None when it does not say:
+    its hf/ subdirectory (written by hf-to-megatron), else, for a training checkpoint
+    OUTPUT_DIR/checkpoints/step_N, the run's model.path (OUTPUT_DIR/config.yaml)."""
+    own = os.path.join(ckpt_dir, HF_SUBDIR)
+    if os.path.isfile(os.path.join(own, "config.json")):
+        return own
+    run_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir))), "config.yaml")
+    if not os.path.isfile(run_config):
+        return None
+    path = OmegaConf.select(OmegaConf.load(run_config), "model.path")
+    return str(path) if path else None
+
+
 def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
     """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
     (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
-    to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
+    to `model_dir_of(ckpt)`."""
     ckpt_dir = resolve_checkpoint_dir(ckpt, "--ckpt")
     check_checkpoint_dir(ckpt_dir, "--ckpt")
-    hf_dir = hf_config_dir or os.path.join(ckpt_dir, HF_SUBDIR)
-    if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+    hf_dir = hf_config_dir or model_dir_of(ckpt_dir)
+    if hf_dir is None:
         raise UserError(
-            f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json: pass --hf-config DIR (the HF model it was trained from)"
+            f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json and no run config.yaml beside checkpoints/ naming "
+            "model.path: pass --hf-config DIR (the HF model it was trained from)"
         )
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)

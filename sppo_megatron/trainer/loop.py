@@ -70,6 +70,7 @@ class StepRecord:
     old_logp_s: Optional[float] = None
     update_s: Optional[float] = None
     logp_abs_diff: Optional[float] = None
+    entropy: Optional[float] = None  # pi_t's, per response token
     samples: List[Dict[str, Any]] = field(default_factory=list)  # for samples.jsonl
     bad_steps: int = 0
     validation: Optional[Validation] = None
@@ -92,6 +93,8 @@ class StepRecord:
         out.update(self.update)
         if self.logp_abs_diff is not None:
             out["rollout/logp_abs_diff"] = self.logp_abs_diff
+        if self.entropy is not None:
+            out["policy/entropy"] = self.entropy
         out["train/bad_steps"] = self.bad_steps
         if self.validation is not None:
             out.update(self.validation.metrics())
@@ -136,6 +139,7 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
         old_logp_s=old_logp_time.seconds,
         update_s=update_time.seconds,
         logp_abs_diff=logp_abs_diff(rollout_logp, old_logp.logp, old_logp.mask),
+        entropy=old_logp.mean_entropy(),
         samples=sample_records(rollout, rewards, cfg.algorithm) if logged else [],
     )
 

@@ -111,9 +111,10 @@ class RolloutManager(abc.ABC):
         """Shut the engine down (separate: stop the rollout ranks)."""
 
     def old_log_probs(self, batch: SequenceBatch) -> LogProbs:
-        """The actor's log-probs of `batch` under the weights that generated it (pi_t)."""
+        """The actor's log-probs of `batch` under the weights that generated it (pi_t), with the
+        entropies of the same pass (`policy/entropy`)."""
         with self.actor.weights(self.generating_weights()):
-            return self.actor.log_probs(batch, temperature=self.cfg.rollout.temperature)
+            return self.actor.log_probs(batch, temperature=self.cfg.rollout.temperature, with_entropy=True)
 
     def generating_weights(self) -> Optional[Weights]:
         """The weights that generated the batch being trained on (None: the actor's own)."""
