@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements-cpu.txt"
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _wheel(directory: Path, name: str, version: str, requires: List[str]) -> None:
@@ -89,6 +90,9 @@ def test_torch_is_pinned_to_the_cpu_build():
     assert len(here) == 1, lines
     if sys.platform != "darwin":
         assert str(here[0].specifier).endswith("+cpu"), here[0]
+    # the file names the index that holds the +cpu wheels, so a machine that only knows PyPI gets one
+    options = [line.split() for line in REQUIREMENTS.read_text().splitlines() if line.startswith("--")]
+    assert ["--extra-index-url", CPU_INDEX] in options, options
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS torch wheels on PyPI are CPU builds")
