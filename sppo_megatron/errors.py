@@ -8,7 +8,15 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
-    """One or more problems in the configuration; the message has one line per problem."""
+    """One or more problems in the configuration; the message has one line per problem.
+
+    `candidate`: the merged config the problems were found in, when it could be built (keys and
+    types right, values wrong), so the checks of its sound groups can still run and report theirs
+    in the same message."""
+
+    def __init__(self, message: str, candidate: object = None) -> None:
+        super().__init__(message)
+        self.candidate = candidate
 
 
 class DataError(UserError):

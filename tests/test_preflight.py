@@ -207,3 +207,53 @@ def test_sppo_train_reports_before_building_anything(tmp_path, hf_dir, prompts):
     ], errors
     assert "Traceback" not in res.stderr and not out.exists()
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_config_data_and_model_mistakes_are_reported_together(tmp_path, hf_dir, prompts):
+    """A wrong value, a prompt file that is not parquet and a model without weights: one attempt,
+    exit 2, one line each (the value's group is left out of preflight, the others are checked)."""
+    config_only = tmp_path / "config_only"
+    shutil.copytree(hf_dir, config_only, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    not_parquet = tmp_path / "val.parquet"
+    not_parquet.write_text("prompt,answer\n1+1=,2\n")
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sppo_megatron.train",
+            f"model.path={config_only}",
+            f"trainer.output_dir={out}",
+            f"data.train_files=[{prompts}]",
+            f"data.val_files=[{not_parquet}]",
+            "data.prompt_key=question",
+            "rollout.engine=hf",
+            "optim.lr=-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [line.split("error:", 1)[1].strip() for line in res.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 4, errors
+    assert errors[0].startswith("optim.lr: -1.0 is below the minimum"), errors
+    assert "no weights found" in errors[1], errors
+    assert errors[2].startswith(f"{prompts}: missing column(s) 'question'"), errors
+    assert errors[3].startswith(f"{not_parquet}: not a readable parquet file"), errors
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_a_config_mistake_leaves_its_own_group_unchecked(tmp_path, hf_dir, make_cfg):
+    """Preflight skips a group the config's problems name (its values are not to be trusted)."""
+    with pytest.raises(ConfigError) as info:
+        make_cfg(f"model.path={hf_dir}", "data.max_prompt_length=0", "data.prompt_key=question")
+    assert info.value.candidate is not None
+    lines = preflight_module.with_preflight(info.value).args[0].splitlines()
+    assert lines == str(info.value).splitlines(), lines  # no data check: the data group has a problem
+    with pytest.raises(ConfigError) as info:
+        make_cfg(f"model.path={hf_dir}", "optim.lr=-1", "data.prompt_key=question")
+    lines = str(preflight_module.with_preflight(info.value)).splitlines()
+    assert lines[0].startswith("optim.lr") and "missing column(s) 'question'" in lines[1], lines

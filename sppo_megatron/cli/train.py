@@ -9,6 +9,7 @@ from typing import List, Optional
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.loader import load_config
 from sppo_megatron.config.schema import GROUP_HELP
+from sppo_megatron.errors import ConfigError
 from sppo_megatron.platform.console import say
 from sppo_megatron.platform.cpu_compat import silence_cpu_noise
 from sppo_megatron.platform.distributed import default_cpu_threads, destroy_distributed, init_distributed
@@ -36,8 +37,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     silence_cpu_noise()
-    cfg = load_config(args.config, args.overrides)
-    # the trainer's modules load only now (here and below): `--help` and config errors answer at once
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:  # with what preflight finds in the other groups: every mistake at once
+        from sppo_megatron.trainer.preflight import with_preflight
+
+        raise with_preflight(e) from None
+    # the trainer's modules load only now (here and below): `--help` answers at once
     from sppo_megatron.trainer.preflight import preflight
 
     for notice in (preflight(cfg), default_cpu_threads()):

@@ -170,7 +170,7 @@ def load_config(
     if not problems and cross_field:
         problems = rules.problems(cfg, world_size, check_paths)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise ConfigError("\n".join(problems), candidate=cfg)
     return cfg
 
 

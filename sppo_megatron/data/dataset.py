@@ -55,11 +55,32 @@ class PromptDataset:
         return self.items[i]
 
 
-def _read_table(path: str) -> pa.Table:
+def _check_is_file(path: str) -> None:
     if not os.path.exists(path):
         raise DataError(f"{path}: prompt file not found")
     if not os.path.isfile(path):
         raise DataError(f"{path}: not a file (expected a parquet file)")
+
+
+def _check_columns(names: Sequence[str], path: str, prompt_key: str) -> None:
+    missing = [c for c in (prompt_key, "data_source", "reward_model") if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} (found {', '.join(names)})")
+
+
+def check_prompt_file(path: str, prompt_key: str) -> None:
+    """What can be checked of a prompt file without reading its rows (preflight): it is a parquet
+    file with the prompt, data_source and reward_model columns."""
+    _check_is_file(path)
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    _check_columns(names, path, prompt_key)
+
+
+def _read_table(path: str) -> pa.Table:
+    _check_is_file(path)
     try:
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
@@ -152,12 +173,7 @@ def load_prompt_dataset(files: Union[str, Sequence[str]], tokenizer, cfg) -> Pro
     num_filtered = num_rows = 0
     for path in files:
         table = _read_table(path)
-        missing = [c for c in (cfg.prompt_key, "data_source", "reward_model") if c not in table.column_names]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(found {', '.join(table.column_names)})"
-            )
+        _check_columns(table.column_names, path, cfg.prompt_key)
         rows = _rows(table, path)
         checked = [_check_row(row, f"{path} row {row_num}", cfg.prompt_key) for row_num, row in enumerate(rows)]
         texts = [

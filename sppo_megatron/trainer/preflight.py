@@ -2,17 +2,22 @@
 after the config loads and before any process group, model or engine exists, so a run that
 cannot work fails in seconds with one line per problem (exit 2) instead of a traceback minutes in.
 
+When the config itself has problems (`ConfigError.candidate`), the checks of the groups those
+problems leave alone still run, so one attempt reports the config, data and model mistakes together.
+
 What only the built job can check (the README lists it) stays where it happens: a checkpoint's
-shapes against the model, resuming a checkpoint of another parallel layout, prompt lengths and
-data_source scorers (need the tokenizer and data), SGLang starting on the GPU, the weight-sync
-read-back.
+shapes against the model, resuming a checkpoint of another parallel layout, rows of the prompt
+files, prompt lengths and data_source scorers (need the tokenizer and data), SGLang starting on the
+GPU, the weight-sync read-back.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable, List, Optional, Tuple
+import re
+from typing import Any, Callable, List, Optional, Set, Tuple
 
+from sppo_megatron.data.dataset import check_prompt_file
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
 from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
@@ -95,22 +100,56 @@ def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
     )
 
 
+def _data_problems(data: Any) -> List[str]:
+    problems: List[str] = []
+    for path in [*data.train_files, *data.val_files]:
+        _collect(problems, check_prompt_file, path, data.prompt_key)
+    return problems
+
+
 def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
     """Raise ConfigError listing every problem found; returns a notice to print, or None.
 
     training=False (sppo-eval) checks only the rollout engine: sppo-eval checks its --model
     itself and has no run directory or loggers.
     """
-    problems = _engine_problems(cfg.rollout.engine)
-    notice = None
     if training:
         busy = RunLock(cfg.trainer.output_dir).in_use()  # its checkpoints may be mid-write: say only this
         if busy:
             raise UserError(busy)
-        problems += _logger_problems(list(cfg.trainer.logger))
-        resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
-        problems += resume_problems + _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
-        problems += oracle_problems(cfg.reward)
+    problems, notice = _problems(cfg, training, skip=set())
     if problems:
         raise ConfigError("\n".join(problems))
     return notice
+
+
+def with_preflight(error: ConfigError) -> ConfigError:
+    """`error` (the config's own problems) with the problems preflight finds in the groups that
+    `error` does not name: all of a launch's mistakes in one message."""
+    if error.candidate is None:
+        return error
+    message = str(error)
+    skip = {m.group(1) for m in re.finditer(r"^([a-z_]+)\.", message, flags=re.M)}
+    more, _ = _problems(error.candidate, True, skip)
+    return ConfigError("\n".join([message, *more])) if more else error
+
+
+def _problems(cfg: Any, training: bool, skip: Set[str]) -> Tuple[List[str], Optional[str]]:
+    """Every check of a config group not in `skip` (groups that have problems of their own)."""
+    problems = _engine_problems(cfg.rollout.engine) if "rollout" not in skip else []
+    notice = None
+    if not training:
+        return problems, notice
+    if "trainer" not in skip:
+        problems += _logger_problems(list(cfg.trainer.logger))
+        resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
+        problems += resume_problems
+    else:
+        resume_from = None
+    if not skip & {"model", "parallel"}:
+        problems += _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
+    if "data" not in skip:
+        problems += _data_problems(cfg.data)
+    if "reward" not in skip:
+        problems += oracle_problems(cfg.reward)
+    return problems, notice
