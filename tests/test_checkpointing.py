@@ -29,7 +29,7 @@ def _save(mgr: CheckpointManager, step: int) -> str:
         with open(os.path.join(path, "actor.bin"), "w") as fh:
             fh.write(str(step))
 
-    return mgr.save(step, {"sampler": {"position": step}}, save_actor)
+    return mgr.save(step, {"sampler": {"position": step}}, save_actor, "seed: 1\n")
 
 
 def _steps(mgr):

@@ -9,6 +9,9 @@ complete checkpoint; leftovers of an interrupted write are removed at the next s
 A checkpoint that is there but broken (garbage state file, truncated shard) is reported in one
 line naming the file; trainer.resume=auto then resumes from the newest intact one and says so.
 
+Each checkpoint also holds the resolved config it was trained with (`config.yaml`), which a
+resume compares with its own (config/resume.py).
+
 trainer_state.json holds the step and, under its own key, the state of each `Stateful` component
 (`trainer_state` / `restore_trainer_state`): each saves and restores its own.
 """
@@ -28,6 +31,7 @@ from sppo_megatron.platform.distributed import barrier, rank, share_outcomes
 from sppo_megatron.platform.files import atomic_write_text, remove_dir, reporting_full_disk
 
 STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.yaml"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -109,8 +113,11 @@ class CheckpointManager:
         complete = [d for d in self.step_dirs() if os.path.isfile(os.path.join(d, STATE_FILE))]
         return complete[-1] if complete else None
 
-    def save(self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None]) -> str:
-        """Write step_N atomically. `save_actor(dir)` is called on every rank (collective).
+    def save(
+        self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None], config_yaml: str
+    ) -> str:
+        """Write step_N atomically, with `config_yaml` (the run's resolved config) beside the state.
+        `save_actor(dir)` is called on every rank (collective).
 
         Checkpoints of later steps (left by an earlier attempt that this run, resumed from an
         older checkpoint, has replaced) are removed; then the newest `keep_last` are kept."""
@@ -126,15 +133,19 @@ class CheckpointManager:
         try:
             with reporting_full_disk(tmp):
                 save_actor(tmp)
-                share_outcomes(lambda: self._commit(tmp, final, step, trainer_state) if rank() == 0 else None)
+                share_outcomes(
+                    lambda: self._commit(tmp, final, step, trainer_state, config_yaml) if rank() == 0 else None
+                )
         except BaseException:
             if rank() == 0:
                 remove_dir(tmp)  # frees the space; `latest` still names the previous checkpoint
             raise
         return final
 
-    def _commit(self, tmp: str, final: str, step: int, trainer_state: Dict[str, Any]) -> None:
-        """Rank 0, after every rank wrote its part: the state file, the rename, `latest`, rotation."""
+    def _commit(self, tmp: str, final: str, step: int, trainer_state: Dict[str, Any], config_yaml: str) -> None:
+        """Rank 0, after every rank wrote its part: the config and state files, the rename, `latest`, rotation."""
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
+            fh.write(config_yaml)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
             json.dump({"step": step, **trainer_state}, fh, indent=2)
         if os.path.exists(final):

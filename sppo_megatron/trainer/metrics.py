@@ -1,4 +1,5 @@
-"""Where metrics go: `metrics.jsonl` (one flat JSON object per step), the console, and
+"""Where metrics go: `metrics.jsonl` (one flat JSON object per step, plus event lines that carry
+an `event` key), the console, and
 optionally tensorboard / wandb. Only rank 0 writes; other ranks get a no-op logger."""
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ class MetricsLogger:
             self._wandb.log(numeric, step=step)
         if self.console:
             print(self.summary_line(step, metrics), file=sys.stderr, flush=True)
+
+    def event(self, step: int, name: str, fields: Dict[str, Any]) -> None:
+        """A metrics.jsonl line that is no step's metrics: `{"step": step, "event": name, ...}`
+        (e.g. `resumed`, with the config keys that changed)."""
+        if not self.enabled:
+            return
+        self._file.write(json.dumps({"step": step, "event": name, **fields}, default=str) + "\n")
+        self._file.flush()
 
     def summary_line(self, step: int, metrics: Dict[str, Any]) -> str:
         """`[step 3/10 |######              | 0:42] reward 0.41 | loss 0.012 | no_signal 38% | 2.1s/step`

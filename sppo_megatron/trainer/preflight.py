@@ -21,6 +21,7 @@ from sppo_megatron.models.hf_io import SafetensorsReader
 from sppo_megatron.reward.oracles.checks import oracle_problems
 from sppo_megatron.rollout import choose_engine
 from sppo_megatron.trainer.checkpointing import CheckpointManager
+from sppo_megatron.trainer.run_config import resume_changes
 from sppo_megatron.trainer.run_lock import RunLock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -73,14 +74,17 @@ def _engine_problems(requested: str) -> List[str]:
     return problems
 
 
-def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
-    """(problems, checkpoint the run resumes from, notice for a run that is already finished)."""
+def _resume_problems(cfg: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
+    """(problems, checkpoint the run resumes from, notice for a run that is already finished).
+    A resumed run's config must keep what the checkpoint's says must match (config/resume.py)."""
+    t = cfg.trainer
     problems: List[str] = []
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     start = _collect(problems, ckpts.decide_start, t.resume, t.overwrite)
     resume_from = start.resume_from if start is not None else None
     if resume_from is None:
         return problems, None, None
+    _collect(problems, resume_changes, cfg, resume_from)
     step = int(ckpts.read_state(resume_from)["step"])
     if step < t.total_steps:
         return problems, resume_from, None
@@ -108,7 +112,7 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
         if busy:
             raise UserError(busy)
         problems += _logger_problems(list(cfg.trainer.logger))
-        resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
+        resume_problems, resume_from, notice = _resume_problems(cfg)
         problems += resume_problems + _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
         problems += oracle_problems(cfg.reward)
     if problems:
