@@ -11,13 +11,15 @@ read-back.
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Callable, List, Optional, Tuple
 
 from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
 from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
 from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
-from sppo_megatron.models.hf_io import SafetensorsReader
+from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
+from sppo_megatron.models.rope import context_length
 from sppo_megatron.reward.oracles.checks import oracle_problems
 from sppo_megatron.rollout import choose_engine
 from sppo_megatron.trainer.checkpointing import CheckpointManager
@@ -64,6 +66,26 @@ def _model_problems(model: Any, parallel: Any, need_weights: bool) -> List[str]:
     elif need_weights and bridge is not None:
         _collect(problems, lambda: SafetensorsReader(model.path).close())
     return problems
+
+
+def _context_problems(cfg: Any) -> List[str]:
+    """A prompt and its response must fit the model's positions: past them the rotary embedding
+    runs out of range and the run trains on garbage without an error."""
+    if not cfg.model.path:
+        return []
+    try:
+        limit = context_length(load_hf_config(cfg.model.path, "model.path"))
+    except UserError:  # an unreadable or unsupported model: the model checks name it
+        return []
+    need = cfg.data.max_prompt_length + cfg.data.max_response_length
+    if not limit or need <= limit:
+        return []
+    return [
+        f"data.max_prompt_length + data.max_response_length = {cfg.data.max_prompt_length} + "
+        f"{cfg.data.max_response_length} = {need} exceeds the {limit} positions of the model "
+        f"({os.path.join(cfg.model.path, 'config.json')}: max_position_embeddings, rope scaling included); "
+        "lower them"
+    ]
 
 
 def _engine_problems(requested: str) -> List[str]:
@@ -114,7 +136,7 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
         problems += _logger_problems(list(cfg.trainer.logger))
         resume_problems, resume_from, notice = _resume_problems(cfg)
         problems += resume_problems + _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
-        problems += oracle_problems(cfg.reward)
+        problems += _context_problems(cfg) + oracle_problems(cfg.reward)
     if problems:
         raise ConfigError("\n".join(problems))
     return notice
