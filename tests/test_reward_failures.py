@@ -40,7 +40,7 @@ def rewards(tmp_path):
 def test_each_kind_of_failure_is_counted_with_its_message(rewards):
     expected = {
         "boom": "ValueError: boom",
-        "not_a_number": "could not convert string to float: 'many'",
+        "not_a_number": "not_a_number returned 'many' (str), not a number",
         "exits": "reward worker exited unexpectedly (exit code 3)",
     }
     for name, message in expected.items():
