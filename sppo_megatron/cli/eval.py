@@ -200,11 +200,14 @@ def _check_reference_config(cfg: Config, reference: Optional[str]) -> None:
 
 
 def format_table(metrics: Dict[str, Any]) -> str:
-    rows = [(key.split("/", 2)[2], value) for key, value in metrics.items() if key.startswith("eval/accuracy/")]
-    rows.append(("all", metrics["eval/accuracy"]))
+    """Accuracy per data_source in percent, or the mean score of rewards other than 0 / 1."""
+    kind = "accuracy" if "eval/accuracy" in metrics else "score"
+    rows = [(key.split("/", 2)[2], value) for key, value in metrics.items() if key.startswith(f"eval/{kind}/")]
+    rows.append(("all", metrics[f"eval/{kind}"]))
     width = max(len("data_source"), *(len(name) for name, _ in rows))
-    lines = [f"{'data_source':<{width}}  accuracy"]
-    lines += [f"{name:<{width}}  {100 * value:7.2f}%" for name, value in rows]
+    lines = [f"{'data_source':<{width}}  {kind}"]
+    shown = (lambda v: f"{100 * v:7.2f}%") if kind == "accuracy" else (lambda v: f"{v:8.4g}")
+    lines += [f"{name:<{width}}  {shown(value)}" for name, value in rows]
     return "\n".join(lines)
 
 
@@ -305,7 +308,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             with Timer() as timer:
                 rollout = generate(engine, tokenizer, items, sampling, n, batch_size)
-                metrics, rewards = evaluate(scorer, rollout, prefix="eval")
+                metrics, rewards = evaluate(
+                    scorer, rollout, prefix="eval", max_error_frac=cfg.reward.max_error_frac, prog=PROG
+                )
             metrics["timing/eval_s"] = timer.seconds
         finally:
             scorer.close()

@@ -111,7 +111,7 @@ def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Valida
         rollout, sync_s = run.rollouts.generate(
             val_data.items, val_sampling(cfg), cfg.rollout.val_n, cfg.data.val_batch_size
         )
-        accuracy, _ = evaluate(run.val_scorer, rollout)
+        accuracy, _ = evaluate(run.val_scorer, rollout, max_error_frac=cfg.reward.max_error_frac)
     return Validation(accuracy, sync_s, phase.seconds)
 
 

@@ -130,6 +130,7 @@ class MetricsLogger:
             ("train/grad_norm", "gnorm", "{:.3g}"),
             ("sppo/no_signal_frac", "no_signal", "{:.0%}"),
             ("val/accuracy", "val_acc", "{:.3f}"),
+            ("val/score", "val_score", "{:.4g}"),
             ("rollout/logp_abs_diff", "logp_diff", "{:.2g}"),
             ("timing/step_s", "", "{:.1f}s/step"),
         ):
