@@ -20,6 +20,7 @@ from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_m
 from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
 from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
 from sppo_megatron.models.rope import context_length
+from sppo_megatron.platform.files import check_writable_dir
 from sppo_megatron.reward.oracles.checks import oracle_problems
 from sppo_megatron.rollout import choose_engine
 from sppo_megatron.trainer.checkpointing import CheckpointManager
@@ -134,6 +135,7 @@ def preflight(cfg: Any, *, training: bool = True) -> Optional[str]:
         if busy:
             raise UserError(busy)
         problems += _logger_problems(list(cfg.trainer.logger))
+        _collect(problems, check_writable_dir, cfg.trainer.output_dir, "trainer.output_dir")
         resume_problems, resume_from, notice = _resume_problems(cfg)
         problems += resume_problems + _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
         problems += _context_problems(cfg) + oracle_problems(cfg.reward)
