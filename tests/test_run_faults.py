@@ -374,3 +374,35 @@ def test_read_only_output_dir_and_truncated_tokenizer_are_one_line(tiny_assets, 
     overrides = [o for o in base_overrides(tiny_assets, str(tmp_path / "run")) if not o.startswith("model.path")]
     errors = _errors(train(overrides + QUICK + [f"model.path={hf}"], check=False), "sppo-train")
     assert len(errors) == 1 and f"{hf / 'tokenizer.json'}: unreadable tokenizer file" in errors[0], errors
+
+
+def test_eval_of_a_run_directory_while_the_run_rotates_its_checkpoints(tiny_assets, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_command(
+            base_overrides(tiny_assets, str(out))
+            + QUICK
+            + ["trainer.total_steps=200", "trainer.save_freq=1", "trainer.keep_last=1"]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+    )
+    try:
+        wait_for_step(str(out), 1, proc)
+        for attempt in range(3):
+            res = _cli(
+                "sppo_megatron.cli.eval",
+                *("--model", str(out), "--data", tiny_assets["test"], "--limit", "4"),
+                *("--out", str(tmp_path / f"eval{attempt}.json"), "rollout.engine=hf"),
+            )
+            assert res.returncode == 0, res.stderr[-3000:]
+            assert "--ckpt" not in res.stderr
+            assert json.loads((tmp_path / f"eval{attempt}.json").read_text())["metrics"]["eval/num_prompts"] == 4
+        assert proc.poll() is None, "the run must keep training meanwhile"
+        assert not [name for name in os.listdir(out) if name.startswith(".pinned-")]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -171,12 +171,15 @@ def _mcore_version() -> str:
         return "unknown"
 
 
-def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
+def resolve_megatron_checkpoint(
+    ckpt: str, hf_config_dir: Optional[str] = None, what: str = "--ckpt"
+) -> Tuple[str, Any, str]:
     """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
     (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
-    to the checkpoint's hf/ subdirectory (written by hf-to-megatron)."""
-    ckpt_dir = resolve_checkpoint_dir(ckpt, "--ckpt")
-    check_checkpoint_dir(ckpt_dir, "--ckpt")
+    to the checkpoint's hf/ subdirectory (written by hf-to-megatron); `what` names the checkpoint
+    in errors (the flag or key the user passed)."""
+    ckpt_dir = resolve_checkpoint_dir(ckpt, what)
+    check_checkpoint_dir(ckpt_dir, what)
     hf_dir = hf_config_dir or os.path.join(ckpt_dir, HF_SUBDIR)
     if not hf_config_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise UserError(

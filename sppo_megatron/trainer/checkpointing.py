@@ -18,12 +18,14 @@ trainer_state.json holds the step and, under its own key, the state of each `Sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
 
 from sppo_megatron.actor.checkpoint import check_actor_files
 from sppo_megatron.errors import UserError
@@ -60,6 +62,20 @@ def restore_trainer_state(ckpt_dir: str, state: Mapping[str, Any], components: M
             component.load_state_dict(state.get(key))
         except UserError as e:
             raise type(e)(f"checkpoint {ckpt_dir}: {e}") from None
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """Hard-link every file of `src` into the new directory `dst` (same file system; no data is
+    copied). OSError when `src` changes under it (a file or directory gone)."""
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    for here, _, files in os.walk(src, onerror=fail):
+        target = os.path.join(dst, os.path.relpath(here, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.link(os.path.join(here, name), os.path.join(target, name))
 
 
 def _step_of(path: str) -> int:
@@ -207,6 +223,34 @@ class CheckpointManager:
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint directory (no {STATE_FILE})")
         self.check(resume)
         return RunStart(resume_from=resume)
+
+    @contextlib.contextmanager
+    def pinned_latest(self, attempts: int = 5) -> Iterator[str]:
+        """The latest complete checkpoint, hard-linked into a hidden directory of the run
+        (`.pinned-XXXX/step_N`, removed on exit) so that the running training's rotation cannot
+        delete its files while a reader (sppo-eval) loads them. A checkpoint rotated away while it
+        is being linked is replaced by the then latest one (UserError after `attempts`)."""
+        run_dir = os.path.dirname(self.root)
+        for _ in range(attempts):
+            ckpt = self.latest()
+            if ckpt is None:
+                raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/{LATEST_FILE})")
+            pin = tempfile.mkdtemp(prefix=".pinned-", dir=run_dir)
+            pinned = os.path.join(pin, os.path.basename(ckpt))
+            try:
+                _link_tree(ckpt, pinned)
+                self.check(pinned)  # every file there, none cut short by a rotation under way
+            except (OSError, UserError):
+                shutil.rmtree(pin, ignore_errors=True)
+                if self.latest() == ckpt:  # not rotated (a newer one is named before the old is removed)
+                    raise
+                continue
+            try:
+                yield pinned
+            finally:
+                shutil.rmtree(pin, ignore_errors=True)
+            return
+        raise UserError(f"{self.root}: the running training rotated {attempts} checkpoints away while they were read")
 
     @staticmethod
     def read_state(ckpt_dir: str) -> Dict[str, Any]:
