@@ -133,6 +133,7 @@ def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(
                 "reward.retries=1",
                 "reward.backoff_s=0.01",
                 "reward.request_timeout_s=0.3",
+                "trainer.resume_accept=[reward]",  # the rule-scored run goes on with a remote scorer
             ],
             check=False,
         )
