@@ -6,6 +6,8 @@ MODE kill: SIGKILL itself, after forking a sleeper that keeps its sockets open, 
 stay open (on one host the kernel would otherwise reset them and gloo would notice at once).
 MODE stop: SIGSTOP itself (a hung rank; on rank 0 that also hangs the store it hosts).
 MODE fail: leave by an exception, as the trainer does (stop_peer_monitor(error)), sleeper too.
+MODE reset: SIGKILL itself without a sleeper: the kernel resets its sockets and the survivor's
+gloo all_reduce raises, handled as sppo-train handles it (report_peer_death).
 The sleeper's pid is printed as `sleeper PID` so the test can clean up.
 """
 
@@ -17,7 +19,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
+from sppo_megatron.platform.liveness import report_peer_death, start_peer_monitor, stop_peer_monitor
 from sppo_megatron.trainer.preemption import PreemptionFlag
 
 
@@ -49,12 +51,18 @@ def main() -> None:
         if step == 3 and rank == victim:
             if mode == "stop":
                 os.kill(os.getpid(), signal.SIGSTOP)
+            if mode == "reset":
+                os.kill(os.getpid(), signal.SIGKILL)
             _fork_sleeper()
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             stop_peer_monitor(ValueError("boom"))
             sys.exit(1)
-        dist.all_reduce(value)
+        try:
+            dist.all_reduce(value)
+        except Exception as e:
+            report_peer_death(e)
+            raise
         time.sleep(0.1)
 
 

@@ -29,7 +29,7 @@ def _save(mgr: CheckpointManager, step: int) -> str:
         with open(os.path.join(path, "actor.bin"), "w") as fh:
             fh.write(str(step))
 
-    return mgr.save(step, {"sampler": {"position": step}}, save_actor)
+    return mgr.save(step, {"sampler": {"position": step}}, save_actor, "seed: 1\n")
 
 
 def _steps(mgr):
@@ -125,3 +125,45 @@ def test_auto_refuses_when_no_checkpoint_is_intact(tmp_path):
     message = str(err.value)
     assert "step_2: trainer_state.json is unreadable" in message and "no intact checkpoint" in message
     assert "\n" not in message
+
+
+def test_a_pinned_checkpoint_outlives_its_rotation(tmp_path):
+    mgr = _mgr(tmp_path, keep_last=1)
+    _save(mgr, 1)
+    with mgr.pinned_latest() as pinned:
+        assert os.path.basename(pinned) == "step_1" and os.path.dirname(os.path.dirname(pinned)) == str(tmp_path)
+        _save(mgr, 2)  # the run goes on: rotation removes step_1
+        assert _steps(mgr) == ["step_2"]
+        assert open(os.path.join(pinned, "actor.bin")).read() == "1"
+        assert mgr.check(pinned)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints"]  # the pin is gone
+
+
+def test_a_checkpoint_rotated_away_while_being_pinned_gives_way_to_the_newer_one(tmp_path, monkeypatch):
+    mgr = _mgr(tmp_path, keep_last=1)
+    _save(mgr, 1)
+    link = os.link
+    rotated = []
+
+    def link_then_rotate(src, dst):
+        if not rotated:  # the run saves step 2 (removing step_1) right after the first file is linked
+            rotated.append(True)
+            link(src, dst)
+            _save(mgr, 2)
+            return
+        link(src, dst)
+
+    monkeypatch.setattr(os, "link", link_then_rotate)
+    with mgr.pinned_latest() as pinned:
+        assert os.path.basename(pinned) == "step_2" and mgr.check(pinned)["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints"]
+
+
+def test_pinning_a_broken_checkpoint_that_is_not_rotated_names_it(tmp_path):
+    mgr = _mgr(tmp_path, keep_last=1)
+    _save(mgr, 1)
+    os.remove(os.path.join(mgr.root, "step_1", "actor.bin"))
+    with pytest.raises(UserError, match="actor.bin is broken"):
+        with mgr.pinned_latest():
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints"]

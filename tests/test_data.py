@@ -178,6 +178,13 @@ def test_ground_truth_missing(tmp_path, tokenizer):
         load_prompt_dataset(f, tokenizer, cfg())
 
 
+@pytest.mark.parametrize("answer", ["", "  "])
+def test_ground_truth_empty(tmp_path, tokenizer, answer):
+    f = write(tmp_path / "g.parquet", [row("a"), row("b", answer=answer)])
+    with pytest.raises(DataError, match="g.parquet row 1: reward_model.ground_truth is empty"):
+        load_prompt_dataset(f, tokenizer, cfg())
+
+
 def test_data_source_not_a_string(tmp_path, tokenizer):
     f = write(tmp_path / "d.parquet", [row("a"), row("b", source=None)])
     with pytest.raises(DataError, match="d.parquet row 1: data_source must be a string"):

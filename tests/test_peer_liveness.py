@@ -71,6 +71,18 @@ def test_sigterm_while_a_peer_is_dead_exits_at_once():
     assert time.monotonic() - start < 20  # the probe watches 3 heartbeats of 3 s
     assert procs[0].returncode == 128 + signal.SIGTERM
     assert "SIGTERM received while rank 1 is not responding: exiting now" in outputs[0][1]
+    assert "checkpointing at the end of this step" not in outputs[0][1]  # the survivor says the peer is gone
+
+
+def test_a_collective_broken_by_a_dead_peer_is_one_line_not_a_gloo_traceback():
+    procs = _start("reset", 1, 30.0)  # far from the monitor's own verdict: the collective's error comes first
+    outputs = _finish(procs, 60)
+    out, err = outputs[0]
+    assert procs[0].returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("peer-rank: error:")]
+    assert len(lines) == 1 and "rank 0: rank 1 stopped responding" in lines[0], err[-2000:]
+    assert "this rank's collective failed with" in lines[0]
+    assert "Traceback" not in err, err[-2000:]
 
 
 def test_sigterm_after_a_peer_failed_exits_at_once_and_otherwise_the_failure_ends_it():

@@ -171,5 +171,9 @@ def test_off_policy_overlaps_generation_with_training_and_resumes_exactly(tiny_a
         o for o in common if not o.startswith(("rollout.placement", "rollout.num_ranks", "rollout.off_policy"))
     ]
     refused = train([*colocated, f"trainer.output_dir={split}"], check=False)
+    assert refused.returncode == 2 and "trainer.resume_accept=[rollout.placement]" in refused.stderr
+    # accepted as a config change, the in-flight batch still cannot be dropped
+    accept = "trainer.resume_accept=[rollout.placement,rollout.num_ranks,rollout.off_policy_steps]"
+    refused = train([*colocated, f"trainer.output_dir={split}", accept], check=False)
     assert refused.returncode == 2
     assert "holds the batch of step 3 in flight" in refused.stderr and "rollout.placement=separate" in refused.stderr

@@ -63,6 +63,8 @@ def make_cfg(tmp_path, prompts):
                 f"trainer.output_dir={tmp_path / 'run'}",
                 "rollout.engine=hf",
                 f"data.train_files=[{prompts}]",
+                "data.max_prompt_length=128",  # the tiny model has 256 positions
+                "data.max_response_length=64",
                 *overrides,
             ],
             world_size=1,
@@ -81,6 +83,27 @@ def test_a_usable_config_passes(tmp_path, hf_dir, make_cfg):
     assert preflight(make_cfg(f"model.path={hf_dir}")) is None
 
 
+@pytest.mark.parametrize("arch, positions", [("qwen2", 256), ("llama3.1", 256), ("llama", 256)])
+def test_prompt_plus_response_must_fit_the_models_positions(tmp_path, make_cfg, arch, positions):
+    hf = make_tiny_hf_model(arch, tmp_path / arch)
+    preflight(make_cfg(f"model.path={hf}", f"data.max_prompt_length={positions - 64}"))
+    problems = _problems(make_cfg(f"model.path={hf}", f"data.max_prompt_length={positions - 63}"))
+    assert problems == [
+        f"data.max_prompt_length + data.max_response_length = {positions - 63} + 64 = {positions + 1} exceeds "
+        f"the {positions} positions of the model ({hf}/config.json: max_position_embeddings, rope scaling "
+        "included); lower them"
+    ]
+
+
+def test_linear_rope_scaling_stretches_the_context(tmp_path, make_cfg):
+    hf = make_tiny_hf_model("llama", tmp_path / "linear", rope_scaling={"rope_type": "linear", "factor": 4.0})
+    preflight(make_cfg(f"model.path={hf}", "data.max_prompt_length=900", "data.max_response_length=124"))
+    assert (
+        "exceeds the 1024 positions"
+        in _problems(make_cfg(f"model.path={hf}", "data.max_prompt_length=901", "data.max_response_length=124"))[0]
+    )
+
+
 def test_expert_parallel_size_must_fit_the_model(tmp_path, hf_dir, prompts):
     def cfg(model, ep):
         return load_config(
@@ -91,6 +114,8 @@ def test_expert_parallel_size_must_fit_the_model(tmp_path, hf_dir, prompts):
                 f"data.train_files=[{prompts}]",
                 f"model.path={model}",
                 f"parallel.ep={ep}",
+                "data.max_prompt_length=128",
+                "data.max_response_length=64",
                 "rollout.n=3",
                 "train.micro_batch_size=1",
             ],
@@ -191,6 +216,8 @@ def test_sppo_train_reports_before_building_anything(tmp_path, hf_dir, prompts):
             f"model.path={hf_dir}",
             f"trainer.output_dir={out}",
             f"data.train_files=[{prompts}]",
+            "data.max_prompt_length=128",
+            "data.max_response_length=64",
             "rollout.engine=sglang",
             "model.megatron_ckpt=" + str(hf_dir),
         ],

@@ -31,7 +31,7 @@ def _verdicts(items: list) -> tuple[dict, dict, int]:
     try:
         for answer, gold in fast:
             pool.submit((answer, gold), ("math", answer, gold))
-        reference, timeouts, errors, first_error = pool.drain()
+        reference, timeouts, errors, first_error, _ = pool.drain()
     finally:
         pool.close()
     assert timeouts == 0 and errors == 0, first_error

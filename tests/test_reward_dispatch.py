@@ -112,9 +112,9 @@ def test_custom_fn_with_and_without_keywords(tmp_path):
             return float(kwargs["extra_info"]["bonus"])
     """,
     )
-    assert CustomScorer(f"{path}:plain")("src", "the answer is 4", "4", None) == 1.0
-    assert CustomScorer(f"{path}:keyed")("half", "x", "y", None) == 0.5
-    assert CustomScorer(f"{path}:anything")("src", "x", "y", {"bonus": 2}) == 2.0
+    assert CustomScorer(f"{path}:plain")("src", "the answer is 4", "4", None) == (1.0, {})
+    assert CustomScorer(f"{path}:keyed")("half", "x", "y", None) == (0.5, {})
+    assert CustomScorer(f"{path}:anything")("src", "x", "y", {"bonus": 2}) == (2.0, {})
 
 
 def test_custom_fn_runs_in_workers(tmp_path):

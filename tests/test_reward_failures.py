@@ -27,6 +27,8 @@ def exits(solution_str, ground_truth):
     os._exit(3)
 def hangs(solution_str, ground_truth):
     time.sleep(3600)
+def graded(solution_str, ground_truth):
+    return 0.5 + 0.25 * (ground_truth in solution_str)
 """
 
 
@@ -40,7 +42,7 @@ def rewards(tmp_path):
 def test_each_kind_of_failure_is_counted_with_its_message(rewards):
     expected = {
         "boom": "ValueError: boom",
-        "not_a_number": "could not convert string to float: 'many'",
+        "not_a_number": "not_a_number returned 'many' (str), not a number",
         "exits": "reward worker exited unexpectedly (exit code 3)",
     }
     for name, message in expected.items():
@@ -95,3 +97,34 @@ def test_a_raising_reward_stops_the_run_with_exit_1(tiny_assets, tmp_path, rewar
     assert len(warnings) == 1 and "step 1: 16 of 16 reward samples failed" in warnings[0]
     assert len(errors) == 1 and "stopping at step 2" in errors[0] and "ValueError: boom second line" in errors[0]
     assert [row["reward/errors"] for row in read_metrics(str(tmp_path / "run"))] == [16.0]
+
+
+def _validate_only(tiny_assets, tmp_path, rewards, name, *extra):
+    """Step-0 validation alone (trainer.total_steps=0) scored by `rewards`' function `name`."""
+    return train(
+        base_overrides(tiny_assets, str(tmp_path / "run"))
+        + ["trainer.total_steps=0", f"reward.custom_fn={rewards}:{name}", *extra],
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_validation_where_every_reward_timed_out_warns(tiny_assets, tmp_path, rewards):
+    res = _validate_only(tiny_assets, tmp_path, rewards, "hangs", "reward.timeout_s=0.2", "reward.num_workers=4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    warnings = [line for line in res.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, res.stderr[-3000:]
+    assert "WARNING: val: 64 of 64 reward samples failed (0 errors, 64 timeouts" in warnings[0]
+    assert "count as 0" in warnings[0]
+    [row] = read_metrics(str(tmp_path / "run"))
+    assert row["val/accuracy"] == 0.0 and row["val/reward_timeouts"] == 64
+
+
+@pytest.mark.slow
+def test_validation_of_a_graded_reward_is_a_score_not_an_accuracy(tiny_assets, tmp_path, rewards):
+    res = _validate_only(tiny_assets, tmp_path, rewards, "graded")
+    assert res.returncode == 0, res.stderr[-3000:]
+    [row] = read_metrics(str(tmp_path / "run"))
+    assert not any(key.startswith("val/accuracy") or key.startswith("val/pass_at") for key in row)
+    assert 0.5 <= row["val/score"] <= 0.75 and "val/score/arith" in row
+    assert "val_score" in res.stderr and "val_acc" not in res.stderr

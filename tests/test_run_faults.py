@@ -1,7 +1,8 @@
 """Faults really injected into real runs on the demo's tiny assets: broken checkpoints (garbage
 trainer_state.json, a truncated shard, another model's shape), two runs in one output_dir, a
 kill -9 leaving a stale lock, truncated safetensors, non-UTF-8 parquet strings, a full disk (a
-1 MB tmpfs), a remote scorer answering 500 or garbage JSON. Every failure is one line naming the
+1 MB tmpfs, also while appending metrics.jsonl), a read-only output directory, a truncated
+tokenizer.json, a remote scorer answering 500 or garbage JSON. Every failure is one line naming the
 file (or URL), exit code 2; nothing is overwritten."""
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ def test_checkpoint_of_another_model_shape_is_one_line_and_keeps_config_yaml(two
     (wide / "config.json").write_text(json.dumps(cfg))
     overrides = [o for o in base_overrides(tiny_assets, str(out)) if not o.startswith(("model.path", "model.megatron"))]
     res = train(overrides + QUICK + [f"model.path={wide}", "trainer.total_steps=3"], check=False)
+    errors = _errors(res, "sppo-train")  # another model is a config change the checkpoint refuses first
+    assert {e.split(":")[3].strip().split("=")[0] for e in errors} == {
+        "model.path",
+        "model.megatron_ckpt",
+        "reward.pairwise_prompt_template",
+    }, errors
+    accept = "trainer.resume_accept=[model,reward.pairwise_prompt_template]"
+    res = train(overrides + QUICK + [f"model.path={wide}", "trainer.total_steps=3", accept], check=False)
     errors = _errors(res, "sppo-train")
     assert len(errors) == 1 and f"checkpoint {out / 'checkpoints' / 'step_2'} does not fit the model" in errors[0], (
         errors
@@ -124,6 +133,7 @@ def test_remote_scorer_failing_mid_run_is_one_line_and_overwrites_no_checkpoint(
                 "reward.retries=1",
                 "reward.backoff_s=0.01",
                 "reward.request_timeout_s=0.3",
+                "trainer.resume_accept=[reward]",  # the rule-scored run goes on with a remote scorer
             ],
             check=False,
         )
@@ -285,3 +295,115 @@ def test_full_disk_is_one_line_naming_the_file(tiny_assets, small_tmpfs, tmp_pat
     assert len(errors) == 1 and f"cannot write {small_tmpfs / 'eval.json'}: no space left on device" in errors[0], (
         errors
     )
+
+
+FILL_AT_STEP_2 = """
+import os, time
+def score(solution_str, ground_truth):
+    here = os.path.dirname(__file__)
+    with open(os.path.join(here, "calls"), "a") as fh:
+        fh.write("x")
+    if os.path.getsize(os.path.join(here, "calls")) > 16:  # step 2: let the test fill the disk first
+        open(os.path.join(here, "waiting"), "w").close()
+        while not os.path.exists(os.path.join(here, "filled")):
+            time.sleep(0.05)
+    return 1.0 if ground_truth in solution_str else 0.0
+"""
+
+
+def test_full_disk_while_appending_metrics_is_one_line_and_leaves_whole_lines(tiny_assets, small_tmpfs, tmp_path):
+    reward = tmp_path / "reward" / "fill.py"
+    reward.parent.mkdir()
+    reward.write_text(FILL_AT_STEP_2)
+    out = small_tmpfs / "run"
+    proc = subprocess.Popen(
+        train_command(
+            base_overrides(tiny_assets, str(out))
+            + QUICK
+            + ["trainer.total_steps=5", f"reward.custom_fn={reward}:score", "reward.timeout_s=0"]
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+    )
+    try:
+        wait_for_step(str(out), 1, proc)
+        while not (reward.parent / "waiting").exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+        with pytest.raises(OSError):
+            with open(small_tmpfs / "filler", "wb") as fh:
+                fh.write(b"\0" * 4 * 1024**2)
+        (reward.parent / "filled").touch()
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    errors = _errors(res, "sppo-train")
+    assert len(errors) == 1 and f"cannot append to {out / 'metrics.jsonl'}: No space left on device" in errors[0], (
+        errors
+    )
+    text = (out / "metrics.jsonl").read_text()
+    steps = [json.loads(line)["step"] for line in text.splitlines()]  # every line whole JSON
+    # the page metrics.jsonl already had may hold a few more lines; the one that did not fit was cut back
+    assert text.endswith("\n") and steps == list(range(1, len(steps) + 1)) and len(steps) < 5, steps
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({res.stderr.strip() or 'mount failed'})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_output_dir_and_truncated_tokenizer_are_one_line(tiny_assets, read_only_dir, tmp_path):
+    res = train(base_overrides(tiny_assets, str(read_only_dir / "run")) + QUICK, check=False)
+    errors = _errors(res, "sppo-train")
+    assert len(errors) == 1, errors
+    assert f"trainer.output_dir={read_only_dir / 'run'}: cannot write in {read_only_dir}" in errors[0]
+
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_assets["megatron"] + "/hf", hf)
+    _truncate(hf / "tokenizer.json")
+    overrides = [o for o in base_overrides(tiny_assets, str(tmp_path / "run")) if not o.startswith("model.path")]
+    errors = _errors(train(overrides + QUICK + [f"model.path={hf}"], check=False), "sppo-train")
+    assert len(errors) == 1 and f"{hf / 'tokenizer.json'}: unreadable tokenizer file" in errors[0], errors
+
+
+def test_eval_of_a_run_directory_while_the_run_rotates_its_checkpoints(tiny_assets, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        train_command(
+            base_overrides(tiny_assets, str(out))
+            + QUICK
+            + ["trainer.total_steps=200", "trainer.save_freq=1", "trainer.keep_last=1"]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ENV},
+    )
+    try:
+        wait_for_step(str(out), 1, proc)
+        for attempt in range(3):
+            res = _cli(
+                "sppo_megatron.cli.eval",
+                *("--model", str(out), "--data", tiny_assets["test"], "--limit", "4"),
+                *("--out", str(tmp_path / f"eval{attempt}.json"), "rollout.engine=hf"),
+            )
+            assert res.returncode == 0, res.stderr[-3000:]
+            assert "--ckpt" not in res.stderr
+            assert json.loads((tmp_path / f"eval{attempt}.json").read_text())["metrics"]["eval/num_prompts"] == 4
+        assert proc.poll() is None, "the run must keep training meanwhile"
+        assert not [name for name in os.listdir(out) if name.startswith(".pinned-")]
+    finally:
+        proc.kill()
+        proc.wait()

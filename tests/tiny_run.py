@@ -96,7 +96,8 @@ def read_metrics(output_dir: str) -> List[dict]:
 
 
 def by_step(output_dir: str) -> Dict[int, dict]:
-    return {row["step"]: row for row in read_metrics(output_dir)}
+    """Each step's metrics (event lines such as `resumed` left out)."""
+    return {row["step"]: row for row in read_metrics(output_dir) if "event" not in row}
 
 
 def latest(output_dir: str) -> Optional[str]:

@@ -263,6 +263,7 @@ def load_actor(actor: Any, ckpt_dir: str, load_optimizer: bool = True) -> None:
     if load_optimizer:
         with optimizer_state.loading(actor.optimizer):  # workarounds (2), (3)
             actor.optimizer.load_state_dict(loaded["optimizer"])
+        optimizer_state.apply_optim_settings(actor.optimizer)  # this run's optim.*, not the checkpoint's
         actor.scheduler.num_steps = 0  # load_state_dict ADDS the saved count to the current one
         actor.scheduler.load_state_dict(loaded["scheduler"])
         steps = int(meta.get("num_optimizer_steps", actor.scheduler.num_steps))

@@ -26,7 +26,9 @@ The fixes, applied around every save and load by actor/checkpoint.py:
   the current `step` when the loaded tensors have none (it is fixed by set_step next);
 * `set_step(optimizer, n)` (4, 5): afterwards every parameter gets its OWN step tensor holding
   n, the number of successful optimizer steps, which the LR scheduler also counts (both advance
-  only on successful steps) and which the checkpoint stores.
+  only on successful steps) and which the checkpoint stores;
+* `apply_optim_settings(optimizer)`: the loaded param_groups carry the saving run's max_lr /
+  min_lr / betas / eps (SILENT: a changed optim.lr on resume was ignored); this run's go back.
 """
 
 from __future__ import annotations
@@ -126,3 +128,18 @@ def loading(optimizer: Any) -> Iterator[None]:
     finally:
         for sub in patched:
             del sub._set_main_param_and_optimizer_states  # back to the class method
+
+
+def apply_optim_settings(optimizer: Any) -> None:
+    """Put this run's optim.* (the optimizer's own config) back into its parameter groups after a
+    checkpoint was loaded into it. torch's load_state_dict restores the saved groups, whose
+    max_lr / min_lr (which megatron's scheduler prefers to its own), betas and eps are those of
+    the run that saved them: a changed learning rate would be ignored. The scheduler's
+    load_state_dict, called next, recomputes lr and weight decay from the step count."""
+    for sub in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
+        config = sub.config
+        for group in sub.param_groups:
+            if not group.get("is_decoupled_lr", False):
+                group["max_lr"], group["min_lr"] = float(config.lr), float(config.min_lr)
+            group["betas"] = (float(config.adam_beta1), float(config.adam_beta2))
+            group["eps"] = float(config.adam_eps)

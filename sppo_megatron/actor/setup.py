@@ -196,6 +196,7 @@ def build_scheduler(o: OptimConfig, total_optimizer_steps: int, optimizer: Any):
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
         # the config wins over a checkpoint's lr/warmup/decay settings; only the step count is restored
+        # (the parameter groups get this run's lr back from optimizer_state.apply_optim_settings)
         use_checkpoint_opt_param_scheduler=False,
         override_opt_param_scheduler=True,
     )

@@ -159,7 +159,7 @@ def load_weights(engine: Any, hf_dir: str, ckpt: Optional[str], tp: int, pp: int
     from sppo_megatron.models.converted import load_lora_model, load_megatron_model, resolve_megatron_checkpoint
     from sppo_megatron.models.megatron_lm import resolve_checkpoint_dir
 
-    _, bridge, dtype = resolve_megatron_checkpoint(ckpt, hf_dir)
+    _, bridge, dtype = resolve_megatron_checkpoint(ckpt, hf_dir, what="--model")
     lora = read_lora(resolve_checkpoint_dir(ckpt, "--model"))  # a LoRA run's: its base + adapters
     if lora is not None:
         model = load_lora_model(bridge, ckpt, lora[0], lora[1], dtype, tp, pp)
@@ -186,11 +186,14 @@ def _check_reference_config(cfg: Config, reference: Optional[str]) -> None:
 
 
 def format_table(metrics: Dict[str, Any]) -> str:
-    rows = [(key.split("/", 2)[2], value) for key, value in metrics.items() if key.startswith("eval/accuracy/")]
-    rows.append(("all", metrics["eval/accuracy"]))
+    """Accuracy per data_source in percent, or the mean score of rewards other than 0 / 1."""
+    kind = "accuracy" if "eval/accuracy" in metrics else "score"
+    rows = [(key.split("/", 2)[2], value) for key, value in metrics.items() if key.startswith(f"eval/{kind}/")]
+    rows.append(("all", metrics[f"eval/{kind}"]))
     width = max(len("data_source"), *(len(name) for name, _ in rows))
-    lines = [f"{'data_source':<{width}}  accuracy"]
-    lines += [f"{name:<{width}}  {100 * value:7.2f}%" for name, value in rows]
+    lines = [f"{'data_source':<{width}}  {kind}"]
+    shown = (lambda v: f"{100 * v:7.2f}%") if kind == "accuracy" else (lambda v: f"{v:8.4g}")
+    lines += [f"{name:<{width}}  {shown(value)}" for name, value in rows]
     return "\n".join(lines)
 
 
@@ -245,9 +248,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     preflight(cfg, training=False)
     _check_reference_config(cfg, args.reference)
     hf_dir, ckpt = resolve_model(args.model, args.hf_config)
-    out = args.out or default_out(ckpt or hf_dir, args.data)
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    run_dir = None if ckpt is None or _is_dist_checkpoint(args.model) else _run_dir(args.model)
+    if run_dir is None or os.path.dirname(os.path.abspath(ckpt)) != os.path.join(run_dir, "checkpoints"):
+        return _evaluate(args, cfg, hf_dir, ckpt)
+    # a run directory's latest checkpoint: the training run may rotate it away while it is read
+    from sppo_megatron.trainer.checkpointing import CheckpointManager  # torch: after argument parsing
+
+    with CheckpointManager(run_dir, keep_last=1).pinned_latest() as pinned:
+        return _evaluate(args, cfg, hf_dir, pinned)
+
+
+def _is_dist_checkpoint(path: str) -> bool:
+    from sppo_megatron.models.dist_ckpt import is_dist_checkpoint
+
+    return is_dist_checkpoint(path)
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config, hf_dir: str, ckpt: Optional[str]) -> int:
+    """Generate, score and write the result (the rest of main, once the model is resolved)."""
+    out = args.out or default_out(ckpt or hf_dir, args.data)
 
     from sppo_megatron.data import load_prompt_dataset
     from sppo_megatron.platform.distributed import detect_launch, init_distributed, is_rank0
@@ -291,7 +312,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             with Timer() as timer:
                 rollout = generate(engine, tokenizer, items, sampling, n, batch_size)
-                metrics, rewards = evaluate(scorer, rollout, prefix="eval")
+                metrics, rewards = evaluate(
+                    scorer, rollout, prefix="eval", max_error_frac=cfg.reward.max_error_frac, prog=PROG
+                )
             metrics["timing/eval_s"] = timer.seconds
         finally:
             scorer.close()

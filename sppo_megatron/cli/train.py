@@ -13,7 +13,7 @@ from sppo_megatron.errors import ConfigError
 from sppo_megatron.platform.console import say
 from sppo_megatron.platform.cpu_compat import silence_cpu_noise
 from sppo_megatron.platform.distributed import default_cpu_threads, destroy_distributed, init_distributed
-from sppo_megatron.platform.liveness import start_peer_monitor, stop_peer_monitor
+from sppo_megatron.platform.liveness import report_peer_death, start_peer_monitor, stop_peer_monitor
 from sppo_megatron.trainer import PROG
 
 EPILOG = "config groups (set any option as group.key=value; see docs/configuration.md):\n" + "\n".join(
@@ -64,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         train(cfg)
     except BaseException as e:
+        report_peer_death(e)  # a collective broken by a dead peer: one line saying so, not gloo's traceback
         stop_peer_monitor(e)  # the other ranks stop soon instead of waiting for this one
         raise
     else:

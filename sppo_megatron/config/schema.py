@@ -287,6 +287,10 @@ class TrainerConfig:
     output_dir: str = opt("outputs/run", "run directory: config.yaml, metrics.jsonl, checkpoints/")
     seed: int = opt(1234, "seed for python, numpy, torch, megatron RNG and data order", min=0)
     resume: str = opt("auto", "auto (from checkpoints/latest), none, or a checkpoint path")
+    resume_accept: List[str] = opt(
+        [],
+        "keys (or groups) a resumed run may change although they must match the checkpoint's config (README: what a resume may change)",
+    )
     overwrite: bool = opt(False, "allow resume=none into an output_dir holding another run's checkpoints")
     save_freq: int = opt(0, "checkpoint every N steps (and at the end); 0 = only at the end", min=0)
     keep_last: int = opt(2, "checkpoints to keep", min=1)

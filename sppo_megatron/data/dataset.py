@@ -138,6 +138,11 @@ def _check_row(
             f"{where}: reward_model.ground_truth is missing (reward_model = {str(reward_model)[:100]!r}); "
             "rows for a preference oracle say reward_model.style: model"
         )
+    if truth is not None and not str(truth).strip() and reward_model.get("style") != "model":
+        raise DataError(
+            f"{where}: reward_model.ground_truth is empty; a rule-based reward has nothing to compare with "
+            "(rows for a preference oracle say reward_model.style: model)"
+        )
     extra = row.get("extra_info")
     if extra is not None and not isinstance(extra, dict):
         raise DataError(f"{where}: extra_info must be a dict, got {type(extra).__name__}")

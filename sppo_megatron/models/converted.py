@@ -175,28 +175,32 @@ def _mcore_version() -> str:
 def model_dir_of(ckpt_dir: str) -> Optional[str]:
     """The HF directory (config, tokenizer) of a Megatron checkpoint, None when it does not say:
     its hf/ subdirectory (written by hf-to-megatron), else, for a training checkpoint
-    OUTPUT_DIR/checkpoints/step_N, the run's model.path (OUTPUT_DIR/config.yaml)."""
+    OUTPUT_DIR/checkpoints/step_N, the model.path of the config it was trained with (its own
+    config.yaml; the run's OUTPUT_DIR/config.yaml for checkpoints written before they held one)."""
     own = os.path.join(ckpt_dir, HF_SUBDIR)
     if os.path.isfile(os.path.join(own, "config.json")):
         return own
-    run_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir))), "config.yaml")
-    if not os.path.isfile(run_config):
-        return None
-    path = OmegaConf.select(OmegaConf.load(run_config), "model.path")
-    return str(path) if path else None
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_dir)))
+    for config in (os.path.join(ckpt_dir, "config.yaml"), os.path.join(run_dir, "config.yaml")):
+        if os.path.isfile(config):
+            path = OmegaConf.select(OmegaConf.load(config), "model.path")
+            return str(path) if path else None
+    return None
 
 
-def resolve_megatron_checkpoint(ckpt: str, hf_config_dir: Optional[str] = None) -> Tuple[str, Any, str]:
+def resolve_megatron_checkpoint(
+    ckpt: str, hf_config_dir: Optional[str] = None, what: str = "--ckpt"
+) -> Tuple[str, Any, str]:
     """Check a Megatron checkpoint (converter output or a training checkpoint) and find its model:
     (HF directory with config and tokenizer, bridge, checkpoint dtype). `hf_config_dir` defaults
-    to `model_dir_of(ckpt)`."""
-    ckpt_dir = resolve_checkpoint_dir(ckpt, "--ckpt")
-    check_checkpoint_dir(ckpt_dir, "--ckpt")
+    to `model_dir_of(ckpt)`; `what` names the checkpoint in errors (the flag or key the user passed)."""
+    ckpt_dir = resolve_checkpoint_dir(ckpt, what)
+    check_checkpoint_dir(ckpt_dir, what)
     hf_dir = hf_config_dir or model_dir_of(ckpt_dir)
     if hf_dir is None:
         raise UserError(
-            f"--ckpt {ckpt} has no {HF_SUBDIR}/config.json and no run config.yaml beside checkpoints/ naming "
-            "model.path: pass --hf-config DIR (the HF model it was trained from)"
+            f"{what} {ckpt} has no {HF_SUBDIR}/config.json and no config.yaml naming model.path (its own or the run's): "
+            "pass --hf-config DIR (the HF model it was trained from)"
         )
     hf_config = load_hf_config(hf_dir, "--hf-config")
     bridge = get_bridge(hf_config)

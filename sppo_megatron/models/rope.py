@@ -54,6 +54,18 @@ def rope_settings(hf_config: Any) -> Rope:
     raise UserError(f"rope_type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
+def context_length(hf_config: Any) -> int:
+    """The positions the model covers: max_position_embeddings, stretched by linear scaling
+    (factor x) or llama3 scaling (original_max_position_embeddings x factor, if larger)."""
+    positions = int(getattr(hf_config, "max_position_embeddings", 0) or 0)
+    rope = rope_settings(hf_config)
+    if rope.kind == "linear":
+        return int(positions * rope.factor)
+    if rope.kind == "llama3":
+        return max(positions, int(rope.original_max_position_embeddings * rope.factor))
+    return positions
+
+
 def llama3_inv_freq(rope: Rope, head_dim: int, device: Any = None) -> torch.Tensor:
     """Llama 3.x scaled inverse frequencies, as transformers' `_compute_llama3_parameters`."""
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))

@@ -45,6 +45,44 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, write)
 
 
+def append_text(path: str, text: str) -> None:
+    """Append `text` (whole lines) to `path` in one write. A write that fails part-way (a full
+    disk, a quota, a read-only file system) is cut back to where the file ended, so no partial
+    line is left, and becomes one line (UserError) naming the file."""
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            os.ftruncate(fd, size)
+            free = f" ({_free_bytes(path) // 1024} KiB free there)" if e.errno in _FULL_DISK_ERRNOS else ""
+            raise UserError(
+                f"cannot append to {path}: {e.strerror}{free}; the file ends at its last complete line"
+            ) from None
+    finally:
+        os.close(fd)
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """UserError naming `what` unless a file can be created in `path` (or, when it does not exist
+    yet, in its nearest existing parent, where it will be made)."""
+    probe = os.path.abspath(path)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=probe)
+    except OSError as e:
+        raise UserError(f"{what}={path}: cannot write in {probe} ({e.strerror})") from None
+    os.close(fd)
+    os.remove(name)
+
+
 def make_tmp_dir(out: str) -> str:
     """A new empty directory OUT.tmp-XXXX next to OUT (same file system, so `commit_dir` is a rename)."""
     out_abs = os.path.realpath(out)

@@ -182,6 +182,29 @@ def current_monitor() -> Optional[PeerMonitor]:
     return _current
 
 
+#: how many heartbeat intervals a rank watches its peers before trusting that none died
+PROBE_INTERVALS = 3
+
+
+def report_peer_death(error: BaseException) -> None:
+    """When `error` came out of a collective (gloo's "Connection closed by peer", a
+    DistBackendError) because another rank died or failed, say that in this rank's one line and
+    exit 1, as the monitor would a moment later; any other error returns to be handled as usual."""
+    monitor = _current
+    text = str(error).lower()
+    collective = isinstance(error, dist.DistError) or any(s in text for s in ("gloo", "nccl", "connection"))
+    if monitor is None or not isinstance(error, Exception) or not collective:
+        return
+    reason = monitor.failed_peer()
+    if reason is None:
+        silent = monitor.silent_peers(PROBE_INTERVALS * monitor.interval)
+        if not silent:
+            return
+        reason = f"rank {silent[0]} stopped responding (killed, out of memory or its node lost?)"
+    first = " ".join((str(error).strip().splitlines() or [type(error).__name__])[0].split())
+    monitor._abort(f"{reason}; this rank's collective failed with {type(error).__name__}: {first[:200]}")
+
+
 def stop_peer_monitor(error: Optional[BaseException] = None) -> None:
     """Stop this rank's monitor; with `error`, tell the others why this rank is leaving."""
     global _current

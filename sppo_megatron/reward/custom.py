@@ -1,5 +1,9 @@
 """Loading `reward.custom_fn` ("path/to/file.py:function") and calling it.
 
+What it returns is read as verl's reward managers read it: a number (a bool counts as 0 / 1), or
+a dict whose "score" is one (its other numeric entries become `reward/extra/<key>` metrics). A
+string, None or any other value is an error naming the function and the value, never coerced.
+
 Called by keyword with verl's names, so a verl reward file works unchanged:
     compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)
 A function that names only some of them (e.g. `score(solution_str, ground_truth)`) gets those;
@@ -11,7 +15,7 @@ import inspect
 import os
 import sys
 import zlib
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from sppo_megatron.errors import UserError
 
@@ -69,20 +73,49 @@ def _keywords(fn: Callable[..., Any], spec: str) -> Tuple[str, ...]:
     return tuple(k for k in VERL_KEYWORDS if k in params)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, bool) or (not isinstance(value, (str, bytes)) and hasattr(type(value), "__float__"))
+
+
+def reward_value(value: Any, spec: str) -> Tuple[float, Dict[str, float]]:
+    """(score, extra metrics) of what the custom function returned; TypeError naming it otherwise."""
+    extras: Dict[str, float] = {}
+    if isinstance(value, dict):
+        if "score" not in value:
+            raise TypeError(f"reward.custom_fn {spec} returned a dict without a 'score' key (keys: {sorted(value)})")
+        extras = {str(k): float(v) for k, v in value.items() if k != "score" and _is_number(v)}
+        value = value["score"]
+    if not _is_number(value):
+        raise TypeError(f"reward.custom_fn {spec} returned {value!r} ({type(value).__name__}), not a number")
+    return float(value), extras
+
+
+def extra_metrics(extras: Iterable[Dict[str, float]], num_samples: int) -> Dict[str, float]:
+    """`reward/extra/<key>`: each extra entry's mean over the samples that returned it (verl logs
+    a dict return's other keys the same way)."""
+    values: Dict[str, List[float]] = {}
+    for sample in extras:
+        for key, value in sample.items():
+            values.setdefault(key, []).append(value)
+    return {f"reward/extra/{key}": sum(v) / len(v) for key, v in sorted(values.items()) if num_samples}
+
+
 class CustomScorer:
     """A loaded custom function plus the verl keywords it accepts."""
 
     def __init__(self, spec: str):
+        self.spec = spec
         self.fn = load_custom_fn(spec)
         self.keywords = _keywords(self.fn, spec)
 
     def __call__(
         self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Optional[dict] = None
-    ) -> float:
+    ) -> Tuple[float, Dict[str, float]]:
+        """(score, extra metrics); TypeError when the function returns no number (see the module docstring)."""
         available = {
             "data_source": data_source,
             "solution_str": solution_str,
             "ground_truth": ground_truth,
             "extra_info": extra_info,
         }
-        return float(self.fn(**{k: available[k] for k in self.keywords}))
+        return reward_value(self.fn(**{k: available[k] for k in self.keywords}), self.spec)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from sppo_megatron.reward.custom import load_custom_fn
+from sppo_megatron.reward.custom import extra_metrics, load_custom_fn
 from sppo_megatron.reward.dispatch import RULE_SCORERS, scorer_kind
 from sppo_megatron.reward.math import fast_score, final_answer
 from sppo_megatron.reward.scoring import ScoredPrompt, Scorer, ScoreStats
@@ -59,15 +59,16 @@ class RewardScorer(Scorer):
                 self.pool.submit(i, ("custom", data_sources[i], responses[i], ground_truths[i], extra_infos[i]))
         else:
             self._score_rules(data_sources, responses, ground_truths, scores)
-        results, timeouts, errors, first_error = self.pool.drain()
-        for i, value in results.items():
+        drained = self.pool.drain()
+        for i, value in drained.results.items():
             scores[i] = value
         stats = ScoreStats(
-            timeouts=timeouts,
-            errors=errors,
+            timeouts=drained.timeouts,
+            errors=drained.errors,
             seconds=time.monotonic() - start,
-            slow_path=len(results),
-            first_error=first_error or None,
+            slow_path=len(drained.results),
+            first_error=drained.first_error or None,
+            oracle=extra_metrics(drained.extras.values(), n),
         )
         return scores, stats
 

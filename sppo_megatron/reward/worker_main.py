@@ -10,7 +10,7 @@ worker stuck inside C code never outlives the trainer.
 import logging
 import sys
 from multiprocessing.connection import Connection
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from sppo_megatron.platform.process import die_with_parent
 
@@ -31,13 +31,15 @@ def _load(custom_spec: Optional[str]) -> Any:
     return None
 
 
-def _run(task: tuple, custom: Any) -> tuple[float, Optional[str]]:
-    """(score, error): a math-verify exception is reported with the score math-verify gives."""
+def _run(task: tuple, custom: Any) -> tuple[float, Optional[str], Dict[str, float]]:
+    """(score, error, extra metrics): a math-verify exception is reported with the score
+    math-verify gives; a custom function's dict return brings its other numeric entries."""
     if task[0] == "math":
         from sppo_megatron.reward.math import symbolic_check
 
-        return symbolic_check(task[1], task[2])
-    return float(custom(*task[1:])), None
+        return (*symbolic_check(task[1], task[2]), {})
+    score, extras = custom(*task[1:])
+    return score, None, extras
 
 
 def main() -> None:
@@ -60,5 +62,5 @@ def main() -> None:
         try:
             reply = _run(task, custom)
         except BaseException as e:  # math-verify's TimeoutException derives from BaseException
-            reply = (0.0, f"{type(e).__name__}: {e}"[:500])
+            reply = (0.0, f"{type(e).__name__}: {e}"[:500], {})
         outbox.send(reply)

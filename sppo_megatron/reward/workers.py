@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Hashable, Optional
+from typing import Callable, Dict, Hashable, NamedTuple, Optional
 
 from sppo_megatron.reward.worker_main import READY
 
@@ -27,6 +27,17 @@ _DIED = ("died", "reward worker exited unexpectedly")
 _INTERRUPTED = "scoring cut short by a preemption signal"
 _ENTRY = "from sppo_megatron.reward.worker_main import main; main()"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Drained(NamedTuple):
+    """A batch's outcome: scores by key, failures (the first error's message, else the first
+    timeout's), and the extra metrics a custom function returned beside a score, by key."""
+
+    results: dict
+    timeouts: int
+    errors: int
+    first_error: Optional[str]
+    extras: Dict[Hashable, Dict[str, float]]
 
 
 def _worker_env() -> dict:
@@ -120,6 +131,7 @@ class WorkerPool:
 
     def _reset_batch(self) -> None:
         self.results: dict = {}
+        self.extras: Dict[Hashable, Dict[str, float]] = {}
         self.timeouts = 0
         self.errors = 0
         self.first_error: Optional[str] = None
@@ -152,8 +164,12 @@ class WorkerPool:
         worker.stop(kill=True)
         self._workers[self._workers.index(worker)] = _Worker(self.custom_spec)
 
-    def _finish(self, worker: _Worker, score: float, error: Optional[str]) -> None:
+    def _finish(
+        self, worker: _Worker, score: float, error: Optional[str], extras: Optional[Dict[str, float]] = None
+    ) -> None:
         self.results[worker.key] = score
+        if extras:
+            self.extras[worker.key] = extras
         worker.key = None
         if error is not None:
             self.errors += 1
@@ -220,12 +236,11 @@ class WorkerPool:
         self._expire(time.monotonic())
         self._dispatch()
 
-    def drain(self) -> tuple[dict, int, int, Optional[str]]:
-        """Wait for every submitted task; returns (results by key, timeouts, errors, first failure:
-        the first error's message, else the first timeout's)."""
+    def drain(self) -> Drained:
+        """Wait for every submitted task; returns this batch's outcome."""
         while self.pending:
             self.poll(timeout=1.0)
-        batch = (self.results, self.timeouts, self.errors, self.first_error or self.first_timeout)
+        batch = Drained(self.results, self.timeouts, self.errors, self.first_error or self.first_timeout, self.extras)
         self._reset_batch()
         return batch
 

@@ -9,18 +9,23 @@ complete checkpoint; leftovers of an interrupted write are removed at the next s
 A checkpoint that is there but broken (garbage state file, truncated shard) is reported in one
 line naming the file; trainer.resume=auto then resumes from the newest intact one and says so.
 
+Each checkpoint also holds the resolved config it was trained with (`config.yaml`), which a
+resume compares with its own (config/resume.py).
+
 trainer_state.json holds the step and, under its own key, the state of each `Stateful` component
 (`trainer_state` / `restore_trainer_state`): each saves and restores its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
 
 from sppo_megatron.actor.checkpoint import check_actor_files
 from sppo_megatron.errors import UserError
@@ -28,6 +33,7 @@ from sppo_megatron.platform.distributed import barrier, rank, share_outcomes
 from sppo_megatron.platform.files import atomic_write_text, remove_dir, reporting_full_disk
 
 STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.yaml"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -56,6 +62,20 @@ def restore_trainer_state(ckpt_dir: str, state: Mapping[str, Any], components: M
             component.load_state_dict(state.get(key))
         except UserError as e:
             raise type(e)(f"checkpoint {ckpt_dir}: {e}") from None
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """Hard-link every file of `src` into the new directory `dst` (same file system; no data is
+    copied). OSError when `src` changes under it (a file or directory gone)."""
+
+    def fail(e: OSError) -> None:
+        raise e
+
+    for here, _, files in os.walk(src, onerror=fail):
+        target = os.path.join(dst, os.path.relpath(here, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.link(os.path.join(here, name), os.path.join(target, name))
 
 
 def _step_of(path: str) -> int:
@@ -109,8 +129,11 @@ class CheckpointManager:
         complete = [d for d in self.step_dirs() if os.path.isfile(os.path.join(d, STATE_FILE))]
         return complete[-1] if complete else None
 
-    def save(self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None]) -> str:
-        """Write step_N atomically. `save_actor(dir)` is called on every rank (collective).
+    def save(
+        self, step: int, trainer_state: Dict[str, Any], save_actor: Callable[[str], None], config_yaml: str
+    ) -> str:
+        """Write step_N atomically, with `config_yaml` (the run's resolved config) beside the state.
+        `save_actor(dir)` is called on every rank (collective).
 
         Checkpoints of later steps (left by an earlier attempt that this run, resumed from an
         older checkpoint, has replaced) are removed; then the newest `keep_last` are kept."""
@@ -126,15 +149,19 @@ class CheckpointManager:
         try:
             with reporting_full_disk(tmp):
                 save_actor(tmp)
-                share_outcomes(lambda: self._commit(tmp, final, step, trainer_state) if rank() == 0 else None)
+                share_outcomes(
+                    lambda: self._commit(tmp, final, step, trainer_state, config_yaml) if rank() == 0 else None
+                )
         except BaseException:
             if rank() == 0:
                 remove_dir(tmp)  # frees the space; `latest` still names the previous checkpoint
             raise
         return final
 
-    def _commit(self, tmp: str, final: str, step: int, trainer_state: Dict[str, Any]) -> None:
-        """Rank 0, after every rank wrote its part: the state file, the rename, `latest`, rotation."""
+    def _commit(self, tmp: str, final: str, step: int, trainer_state: Dict[str, Any], config_yaml: str) -> None:
+        """Rank 0, after every rank wrote its part: the config and state files, the rename, `latest`, rotation."""
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as fh:
+            fh.write(config_yaml)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as fh:
             json.dump({"step": step, **trainer_state}, fh, indent=2)
         if os.path.exists(final):
@@ -196,6 +223,34 @@ class CheckpointManager:
             raise UserError(f"trainer.resume: {resume} is not a complete checkpoint directory (no {STATE_FILE})")
         self.check(resume)
         return RunStart(resume_from=resume)
+
+    @contextlib.contextmanager
+    def pinned_latest(self, attempts: int = 5) -> Iterator[str]:
+        """The latest complete checkpoint, hard-linked into a hidden directory of the run
+        (`.pinned-XXXX/step_N`, removed on exit) so that the running training's rotation cannot
+        delete its files while a reader (sppo-eval) loads them. A checkpoint rotated away while it
+        is being linked is replaced by the then latest one (UserError after `attempts`)."""
+        run_dir = os.path.dirname(self.root)
+        for _ in range(attempts):
+            ckpt = self.latest()
+            if ckpt is None:
+                raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/{LATEST_FILE})")
+            pin = tempfile.mkdtemp(prefix=".pinned-", dir=run_dir)
+            pinned = os.path.join(pin, os.path.basename(ckpt))
+            try:
+                _link_tree(ckpt, pinned)
+                self.check(pinned)  # every file there, none cut short by a rotation under way
+            except (OSError, UserError):
+                shutil.rmtree(pin, ignore_errors=True)
+                if self.latest() == ckpt:  # not rotated (a newer one is named before the old is removed)
+                    raise
+                continue
+            try:
+                yield pinned
+            finally:
+                shutil.rmtree(pin, ignore_errors=True)
+            return
+        raise UserError(f"{self.root}: the running training rotated {attempts} checkpoints away while they were read")
 
     @staticmethod
     def read_state(ckpt_dir: str) -> Dict[str, Any]:

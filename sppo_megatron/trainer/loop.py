@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from sppo_megatron.algorithm import compute_targets
-from sppo_megatron.config.loader import save_config
+from sppo_megatron.config.loader import config_yaml
+from sppo_megatron.config.resume import diff_record
 from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset
 from sppo_megatron.platform.console import say
@@ -36,6 +37,7 @@ from sppo_megatron.trainer.guards import DivergenceGuard, RewardGuard
 from sppo_megatron.trainer.metrics import MetricsLogger, Timer
 from sppo_megatron.trainer.preemption import PreemptionFlag
 from sppo_megatron.trainer.rollouts import serve_rollouts
+from sppo_megatron.trainer.run_config import record_launch, resume_changes
 from sppo_megatron.trainer.run_lock import RunLock
 from sppo_megatron.trainer.samples import sample_records, val_sampling
 from sppo_megatron.trainer.setup import RunComponents, build_components
@@ -112,7 +114,7 @@ def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Valida
         rollout, sync_s = run.rollouts.generate(
             val_data.items, val_sampling(cfg), cfg.rollout.val_n, cfg.data.val_batch_size
         )
-        accuracy, _ = evaluate(run.val_scorer, rollout)
+        accuracy, _ = evaluate(run.val_scorer, rollout, max_error_frac=cfg.reward.max_error_frac)
     return Validation(accuracy, sync_s, phase.seconds)
 
 
@@ -187,6 +189,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
     if start.clear:
         ckpts.clear()
     resume_from = start.resume_from
+    changed = resume_changes(cfg, resume_from) if resume_from else []  # refuses a must-match change
     run = build_components(cfg, load_weights=resume_from is None, interrupted=preemption.requested)
     reward_guard, divergence = RewardGuard(cfg.reward), DivergenceGuard(t.max_bad_steps)
     # what trainer_state.json holds, each under its key
@@ -197,8 +200,8 @@ def _train(cfg: Config) -> Dict[str, Any]:
         "in_flight": run.rollouts,
     }
     start_step = resume(run, ckpts, resume_from, stateful)
-    if is_rank0():  # only now: a run that cannot start leaves the directory's config.yaml as it was
-        save_config(cfg, os.path.join(t.output_dir, "config.yaml"))
+    if is_rank0():  # only now: a run that cannot start leaves the directory's configs as they were
+        record_launch(cfg, t.output_dir)
     logger = MetricsLogger(
         t.output_dir,
         list(t.logger),
@@ -209,6 +212,10 @@ def _train(cfg: Config) -> Dict[str, Any]:
         enabled=is_rank0(),
         keep_up_to_step=start_step if resume_from else -1,
     )
+    if resume_from:
+        logger.event(start_step, "resumed", {"from": resume_from, "changed": diff_record(changed)})
+        for c in changed:
+            say(PROG, f"resumed with {c.key} changed: {c.old!r} -> {c.new!r} ({c.kind.replace('_', ' ')})")
     say(
         PROG,
         f"{run.describe()}; steps {start_step + 1}..{t.total_steps}"
@@ -216,6 +223,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
     )
 
     metrics: Dict[str, Any] = {}
+    config_text = config_yaml(cfg)  # stored in every checkpoint
     step = start_step
     try:
         if start_step == 0 and t.val_before_train and run.val_data is not None:
@@ -230,7 +238,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
                 stop = preemption.should_stop()
                 if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
                     with Timer() as save:
-                        ckpts.save(step, trainer_state(stateful), run.save_checkpoint)
+                        ckpts.save(step, trainer_state(stateful), run.save_checkpoint, config_text)
                     record.save_s = save.seconds
             record.step_s = step_time.seconds
             metrics = record.metrics()

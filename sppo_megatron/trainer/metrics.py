@@ -1,4 +1,5 @@
-"""Where metrics go: `metrics.jsonl` (one flat JSON object per step), the console, and
+"""Where metrics go: `metrics.jsonl` (one flat JSON object per step, plus event lines that carry
+an `event` key), the console, and
 optionally tensorboard / wandb. Only rank 0 writes; other ranks get a no-op logger."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from sppo_megatron.platform.files import atomic_write_text
+from sppo_megatron.platform.files import append_text, atomic_write_text
 
 
 class Timer:
@@ -71,11 +72,10 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "metrics.jsonl")
+        self._path = os.path.join(output_dir, "metrics.jsonl")
         self._samples_path = os.path.join(output_dir, "samples.jsonl")
-        for old in (path, self._samples_path):
+        for old in (self._path, self._samples_path):
             _truncate_after(old, keep_up_to_step)
-        self._file = open(path, "a", encoding="utf-8")
         self.console = "console" in backends
         if "tensorboard" in backends:
             try:
@@ -94,8 +94,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        append_text(self._path, json.dumps(record) + "\n")
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for key, value in numeric.items():
@@ -105,6 +104,13 @@ class MetricsLogger:
             self._wandb.log(numeric, step=step)
         if self.console:
             print(self.summary_line(step, metrics), file=sys.stderr, flush=True)
+
+    def event(self, step: int, name: str, fields: Dict[str, Any]) -> None:
+        """A metrics.jsonl line that is no step's metrics: `{"step": step, "event": name, ...}`
+        (e.g. `resumed`, with the config keys that changed)."""
+        if not self.enabled:
+            return
+        append_text(self._path, json.dumps({"step": step, "event": name, **fields}, default=str) + "\n")
 
     def summary_line(self, step: int, metrics: Dict[str, Any]) -> str:
         """`[step 3/10 |######              | 0:42] reward 0.41 | loss 0.012 | no_signal 38% | 2.1s/step`
@@ -121,6 +127,7 @@ class MetricsLogger:
             ("train/grad_norm", "gnorm", "{:.3g}"),
             ("sppo/no_signal_frac", "no_signal", "{:.0%}"),
             ("val/accuracy", "val_acc", "{:.3f}"),
+            ("val/score", "val_score", "{:.4g}"),
             ("rollout/logp_abs_diff", "logp_diff", "{:.2g}"),
             ("timing/step_s", "", "{:.1f}s/step"),
         ):
@@ -132,14 +139,12 @@ class MetricsLogger:
     def log_samples(self, step: int, samples: List[Dict[str, Any]]) -> None:
         if not self.enabled:
             return
-        with open(self._samples_path, "a", encoding="utf-8") as fh:
-            for sample in samples:
-                fh.write(json.dumps({"step": step, **sample}) + "\n")
+        if samples:
+            append_text(self._samples_path, "".join(json.dumps({"step": step, **sample}) + "\n" for sample in samples))
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

@@ -7,8 +7,9 @@ runs when the main thread is between bytecodes, which a rank waiting in a collec
 peer may not be for half an hour; so the handler does nothing and a side thread reads the
 signals from `signal.set_wakeup_fd`'s socket, written by the C-level handler on delivery. A
 SIGTERM after another rank failed, or while one does not answer (`PeerMonitor.silent_peers`, a
-few heartbeats long, run after the flag is set), is the launcher tearing the job down (torchrun
-does at the first failed worker): exit at once rather than wait for a step that cannot end.
+few heartbeats long, run after the flag is set and before the checkpoint is announced), is the
+launcher tearing the job down (torchrun does at the first failed worker): exit at once rather
+than wait for a step that cannot end, saying which rank is gone.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ import torch
 import torch.distributed as dist
 
 from sppo_megatron.platform.console import say_now
-from sppo_megatron.platform.liveness import PeerMonitor, current_monitor
+from sppo_megatron.platform.liveness import PROBE_INTERVALS, PeerMonitor, current_monitor
 from sppo_megatron.trainer import PROG
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-#: how many heartbeat intervals a SIGTERMed rank watches its peers before trusting it is no teardown
-TEARDOWN_PROBE_INTERVALS = 3
 
 
 def _noop(signum, frame) -> None:  # noqa: ARG001 - installs the C-level handler that writes the wakeup fd
     pass
+
+
+def _announce(sig: signal.Signals) -> None:
+    say_now(
+        PROG,
+        f"{sig.name} received: checkpointing at the end of this step, then exiting (send it again to exit at once)",
+    )
 
 
 def _exit_now(sig: signal.Signals, why: str) -> None:
@@ -70,18 +76,19 @@ class PreemptionFlag:
         if failed or self.received:
             _exit_now(sig, f"after {failed}" if failed else "a second time")
         self.received.append(int(sig))
-        say_now(
-            PROG,
-            f"{sig.name} received: checkpointing at the end of this step, then exiting (send it again to exit at once)",
-        )
-        if monitor is not None:  # the teardown after a rank was SIGKILLed: nobody marked a failure
+        if monitor is None:
+            _announce(sig)
+        else:  # first rule out the teardown after a rank was SIGKILLed (nobody marked a failure)
             threading.Thread(target=self._probe, args=(monitor, sig), name="sppo-teardown-probe", daemon=True).start()
 
     @staticmethod
     def _probe(monitor: PeerMonitor, sig: signal.Signals) -> None:
-        silent = monitor.silent_peers(TEARDOWN_PROBE_INTERVALS * monitor.interval)
+        """Announce the checkpoint only once no peer is silent: a survivor of a dead peer says that
+        instead (and exits), never that it will checkpoint."""
+        silent = monitor.silent_peers(PROBE_INTERVALS * monitor.interval)
         if silent:
             _exit_now(sig, f"while rank {silent[0]} is not responding")
+        _announce(sig)
 
     def requested(self) -> bool:
         """True once this process has been signalled (local: no collective)."""

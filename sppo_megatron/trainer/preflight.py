@@ -14,6 +14,7 @@ GPU, the weight-sync read-back.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from typing import Any, Callable, List, Optional, Set, Tuple
 
@@ -22,10 +23,13 @@ from sppo_megatron.errors import ConfigError, UserError
 from sppo_megatron.models import check_fp8_support, get_bridge, resolve_transformer_impl
 from sppo_megatron.models.converted import check_meta_matches, read_checkpoint_meta
 from sppo_megatron.models.dist_ckpt import check_checkpoint_dir
-from sppo_megatron.models.hf_io import SafetensorsReader
+from sppo_megatron.models.hf_io import SafetensorsReader, load_hf_config
+from sppo_megatron.models.rope import context_length
+from sppo_megatron.platform.files import check_writable_dir
 from sppo_megatron.reward.oracles.checks import oracle_problems
 from sppo_megatron.rollout import choose_engine
 from sppo_megatron.trainer.checkpointing import CheckpointManager
+from sppo_megatron.trainer.run_config import resume_changes
 from sppo_megatron.trainer.run_lock import RunLock
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -70,6 +74,26 @@ def _model_problems(model: Any, parallel: Any, need_weights: bool) -> List[str]:
     return problems
 
 
+def _context_problems(cfg: Any) -> List[str]:
+    """A prompt and its response must fit the model's positions: past them the rotary embedding
+    runs out of range and the run trains on garbage without an error."""
+    if not cfg.model.path:
+        return []
+    try:
+        limit = context_length(load_hf_config(cfg.model.path, "model.path"))
+    except UserError:  # an unreadable or unsupported model: the model checks name it
+        return []
+    need = cfg.data.max_prompt_length + cfg.data.max_response_length
+    if not limit or need <= limit:
+        return []
+    return [
+        f"data.max_prompt_length + data.max_response_length = {cfg.data.max_prompt_length} + "
+        f"{cfg.data.max_response_length} = {need} exceeds the {limit} positions of the model "
+        f"({os.path.join(cfg.model.path, 'config.json')}: max_position_embeddings, rope scaling included); "
+        "lower them"
+    ]
+
+
 def _engine_problems(requested: str) -> List[str]:
     """An explicit rollout.engine must be usable here (auto always is: it falls back loudly)."""
     problems: List[str] = []
@@ -78,14 +102,17 @@ def _engine_problems(requested: str) -> List[str]:
     return problems
 
 
-def _resume_problems(t: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
-    """(problems, checkpoint the run resumes from, notice for a run that is already finished)."""
+def _resume_problems(cfg: Any) -> Tuple[List[str], Optional[str], Optional[str]]:
+    """(problems, checkpoint the run resumes from, notice for a run that is already finished).
+    A resumed run's config must keep what the checkpoint's says must match (config/resume.py)."""
+    t = cfg.trainer
     problems: List[str] = []
     ckpts = CheckpointManager(t.output_dir, t.keep_last)
     start = _collect(problems, ckpts.decide_start, t.resume, t.overwrite)
     resume_from = start.resume_from if start is not None else None
     if resume_from is None:
         return problems, None, None
+    _collect(problems, resume_changes, cfg, resume_from)
     step = int(ckpts.read_state(resume_from)["step"])
     if step < t.total_steps:
         return problems, resume_from, None
@@ -142,7 +169,8 @@ def _problems(cfg: Any, training: bool, skip: Set[str]) -> Tuple[List[str], Opti
         return problems, notice
     if "trainer" not in skip:
         problems += _logger_problems(list(cfg.trainer.logger))
-        resume_problems, resume_from, notice = _resume_problems(cfg.trainer)
+        _collect(problems, check_writable_dir, cfg.trainer.output_dir, "trainer.output_dir")
+        resume_problems, resume_from, notice = _resume_problems(cfg)
         problems += resume_problems
     else:
         resume_from = None
@@ -150,6 +178,8 @@ def _problems(cfg: Any, training: bool, skip: Set[str]) -> Tuple[List[str], Opti
         problems += _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
     if "data" not in skip:
         problems += _data_problems(cfg.data)
+    if not skip & {"model", "data"}:
+        problems += _context_problems(cfg)
     if "reward" not in skip:
         problems += oracle_problems(cfg.reward)
     return problems, notice

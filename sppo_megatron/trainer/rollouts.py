@@ -35,6 +35,7 @@ from sppo_megatron.config.schema import Config
 from sppo_megatron.data import PromptDataset, PromptItem, PromptSampler
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0, rank, share_outcomes
+from sppo_megatron.platform.files import append_text
 from sppo_megatron.rollout import RolloutEngine, SamplingParams, create_rollout_engine
 from sppo_megatron.rollout.remote import RemoteRolloutEngine, serve
 from sppo_megatron.sync import WeightSync
@@ -326,9 +327,8 @@ class SeparateRollouts(RolloutManager):
     def _log(self, step: int, phase: str, timings: Sequence[Optional[Dict[str, float]]]) -> None:
         if not is_rank0():
             return
-        with open(os.path.join(self.cfg.trainer.output_dir, TIMELINE_FILE), "a", encoding="utf-8") as fh:
-            for t in timings:
-                fh.write(json.dumps({"step": step, "phase": phase, **(t or {})}) + "\n")
+        lines = "".join(json.dumps({"step": step, "phase": phase, **(t or {})}) + "\n" for t in timings)
+        append_text(os.path.join(self.cfg.trainer.output_dir, TIMELINE_FILE), lines)
 
 
 def serve_rollouts(cfg: Config) -> None:

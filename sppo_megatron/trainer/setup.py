@@ -4,6 +4,7 @@ optimizer state fills the GPU), the actor, then the reward scorer and the prefer
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -27,9 +28,26 @@ from sppo_megatron.sync import WeightSync
 from sppo_megatron.trainer.rollouts import ColocatedRollouts, RolloutManager, SeparateRollouts
 from sppo_megatron.trainer.samples import Tokenizer
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
 
 def load_tokenizer(hf_dir: str) -> Any:
-    return AutoTokenizer.from_pretrained(hf_dir)
+    """The tokenizer of `hf_dir`; a file of it that does not load (truncated JSON, ...) is one
+    line naming the file rather than transformers' traceback."""
+    try:
+        return AutoTokenizer.from_pretrained(hf_dir)
+    except Exception as e:  # noqa: BLE001 - which file is broken is found below
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        for name in TOKENIZER_FILES:
+            path = os.path.join(hf_dir, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    json.load(fh)
+            except (OSError, ValueError) as bad:
+                raise UserError(f"{path}: unreadable tokenizer file ({bad})") from None
+        raise UserError(f"{hf_dir}: cannot load the tokenizer ({type(e).__name__}: {reason})") from None
 
 
 def check_sources(dataset: PromptDataset, custom_fn: Optional[str]) -> None:
