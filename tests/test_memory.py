@@ -117,7 +117,8 @@ def test_checkpoint_save_transient_is_bounded(tmp_path):
         num_key_value_heads=2,
         max_shard_size="200MB",
     )
-    got = run_ranks(_save_transients, 1, str(path), str(tmp_path), timeout=600)[0]
+    # two intra-op threads: a clone in megatron's forked writer processes deadlocked on them
+    got = run_ranks(_save_transients, 1, str(path), str(tmp_path), timeout=600, env={"OMP_NUM_THREADS": "2"})[0]
     state = got["state"]  # fp32 params + grads + Adam moments of ~24M parameters: ~380 MB
     assert state > 200 * MIB
     assert got["streaming"] < 0.1 * state, got

@@ -8,7 +8,8 @@ weight), so a save held a second copy of the model, and of the optimizer's views
 transient that ran a 0.63B fp32 model out of memory at its checkpoint.
 
 `streaming_writes()` swaps in `StreamingWriter`, which plans the same buckets without the clones,
-and wraps the item writer so a view is copied just before it is written and dropped after: the
+and wraps the item writer so a view is copied (by numpy: the writers are forked processes) just
+before it is written and dropped after: the
 transient is one tensor (per writer process), not the model. Same files, same bytes.
 """
 
@@ -26,6 +27,16 @@ import torch
 
 def _is_cpu_view(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.untyped_storage().nbytes() != tensor.numel() * tensor.itemsize
+
+
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of a contiguous CPU tensor made by numpy, byte for byte: the writer runs in a forked
+    process, where torch's intra-op thread pool (inherited mid-state from the trainer) can
+    deadlock a `clone`."""
+    if tensor.dim() == 0 or not tensor.is_contiguous():
+        return tensor.clone()
+    data = tensor.view(torch.uint8).numpy().copy()
+    return torch.from_numpy(data).view(tensor.dtype).view(tensor.shape)
 
 
 def _writer_class() -> Any:
@@ -68,7 +79,7 @@ def streaming_writes() -> Iterator[None]:
         # (transforms..., stream, data, write_item, storage_key): data is the third from the end
         items = list(args)
         if isinstance(items[-3], torch.Tensor) and _is_cpu_view(items[-3]):
-            items[-3] = items[-3].clone()
+            items[-3] = _copy(items[-3])
         return write_item(*items, **kwargs)
 
     writer = torch_strategy.FileSystemWriterAsync
