@@ -18,7 +18,9 @@ def test_plan_counts_each_component(tmp_path, capsys):
     assert 0 < parts["checkpoint_transient"] < parts["params"], "one tensor at a time, not the model"
     assert parts["runtime"] > 100 * 2**20, "an interpreter with torch and megatron-core imported"
     held = sum(parts[k] for k in ("runtime", "params", "grads", "optimizer", "engine"))
-    assert peaks == {"update": held + parts["activations"], "save": held + parts["checkpoint_transient"]}
+    assert parts["weight_grad_transient"] == 2 * parts["checkpoint_transient"], "embedding + LM head, fp32"
+    update = held + parts["activations"] + parts["weight_grad_transient"]
+    assert peaks == {"update": update, "save": held + parts["checkpoint_transient"]}
 
     bf16 = json.loads(_run_json(capsys, cfg, "model.dtype=bf16", "parallel.use_distributed_optimizer=false"))
     assert bf16["bytes"]["params"] * 2 == parts["params"] and bf16["bytes"]["optimizer"] == 3 * parts["params"]

@@ -7,7 +7,8 @@ applies megatron's rules (`actor/memory.py`): parameters in the training dtype, 
 Adam's two fp32 moments (plus fp32 main parameters for bf16 / fp16) sharded over data-parallel
 ranks; the colocated HF rollout engine's own copy of the weights; the activations of the largest
 micro-batch (the logits dominate: fp32 logits, their log-softmax and its gradient over the padded
-vocabulary); the checkpoint transient (the largest tensor a save copies, models/ckpt_writer.py);
+vocabulary); the embedding's and LM head's weight gradients before they are added into the
+gradient buffer (2 x the largest tensor in fp32: the update's peak); the checkpoint transient (the largest tensor a save copies, models/ckpt_writer.py);
 and the runtime, measured: this interpreter's RSS after importing the trainer (torch,
 megatron-core, transformers). Prints bytes per component and the predicted peak of the update and save phases,
 to compare with a run's `memory/update_peak_rss_gib` / `memory/save_peak_rss_gib`.
@@ -75,6 +76,9 @@ def plan(cfg, hf_config, runtime: int) -> Dict[str, int]:
         "optimizer": math.ceil(local * optimizer_per / shards),
         "engine": counts["total"] * engine_width if colocated else 0,
         "activations": 3 * tokens * (padded // dims.tp) * 4,
+        # without CUDA's fused gradient accumulation the embedding's and the LM head's weight
+        # gradients are whole fp32 tensors before megatron adds them into its gradient buffer
+        "weight_grad_transient": 2 * 4 * counts["largest"],
         "checkpoint_transient": counts["largest"] * width,
     }
 
@@ -86,10 +90,11 @@ def _world(cfg) -> int:
 
 
 def phases(parts: Dict[str, int]) -> Dict[str, int]:
-    """Predicted peaks: the update holds the state, the engine and the activations; a save the
-    state, the engine and the transient."""
+    """Predicted peaks: the update holds the state, the engine, the activations and the weight
+    gradients in flight; a save the state, the engine and the transient."""
     held = parts["runtime"] + parts["params"] + parts["grads"] + parts["optimizer"] + parts["engine"]
-    return {"update": held + parts["activations"], "save": held + parts["checkpoint_transient"]}
+    update = held + parts["activations"] + parts["weight_grad_transient"]
+    return {"update": update, "save": held + parts["checkpoint_transient"]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
