@@ -38,6 +38,9 @@ def _single_rank_body(root, work):
     # bf16 checkpoint -> fp32 HF export (the checkpoint dtype differs from the model dtype)
     bf16 = os.path.join(work, "bf16")
     codes["h2m-bf16"] = _run(["hf-to-megatron", "--hf", os.path.join(root, "qwen3"), "--out", bf16, "--dtype", "bf16"])
+    # a bf16 conversion of an fp32 model passes verify: judged relative to the logits at bf16's tolerance
+    codes["verify-bf16"] = _run(["verify", "--hf", os.path.join(root, "qwen3"), "--ckpt", bf16])
+    codes["verify-bf16-atol"] = _run(["verify", "--hf", os.path.join(root, "qwen3"), "--ckpt", bf16, "--atol", "1e-6"])
     codes["m2h-bf16"] = _run(
         ["megatron-to-hf", "--ckpt", bf16, "--out", os.path.join(work, "bf16-hf"), "--dtype", "fp32"]
     )
@@ -126,6 +129,13 @@ def test_exported_model_loads_with_from_pretrained_without_key_warnings(converte
     assert model.config.tie_word_embeddings == json.load(open(os.path.join(hf, "config.json")))["tie_word_embeddings"]
     tok = AutoTokenizer.from_pretrained(hf)
     assert tok.apply_chat_template([{"role": "user", "content": "1 + 1 ?"}], tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.slow
+def test_verify_judges_a_bf16_conversion_by_its_dtype(converted):
+    _, _, codes, _ = converted
+    assert codes["verify-bf16"] == 0
+    assert codes["verify-bf16-atol"] == 1, "an explicit --atol is the absolute rule"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 SEPARATE = ["rollout.placement=separate", "rollout.num_ranks=2"]
 #: metrics that measure time or throughput, not what was computed
-_TIMING = ("timing/", "perf/", "sync/gb_per_s", "rollout/policy_lag", "timing/gen_busy_s")
+_TIMING = ("timing/", "perf/", "memory/", "sync/gb_per_s", "rollout/policy_lag", "timing/gen_busy_s")
 
 
 def _problems(overrides, world_size):

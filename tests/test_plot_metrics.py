@@ -27,6 +27,7 @@ TITLES = [
     "Learning rate",
     "Time per step, by phase",
     "Throughput (rollout + training)",
+    "Peak host memory, by phase",
 ]
 
 
@@ -58,6 +59,8 @@ def _records(steps=60):
             "timing/update_s": 0.2,
             "timing/step_s": 0.5,
             "perf/tokens_per_s": 6000.0 + step,
+            "memory/gen_peak_rss_gib": 1.5,
+            "memory/update_peak_rss_gib": 2.0 + 0.01 * step,
             "val/accuracy": None,
         }
         if step % 20 == 0:
@@ -161,6 +164,13 @@ def test_phase_times_are_stacked_per_step_with_old_logprobs(dashboard):
     assert len(timing_ax.patches) == 8 * 60, "one bar per phase per step"
 
 
+def test_memory_peaks_per_phase(dashboard):
+    _, panels = dashboard
+    drawn = panels["Peak host memory, by phase"].drawn
+    assert list(drawn) == ["generation", "update"], "phases without a ledger entry are not drawn"
+    assert drawn["update"][0] == list(range(1, 61)) and drawn["update"][1][-1] == pytest.approx(2.6)
+
+
 def test_command_writes_png_and_html(tmp_path):
     with open(tmp_path / "metrics.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in _records(10))
@@ -168,7 +178,7 @@ def test_command_writes_png_and_html(tmp_path):
     assert out.returncode == 0, out.stderr
     png = (tmp_path / "plots" / "dashboard.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert int.from_bytes(png[16:20], "big") == 1400 and int.from_bytes(png[20:24], "big") == 2160
+    assert int.from_bytes(png[16:20], "big") == 1400 and int.from_bytes(png[20:24], "big") == 2520
     page = (tmp_path / "plots" / "dashboard.html").read_text()
     assert "data:image/png;base64," in page and all(html.escape(title) in page for title in TITLES)
 

@@ -255,6 +255,8 @@ def test_config_data_and_model_mistakes_are_reported_together(tmp_path, hf_dir, 
             f"data.train_files=[{prompts}]",
             f"data.val_files=[{not_parquet}]",
             "data.prompt_key=question",
+            "data.max_prompt_length=128",  # the tiny model has 256 positions
+            "data.max_response_length=64",
             "rollout.engine=hf",
             "optim.lr=-1",
         ],

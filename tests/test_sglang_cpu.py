@@ -135,7 +135,7 @@ def test_sglang_after_tp2_sync_matches_actor_and_hf_engine(tmp_path):
 
 SGLANG_RUN = QUICK + ["rollout.engine=sglang", "parallel.tp=2"]  # rollout.tp=1: an engine per rank
 #: metrics that measure time or speed, the only ones two runs may disagree on
-_TIMING = ("timing/", "perf/", "sync/gb_per_s")
+_TIMING = ("timing/", "perf/", "memory/", "sync/gb_per_s")
 
 
 def test_sppo_train_with_sglang_resumes_exactly(tiny_assets, tmp_path):

@@ -76,7 +76,9 @@ def srun_run(cluster, tiny_assets, tmp_path_factory):
 def _comparable(rows: dict) -> dict:
     """Metrics without the clock: times and rates."""
     return {
-        step: {k: v for k, v in row.items() if not (k.startswith(("timing/", "perf/")) or k.endswith("_per_s"))}
+        step: {
+            k: v for k, v in row.items() if not (k.startswith(("timing/", "perf/", "memory/")) or k.endswith("_per_s"))
+        }
         for step, row in rows.items()
     }
 

@@ -8,7 +8,8 @@ drawn faint with an exponential moving average over about N steps on top (defaul
 of the run). Panels: held-out accuracy (%), training reward, loss and gradient norm (separate
 axes: they differ by orders of magnitude), SPPO targets vs log-ratios, prompts without signal and
 clipped responses and gradients, policy entropy, KL to the step's old policy, response length,
-learning rate, phase time stacked per step, throughput. The mean win rate is not drawn: with the soft loss it
+learning rate, phase time stacked per step, throughput, peak host memory per phase (`memory/*`).
+The mean win rate is not drawn: with the soft loss it
 is 1/2 by construction.
 """
 
@@ -110,6 +111,21 @@ def phase_series(records: Sequence[Record]) -> Dict[str, Series]:
     return out
 
 
+#: the memory ledger's phases (sppo_megatron/platform/memory.py), in step order
+MEMORY_PHASES = [
+    ("sync", "weight sync"),
+    ("gen", "generation"),
+    ("old_logp", "old log-probs"),
+    ("update", "update"),
+    ("val", "validation"),
+    ("save", "checkpoint"),
+]
+
+
+def _memory_lines(records: Sequence[Record]) -> List[Tuple[str, Callable[[Sequence[Record]], Series]]]:
+    return [(label, _key(f"memory/{phase}_peak_rss_gib")) for phase, label in MEMORY_PHASES]
+
+
 def panels(records: Sequence[Record]) -> List[Panel]:
     """The dashboard's panels, in reading order (two per row)."""
     return [
@@ -151,6 +167,7 @@ def panels(records: Sequence[Record]) -> List[Panel]:
         Panel("Learning rate", "lr", [("train/lr", _key("train/lr"))], noisy=False),
         Panel("Time per step, by phase", "seconds", noisy=False, stacked=True),
         Panel("Throughput (rollout + training)", "tokens / s", [("perf/tokens_per_s", _key("perf/tokens_per_s"))]),
+        Panel("Peak host memory, by phase", "peak RSS (GiB)", _memory_lines(records), noisy=False),
     ]
 
 

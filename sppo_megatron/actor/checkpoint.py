@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sppo_megatron.actor import optimizer_state
+from sppo_megatron.actor.optimizer_save import streaming_state
 from sppo_megatron.errors import UserError
 from sppo_megatron.models import load_dist_checkpoint, save_dist_checkpoint
 from sppo_megatron.models.dist_ckpt import (
@@ -201,13 +202,14 @@ def save_actor(actor: Any, ckpt_dir: str) -> None:
     barrier()
     optimizer_state.init_state(actor.optimizer)  # workaround (1): a fresh optimizer cannot build its state dict
     model_sd = _model_state(actor)
-    state = {
-        MODEL_KEY: model_sd,
-        "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
-        "scheduler": actor.scheduler.state_dict(),
-        "rng_state": _rng_sharded(_rng_state(), actor.parallel_dims),
-    }
-    save_dist_checkpoint(state, ckpt_dir)
+    with streaming_state(actor.optimizer):  # one DP rank: the optimizer's tensors as they are, no copies
+        state = {
+            MODEL_KEY: model_sd,
+            "optimizer": actor.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=OPTIMIZER_METADATA),
+            "scheduler": actor.scheduler.state_dict(),
+            "rng_state": _rng_sharded(_rng_state(), actor.parallel_dims),
+        }
+        save_dist_checkpoint(state, ckpt_dir)
     if rank() == 0:
         meta = {
             "format": FORMAT,

@@ -6,7 +6,7 @@
                                 [--peft] [--base DIR]
     sppo-convert megatron-to-megatron-lm --ckpt DIR --out DIR [--hf-config DIR] [--iteration N]
                                 [--tp N --pp M] [--overwrite]
-    sppo-convert verify --hf DIR --ckpt DIR [--tp N --pp M] [--atol 1e-4]
+    sppo-convert verify --hf DIR --ckpt DIR [--tp N --pp M] [--rtol R | --atol 1e-4]
 
 Runs as one process (tp = pp = 1) or under torchrun with --tp/--pp (world size a multiple of
 tp * pp) to shard the work. Output is written into `OUT.tmp-XXXX` next to OUT and renamed at
@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sppo_megatron.cli.common import exit_on_user_error
 from sppo_megatron.config.schema import ModelConfig, ParallelConfig
 from sppo_megatron.errors import UserError
+from sppo_megatron.models.agreement import judge
 from sppo_megatron.models.converted import LAYOUTS, resolve_megatron_checkpoint
 from sppo_megatron.models.dist_ckpt import load_model_checkpoint, model_vocab_for
 from sppo_megatron.platform.console import say
@@ -123,7 +124,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ver.add_argument("--ckpt", required=True, metavar="DIR", help="megatron dist checkpoint")
     ver.add_argument("--tp", type=int, default=1)
     ver.add_argument("--pp", type=int, default=1)
-    ver.add_argument("--atol", type=float, default=1e-4, help="max allowed |logit difference| (default 1e-4)")
+    ver.add_argument(
+        "--rtol",
+        type=float,
+        help="max |logit difference| relative to the logit scale (default 1e-4: both sides run in fp32 from the "
+        "same weights, the HF ones rounded to the checkpoint's dtype)",
+    )
+    ver.add_argument("--atol", type=float, help="an absolute bound on |logit difference| instead of --rtol")
     ver.add_argument("--batch-size", type=int, default=2)
     ver.add_argument("--seq-len", type=int, default=32)
     ver.add_argument("--seed", type=int, default=0)
@@ -276,7 +283,6 @@ def _peft_base_name(base: Dict[str, Optional[str]], hf_dir: str) -> str:
 def _source_checkpoint(args: argparse.Namespace, hf_config: Optional[str] = None):
     """(hf_dir, bridge, dtype) of --ckpt, after the checks every Megatron -> X export makes
     (hf_config: the HF config directory when --hf-config is not given)."""
-    from sppo_megatron.models.converted import resolve_megatron_checkpoint
 
     hf_dir, bridge, dtype = resolve_megatron_checkpoint(args.ckpt, args.hf_config or hf_config)
     _check_out(args.out, args.overwrite, [args.ckpt, args.hf_config])
@@ -381,8 +387,8 @@ def verify(args: argparse.Namespace) -> int:
     _check_layout(args.tp, args.pp)
     bridge.check_tp(args.tp)
     padded = model_vocab_for(args.ckpt, args.tp)
-    if args.atol < 0 or args.batch_size < 1 or args.seq_len < 1:
-        raise UserError("--atol must be >= 0, --batch-size and --seq-len >= 1")
+    if (args.atol or 0) < 0 or (args.rtol or 0) < 0 or args.batch_size < 1 or args.seq_len < 1:
+        raise UserError("--atol and --rtol must be >= 0, --batch-size and --seq-len >= 1")
     seq = min(args.seq_len, bridge.max_position_embeddings)
     ids = torch.randint(
         0, bridge.vocab_size, (args.batch_size, seq), generator=torch.Generator().manual_seed(args.seed)
@@ -398,27 +404,25 @@ def verify(args: argparse.Namespace) -> int:
     load_model_checkpoint(model, args.ckpt)
     logits = forward_logits(model, ids, bridge.vocab_size).float().cpu()
     del model
-    diff = torch.tensor([0.0])
+    agreement = None
     if rank() == 0:
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(args.hf, dtype=torch.float32)
         hf.eval()
         with torch.no_grad():
-            for param in hf.parameters():  # the checkpoint's rounding, so that atol measures the conversion
+            for param in hf.parameters():  # the checkpoint's rounding, so that the bound measures the conversion
                 param.copy_(param.to(resolve_dtype(ckpt_dtype)))
             ref = hf(input_ids=ids).logits.float()
-        diff = (logits - ref[..., : bridge.vocab_size]).abs().max().reshape(1)
-    diff = broadcast_object(diff)
-    value = float(diff.item())
-    ok = value <= args.atol
+        agreement = judge(logits, ref[..., : bridge.vocab_size], args.atol, args.rtol)
+    agreement = broadcast_object(agreement)
     say(
         PROG,
-        f"max |logit difference| = {value:.3e} over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size} "
-        f"(tp={args.tp} pp={args.pp}, atol {args.atol:g}; both sides in fp32 from the checkpoint's {ckpt_dtype} "
-        f"weights, the HF ones rounded to {ckpt_dtype} like them): {'OK' if ok else 'FAIL'}",
+        f"{agreement.describe()}; over {args.batch_size}x{seq} tokens, vocab {bridge.vocab_size}, fp32 forward "
+        f"of both from the checkpoint's {ckpt_dtype} weights, the HF ones rounded to {ckpt_dtype} like them "
+        f"(tp={args.tp} pp={args.pp}): {'OK' if agreement.ok else 'FAIL'}",
     )
-    return 0 if ok else 1
+    return 0 if agreement.ok else 1
 
 
 COMMANDS = {

@@ -45,6 +45,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
 from sppo_megatron.errors import RunStopped, UserError, first_line
+from sppo_megatron.models.ckpt_writer import streaming_writes
 from sppo_megatron.models.megatron_lm import resolve_checkpoint_dir
 from sppo_megatron.platform.distributed import barrier, is_rank0, rank
 from sppo_megatron.platform.process import install_fork_hygiene
@@ -113,7 +114,8 @@ def save_dist_checkpoint(state: Dict[str, Any], ckpt_dir: str) -> None:
         os.makedirs(ckpt_dir, exist_ok=True)
     barrier()
     try:
-        dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
+        with streaming_writes():  # no whole-model copy of the parameters' views (ckpt_writer.py)
+            dist_checkpointing.save(sharded_state_dict=state, checkpoint_dir=ckpt_dir)
     except (EOFError, ConnectionError) as e:  # BrokenPipeError is a ConnectionError
         if _SaveHelper.alive():
             raise

@@ -78,6 +78,7 @@ class StepRecord:
     validation: Optional[Validation] = None
     save_s: Optional[float] = None
     step_s: float = 0.0
+    memory: Dict[str, float] = field(default_factory=dict)  # MemoryLedger's `memory/*`
 
     @property
     def skipped(self) -> bool:
@@ -103,6 +104,7 @@ class StepRecord:
         if self.save_s is not None:
             out["timing/save_s"] = self.save_s
         out["timing/step_s"] = self.step_s
+        out.update(self.memory)
         busy = self.step_s - (self.validation.seconds if self.validation else 0.0) - (self.save_s or 0.0)
         out["perf/tokens_per_s"] = self.update["train/tokens"] / max(busy, 1e-9)
         return out
@@ -110,7 +112,7 @@ class StepRecord:
 
 def validate(run: RunComponents, cfg: Config, val_data: PromptDataset) -> Validation:
     """val/accuracy of the current weights on the validation set (the weights synced first)."""
-    with Timer() as phase:
+    with Timer() as phase, run.ledger.phase("val"):
         rollout, sync_s = run.rollouts.generate(
             val_data.items, val_sampling(cfg), cfg.rollout.val_n, cfg.data.val_batch_size
         )
@@ -130,7 +132,7 @@ def train_step(run: RunComponents, cfg: Config, step: int, reward_guard: RewardG
     batch = rollout.batch
     with Timer() as old_logp_time:
         old_logp = run.rollouts.old_log_probs(batch)  # under the weights that generated the batch
-    with Timer() as update_time:
+    with Timer() as update_time, run.ledger.phase("update"):
         update_metrics = run.actor.update(batch, targets, old_logp, sample_mask)
     rollout_logp, _ = rollout.logprobs(old_logp.logp.shape[1])
     logged = cfg.trainer.log_samples_freq and step % cfg.trainer.log_samples_freq == 0
@@ -227,7 +229,7 @@ def _train(cfg: Config) -> Dict[str, Any]:
     step = start_step
     try:
         if start_step == 0 and t.val_before_train and run.val_data is not None:
-            metrics = validate(run, cfg, run.val_data).metrics()
+            metrics = {**validate(run, cfg, run.val_data).metrics(), **run.ledger.metrics()}
             logger.log(0, metrics)
         for step in range(start_step + 1, t.total_steps + 1):
             with Timer() as step_time:
@@ -237,10 +239,11 @@ def _train(cfg: Config) -> Dict[str, Any]:
                     record.validation = validate(run, cfg, run.val_data)
                 stop = preemption.should_stop()
                 if stop or step == t.total_steps or (t.save_freq and step % t.save_freq == 0):
-                    with Timer() as save:
+                    with Timer() as save, run.ledger.phase("save"):
                         ckpts.save(step, trainer_state(stateful), run.save_checkpoint, config_text)
                     record.save_s = save.seconds
             record.step_s = step_time.seconds
+            record.memory = run.ledger.metrics()
             metrics = record.metrics()
             logger.log_samples(step, record.samples)
             logger.log(step, metrics)

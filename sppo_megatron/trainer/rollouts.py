@@ -36,6 +36,7 @@ from sppo_megatron.data import PromptDataset, PromptItem, PromptSampler
 from sppo_megatron.errors import UserError
 from sppo_megatron.platform.distributed import is_rank0, rank, share_outcomes
 from sppo_megatron.platform.files import append_text
+from sppo_megatron.platform.memory import MemoryLedger
 from sppo_megatron.rollout import RolloutEngine, SamplingParams, create_rollout_engine
 from sppo_megatron.rollout.remote import RemoteRolloutEngine, serve
 from sppo_megatron.sync import WeightSync
@@ -86,9 +87,11 @@ class RolloutManager(abc.ABC):
         sampler: PromptSampler,
         train_data: PromptDataset,
         tokenizer: Tokenizer,
+        ledger: Optional[MemoryLedger] = None,
     ) -> None:
         self.cfg, self.actor, self.weight_sync = cfg, actor, weight_sync
         self.sampler, self.train_data, self.tokenizer = sampler, train_data, tokenizer
+        self.ledger = ledger if ledger is not None else MemoryLedger()  # the run's: sync and gen phases
 
     @abc.abstractmethod
     def generate_round(self, step: int, extra_round: int, size: int) -> Tuple[RolloutBatch, RoundStats]:
@@ -114,7 +117,7 @@ class RolloutManager(abc.ABC):
     def old_log_probs(self, batch: SequenceBatch) -> LogProbs:
         """The actor's log-probs of `batch` under the weights that generated it (pi_t), with the
         entropies of the same pass (`policy/entropy`)."""
-        with self.actor.weights(self.generating_weights()):
+        with self.ledger.phase("old_logp"), self.actor.weights(self.generating_weights()):
             return self.actor.log_probs(batch, temperature=self.cfg.rollout.temperature, with_entropy=True)
 
     def generating_weights(self) -> Optional[Weights]:
@@ -146,7 +149,8 @@ class RolloutManager(abc.ABC):
 
     def _sync(self) -> Dict[str, float]:
         """Push the actor's weights into the engine; returns WeightSync's metrics."""
-        return self.weight_sync.sync(self.actor.export_hf_weights())
+        with self.ledger.phase("sync"):
+            return self.weight_sync.sync(self.actor.export_hf_weights())
 
 
 class ColocatedRollouts(RolloutManager):
@@ -161,8 +165,9 @@ class ColocatedRollouts(RolloutManager):
         sampler: PromptSampler,
         train_data: PromptDataset,
         tokenizer: Tokenizer,
+        ledger: Optional[MemoryLedger] = None,
     ) -> None:
-        super().__init__(cfg, actor, weight_sync, sampler, train_data, tokenizer)
+        super().__init__(cfg, actor, weight_sync, sampler, train_data, tokenizer, ledger)
         self.engine = engine
 
     def generate_round(self, step: int, extra_round: int, size: int) -> Tuple[RolloutBatch, RoundStats]:
@@ -185,7 +190,7 @@ class ColocatedRollouts(RolloutManager):
         synced = self._sync() if sync or not self.engine.weights_valid else None
         self.actor.offload()
         self.engine.wake()
-        with Timer() as gen:
+        with Timer() as gen, self.ledger.phase("gen"):
             batch = generate(self.engine, self.tokenizer, items, sampling, n, batch_size)
         self.engine.sleep()
         self.actor.onload()
@@ -222,8 +227,9 @@ class SeparateRollouts(RolloutManager):
         sampler: PromptSampler,
         train_data: PromptDataset,
         tokenizer: Tokenizer,
+        ledger: Optional[MemoryLedger] = None,
     ) -> None:
-        super().__init__(cfg, actor, weight_sync, sampler, train_data, tokenizer)
+        super().__init__(cfg, actor, weight_sync, sampler, train_data, tokenizer, ledger)
         self.engine = engine
         self.off_policy = cfg.rollout.off_policy_steps
         self._in_flight: Optional[_Batch] = None  # launched, not collected
@@ -235,7 +241,7 @@ class SeparateRollouts(RolloutManager):
         if extra_round:
             stats = RoundStats(0.0)
             batch = self._launch(_Batch(step, self.sampler.next_batch(size), extra_round=extra_round), stats)
-            with Timer() as gen:
+            with Timer() as gen, self.ledger.phase("gen"):
                 samples, _ = self.engine.collect(batch.ticket)
             stats.gen_s = gen.seconds
             return self._decode(batch, samples), stats
@@ -249,7 +255,7 @@ class SeparateRollouts(RolloutManager):
         batch = self._in_flight if self._in_flight is not None and self._in_flight.step == step else None
         if batch is None:  # on-policy, the first step, or the batch a resumed run regenerates
             batch = self._launch(_Batch(step, self.sampler.next_batch()), stats)
-        with Timer() as gen:
+        with Timer() as gen, self.ledger.phase("gen"):
             samples, timings = self.engine.collect(batch.ticket)
         stats.gen_s = gen.seconds
         self._in_flight, self._batch = None, batch

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from transformers import AutoTokenizer
@@ -20,6 +20,7 @@ from sppo_megatron.models.hf_io import load_hf_config, write_hf_dir
 from sppo_megatron.platform.distributed import is_rank0
 from sppo_megatron.platform.dtypes import DTYPE_NAMES
 from sppo_megatron.platform.files import atomic_output_dir
+from sppo_megatron.platform.memory import MemoryLedger
 from sppo_megatron.reward import RewardScorer, Scorer, check_data_sources
 from sppo_megatron.reward.oracles import build_oracle
 from sppo_megatron.rollout import create_rollout_engine
@@ -97,6 +98,7 @@ class RunComponents:
     rollouts: RolloutManager
     scorer: Scorer
     val_scorer: Scorer
+    ledger: MemoryLedger = field(default_factory=MemoryLedger)  # per-phase memory peaks, `memory/*`
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
         """The actor's state and the policy behind an in-flight batch (collective)."""
@@ -171,17 +173,18 @@ def build_components(
         drop_last=True,
     )
     rollouts: RolloutManager
+    ledger = MemoryLedger()
     if cfg.rollout.placement == "separate":
         remote = RemoteRolloutEngine(cfg.rollout.sync_bucket_mb)  # the engine itself is on the rollout ranks
         actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
-        rollouts = SeparateRollouts(cfg, remote, actor, WeightSync(remote), sampler, train, tokenizer)
+        rollouts = SeparateRollouts(cfg, remote, actor, WeightSync(remote), sampler, train, tokenizer, ledger)
     else:
         engine = create_rollout_engine(
             cfg.rollout, hf_dir, seed=cfg.trainer.seed, log_dir=os.path.join(cfg.trainer.output_dir, "logs")
         )
         engine.sleep()  # free its GPU memory while the actor and its optimizer state are allocated
         actor = build_actor(cfg, load_hf_config(hf_dir, "model.path"), load_weights=load_weights)
-        rollouts = ColocatedRollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer)
+        rollouts = ColocatedRollouts(cfg, engine, actor, WeightSync(engine), sampler, train, tokenizer, ledger)
     val_scorer = RewardScorer(cfg.reward, interrupted)
     scorer = val_scorer if cfg.reward.source == "rule" else build_oracle(cfg.reward, cfg.algorithm.preference)
-    return RunComponents(hf_dir, tokenizer, train, val, sampler, actor, rollouts, scorer, val_scorer)
+    return RunComponents(hf_dir, tokenizer, train, val, sampler, actor, rollouts, scorer, val_scorer, ledger)
