@@ -161,9 +161,9 @@ def runs(tmp_path_factory):
     path = make_tiny_hf_model("qwen3-moe", work / "hf")
     families = {arch: make_tiny_hf_model(arch, work / arch) for arch in ("qwen2-moe", "mixtral")}
     ckpt = str(work / "ckpt_ep2")
-    two = _load(run_ranks(_two_ranks, 2, path, ckpt, timeout=300))
-    four = _load(run_ranks(_four_ranks, 4, path, families, timeout=300))
-    one = _load(run_ranks(_one_rank, 1, path, ckpt, timeout=300))[0]
+    two = _load(run_ranks(_two_ranks, 2, path, ckpt, timeout=900))
+    four = _load(run_ranks(_four_ranks, 4, path, families, timeout=900))
+    one = _load(run_ranks(_one_rank, 1, path, ckpt, timeout=900))[0]
     return path, one, two, four, families
 
 
