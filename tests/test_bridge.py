@@ -18,7 +18,8 @@ from sppo_megatron.models.rope import llama3_inv_freq, rope_settings
 from sppo_megatron.models.transformer_config import pipeline_split
 from sppo_megatron.testing.tiny import ARCHS, MOE_ARCHS, tiny_config
 
-MCORE019 = "/work/wheels/mcore019/megatron/core"
+#: another release's megatron/core source directory to check the APIs against (CONTRIBUTING.md)
+OTHER_MCORE = os.environ.get("SPPO_MCORE_SOURCE")
 
 
 def bridge_of(arch, **overrides):
@@ -422,8 +423,10 @@ def _mcore_roots():
     import megatron.core
 
     roots = [os.path.dirname(megatron.core.__file__)]
-    if os.path.isdir(MCORE019):
-        roots.append(MCORE019)
+    if OTHER_MCORE:
+        if not os.path.isdir(OTHER_MCORE):
+            raise FileNotFoundError(f"SPPO_MCORE_SOURCE={OTHER_MCORE} is not a directory")
+        roots.append(OTHER_MCORE)
     return roots
 
 
