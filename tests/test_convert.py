@@ -40,7 +40,6 @@ def _single_rank_body(root, work):
     codes["h2m-bf16"] = _run(["hf-to-megatron", "--hf", os.path.join(root, "qwen3"), "--out", bf16, "--dtype", "bf16"])
     # a bf16 conversion of an fp32 model passes verify: judged relative to the logits at bf16's tolerance
     codes["verify-bf16"] = _run(["verify", "--hf", os.path.join(root, "qwen3"), "--ckpt", bf16])
-    codes["verify-bf16-atol"] = _run(["verify", "--hf", os.path.join(root, "qwen3"), "--ckpt", bf16, "--atol", "1e-6"])
     codes["m2h-bf16"] = _run(
         ["megatron-to-hf", "--ckpt", bf16, "--out", os.path.join(work, "bf16-hf"), "--dtype", "fp32"]
     )
@@ -132,10 +131,9 @@ def test_exported_model_loads_with_from_pretrained_without_key_warnings(converte
 
 
 @pytest.mark.slow
-def test_verify_judges_a_bf16_conversion_by_its_dtype(converted):
+def test_verify_passes_a_bf16_conversion_of_an_fp32_model(converted):
     _, _, codes, _ = converted
-    assert codes["verify-bf16"] == 0
-    assert codes["verify-bf16-atol"] == 1, "an explicit --atol is the absolute rule"
+    assert codes["verify-bf16"] == 0  # the HF weights are rounded like the checkpoint's before comparing
 
 
 @pytest.mark.slow
