@@ -28,8 +28,11 @@ import json
 import os
 import re
 import sys
-import zipfile
 from typing import Dict, Iterator, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.package_source import PackageSource  # noqa: E402
 
 SYMBOLS = (
     "Engine",
@@ -50,35 +53,12 @@ ENV_SWITCHES = ("SGLANG_USE_CPU_ENGINE", "SGLANG_ENABLE_COLOCATED_BATCH_GEN", "S
 MOE_MODELS = ("qwen3_moe", "qwen2_moe", "mixtral")
 
 
-class Source:
+class Source(PackageSource):
     """Read files of the sglang package from a wheel or a directory."""
 
     def __init__(self, src: str) -> None:
-        self.src = src
-        self.zip: Optional[zipfile.ZipFile] = None
-        if os.path.isfile(src) and src.endswith(".whl"):
-            self.zip = zipfile.ZipFile(src)
-            self.names = [n for n in self.zip.namelist() if n.startswith("sglang/") and n.endswith(".py")]
-        else:
-            root = src if os.path.isdir(os.path.join(src, "sglang")) else os.path.dirname(src.rstrip("/"))
-            if not os.path.isdir(os.path.join(root, "sglang")):
-                raise SystemExit(f"{src}: neither a .whl nor a directory containing the sglang package")
-            self.root = root
-            self.names = []
-            for d, _, files in os.walk(os.path.join(root, "sglang")):
-                for f in files:
-                    if f.endswith(".py"):
-                        self.names.append(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/"))
-        self.names.sort()
-
-    def read(self, name: str) -> Optional[str]:
-        try:
-            if self.zip is not None:
-                return self.zip.read(name).decode("utf-8")
-            with open(os.path.join(self.root, name), encoding="utf-8") as f:
-                return f.read()
-        except (KeyError, FileNotFoundError):
-            return None
+        super().__init__(src, "sglang")
+        self.names = self.python_files()
 
     def tree(self, name: str) -> Optional[ast.Module]:
         text = self.read(name)

@@ -24,8 +24,11 @@ import json
 import os
 import re
 import sys
-import zipfile
 from typing import Dict, Iterator, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.package_source import PackageSource  # noqa: E402
 
 #: symbol -> module the adapter imports it from (contract.VLLM_SYMBOLS)
 SYMBOL_MODULES = {
@@ -61,34 +64,14 @@ RELOAD_MODULE = "vllm.model_executor.model_loader.reload.inplace"
 RELOAD_MESSAGE = "Following weights were not loaded from checkpoint"
 
 
-class Source:
-    """Read files of the vllm package from a wheel or a directory."""
+class Source(PackageSource):
+    """Read modules of the vllm package from a wheel or a directory."""
 
     def __init__(self, src: str) -> None:
-        self.src = src
-        self.zip: Optional[zipfile.ZipFile] = None
-        if os.path.isfile(src) and src.endswith(".whl"):
-            self.zip = zipfile.ZipFile(src)
-            return
-        root = src if os.path.isdir(os.path.join(src, "vllm")) else os.path.dirname(src.rstrip("/"))
-        if not os.path.isdir(os.path.join(root, "vllm")):
-            raise SystemExit(f"{src}: neither a .whl nor a directory containing the vllm package")
-        self.root = root
-
-    def read(self, module: str) -> Optional[str]:
-        path = module.replace(".", "/")
-        for name in (path + ".py", path + "/__init__.py"):
-            try:
-                if self.zip is not None:
-                    return self.zip.read(name).decode("utf-8")
-                with open(os.path.join(self.root, name), encoding="utf-8") as f:
-                    return f.read()
-            except (KeyError, FileNotFoundError):
-                continue
-        return None
+        super().__init__(src, "vllm")
 
     def tree(self, module: str) -> ast.Module:
-        text = self.read(module)
+        text = self.read_module(module)
         if text is None:
             raise SystemExit(f"{module} not found in {self.src}")
         return ast.parse(text)
@@ -196,7 +179,7 @@ def cpu_head_sizes(src: Source) -> List[int]:
 
 
 def version_of(src: Source) -> str:
-    m = re.search(r"__version__\s*=\s*version\s*=\s*['\"]([^'\"]+)", src.read("vllm._version") or "")
+    m = re.search(r"__version__\s*=\s*version\s*=\s*['\"]([^'\"]+)", src.read_module("vllm._version") or "")
     return m.group(1) if m else "unknown"
 
 
@@ -211,7 +194,7 @@ def extract(src_path: str) -> Dict[str, object]:
         "logprobs_modes": literal_values(src, "vllm.config.model", "LogprobsMode"),
         "calls": {qualname: calls_of(src, module, qualname) for qualname, module in CALLS_OF.items()},
         "parallel_state_names": module_names(src, PARALLEL_STATE),
-        "reload_reports_missing": RELOAD_MESSAGE in (src.read(RELOAD_MODULE) or ""),
+        "reload_reports_missing": RELOAD_MESSAGE in (src.read_module(RELOAD_MODULE) or ""),
         "cpu_attention_head_sizes": cpu_head_sizes(src),
     }
 
