@@ -164,7 +164,7 @@ def with_preflight(error: ConfigError) -> ConfigError:
 def _problems(cfg: Any, training: bool, skip: Set[str]) -> Tuple[List[str], Optional[str]]:
     """Every check of a config group not in `skip` (groups that have problems of their own)."""
     problems = _engine_problems(cfg.rollout.engine) if "rollout" not in skip else []
-    notice = None
+    resume_from = notice = None
     if not training:
         return problems, notice
     if "trainer" not in skip:
@@ -172,8 +172,6 @@ def _problems(cfg: Any, training: bool, skip: Set[str]) -> Tuple[List[str], Opti
         _collect(problems, check_writable_dir, cfg.trainer.output_dir, "trainer.output_dir")
         resume_problems, resume_from, notice = _resume_problems(cfg)
         problems += resume_problems
-    else:
-        resume_from = None
     if not skip & {"model", "parallel"}:
         problems += _model_problems(cfg.model, cfg.parallel, need_weights=resume_from is None)
     if "data" not in skip:
